@@ -1,0 +1,1 @@
+"""Reranking gateway: tokenize, prefilter on the CPU, score with a cross-encoder, rank."""

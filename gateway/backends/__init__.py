@@ -1,0 +1,1 @@
+"""Scoring runtimes behind one small interface (`base.Scorer`)."""

@@ -1,0 +1,46 @@
+"""The one interface between the pipeline and the runtimes (local ONNX Runtime, Triton, fallbacks)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class EncodedBatch:
+    """Model inputs for one batch: int64 arrays [batch, seq], keyed by the model's declared input names."""
+
+    inputs: dict[str, np.ndarray]
+
+    @property
+    def size(self) -> int:
+        return int(next(iter(self.inputs.values())).shape[0])
+
+    @property
+    def seq_len(self) -> int:
+        return int(next(iter(self.inputs.values())).shape[1])
+
+
+@dataclass(frozen=True)
+class BatchScores:
+    """One float32 logit per row, and the name of the backend that really produced them."""
+
+    logits: np.ndarray
+    backend: str
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Scores encoded batches. Implementations: onnx_local, triton, fallback (a composition)."""
+
+    name: str  # e.g. "onnx-cpu", "onnx-cuda", "triton-grpc", "triton-http"
+    input_names: tuple[str, ...]
+    max_batch_size: int | None  # None: no limit of its own
+
+    async def score(self, batch: EncodedBatch) -> BatchScores: ...
+
+    async def ready(self) -> bool: ...
+
+    async def close(self) -> None: ...

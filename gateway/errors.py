@@ -1,0 +1,66 @@
+"""Typed errors raised below the HTTP layer. Only `gateway/api` maps them to status codes."""
+
+from __future__ import annotations
+
+
+class RerankError(Exception):
+    """Base class: `error_type` is the stable machine-readable name a client sees."""
+
+    error_type = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ValidationFailed(RerankError):
+    """The request is well-formed JSON but asks for something invalid (empty query, bad top_n...)."""
+
+    error_type = "validation"
+
+
+class LimitExceeded(RerankError):
+    """A configured limit was crossed; the message names the limit and its value."""
+
+    error_type = "limit_exceeded"
+
+    def __init__(self, message: str, *, limit: str, value: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.value = value
+
+
+class Overloaded(RerankError):
+    """More in-flight work than the server admits; the client should retry after `retry_after` s."""
+
+    error_type = "overloaded"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RequestTimedOut(RerankError):
+    error_type = "timeout"
+
+
+class Unauthorized(RerankError):
+    error_type = "unauthorized"
+
+
+class NotReady(RerankError):
+    """Models are not loaded (yet) or no backend can score."""
+
+    error_type = "unhealthy"
+
+
+class BackendFailed(RerankError):
+    """A scoring backend failed and no fallback could answer."""
+
+    error_type = "backend"
+
+
+class ModelRepositoryError(RerankError):
+    """The model repository is missing, incomplete or does not match what the gateway expects."""
+
+    error_type = "model_repository"
