@@ -13,8 +13,9 @@ the python backend, and this module:
 4. starts `tritonserver --model-config-name=cpu` on 127.0.0.1, waits for `/v2/health/ready`, and stops it
    with SIGTERM (SIGKILL after a bounded wait), removing the python backend's orphaned shared-memory files.
 
-    python -m export.triton_local --repository model_repository            # serve until Ctrl-C
-    python -m export.triton_local --repository model_repository --check    # start, wait ready, stop
+    python -m export.triton_local serve --model-repository model_repository   # until Ctrl-C
+    python -m export.triton_local check --model-repository model_repository   # start, wait ready, stop
+    python -m export.triton_local setup                                        # install only
 """
 
 from __future__ import annotations
@@ -323,22 +324,61 @@ class TritonServer:
         self.stop()
 
 
+def _pid_file(root: Path) -> Path:
+    return root / "tritonserver.pid"
+
+
+def stop_recorded(root: Path = DEFAULT_ROOT, timeout_s: float = 20.0) -> bool:
+    """Stop a server that `serve` started and recorded in `<root>/tritonserver.pid` (`make triton-stop`)."""
+    pid_file = _pid_file(root)
+    if not pid_file.exists():
+        return False
+    pid = int(pid_file.read_text().split()[0])
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+    except OSError:
+        cmdline = b""
+    stopped = False
+    if cmdline.endswith(b"tritonserver"):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+            time.sleep(0.2)
+        if Path(f"/proc/{pid}").exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        stopped = True
+    pid_file.unlink(missing_ok=True)
+    clean_shared_memory()
+    return stopped
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export.triton_local", description=__doc__.split("\n")[0])
-    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument(
+        "command",
+        nargs="?",
+        default="serve",
+        choices=["setup", "serve", "check", "stop"],
+        help="setup: download and unpack only; serve: run until Ctrl-C/SIGTERM; "
+        "check: start, wait until ready, stop; stop: stop the server `serve` recorded",
+    )
+    parser.add_argument("--model-repository", "--repository", dest="repository", type=Path,
+                        default=Path("model_repository"))  # fmt: skip
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="where the server is unpacked")
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
     parser.add_argument("--model-config-name", default="cpu")
     parser.add_argument("--ready-timeout", type=float, default=180.0)
-    parser.add_argument("--check", action="store_true", help="start, wait until ready, stop")
-    parser.add_argument("--install-only", action="store_true", help="download and unpack, then exit")
     args = parser.parse_args(argv)
 
+    if args.command == "stop":
+        _log("stopped" if stop_recorded(args.root) else "no recorded server running")
+        return 0
     try:
         installed = install(args.root)
-        if args.install_only:
+        if args.command == "setup":
             _log(f"installed under {installed.root}")
             return 0
         server = TritonServer(
@@ -348,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             grpc_port=args.grpc_port,
             metrics_port=args.metrics_port,
             model_config_name=args.model_config_name,
-            log_path=installed.root / "tritonserver.log" if args.check else None,
+            log_path=installed.root / "tritonserver.log" if args.command == "check" else None,
         )
         stop_requested = False
 
@@ -358,21 +398,25 @@ def main(argv: list[str] | None = None) -> int:
 
         signal.signal(signal.SIGTERM, request_stop)
         with server:
+            assert server.process is not None
+            pid_file = _pid_file(installed.root)
+            pid_file.write_text(f"{server.process.pid}\n")
             try:
                 server.wait_ready(args.ready_timeout)
                 _log(f"ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics :{server.metrics_port}")
-                if args.check:
+                if args.command == "check":
                     return 0
                 _log("Ctrl-C to stop")
-                while not stop_requested and server.process is not None and server.process.poll() is None:
+                while not stop_requested and server.process.poll() is None:
                     time.sleep(0.5)
-                if server.process is not None and server.process.poll() is not None:
+                if server.process.poll() is not None:
                     _log(f"tritonserver exited with code {server.process.returncode}")
-                    return 1
+                    return 0 if server.process.returncode == 0 else 1
             except KeyboardInterrupt:
                 pass
             finally:
                 _log("stopping")
+                pid_file.unlink(missing_ok=True)
         return 0
     except TritonSetupError as exc:
         _log(f"error: {exc}")
