@@ -1,0 +1,287 @@
+"""Scoring on a Triton Inference Server through tritonclient's async clients (gRPC or HTTP/KServe v2).
+
+The only module that imports `tritonclient`: every failure (unreachable, not ready, timeout, server error,
+a served model that does not match our tokenizer) leaves it as `BackendFailed`, which the fallback
+composition turns into local scoring. The first call checks the served model's metadata and config against
+the tokenizer's inputs and learns `max_batch_size`; larger batches are split and sent concurrently, so
+Triton's dynamic batcher can put them back together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from gateway.backends.base import BatchScores, EncodedBatch
+from gateway.errors import BackendFailed
+
+try:  # the gateway's metrics module; the scorer also works (and is tested) without it
+    from gateway import metrics as _metrics
+except ImportError:  # pragma: no cover - only while the module does not exist yet
+    _metrics = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+Protocol = Literal["grpc", "http"]
+_SCHEMES = ("grpc://", "http://", "https://")
+
+
+def _strip_scheme(url: str) -> str:
+    for scheme in _SCHEMES:
+        if url.startswith(scheme):
+            url = url[len(scheme) :]
+    return url.rstrip("/")
+
+
+def _record(protocol: str, outcome: str) -> None:
+    if _metrics is not None and hasattr(_metrics, "SCORER_CALLS"):
+        _metrics.SCORER_CALLS.labels(backend="triton", protocol=protocol, outcome=outcome).inc()
+
+
+@dataclass
+class _Connection:
+    """A client bound to one event loop (grpc.aio channels and aiohttp sessions cannot change loops)."""
+
+    loop: asyncio.AbstractEventLoop
+    client: Any
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    checked: bool = False
+
+
+class TritonScorer:
+    """A `Scorer` for one model served by Triton."""
+
+    def __init__(
+        self,
+        url: str,
+        protocol: Protocol = "grpc",
+        model_name: str = "reranker",
+        input_names: tuple[str, ...] | list[str] = ("input_ids", "attention_mask", "token_type_ids"),
+        timeout_s: float = 10.0,
+        *,
+        output_name: str = "logits",
+        model_version: str = "",
+    ) -> None:
+        if protocol not in ("grpc", "http"):
+            raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be > 0")
+        self.url = _strip_scheme(url)
+        self.protocol: Protocol = protocol
+        self.model_name = model_name
+        self.model_version = model_version
+        self.input_names = tuple(input_names)
+        self.output_name = output_name
+        self.timeout_s = float(timeout_s)
+        self.name = f"triton-{protocol}"
+        # Learned from the served model's config on first connect (None until then).
+        self.max_batch_size: int | None = None
+        self._connection: _Connection | None = None
+
+    def __repr__(self) -> str:
+        return f"TritonScorer({self.protocol}://{self.url}, model={self.model_name!r})"
+
+    # --- connection -------------------------------------------------------------------------------
+    def _new_client(self) -> Any:
+        if self.protocol == "grpc":
+            import tritonclient.grpc.aio as grpc_aio
+
+            return grpc_aio.InferenceServerClient(self.url)
+        import tritonclient.http.aio as http_aio
+
+        return http_aio.InferenceServerClient(self.url, conn_timeout=self.timeout_s)
+
+    def _current(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        if self._connection is None or self._connection.loop is not loop:
+            # A connection made on another (finished) loop cannot be closed from here; drop it.
+            self._connection = _Connection(loop=loop, client=self._new_client())
+        return self._connection
+
+    async def _drop(self, connection: _Connection) -> None:
+        """Forget a client after a failure: a fresh channel reconnects at once instead of backing off."""
+        if self._connection is connection:
+            self._connection = None
+        try:
+            await asyncio.wait_for(connection.client.close(), timeout=2.0)
+        except Exception:  # closing a broken client may fail in many ways; it is gone either way
+            log.debug("closing the Triton client failed", exc_info=True)
+
+    async def _call(self, awaitable: Any, what: str) -> Any:
+        """Await one tritonclient call within the timeout, translating every failure to BackendFailed."""
+        try:
+            return await asyncio.wait_for(awaitable, timeout=self.timeout_s)
+        except asyncio.TimeoutError:
+            raise _Failure("timeout", f"{self.name} {what} timed out after {self.timeout_s:g}s") from None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # tritonclient, grpc and aiohttp errors: none may leave this module
+            detail = _describe(exc)
+            outcome = "unavailable" if _looks_unreachable(exc, detail) else "error"
+            raise _Failure(outcome, f"{self.name} {what} failed at {self.url}: {detail}") from None
+
+    # --- metadata ---------------------------------------------------------------------------------
+    async def _check_model(self, connection: _Connection) -> None:
+        client = connection.client
+        if self.protocol == "grpc":
+            metadata = await self._call(
+                client.get_model_metadata(self.model_name, self.model_version, as_json=True), "metadata"
+            )
+            config = (
+                await self._call(
+                    client.get_model_config(self.model_name, self.model_version, as_json=True), "config"
+                )
+            ).get("config", {})
+        else:
+            metadata = await self._call(
+                client.get_model_metadata(self.model_name, self.model_version), "metadata"
+            )
+            config = await self._call(client.get_model_config(self.model_name, self.model_version), "config")
+
+        served = {tensor["name"]: tensor.get("datatype") for tensor in metadata.get("inputs", [])}
+        problems = []
+        if set(served) != set(self.input_names):
+            problems.append(f"inputs {sorted(served)} != tokenizer inputs {sorted(self.input_names)}")
+        wrong_types = sorted(
+            name for name, dtype in served.items() if name in self.input_names and dtype != "INT64"
+        )
+        if wrong_types:
+            problems.append(f"inputs {wrong_types} are not INT64")
+        outputs = {tensor["name"]: tensor.get("datatype") for tensor in metadata.get("outputs", [])}
+        if outputs.get(self.output_name) != "FP32":
+            problems.append(f"no FP32 output {self.output_name!r} (outputs: {outputs})")
+        max_batch_size = int(config.get("max_batch_size", 0) or 0)
+        if max_batch_size <= 0:
+            problems.append("max_batch_size is 0: the model must accept a batch dimension")
+        if problems:
+            raise _Failure(
+                "mismatch", f"{self.name} model {self.model_name!r} does not match: " + "; ".join(problems)
+            )
+        self.max_batch_size = max_batch_size
+        connection.checked = True
+        log.info(
+            "Triton model %r at %s (%s): max_batch_size %d",
+            self.model_name,
+            self.url,
+            self.protocol,
+            max_batch_size,
+        )
+
+    # --- Scorer -----------------------------------------------------------------------------------
+    async def score(self, batch: EncodedBatch) -> BatchScores:
+        missing = [name for name in self.input_names if name not in batch.inputs]
+        if missing:
+            raise BackendFailed(f"{self.name}: batch lacks inputs {missing}")
+        connection = self._current()
+        try:
+            if not connection.checked:
+                async with connection.lock:
+                    if not connection.checked:
+                        await self._check_model(connection)
+            assert self.max_batch_size is not None
+            step = self.max_batch_size
+            parts = [
+                {name: np.ascontiguousarray(batch.inputs[name][start : start + step], dtype=np.int64) for name in self.input_names}
+                for start in range(0, batch.size, step)
+            ]  # fmt: skip
+            results = await asyncio.gather(*(self._infer(connection, part) for part in parts))
+        except _Failure as failure:
+            _record(self.protocol, failure.outcome)
+            if failure.outcome in ("unavailable", "timeout"):
+                await self._drop(connection)
+            raise BackendFailed(failure.message) from None
+        logits = np.concatenate(results).astype(np.float32, copy=False)
+        if logits.shape != (batch.size,):
+            _record(self.protocol, "error")
+            raise BackendFailed(f"{self.name}: expected {batch.size} logits, got shape {logits.shape}")
+        _record(self.protocol, "ok")
+        return BatchScores(logits=logits, backend=self.name)
+
+    async def _infer(self, connection: _Connection, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        if self.protocol == "grpc":
+            import tritonclient.grpc.aio as module
+        else:
+            import tritonclient.http.aio as module  # type: ignore[no-redef]
+        tensors = []
+        for name, array in inputs.items():
+            tensor = module.InferInput(name, list(array.shape), "INT64")
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        outputs = [module.InferRequestedOutput(self.output_name)]
+        if self.protocol == "grpc":
+            call = connection.client.infer(
+                self.model_name,
+                tensors,
+                model_version=self.model_version,
+                outputs=outputs,
+                client_timeout=self.timeout_s,
+            )
+        else:
+            call = connection.client.infer(
+                self.model_name, tensors, model_version=self.model_version, outputs=outputs
+            )
+        result = await self._call(call, "inference")
+        array = result.as_numpy(self.output_name)
+        rows = next(iter(inputs.values())).shape[0]
+        if array is None or array.size != rows:
+            raise _Failure(
+                "error",
+                f"{self.name}: output {self.output_name!r} has {0 if array is None else array.size} values for {rows} rows",
+            )
+        return np.asarray(array, dtype=np.float32).reshape(rows)
+
+    async def ready(self) -> bool:
+        """True when the server and the model answer ready within the timeout; never raises."""
+        connection = self._current()
+        try:
+            server_ready = await self._call(connection.client.is_server_ready(), "server readiness")
+            model_ready = server_ready and await self._call(
+                connection.client.is_model_ready(self.model_name, self.model_version), "model readiness"
+            )
+        except _Failure as failure:
+            log.debug("Triton not ready: %s", failure.message)
+            await self._drop(connection)
+            return False
+        return bool(model_ready)
+
+    async def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None and connection.loop is asyncio.get_running_loop():
+            await self._drop(connection)
+
+
+class _Failure(Exception):
+    """Internal: a failed call with its metrics outcome; `score` re-raises it as BackendFailed."""
+
+    def __init__(self, outcome: str, message: str) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+        self.message = message
+
+
+def _describe(exc: BaseException) -> str:
+    message = getattr(exc, "message", None)
+    text = message() if callable(message) else str(exc)
+    text = " ".join(str(text).split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+def _looks_unreachable(exc: BaseException, detail: str) -> bool:
+    if isinstance(exc, (ConnectionError, OSError)):
+        return True
+    lowered = detail.lower()
+    return any(
+        marker in lowered
+        for marker in (
+            "unavailable",
+            "connect",
+            "connection refused",
+            "failed to connect",
+            "not ready",
+            "deadline",
+        )
+    )
