@@ -16,13 +16,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from gateway import metrics
 from gateway.backends.base import BatchScores, EncodedBatch
 from gateway.errors import BackendFailed
-
-try:  # the gateway's metrics module; the scorer also works (and is tested) without it
-    from gateway import metrics as _metrics
-except ImportError:  # pragma: no cover - only while the module does not exist yet
-    _metrics = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +34,15 @@ def _strip_scheme(url: str) -> str:
 
 
 def _record(protocol: str, outcome: str) -> None:
-    if _metrics is not None and hasattr(_metrics, "SCORER_CALLS"):
-        _metrics.SCORER_CALLS.labels(backend="triton", protocol=protocol, outcome=outcome).inc()
+    metrics.SCORER_CALLS.labels(backend="triton", protocol=protocol, outcome=outcome).inc()
+
+
+class TritonFailed(BackendFailed):
+    """A Triton call failed; `reason` (unavailable, timeout, error, mismatch) labels the fallback metric."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass
@@ -193,11 +196,13 @@ class TritonScorer:
             _record(self.protocol, failure.outcome)
             if failure.outcome in ("unavailable", "timeout"):
                 await self._drop(connection)
-            raise BackendFailed(failure.message) from None
+            raise TritonFailed(failure.message, reason=failure.outcome) from None
         logits = np.concatenate(results).astype(np.float32, copy=False)
         if logits.shape != (batch.size,):
             _record(self.protocol, "error")
-            raise BackendFailed(f"{self.name}: expected {batch.size} logits, got shape {logits.shape}")
+            raise TritonFailed(
+                reason="error", message=f"{self.name}: expected {batch.size} logits, got shape {logits.shape}"
+            )
         _record(self.protocol, "ok")
         return BatchScores(logits=logits, backend=self.name)
 
@@ -205,7 +210,7 @@ class TritonScorer:
         if self.protocol == "grpc":
             import tritonclient.grpc.aio as module
         else:
-            import tritonclient.http.aio as module  # type: ignore[no-redef]
+            import tritonclient.http.aio as module
         tensors = []
         for name, array in inputs.items():
             tensor = module.InferInput(name, list(array.shape), "INT64")
