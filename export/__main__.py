@@ -1,0 +1,75 @@
+"""CLI: python -m export --model M --prefilter P --output model_repository [--quiet]."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_MODEL = "cross-encoder/ms-marco-MiniLM-L-6-v2"
+DEFAULT_PREFILTER = "cross-encoder/ms-marco-TinyBERT-L-2-v2"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m export",
+        description="Export cross-encoders to a validated Triton model repository (fp32, int8, fp16 ONNX).",
+    )
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="hub id or local folder of the cross-encoder")
+    parser.add_argument(
+        "--prefilter",
+        default=DEFAULT_PREFILTER,
+        help="hub id or folder of the CPU prefilter; 'same' = the cross-encoder's int8 file; 'none' = no prefilter",
+    )
+    parser.add_argument(
+        "--output", type=Path, default=Path("model_repository"), help="model repository folder"
+    )
+    parser.add_argument("--name", default="reranker", help="Triton model name of the cross-encoder")
+    parser.add_argument("--prefilter-name", default="prefilter", help="Triton model name of the prefilter")
+    parser.add_argument(
+        "--max-length", type=int, default=None, help="max tokens per pair (default: the model's)"
+    )
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
+    parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit) of --model")
+    parser.add_argument("--quiet", action="store_true", help="no progress output (CI)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.quiet:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from export import build_repository
+    from export.errors import ExportError
+
+    try:
+        manifests = build_repository(
+            args.model,
+            args.prefilter,
+            args.output,
+            name=args.name,
+            prefilter_name=args.prefilter_name,
+            max_length=args.max_length,
+            quiet=args.quiet,
+            opset=args.opset,
+            revision=args.revision,
+        )
+    except ExportError as exc:
+        print(f"export failed: {exc}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        for name, manifest in manifests.items():
+            figures = manifest["parity"]["figures"]
+            print(
+                f"{name}: fp32 max|diff| {figures['fp32']['max_abs_diff']:.2e}, "
+                f"int8 Spearman {figures['int8']['spearman']:.4f}, "
+                f"int8 top-1 {figures['int8']['top1_agreement']:.0%}",
+                file=sys.stderr,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

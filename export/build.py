@@ -1,0 +1,371 @@
+"""Build a validated Triton model repository from one or two cross-encoders.
+
+Everything is written into a staging folder beside the output; the model folders replace their old versions
+only after every variant of every model passed the parity gate, so a failed export leaves the previous
+repository (or none) untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from export import onnx_export, quantize, triton_repo, validate
+from export.errors import ExportError, SourceError
+from export.sources import TOKENIZER_FILES, ModelSource, file_sha256, resolve_source
+
+SAME_AS_MODEL = ("same", "reranker")
+NO_PREFILTER = ("", "none")
+# Measured on the build machine (see model_repository/README.md): the fused fp32 graph is faster on the CPU
+KEEP_FUSED_FP32 = True
+BUILD_FP16 = True
+
+
+class Progress:
+    """Step timings for a person at a terminal; silent with --quiet."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    @contextmanager
+    def step(self, message: str):
+        start = time.perf_counter()
+        if not self.quiet:
+            print(f"  {message} ...", end="", file=sys.stderr, flush=True)
+        try:
+            yield
+        except BaseException:
+            if not self.quiet:
+                print(" failed", file=sys.stderr, flush=True)
+            raise
+        if not self.quiet:
+            print(f" {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
+
+
+def build_repository(
+    model: str,
+    prefilter: str | None,
+    output: Path,
+    *,
+    name: str = "reranker",
+    prefilter_name: str = "prefilter",
+    max_length: int | None = None,
+    quiet: bool = False,
+    opset: int = onnx_export.DEFAULT_OPSET,
+    thresholds: validate.Thresholds | None = None,
+    revision: str | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Export, validate and install `name` (and `prefilter_name`) under output; returns the manifests.
+
+    prefilter: a hub id or folder; "same" uses the cross-encoder itself (its int8 file on the CPU);
+    None / "none" builds no prefilter.
+    """
+    started = time.perf_counter()
+    output = Path(output).resolve()
+    thresholds = thresholds or validate.Thresholds()
+    progress = Progress(quiet)
+    if opset < 17:
+        raise ExportError(f"opset {opset} is too old: LayerNormalization needs opset >= 17")
+    if prefilter is not None and prefilter.strip().lower() in NO_PREFILTER:
+        prefilter = None
+    if prefilter is not None and name == prefilter_name:
+        raise ExportError(f"the model and the prefilter need different names (both are {name!r})")
+
+    source = resolve_source(model, revision=revision, quiet=quiet)
+    prefilter_source: ModelSource | None = None
+    same = prefilter is not None and prefilter.strip().lower() in SAME_AS_MODEL
+    if prefilter is not None and not same:
+        try:
+            prefilter_source = resolve_source(prefilter, quiet=quiet)
+        except SourceError as exc:
+            raise SourceError(
+                f"prefilter: {exc} (pass --prefilter same to use the cross-encoder's int8 file as the "
+                "prefilter, or --prefilter none)"
+            ) from exc
+
+    output.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.build-"))
+    try:
+        manifests: dict[str, dict[str, Any]] = {}
+        progress.info(f"{name}: {source.spec}")
+        manifests[name] = _build_model(
+            source,
+            staging / name,
+            name=name,
+            role="reranker",
+            max_length=max_length,
+            opset=opset,
+            thresholds=thresholds,
+            progress=progress,
+            quiet=quiet,
+        )
+        if same:
+            progress.info(f"{prefilter_name}: the cross-encoder itself (int8 on the CPU)")
+            manifests[prefilter_name] = _copy_as(
+                staging / name, staging / prefilter_name, prefilter_name, manifests[name]
+            )
+        elif prefilter_source is not None:
+            progress.info(f"{prefilter_name}: {prefilter_source.spec}")
+            manifests[prefilter_name] = _build_model(
+                prefilter_source,
+                staging / prefilter_name,
+                name=prefilter_name,
+                role="prefilter",
+                max_length=max_length,
+                opset=opset,
+                thresholds=thresholds,
+                progress=progress,
+                quiet=quiet,
+            )
+        elapsed = round(time.perf_counter() - started, 2)
+        for model_name, manifest in manifests.items():
+            manifest["export_seconds"] = elapsed
+            _write_json(staging / model_name / "manifest.json", manifest)
+        for model_name in manifests:
+            _install(staging / model_name, output / model_name)
+        progress.info(f"wrote {', '.join(str(output / n) for n in manifests)} in {elapsed:.1f}s")
+        return manifests
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _build_model(
+    source: ModelSource,
+    folder: Path,
+    *,
+    name: str,
+    role: str,
+    max_length: int | None,
+    opset: int,
+    thresholds: validate.Thresholds,
+    progress: Progress,
+    quiet: bool,
+) -> dict[str, Any]:
+    from transformers import AutoConfig, AutoTokenizer
+
+    version_dir = folder / "1"
+    version_dir.mkdir(parents=True)
+    config = AutoConfig.from_pretrained(source.folder)
+    tokenizer = AutoTokenizer.from_pretrained(source.folder, use_fast=True)
+    length = _max_length(tokenizer, config, max_length, source.spec)
+    _copy_tokenizer(source.folder, folder / "tokenizer", tokenizer)
+
+    fp32 = version_dir / "model.onnx"
+    with progress.step(f"export fp32 ONNX (opset {opset})"):
+        onnx_export.export_fp32(source.folder, fp32, opset=opset, quiet=quiet)
+    inputs, outputs = onnx_export.graph_io(fp32)
+    if [o["name"] for o in outputs] != ["logits"]:
+        raise ExportError(f"{source.spec}: expected one output named 'logits', the graph has {outputs}")
+
+    files: dict[str, Path] = {"fp32": fp32}
+    fused = version_dir / "model.opt.onnx"
+    with progress.step("optimize (ORT attention fusion)"):
+        has_fused = quantize.optimize_fp32(
+            fp32,
+            fused,
+            source.model_type,
+            num_heads=int(getattr(config, "num_attention_heads", 0) or 0),
+            hidden_size=int(getattr(config, "hidden_size", 0) or 0),
+        )
+    int8_source = fused if (has_fused and quantize.INT8_SETTINGS.from_fused_graph) else fp32
+    with progress.step("quantize int8 (dynamic, CPU)"):
+        quantize.quantize_int8(int8_source, version_dir / "model.int8.onnx")
+    files["int8"] = version_dir / "model.int8.onnx"
+    if has_fused and KEEP_FUSED_FP32:
+        files["fp32-opt"] = fused
+    elif has_fused:
+        fused.unlink()
+    if BUILD_FP16:
+        with progress.step("convert fp16 (GPU)"):
+            quantize.convert_fp16(fp32, version_dir / "model.fp16.onnx")
+        files["fp16"] = version_dir / "model.fp16.onnx"
+
+    with progress.step("validate against PyTorch"):
+        parity = _parity(source, tokenizer, files, inputs, length, thresholds)
+    validate.check_gate(name, parity["figures"], thresholds)
+
+    _write_triton_files(folder, name, inputs, outputs, length)
+    return {
+        "name": name,
+        "role": role,
+        "model_id": source.model_id,
+        "source": source.manifest_entry(),
+        "architecture": source.architecture,
+        "model_type": source.model_type,
+        "opset": onnx_export.opset_of(fp32),
+        "max_length": length,
+        "inputs": inputs,
+        "outputs": outputs,
+        "tokenizer_dir": "tokenizer",
+        "variants": {key: _variant(key, path, folder) for key, path in files.items()},
+        "int8_settings": quantize.settings_dict(quantize.INT8_SETTINGS),
+        "parity": parity,
+        "export_seconds": 0.0,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+    }
+
+
+_PRECISION = {
+    "fp32": ("fp32", "any"),
+    "fp32-opt": ("fp32", "cpu"),
+    "int8": ("int8", "cpu"),
+    "fp16": ("fp16", "gpu"),
+}
+
+
+def _variant(key: str, path: Path, folder: Path) -> dict[str, Any]:
+    precision, target = _PRECISION[key]
+    return {
+        "file": path.relative_to(folder).as_posix(),
+        "sha256": file_sha256(path),
+        "bytes": path.stat().st_size,
+        "precision": precision,
+        "target": target,
+    }
+
+
+def _parity(
+    source: ModelSource,
+    tokenizer: Any,
+    files: dict[str, Path],
+    inputs: list[dict[str, str]],
+    length: int,
+    thresholds: validate.Thresholds,
+) -> dict[str, Any]:
+    pairs = validate.build_parity_set()
+    input_names = [i["name"] for i in inputs]
+    encodings = validate.tokenize_pairs(tokenizer, pairs.pairs, length)
+    pad_id = tokenizer.pad_token_id or 0
+    reference = validate.pytorch_scores(source.folder, encodings, input_names, pad_id)
+    scores = {key: validate.onnx_scores(path, encodings, input_names, pad_id) for key, path in files.items()}
+    figures = {"fp32": validate.compare(reference, scores["fp32"], pairs.groups)}
+    if "fp32-opt" in scores:
+        figures["fp32-opt"] = validate.compare(reference, scores["fp32-opt"], pairs.groups)
+    # int8 and fp16 are judged against the fp32 ONNX scores (their own baseline)
+    figures["int8"] = validate.compare(scores["fp32"], scores["int8"], pairs.groups)
+    if "fp16" in scores:
+        figures["fp16"] = validate.compare(scores["fp32"], scores["fp16"], pairs.groups)
+    lengths = [len(e["input_ids"]) for e in encodings]
+    return {
+        "pairs": len(pairs.pairs),
+        "queries": len(pairs.queries),
+        "pairs_at_max_length": sum(n == length for n in lengths),
+        "min_tokens": min(lengths),
+        "max_tokens": max(lengths),
+        "reference": "PyTorch fp32, separately loaded",
+        "figures": figures,
+        "thresholds": validate.thresholds_dict(thresholds),
+        "reference_logits_head": [round(float(x), 6) for x in reference[:8]],
+    }
+
+
+def _max_length(tokenizer: Any, config: Any, requested: int | None, spec: str) -> int:
+    positions = int(getattr(config, "max_position_embeddings", 512) or 512)
+    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        positions -= int(getattr(config, "pad_token_id", 1) or 1) + 1  # position ids start after padding_idx
+    limit = min(int(tokenizer.model_max_length), positions) if tokenizer.model_max_length < 1e6 else positions
+    if requested is None:
+        return limit
+    if not 8 <= requested <= limit:
+        raise ExportError(f"{spec}: --max-length {requested} is outside 8..{limit} (the model's limit)")
+    return requested
+
+
+def _copy_tokenizer(source: Path, target: Path, tokenizer: Any) -> None:
+    """Copy the tokenizer files verbatim (same sha256 as the source); make tokenizer.json if absent."""
+    target.mkdir(parents=True)
+    for file_name in (*TOKENIZER_FILES, "config.json"):
+        if (source / file_name).is_file():
+            shutil.copy2(source / file_name, target / file_name)
+    if not (target / "tokenizer.json").is_file():
+        tokenizer.save_pretrained(target)  # a fast tokenizer writes tokenizer.json (the gateway reads it)
+    if not (target / "tokenizer.json").is_file():
+        raise ExportError(f"{source}: could not produce tokenizer.json (no fast tokenizer for this model)")
+
+
+def _write_triton_files(
+    folder: Path, name: str, inputs: list[dict[str, str]], outputs: list[dict[str, str]], length: int
+) -> None:
+    settings = triton_repo.TritonSettings()
+    trt_outputs = [{"name": o["name"], "dtype": o["dtype"]} for o in outputs]
+    (folder / "config.pbtxt").write_text(
+        triton_repo.render_gpu_config(name, inputs, trt_outputs, max_length=length, settings=settings)
+    )
+    configs = folder / "configs"
+    configs.mkdir(exist_ok=True)
+    (configs / "cpu-onnxruntime.pbtxt").write_text(
+        triton_repo.render_cpu_onnxruntime_config(name, inputs, trt_outputs, settings=settings)
+    )
+    try:
+        from export.triton_cpu import render_python_cpu_config
+    except ModuleNotFoundError as exc:
+        if exc.name != "export.triton_cpu":
+            raise
+        warnings.warn("export/triton_cpu.py is missing: no configs/cpu.pbtxt written", stacklevel=2)
+    else:
+        (configs / "cpu.pbtxt").write_text(
+            render_python_cpu_config(name, inputs, trt_outputs, settings.max_batch_size)
+        )
+    template = Path(__file__).with_name("triton_python_model.py")
+    if template.is_file():
+        shutil.copy2(template, folder / "1" / "model.py")
+    else:
+        warnings.warn(f"{template} is missing: no 1/model.py written", stacklevel=2)
+
+
+def _copy_as(source: Path, target: Path, name: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The prefilter folder as a copy of the cross-encoder's, renamed (configs and manifest)."""
+    shutil.copytree(source, target)
+    manifest = {**manifest, "name": name, "role": "prefilter", "same_as": manifest["name"]}
+    _write_triton_files(target, name, manifest["inputs"], manifest["outputs"], manifest["max_length"])
+    return manifest
+
+
+def _install(staged: Path, final: Path) -> None:
+    """Swap the staged folder in: rename the old one aside, rename the new one in, delete the old one."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+    os.rename(staged, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for dist in (
+        "torch",
+        "transformers",
+        "optimum",
+        "optimum-onnx",
+        "onnx",
+        "onnxruntime-gpu",
+        "onnxruntime",
+    ):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions

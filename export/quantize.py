@@ -1,0 +1,114 @@
+"""Derived variants: ORT-fused fp32 (CPU), dynamic int8 (CPU only), fp16 (GPU).
+
+int8 stays on the CPU path: dynamically quantized ops have no CUDA kernels and fall back to the CPU under the
+CUDA provider (optimum PR #407, onnxruntime #12229). Settings below were chosen by measurement on the
+build machine (see INT8_SETTINGS and the report in model_repository/README.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import onnx
+
+from export.errors import ExportError
+
+# ORT's transformer optimizer knows these encoder families (BERT-like attention subgraphs).
+_ORT_MODEL_TYPES = {
+    "bert": "bert",
+    "roberta": "bert",
+    "xlm-roberta": "bert",
+    "distilbert": "bert",
+    "electra": "bert",
+    "camembert": "bert",
+    "deberta-v2": "bert",
+}
+
+
+@dataclass(frozen=True)
+class Int8Settings:
+    """quantize_dynamic settings (recorded in the manifest)."""
+
+    per_channel: bool = True
+    reduce_range: bool = False
+    weight_type: str = "QInt8"
+    op_types: tuple[str, ...] = ("MatMul", "Attention")
+    from_fused_graph: bool = True
+
+
+INT8_SETTINGS = Int8Settings()
+
+
+def optimize_fp32(source: Path, output: Path, model_type: str, *, num_heads: int, hidden_size: int) -> bool:
+    """Write an ORT-fused fp32 graph (Attention, SkipLayerNorm, BiasGelu); False if the family is unknown."""
+    ort_type = _ORT_MODEL_TYPES.get(model_type)
+    if ort_type is None:
+        return False
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    with _quiet_ort():
+        optimized = optimize_model(
+            str(source),
+            model_type=ort_type,
+            num_heads=num_heads,
+            hidden_size=hidden_size,
+            opt_level=1,
+            use_gpu=False,
+        )
+    optimized.save_model_to_file(str(output))
+    return True
+
+
+def quantize_int8(source: Path, output: Path, settings: Int8Settings = INT8_SETTINGS) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet_ort():
+        try:
+            quantize_dynamic(
+                str(source),
+                str(output),
+                per_channel=settings.per_channel,
+                reduce_range=settings.reduce_range,
+                weight_type=getattr(QuantType, settings.weight_type),
+                op_types_to_quantize=list(settings.op_types),
+                # fused com.microsoft ops defeat ONNX shape inference: their outputs are float32
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
+        except Exception as exc:
+            raise ExportError(
+                f"int8 quantization of {source.name} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+    if not output.is_file():
+        raise ExportError(f"int8 quantization wrote no {output.name}")
+
+
+def convert_fp16(source: Path, output: Path) -> None:
+    """fp16 weights and math with int64 inputs and float32 logits kept, so the same client works."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(source))
+    with _quiet_ort():
+        converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=None)
+    onnx.save(converted, str(output))
+
+
+def settings_dict(settings: Int8Settings) -> dict[str, object]:
+    data = asdict(settings)
+    data["op_types"] = list(settings.op_types)
+    return data
+
+
+@contextlib.contextmanager
+def _quiet_ort():
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)

@@ -1,0 +1,257 @@
+"""Parity gate: exported variants must score like a separately loaded PyTorch model.
+
+The pairs are generated deterministically from fixed word lists (no data files needed): queries about a
+topic, documents that are relevant, partly relevant or off-topic, short or long, and a quarter of them long
+enough to be truncated at the model's max length. The gate checks numbers (max |diff| of logits) and
+ranking (Spearman and same best document per query), as optimum's validation does for numbers only.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.errors import ParityError
+
+_TOPICS = [
+    ("vitamin D", "bone density", "older adults"),
+    ("insulin resistance", "type 2 diabetes", "obese patients"),
+    ("statins", "cardiovascular events", "middle-aged men"),
+    ("sleep deprivation", "memory consolidation", "students"),
+    ("air pollution", "asthma attacks", "children"),
+    ("aspirin", "colorectal cancer", "long-term users"),
+    ("gut microbiota", "immune response", "infants"),
+    ("aerobic exercise", "blood pressure", "hypertensive adults"),
+    ("smoking", "lung function", "former smokers"),
+    ("folic acid", "neural tube defects", "pregnant women"),
+    ("antibiotic overuse", "bacterial resistance", "hospitals"),
+    ("coffee consumption", "liver disease", "heavy drinkers"),
+    ("mediterranean diet", "cognitive decline", "elderly people"),
+    ("tumor suppressor p53", "cell apoptosis", "cancer cell lines"),
+    ("BRCA1 mutations", "breast cancer risk", "carriers"),
+    ("influenza vaccination", "hospital admissions", "nursing homes"),
+    ("omega-3 fatty acids", "depression symptoms", "adolescents"),
+    ("high salt intake", "stroke", "rural populations"),
+    ("stem cell therapy", "heart failure", "clinical trials"),
+    ("ultraviolet radiation", "melanoma", "outdoor workers"),
+    ("zinc supplements", "common cold duration", "adults"),
+    ("chronic stress", "cortisol levels", "nurses"),
+    ("screen time", "myopia", "school children"),
+    ("the Berlin wall", "urban population", "East Germany"),
+]
+_QUESTIONS = [
+    "Does {a} affect {b} in {c}?",
+    "What is the effect of {a} on {b}?",
+    "{a} and {b} among {c}",
+    "How does {a} change the risk of {b} in {c}?",
+]
+_FILLER_TEXT = (
+    "the study measured outcomes over several years and the authors report confidence intervals for each group "
+    "while the cohort was followed with questionnaires clinical visits and laboratory tests that were analysed "
+    "by independent reviewers who adjusted the models for age sex income and prior disease history"
+)
+_OFFTOPIC_TEXT = (
+    "the railway timetable changes in spring when new trains arrive and the station opens a second platform "
+    "for regional services that connect the harbour with the old market square and the football stadium"
+)
+_FILLER = _FILLER_TEXT.split()
+_OFFTOPIC = _OFFTOPIC_TEXT.split()
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Bounds of the gate (defaults from issue 2)."""
+
+    fp32_max_abs_diff: float = 1e-4
+    int8_min_spearman: float = 0.98
+    int8_min_top1_agreement: float = 0.95
+    fp16_max_abs_diff: float = 0.05
+    fp16_min_spearman: float = 0.99
+
+
+@dataclass(frozen=True)
+class ParitySet:
+    """Fixed query/document pairs; queries[i] owns the pairs whose group is i."""
+
+    queries: list[str]
+    pairs: list[tuple[str, str]]
+    groups: list[int]
+
+
+def build_parity_set(n_queries: int = 24, docs_per_query: int = 4, seed: int = 20261125) -> ParitySet:
+    """Deterministic pairs of varied length and relevance (same output on every machine)."""
+    rng = random.Random(seed)
+    queries: list[str] = []
+    pairs: list[tuple[str, str]] = []
+    groups: list[int] = []
+    for qi in range(n_queries):
+        a, b, c = _TOPICS[qi % len(_TOPICS)]
+        query = _QUESTIONS[qi % len(_QUESTIONS)].format(a=a, b=b, c=c)
+        other = _TOPICS[(qi + 7) % len(_TOPICS)]
+        docs = [
+            f"In {c}, {a} was strongly associated with {b}. " + _words(rng, _FILLER, rng.randint(5, 40)),
+            f"{a.capitalize()} was studied. " + _words(rng, _FILLER, rng.randint(20, 80)),
+            f"{other[0].capitalize()} and {other[1]}. " + _words(rng, _OFFTOPIC, rng.randint(3, 30)),
+            # long: truncated at max_length for any BERT-sized model
+            f"We report that {a} changes {b} in {c}. " + _words(rng, _FILLER + _OFFTOPIC, 700),
+        ]
+        for doc in docs[:docs_per_query]:
+            pairs.append((query, doc))
+            groups.append(qi)
+        queries.append(query)
+    return ParitySet(queries=queries, pairs=pairs, groups=groups)
+
+
+def _words(rng: random.Random, vocab: Sequence[str], n: int) -> str:
+    return " ".join(rng.choice(vocab) for _ in range(n)) + "."
+
+
+def tokenize_pairs(
+    tokenizer: Any, pairs: Sequence[tuple[str, str]], max_length: int
+) -> list[dict[str, list[int]]]:
+    """One encoding per pair, truncating the document only (as the gateway does)."""
+    encoded = tokenizer(
+        [q for q, _ in pairs],
+        [d for _, d in pairs],
+        truncation="only_second",
+        max_length=max_length,
+        padding=False,
+        return_token_type_ids=True,
+    )
+    keys = list(encoded.keys())
+    return [{k: encoded[k][i] for k in keys} for i in range(len(pairs))]
+
+
+def batches(
+    encodings: list[dict[str, list[int]]], input_names: Sequence[str], pad_id: int, batch_size: int = 16
+):
+    """Length-sorted, padded int64 batches; yields (indices, {name: array})."""
+    order = sorted(range(len(encodings)), key=lambda i: len(encodings[i]["input_ids"]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = max(len(encodings[i]["input_ids"]) for i in idx)
+        feed = {}
+        for name in input_names:
+            fill = pad_id if name == "input_ids" else 0
+            arr = np.full((len(idx), width), fill, dtype=np.int64)
+            for row, i in enumerate(idx):
+                seq = encodings[i][name]
+                arr[row, : len(seq)] = seq
+            feed[name] = arr
+        yield idx, feed
+
+
+def score_all(
+    run: Callable[[dict[str, np.ndarray]], np.ndarray],
+    encodings: list[dict[str, list[int]]],
+    input_names: Sequence[str],
+    pad_id: int,
+) -> np.ndarray:
+    out = np.zeros(len(encodings), dtype=np.float64)
+    for idx, feed in batches(encodings, input_names, pad_id):
+        out[idx] = np.asarray(run(feed), dtype=np.float64).reshape(len(idx), -1)[:, 0]
+    return out
+
+
+def pytorch_scores(model_dir: Path, encodings, input_names, pad_id: int) -> np.ndarray:
+    """Reference logits from a freshly loaded model (torch.onnx.export may have altered the exported one)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32)
+    model.eval()
+
+    def run(feed: dict[str, np.ndarray]) -> np.ndarray:
+        with torch.inference_mode():
+            return model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
+
+    return score_all(run, encodings, input_names, pad_id)
+
+
+def onnx_scores(onnx_path: Path, encodings, input_names, pad_id: int, threads: int = 2) -> np.ndarray:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    return score_all(lambda feed: session.run(["logits"], feed)[0], encodings, input_names, pad_id)
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation (average ranks for ties), without scipy."""
+    ra, rb = _rank(a), _rank(b)
+    ra -= ra.mean()
+    rb -= rb.mean()
+    denom = float(np.sqrt((ra * ra).sum() * (rb * rb).sum()))
+    return float((ra * rb).sum() / denom) if denom > 0 else 1.0
+
+
+def _rank(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[order] = np.arange(len(x), dtype=np.float64)
+    for value in np.unique(x):
+        mask = x == value
+        if mask.sum() > 1:
+            ranks[mask] = ranks[mask].mean()
+    return ranks
+
+
+def top1_agreement(reference: np.ndarray, candidate: np.ndarray, groups: Sequence[int]) -> float:
+    g = np.asarray(groups)
+    same = [np.argmax(reference[g == q]) == np.argmax(candidate[g == q]) for q in np.unique(g)]
+    return float(np.mean(same))
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, groups: Sequence[int]) -> dict[str, float]:
+    diff = np.abs(reference - candidate)
+    return {
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "spearman": round(spearman(reference, candidate), 6),
+        "top1_agreement": top1_agreement(reference, candidate, groups),
+    }
+
+
+def check_gate(name: str, figures: dict[str, dict[str, float]], thresholds: Thresholds) -> None:
+    """Raise ParityError listing every bound that a variant misses."""
+    problems = []
+    fp32 = figures["fp32"]
+    if not fp32["max_abs_diff"] <= thresholds.fp32_max_abs_diff:
+        problems.append(
+            f"fp32 ONNX vs PyTorch max |diff| {fp32['max_abs_diff']:.3g} > {thresholds.fp32_max_abs_diff:g}"
+        )
+    if "fp32-opt" in figures and not figures["fp32-opt"]["max_abs_diff"] <= thresholds.fp32_max_abs_diff:
+        problems.append(
+            f"fp32-opt ONNX vs PyTorch max |diff| {figures['fp32-opt']['max_abs_diff']:.3g} > "
+            f"{thresholds.fp32_max_abs_diff:g}"
+        )
+    int8 = figures["int8"]
+    if not int8["spearman"] >= thresholds.int8_min_spearman:
+        problems.append(f"int8 Spearman vs fp32 {int8['spearman']:.4f} < {thresholds.int8_min_spearman}")
+    if not int8["top1_agreement"] >= thresholds.int8_min_top1_agreement:
+        problems.append(
+            f"int8 picks the fp32 best document on {int8['top1_agreement']:.1%} of queries "
+            f"< {thresholds.int8_min_top1_agreement:.0%}"
+        )
+    if "fp16" in figures:
+        fp16 = figures["fp16"]
+        if not fp16["max_abs_diff"] <= thresholds.fp16_max_abs_diff:
+            problems.append(f"fp16 max |diff| {fp16['max_abs_diff']:.3g} > {thresholds.fp16_max_abs_diff:g}")
+        if not fp16["spearman"] >= thresholds.fp16_min_spearman:
+            problems.append(f"fp16 Spearman {fp16['spearman']:.4f} < {thresholds.fp16_min_spearman}")
+    if problems:
+        raise ParityError(
+            f"{name}: parity gate failed: " + "; ".join(problems) + "; no repository was written"
+        )
+
+
+def thresholds_dict(thresholds: Thresholds) -> dict[str, float]:
+    return asdict(thresholds)
