@@ -1,0 +1,97 @@
+"""NVIDIA NIM text reranking: `POST /v1/ranking`.
+
+Body `{model, query: {text}, passages: [{text}], truncate: "NONE" | "END"}` (NIM's default is NONE: an
+over-long pair is an error) -> `{rankings: [{index, logit}], usage: {prompt_tokens, total_tokens}}`,
+sorted by logit. Errors are problem details `{type, status, title, detail}`.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+from gateway.api.dialects.common import (
+    apply_aliases,
+    check_max_chunks,
+    check_top_n,
+    dialect_route_class,
+    run_queries,
+)
+from gateway.domain import RerankOutcome, RerankQuery
+from gateway.errors import ValidationFailed
+
+
+class NIMText(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    text: str
+
+
+class NIMRankingRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    query: NIMText
+    passages: list[NIMText]
+    truncate: Literal["NONE", "END"] = "NONE"
+    # Neighbours' fields, accepted leniently.
+    top_n: int | None = None
+    max_chunks_per_doc: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lenient(cls, data: Any) -> Any:
+        data = apply_aliases(data, {"passages": ("documents", "texts"), "top_n": ("top_k",)})
+        if isinstance(data, dict):
+            data = dict(data)
+            if isinstance(data.get("query"), str):  # a bare string query
+                data["query"] = {"text": data["query"]}
+            if isinstance(data.get("passages"), list):
+                data["passages"] = [{"text": p} if isinstance(p, str) else p for p in data["passages"]]
+        return data
+
+    @field_validator("truncate", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+def render_error(status: int, error_type: str, message: str) -> dict[str, Any]:
+    try:
+        title = HTTPStatus(status).phrase
+    except ValueError:
+        title = "Error"
+    return {"type": "about:blank", "status": status, "title": title, "detail": message}
+
+
+NIMRoute = dialect_route_class(render_error)
+
+
+def to_query(req: NIMRankingRequest) -> RerankQuery:
+    if not req.passages:
+        raise ValidationFailed("passages must not be empty")
+    return RerankQuery(
+        query=req.query.text,
+        documents=tuple(p.text for p in req.passages),
+        top_n=check_top_n(req.top_n),
+        max_chunks_per_doc=check_max_chunks(req.max_chunks_per_doc),
+        truncate=req.truncate == "END",
+    )
+
+
+def render(outcome: RerankOutcome) -> dict[str, Any]:
+    return {
+        "rankings": [{"index": s.index, "logit": s.logit} for s in outcome.results],
+        "usage": {"prompt_tokens": outcome.prompt_tokens, "total_tokens": outcome.prompt_tokens},
+    }
+
+
+router = APIRouter(route_class=NIMRoute, tags=["nvidia-nim"])
+
+
+@router.post("/v1/ranking", summary="NVIDIA NIM ranking")
+async def ranking(request: Request, body: NIMRankingRequest) -> dict[str, Any]:
+    [outcome] = await run_queries(request, [to_query(body)])
+    return render(outcome)

@@ -1,0 +1,139 @@
+"""Hugging Face text-embeddings-inference: `POST /rerank` when the body has `texts`.
+
+TEI answers a bare array `[{index, score, text?}]`, one item per text, sorted by score (LlamaIndex's TEI
+postprocessor asserts one score per node; Haystack's TEI ranker reads `index`/`score`). `raw_scores`
+gives the logit instead of the sigmoid. Usage goes where TEI puts it: `x-compute-tokens` and
+`x-compute-characters` headers. Errors are `{"error", "error_type"}` with TEI's type names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+from gateway.api.dialects.common import (
+    apply_aliases,
+    check_max_chunks,
+    check_top_n,
+    describe_validation,
+    error_headers,
+    gateway_status,
+    run_queries,
+)
+from gateway.domain import RerankOutcome, RerankQuery
+from gateway.errors import RerankError, ValidationFailed
+
+ALIASES = {
+    "texts": ("documents", "passages"),
+    "return_text": ("return_documents",),
+    "top_n": ("top_k",),
+}
+
+# TEI's ErrorType names (router/src/lib.rs), by our error_type.
+TEI_ERROR_TYPES = {
+    "validation": "Validation",
+    "limit_exceeded": "Validation",
+    "empty": "Empty",
+    "overloaded": "Overloaded",
+    "unhealthy": "Unhealthy",
+    "backend": "Backend",
+    "timeout": "Backend",
+    "unauthorized": "Unauthorized",
+}
+
+
+class TEIRerankRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    query: str
+    texts: list[str]
+    truncate: bool | None = None
+    truncation_direction: str = "right"
+    raw_scores: bool = False
+    return_text: bool = False
+    # Not TEI's, accepted from neighbours' clients: a top_n cuts the array, chunks score long texts.
+    top_n: int | None = None
+    max_chunks_per_doc: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, data: Any) -> Any:
+        return apply_aliases(data, ALIASES)
+
+    @field_validator("truncation_direction")
+    @classmethod
+    def _direction(cls, value: str) -> str:
+        lowered = value.lower()
+        if lowered not in ("left", "right"):
+            raise ValueError("must be 'left' or 'right'")
+        return lowered
+
+
+def to_query(req: TEIRerankRequest) -> RerankQuery:
+    if not req.texts:
+        raise _Empty("`texts` cannot be empty")
+    return RerankQuery(
+        query=req.query,
+        documents=tuple(req.texts),
+        top_n=check_top_n(req.top_n),
+        max_chunks_per_doc=check_max_chunks(req.max_chunks_per_doc),
+        # TEI's default is the server's auto-truncate, which is on here.
+        truncate=True if req.truncate is None else req.truncate,
+        truncation_direction="left" if req.truncation_direction == "left" else "right",
+    )
+
+
+def render(req: TEIRerankRequest, outcome: RerankOutcome) -> list[dict[str, Any]]:
+    items = []
+    for scored in outcome.results:
+        item: dict[str, Any] = {"index": scored.index}
+        if req.return_text:
+            item["text"] = req.texts[scored.index]
+        item["score"] = scored.logit if req.raw_scores else scored.relevance_score
+        items.append(item)
+    # The outcome is sorted by relevance_score, which the logit orders the same way.
+    return items
+
+
+def usage_headers(req: TEIRerankRequest, outcome: RerankOutcome) -> dict[str, str]:
+    chars = len(req.query) * len(req.texts) + sum(len(t) for t in req.texts)
+    return {
+        "x-compute-type": outcome.backend,
+        "x-compute-tokens": str(outcome.prompt_tokens),
+        "x-compute-characters": str(chars),
+    }
+
+
+class _Empty(ValidationFailed):
+    error_type = "empty"
+
+
+def render_error(status: int, error_type: str, message: str) -> dict[str, Any]:
+    return {"error": message, "error_type": TEI_ERROR_TYPES.get(error_type, "Backend")}
+
+
+def error_response(exc: RerankError) -> JSONResponse:
+    status = 400 if isinstance(exc, _Empty) else gateway_status(exc)
+    return JSONResponse(render_error(status, exc.error_type, exc.message), status, headers=error_headers(exc))
+
+
+async def rerank_tei(request: Request, body: Any) -> JSONResponse:
+    """Answer an already-decoded `/rerank` body that has `texts` (the seed route dispatches here)."""
+    try:
+        try:
+            req = TEIRerankRequest.model_validate(body)
+        except ValidationError as exc:
+            raise ValidationFailed(describe_validation(RequestValidationError(exc.errors()))) from None
+        [outcome] = await run_queries(request, [to_query(req)])
+    except RerankError as exc:
+        return error_response(exc)
+    return JSONResponse(render(req, outcome), headers=usage_headers(req, outcome))
+
+
+def is_tei_body(body: Any) -> bool:
+    """TEI's body names its documents `texts`; the seed shape names them `documents`."""
+    return isinstance(body, dict) and "texts" in body and "documents" not in body

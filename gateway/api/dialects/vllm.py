@@ -1,0 +1,162 @@
+"""vLLM's pooling API: `POST /score`, `POST /v1/score` and `GET /v1/models`.
+
+Score pairs `text_1` x `text_2` (also `queries`/`documents`, `queries`/`items`, `data_1`/`data_2`, as newer
+vLLM accepts): 1:N (one query, many documents) or N:N (pairwise). Pairs are grouped by query, and the
+groups are scored together in one executor call. The answer keeps pair order:
+`{id, object: "list", created, model, data: [{index, object: "score", score}], usage}`.
+vLLM's `/rerank`, `/v1/rerank` and `/v2/rerank` bodies are Cohere's and are answered by those routes.
+Errors are vLLM's `{"error": {message, type, param, code}}`, 400 for a bad request.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gateway.api.dialects.common import dialect_route_class, new_id, run_queries, served_model
+from gateway.domain import RerankOutcome, RerankQuery
+from gateway.errors import ValidationFailed
+
+# vLLM's error `type` names by HTTP status (vllm/entrypoints/openai/engine/protocol.py ErrorInfo).
+_VLLM_TYPES = {
+    400: "BadRequestError",
+    401: "Unauthorized",
+    404: "NotFoundError",
+    413: "BadRequestError",
+    422: "BadRequestError",
+    429: "TooManyRequests",
+    503: "ServiceUnavailable",
+    504: "GatewayTimeout",
+}
+
+# The pair-naming variants vLLM accepts, in its order of preference.
+_PAIR_NAMES = (("queries", "documents"), ("queries", "items"), ("data_1", "data_2"), ("text_1", "text_2"))
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    text_1: str | list[str]
+    text_2: str | list[str]
+    truncate_prompt_tokens: int | None = Field(None, ge=-1)
+    use_activation: bool | None = None
+    activation: bool | None = None  # deprecated names of use_activation
+    softmax: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pair_names(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or ("text_1" in data and "text_2" in data):
+            return data
+        for first, second in _PAIR_NAMES:
+            if first in data and second in data:
+                return {**data, "text_1": data[first], "text_2": data[second]}
+        return data
+
+    @property
+    def activated(self) -> bool:
+        for flag in (self.use_activation, self.activation, self.softmax):
+            if flag is not None:
+                return flag
+        return True
+
+
+def render_error(status: int, error_type: str, message: str) -> dict[str, Any]:
+    return {
+        "error": {
+            "message": message,
+            "type": _VLLM_TYPES.get(status, "InternalServerError"),
+            "param": None,
+            "code": status,
+        }
+    }
+
+
+VLLMRoute = dialect_route_class(render_error, status_overrides={"validation": 400, "limit_exceeded": 400})
+
+
+def pairs(req: ScoreRequest) -> list[tuple[str, str]]:
+    """(query, document) per pair, in response order: 1:1, 1:N or N:N as vLLM defines them."""
+    firsts = [req.text_1] if isinstance(req.text_1, str) else list(req.text_1)
+    seconds = [req.text_2] if isinstance(req.text_2, str) else list(req.text_2)
+    if not firsts or not seconds:
+        raise ValidationFailed("text_1 and text_2 must not be empty")
+    if len(firsts) == 1:
+        firsts = firsts * len(seconds)
+    elif len(firsts) != len(seconds):
+        raise ValidationFailed(
+            f"Input lengths must be either 1:1, 1:N or N:N (got {len(firsts)} and {len(seconds)})"
+        )
+    return list(zip(firsts, seconds, strict=True))
+
+
+def to_queries(req: ScoreRequest) -> tuple[list[RerankQuery], list[list[int]]]:
+    """One query per distinct text_1, and per query the pair index of each of its documents."""
+    groups: dict[str, list[int]] = {}
+    all_pairs = pairs(req)
+    for i, (query, _) in enumerate(all_pairs):
+        groups.setdefault(query, []).append(i)
+    # vLLM truncates the whole prompt to `truncate_prompt_tokens` (-1: the model's length); without it an
+    # over-long pair is an error.
+    limit = req.truncate_prompt_tokens
+    queries = [
+        RerankQuery(
+            query=query,
+            documents=tuple(all_pairs[i][1] for i in members),
+            keep=0,  # every pair gets the cross-encoder's score, no prefilter cut
+            max_length=limit if limit is not None and limit > 0 else None,
+            truncate=limit is not None,
+        )
+        for query, members in groups.items()
+    ]
+    return queries, list(groups.values())
+
+
+def render(
+    req: ScoreRequest, outcomes: list[RerankOutcome], members: list[list[int]], *, model: str
+) -> dict[str, Any]:
+    scores: dict[int, float] = {}
+    for outcome, pair_indexes in zip(outcomes, members, strict=True):
+        for scored in outcome.results:
+            scores[pair_indexes[scored.index]] = scored.relevance_score if req.activated else scored.logit
+    tokens = sum(o.prompt_tokens for o in outcomes)
+    return {
+        "id": new_id("score-"),
+        "object": "list",
+        "created": int(time.time()),
+        "model": outcomes[0].model if outcomes else model,
+        "data": [{"index": i, "object": "score", "score": scores[i]} for i in range(len(scores))],
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0},
+    }
+
+
+router = APIRouter(route_class=VLLMRoute, tags=["vllm"])
+
+
+@router.post("/score", summary="vLLM score")
+@router.post("/v1/score", summary="vLLM score (v1 path)")
+async def score(request: Request, body: ScoreRequest) -> dict[str, Any]:
+    queries, members = to_queries(body)
+    outcomes = await run_queries(request, queries)
+    return render(body, outcomes, members, model=served_model(request).id)
+
+
+@router.get("/v1/models", summary="Served models (OpenAI/vLLM list)")
+async def models(request: Request) -> dict[str, Any]:
+    served = served_model(request)
+    card: dict[str, Any] = {
+        "id": served.id,
+        "object": "model",
+        "created": served.created,
+        "owned_by": "reranker-service",
+        "root": served.id,
+        "parent": None,
+        "permission": [],
+    }
+    if served.max_model_len is not None:
+        card["max_model_len"] = served.max_model_len
+    return {"object": "list", "data": [card]}
