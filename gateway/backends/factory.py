@@ -1,0 +1,186 @@
+"""Builds the loaded stages from settings: which variant, which execution provider, which fallbacks.
+
+Decision for the cross-encoder (the prefilter always runs on the CPU, int8 when exported):
+- device "cpu", or no usable GPU, or NVML's free memory below the model's need + margin: CPU provider,
+  variant per `cpu_precision` (int8 by default; fp32 reproduces the reference scores);
+- otherwise the CUDA provider (fp16 variant when exported, else fp32), checked with
+  `session.get_providers()[0]` because onnxruntime-gpu silently falls back to the CPU, composed with a
+  CPU scorer that takes the batches a CUDA OOM/CUDA error breaks;
+- `triton_url` set: a TritonScorer as the primary with that local scorer as the fallback.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from gateway import metrics
+from gateway.backends.base import Scorer
+from gateway.backends.fallback import FallbackScorer
+from gateway.backends.gpu_probe import GpuProbe, GpuStatus, NvmlProbe
+from gateway.backends.onnx_local import OnnxScorer, SessionLike, make_session
+from gateway.config import Settings
+from gateway.errors import ModelRepositoryError
+from gateway.models import LoadedModels, ModelStage
+from gateway.repository import ModelSpec, read_model_spec
+from gateway.tokenization import PairTokenizer, check_inputs
+
+log = logging.getLogger(__name__)
+
+SessionFactory = Callable[..., SessionLike]  # (path, *, device, threads) -> session
+# GPU memory a model needs beyond its weights file: CUDA context, cuBLAS workspace, activations.
+GPU_WORKSPACE_MB = 512
+
+
+def gpu_need_mb(spec: ModelSpec, variant: str) -> int:
+    return 2 * (spec.variant_bytes(variant) >> 20) + GPU_WORKSPACE_MB
+
+
+def cpu_variant(spec: ModelSpec, precision: str) -> str:
+    order = ["int8", "fp32-opt", "fp32"] if precision == "int8" else ["fp32-opt", "fp32"]
+    for variant in order:
+        if spec.variant_path(variant):
+            return variant
+    raise ModelRepositoryError(f"{spec.folder}: no CPU variant among {order} exists")
+
+
+class ModelLoader:
+    """Callable the pipeline runs (in a worker thread) to load every stage."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        gpu_probe: GpuProbe | None = None,
+        session_factory: SessionFactory | None = None,
+        cpu_session_factory: SessionFactory | None = None,
+    ) -> None:
+        self.settings = settings
+        self.gpu_probe = gpu_probe or NvmlProbe()
+        self.session_factory = session_factory or make_session
+        self.cpu_session_factory = cpu_session_factory or make_session
+        self._cpu_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort-cpu")
+
+    def probe(self) -> GpuStatus:
+        if self.settings.device == "cpu":
+            return GpuStatus(False, reason="RERANKER_DEVICE=cpu")
+        return self.gpu_probe.probe()
+
+    def __call__(self) -> LoadedModels:
+        started = time.perf_counter()
+        s = self.settings
+        spec = read_model_spec(s.model_repository, s.model_name)
+        check_inputs(spec.input_names)
+        gpu = self.probe()
+        report: dict[str, Any] = {"gpu": gpu.as_dict()}
+        local, variant = self._local_reranker(spec, gpu, report)
+        scorer: Scorer = local
+        if s.triton_url:
+            from gateway.backends.triton import TritonScorer  # only module importing tritonclient
+
+            triton = TritonScorer(
+                url=s.triton_url,
+                protocol=s.triton_protocol,
+                model_name=s.effective_triton_model_name,
+                input_names=spec.input_names,
+                timeout_s=s.triton_timeout_s,
+            )
+            scorer = FallbackScorer(triton, local, mark_down=True, reprobe_s=s.fallback_reprobe_s)
+            report["triton"] = {"url": s.triton_url, "protocol": s.triton_protocol}
+        max_length = min(s.max_length or spec.max_length, spec.max_length)
+        reranker = ModelStage(
+            spec=spec,
+            tokenizer=PairTokenizer.from_dir(spec.tokenizer_dir, max_length=max_length),
+            scorer=scorer,
+            max_length=max_length,
+            variant=variant,
+        )
+        prefilter = self._prefilter() if s.prefilter_name else None
+        elapsed = time.perf_counter() - started
+        metrics.MODEL_LOAD_SECONDS.set(elapsed)
+        report["load_seconds"] = round(elapsed, 3)
+        log.info(
+            "loaded %s (%s, %s)%s in %.2fs",
+            spec.name,
+            variant,
+            scorer.name,
+            f" and {prefilter.spec.name} ({prefilter.variant})" if prefilter else "",
+            elapsed,
+        )
+        return LoadedModels(reranker=reranker, prefilter=prefilter, device_report=report)
+
+    def _cpu_scorer(self, spec: ModelSpec, variant: str) -> OnnxScorer:
+        path = spec.variant_path(variant)
+        assert path is not None
+        session = self.cpu_session_factory(path, device="cpu", threads=self.settings.intra_op_threads)
+        return OnnxScorer(session, name="onnx-cpu", executor=self._cpu_lane)
+
+    def _local_reranker(self, spec: ModelSpec, gpu: GpuStatus, report: dict[str, Any]) -> tuple[Scorer, str]:
+        s = self.settings
+        cpu_var = cpu_variant(spec, s.cpu_precision)
+        if s.device != "cpu":
+            gpu_var = "fp16" if spec.variant_path("fp16") else "fp32"
+            need = gpu_need_mb(spec, gpu_var) + s.gpu_memory_margin_mb
+            if not gpu.available:
+                report["cuda"] = f"not used: {gpu.reason}"
+            elif gpu.free_mb is not None and gpu.free_mb < need and s.device == "auto":
+                report["cuda"] = f"not used: {gpu.free_mb} MiB free < {need} MiB needed (model + margin)"
+            else:
+                cuda = self._cuda_scorer(spec, gpu_var, report)
+                if cuda is not None:
+                    fallback = self._cpu_scorer(spec, cpu_var)
+                    composed = FallbackScorer(cuda, fallback, split_on_failure=True, mark_down=False)
+                    report["cuda"] = "used"
+                    return composed, gpu_var
+            if s.device == "cuda":
+                log.warning("RERANKER_DEVICE=cuda but %s; serving on the CPU", report["cuda"])
+            else:
+                log.info("cross-encoder on the CPU: %s", report["cuda"])
+        return self._cpu_scorer(spec, cpu_var), cpu_var
+
+    def _cuda_scorer(self, spec: ModelSpec, variant: str, report: dict[str, Any]) -> OnnxScorer | None:
+        path = spec.variant_path(variant)
+        assert path is not None
+        try:
+            session = self.session_factory(path, device="cuda", threads=self.settings.intra_op_threads)
+        except Exception as exc:
+            report["cuda"] = f"not used: session creation failed: {exc}"
+            return None
+        provider = session.get_providers()[0]
+        if provider != "CUDAExecutionProvider":  # onnxruntime-gpu falls back silently without CUDA libs
+            report["cuda"] = f"not used: the session runs on {provider} (CUDA libraries missing?)"
+            return None
+        return OnnxScorer(session, name="onnx-cuda")
+
+    def _prefilter(self) -> ModelStage:
+        s = self.settings
+        spec = read_model_spec(s.model_repository, s.prefilter_name)
+        check_inputs(spec.input_names)
+        variant = cpu_variant(spec, "int8")
+        max_length = min(s.prefilter_max_length or spec.max_length, spec.max_length)
+        return ModelStage(
+            spec=spec,
+            tokenizer=PairTokenizer.from_dir(spec.tokenizer_dir, max_length=max_length),
+            scorer=self._cpu_scorer(spec, variant),
+            max_length=max_length,
+            variant=variant,
+        )
+
+
+def describe_repository(settings: Settings) -> dict[str, Any]:
+    """Manifest facts for /info before anything is loaded (reads JSON only)."""
+    out: dict[str, Any] = {}
+    for name in filter(None, [settings.model_name, settings.prefilter_name]):
+        try:
+            spec = read_model_spec(settings.model_repository, name)
+            out[name] = {
+                "model_id": spec.model_id,
+                "max_length": spec.max_length,
+                "variants": sorted(spec.variants),
+            }
+        except ModelRepositoryError as exc:
+            out[name] = {"error": exc.message}
+    return out

@@ -1,0 +1,127 @@
+"""Local ONNX Runtime scorer (CPU or CUDA execution provider).
+
+Sessions are tuned for throughput on few cores: intra-op threads = cores, one inference at a time per
+lane (a single-thread executor shared by the CPU sessions, so two models never fight over the cores),
+full graph optimisation. `session.run` releases the GIL, so the event loop keeps serving meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from gateway import metrics
+from gateway.backends.base import BatchScores, EncodedBatch
+
+log = logging.getLogger(__name__)
+
+_CUDA_OOM = re.compile(r"out of memory|CUDNN_STATUS_ALLOC_FAILED|Failed to allocate memory|OOM", re.I)
+_CUDA_ERROR = re.compile(r"CUDA|CUBLAS|CUDNN|cudaError", re.I)
+
+
+class ScorerFailure(RuntimeError):
+    """A runtime error with a short machine-readable reason ("cuda_oom", "cuda_error", "runtime")."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class SessionLike(Protocol):
+    def run(self, output_names: Sequence[str] | None, input_feed: dict[str, Any]) -> list[Any]: ...
+    def get_inputs(self) -> list[Any]: ...
+    def get_outputs(self) -> list[Any]: ...
+    def get_providers(self) -> list[str]: ...
+
+
+def classify_failure(exc: BaseException, *, on_gpu: bool) -> str:
+    text = str(exc)
+    if on_gpu and _CUDA_OOM.search(text):
+        return "cuda_oom"
+    if on_gpu and _CUDA_ERROR.search(text):
+        return "cuda_error"
+    return "runtime"
+
+
+def make_session(path: Path, *, device: str, threads: int, device_id: int = 0) -> SessionLike:
+    """An InferenceSession tuned for this service; `device` "cuda" asks for the CUDA provider first."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    # Shapes change with every batch: memory patterns are never reused, and the CPU arena keeps the peak
+    # of the largest batch forever. Without them RSS follows the batch actually running.
+    opts.enable_mem_pattern = False
+    opts.enable_cpu_mem_arena = False
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    providers: list[Any]
+    if device == "cuda":
+        providers = [
+            ("CUDAExecutionProvider", {"device_id": device_id, "arena_extend_strategy": "kSameAsRequested"}),
+            "CPUExecutionProvider",
+        ]
+    else:
+        providers = ["CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+
+
+class OnnxScorer:
+    """Scorer over one ONNX Runtime session (or anything with the same `run`)."""
+
+    def __init__(
+        self,
+        session: SessionLike,
+        *,
+        name: str,
+        executor: ThreadPoolExecutor | None = None,
+        max_batch_size: int | None = None,
+    ) -> None:
+        self.session = session
+        self.name = name
+        self.on_gpu = name.endswith("cuda")
+        self.input_names: tuple[str, ...] = tuple(i.name for i in session.get_inputs())
+        outputs = [o.name for o in session.get_outputs()]
+        self._output = "logits" if "logits" in outputs else outputs[0]
+        self.max_batch_size = max_batch_size
+        self._own_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{name}")
+
+    @property
+    def provider(self) -> str:
+        return str(self.session.get_providers()[0])
+
+    def run_sync(self, batch: EncodedBatch) -> np.ndarray:
+        """Blocking inference: float32 logits, one per row."""
+        feed = {name: batch.inputs[name] for name in self.input_names}
+        try:
+            out = self.session.run([self._output], feed)[0]
+        except Exception as exc:
+            reason = classify_failure(exc, on_gpu=self.on_gpu)
+            metrics.SCORER_CALLS.labels(self.name, "inproc", reason).inc()
+            raise ScorerFailure(f"{self.name}: {exc}", reason=reason) from exc
+        metrics.SCORER_CALLS.labels(self.name, "inproc", "ok").inc()
+        logits = np.asarray(out, dtype=np.float32)
+        return logits.reshape(logits.shape[0], -1)[:, 0]
+
+    async def score(self, batch: EncodedBatch) -> BatchScores:
+        loop = asyncio.get_running_loop()
+        logits = await loop.run_in_executor(self._executor, self.run_sync, batch)
+        return BatchScores(logits=logits, backend=self.name)
+
+    async def ready(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        if self._own_executor:
+            self._executor.shutdown(wait=False, cancel_futures=True)

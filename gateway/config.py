@@ -1,0 +1,148 @@
+"""The gateway's settings: one typed object read from `RERANKER_*` environment variables.
+
+Built once at start-up (`load_settings()`) and passed in (`create_app(settings)`); never an import-time
+global, so tests build as many differently-configured apps as they like.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class ConfigurationError(Exception):
+    """A bad setting at start-up; the message names the environment variable and the problem."""
+
+
+class Settings(BaseSettings):
+    """Every knob of the gateway. Environment: `RERANKER_<FIELD>` (e.g. `RERANKER_KEEP=50`)."""
+
+    model_config = SettingsConfigDict(env_prefix="RERANKER_", extra="ignore", validate_default=True)
+
+    # --- models -------------------------------------------------------------------------------
+    model_repository: Path = Field(Path("model_repository"), description="Exported model repository.")
+    model_name: str = Field("reranker", min_length=1, description="Cross-encoder folder in the repository.")
+    prefilter_name: str = Field("prefilter", description="Prefilter folder; empty disables the first stage.")
+    model: str = Field(
+        "../shared/models/minilm-l6-rerank-standin",
+        description="Export source of the cross-encoder (hub id or folder), used by `make serve` when the "
+        "repository is missing.",
+    )
+    prefilter: str = Field(
+        "../shared/models/minilm-l2-prefilter-standin",
+        description="Export source of the prefilter, used by `make serve` when the repository is missing.",
+    )
+
+    # --- pipeline -----------------------------------------------------------------------------
+    keep: int = Field(
+        30,
+        ge=0,
+        description="Prefilter survivors the cross-encoder rescores (0: single stage). Per request: `keep`.",
+    )
+    max_length: int | None = Field(
+        None, ge=8, description="Cross-encoder pair length in tokens (None: model's)."
+    )
+    prefilter_max_length: int | None = Field(
+        128, ge=8, description="Prefilter pair length in tokens (None: model's; it was trained at 128)."
+    )
+    max_chunks_per_doc: int = Field(
+        1, ge=1, le=64, description="Windows a long document is split into (best window wins); 1: truncate."
+    )
+    chunk_overlap_tokens: int = Field(32, ge=0, description="Overlap between consecutive document windows.")
+    cpu_precision: Literal["int8", "fp32"] = Field(
+        "int8", description="Cross-encoder variant on the CPU: int8 (fast) or fp32 (reference quality)."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when a GPU with enough free memory is present, else CPU."
+    )
+    gpu_memory_margin_mb: int = Field(1024, ge=0, description="Free GPU memory kept beyond the model's need.")
+    token_budget: int = Field(
+        4096, ge=64, description="Padded tokens per inference batch (rows x longest pair of the batch)."
+    )
+    max_batch_size: int = Field(64, ge=1, description="Rows per inference batch at most.")
+    threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads per session (0: CPU cores).")
+    cache_size: int = Field(50_000, ge=0, description="Pair scores kept in the cache (0: no cache).")
+    cache_ttl_s: float = Field(3600.0, gt=0, description="Seconds a cached pair score stays valid.")
+
+    # --- serving ------------------------------------------------------------------------------
+    request_timeout_s: float = Field(30.0, gt=0, description="A request running longer answers 504.")
+    preload: bool = Field(True, description="Load the models at start-up (False: the first request loads).")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    max_documents: int = Field(1000, ge=1, description="Documents per request.")
+    max_document_chars: int = Field(20_000, ge=1, description="Characters per document.")
+    max_query_chars: int = Field(2_000, ge=1, description="Characters of the query.")
+    max_body_bytes: int = Field(10_000_000, ge=1024, description="Request body size.")
+    max_in_flight: int = Field(16, ge=1, description="Requests processed at once; more answer 429.")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Accepted API keys, comma-separated (empty: auth off)."
+    )
+
+    # --- Triton (optional primary backend, local ONNX Runtime stays the fallback) --------------
+    triton_url: str | None = Field(None, description="Triton endpoint, e.g. localhost:8001 (None: off).")
+    triton_protocol: Literal["grpc", "http"] = "grpc"
+    triton_model_name: str | None = Field(None, description="Model name in Triton (default: model_name).")
+    triton_timeout_s: float = Field(10.0, gt=0)
+    fallback_reprobe_s: float = Field(
+        5.0, gt=0, description="After a primary backend fails, seconds between readiness re-probes."
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_validator("triton_url", "triton_model_name", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if (
+            self.chunk_overlap_tokens
+            and self.max_length
+            and self.chunk_overlap_tokens >= self.max_length // 2
+        ):
+            raise ValueError("chunk_overlap_tokens must be below half of max_length")
+        if self.prefilter_name and self.prefilter_name == self.model_name:
+            raise ValueError("prefilter_name must differ from model_name")
+        return self
+
+    @property
+    def intra_op_threads(self) -> int:
+        if self.threads:
+            return self.threads
+        try:
+            return len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            return os.cpu_count() or 1
+
+    @property
+    def effective_triton_model_name(self) -> str:
+        return self.triton_model_name or self.model_name
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment; a bad value raises ConfigurationError naming the variable and the rule."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = ".".join(str(part) for part in err["loc"]) or "settings"
+            env = f"RERANKER_{field.upper()}" if err["loc"] else "settings"
+            lines.append(f"  {env}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigurationError("invalid configuration:\n" + "\n".join(lines)) from None

@@ -1,0 +1,394 @@
+"""The reranking pipeline: dedupe -> cache -> prefilter -> cross-encoder -> sigmoid -> sort -> top_n.
+
+Knows neither HTTP nor a runtime: it talks to `Scorer`s (gateway.backends.base) that the loader built.
+Tokenization and batch assembly run in a worker thread, inference in the scorers' own lanes, so the
+event loop only schedules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gateway import metrics
+from gateway.backends.base import BatchScores, EncodedBatch
+from gateway.backends.fallback import join_backends
+from gateway.cache import CachedScore, PairScoreCache
+from gateway.config import Settings
+from gateway.domain import RerankOutcome, RerankQuery, ScoredDocument, Stage
+from gateway.errors import ValidationFailed
+from gateway.models import LoadedModels, ModelStage
+from gateway.tokenization import build_batch, plan_batches
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[[], LoadedModels]
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """relevance_score: the logistic of the logit, computed in float32."""
+    x = np.asarray(logits, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        return (np.float32(1.0) / (np.float32(1.0) + np.exp(-x))).astype(np.float32)
+
+
+@dataclass
+class _Job:
+    """One query's documents for one stage."""
+
+    query: RerankQuery
+    documents: list[str]
+    max_length: int
+    max_chunks: int
+
+
+@dataclass
+class _StageScores:
+    per_job: list[list[CachedScore]]
+    backends: str  # who scored the batches ("" when everything came from the cache)
+    cache_hits: list[int]
+    query_truncated: list[bool]
+
+
+@dataclass
+class _Prepared:
+    batches: list[tuple[EncodedBatch, list[tuple[int, int, tuple[int, int], int]]]]
+    chunked: dict[tuple[int, int], bool]
+    truncated: dict[tuple[int, int], bool]
+    query_truncated: list[bool]
+
+
+@dataclass
+class _Plan:
+    query: RerankQuery
+    unique: list[str]
+    doc_to_unique: list[int]
+    keep: int
+    use_prefilter: bool
+    survivors: list[int] = field(default_factory=list)
+    prefilter: list[CachedScore] = field(default_factory=list)
+
+
+class Reranker:
+    """Two-stage reranking service object; one per app. Load once, then `rerank` concurrently."""
+
+    def __init__(
+        self, settings: Settings, loader: Loader | None = None, *, cache: PairScoreCache | None = None
+    ):
+        self.settings = settings
+        if loader is None:
+            from gateway.backends.factory import ModelLoader  # the one place that knows the runtimes
+
+            loader = ModelLoader(settings)
+        self._loader = loader
+        self._models: LoadedModels | None = None
+        self._load_task: asyncio.Task[LoadedModels] | None = None
+        self.cache = cache if cache is not None else PairScoreCache(settings.cache_size, settings.cache_ttl_s)
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="tokenize"
+        )
+        metrics.PROCESS.cache_ratio = lambda: self.cache.hit_ratio
+        metrics.PROCESS.cache_entries = lambda: len(self.cache)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    @property
+    def models(self) -> LoadedModels | None:
+        return self._models
+
+    @property
+    def loaded(self) -> bool:
+        return self._models is not None
+
+    async def load(self) -> LoadedModels:
+        """Load the models once (in a thread); concurrent callers share one load, a failure is retried."""
+        if self._models is not None:
+            return self._models
+        if self._load_task is None:
+            self._load_task = asyncio.get_running_loop().create_task(asyncio.to_thread(self._loader))
+        task = self._load_task
+        try:
+            self._models = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            if self._load_task is task:
+                self._load_task = None
+            raise
+        return self._models
+
+    async def ready(self) -> bool:
+        models = self._models
+        if models is None:
+            return False
+        for stage in models.stages():
+            if not await stage.scorer.ready():
+                return False
+        return True
+
+    async def close(self) -> None:
+        if self._models is not None:
+            for stage in self._models.stages():
+                await stage.scorer.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def info(self) -> dict[str, Any]:
+        s = self.settings
+        models = self._models
+        return {
+            "loaded": models is not None,
+            "models": {st.spec.role: st.describe() for st in models.stages()} if models else {},
+            "backend": models.reranker.scorer.name if models else None,
+            "max_input_length": models.reranker.max_length if models else s.max_length,
+            "device": models.device_report if models else {},
+            "pipeline": {
+                "keep": s.keep if s.prefilter_name else 0,
+                "max_chunks_per_doc": s.max_chunks_per_doc,
+                "chunk_overlap_tokens": s.chunk_overlap_tokens,
+                "token_budget": s.token_budget,
+                "max_batch_size": s.max_batch_size,
+                "cpu_precision": s.cpu_precision,
+                "cache_size": s.cache_size,
+                "cache_ttl_s": s.cache_ttl_s,
+            },
+        }
+
+    # --- scoring ------------------------------------------------------------------------------
+    async def rerank(self, query: RerankQuery) -> RerankOutcome:
+        return (await self.rerank_many([query]))[0]
+
+    async def rerank_many(self, queries: Sequence[RerankQuery]) -> list[RerankOutcome]:
+        """Rank every query; the batches of all queries are built and scored together."""
+        for q in queries:
+            _validate(q)
+        models = await self.load()
+        s = self.settings
+        plans: list[_Plan] = []
+        for q in queries:
+            index: dict[str, int] = {}
+            doc_to_unique = [index.setdefault(doc, len(index)) for doc in q.documents]
+            keep = s.keep if q.keep is None else q.keep
+            use_pre = models.prefilter is not None and keep > 0 and len(index) > keep
+            plans.append(_Plan(q, list(index), doc_to_unique, keep, use_pre))
+
+        pre_plans = [p for p in plans if p.use_prefilter]
+        pre_hits = dict.fromkeys(map(id, plans), 0)
+        if pre_plans:
+            assert models.prefilter is not None
+            pre = await self._score_stage(
+                models.prefilter,
+                [_Job(p.query, p.unique, models.prefilter.max_length, 1) for p in pre_plans],
+            )
+            for p, scores, hits in zip(pre_plans, pre.per_job, pre.cache_hits, strict=True):
+                order = sorted(range(len(scores)), key=lambda u, sc=scores: (-sc[u].logit, u))  # type: ignore[misc]
+                p.prefilter = scores
+                p.survivors = sorted(order[: p.keep])
+                pre_hits[id(p)] = hits
+                dropped = len(scores) - len(p.survivors)
+                metrics.PREFILTER_DOCUMENTS.labels("kept").inc(len(p.survivors))
+                metrics.PREFILTER_DOCUMENTS.labels("dropped").inc(dropped)
+                metrics.PREFILTER_DROP_RATIO.observe(dropped / len(scores))
+        for p in plans:
+            if not p.use_prefilter:
+                p.survivors = list(range(len(p.unique)))
+
+        ce_jobs = [
+            _Job(
+                p.query,
+                [p.unique[u] for u in p.survivors],
+                min(p.query.max_length or models.reranker.max_length, models.reranker.max_length),
+                p.query.max_chunks_per_doc or s.max_chunks_per_doc,
+            )
+            for p in plans
+        ]
+        ce = await self._score_stage(models.reranker, ce_jobs)
+        return [
+            self._assemble(models, p, scores, hits + pre_hits[id(p)], ce.backends, qtrunc)
+            for p, scores, hits, qtrunc in zip(
+                plans, ce.per_job, ce.cache_hits, ce.query_truncated, strict=True
+            )
+        ]
+
+    def _assemble(
+        self,
+        models: LoadedModels,
+        plan: _Plan,
+        ce_scores: list[CachedScore],
+        cache_hits: int,
+        backends: str,
+        query_truncated: bool,
+    ) -> RerankOutcome:
+        q = plan.query
+        n = len(q.documents)
+        by_unique: dict[int, CachedScore] = dict(zip(plan.survivors, ce_scores, strict=True))
+        logits = np.empty(n, dtype=np.float32)
+        rescored = np.zeros(n, dtype=bool)
+        for i, u in enumerate(plan.doc_to_unique):
+            score = by_unique.get(u)
+            if score is not None:
+                logits[i] = score.logit
+                rescored[i] = True
+            else:
+                logits[i] = plan.prefilter[u].logit
+        probs = sigmoid(logits)
+        # Rescored documents first (by cross-encoder score), then the ones the prefilter cut (by its score).
+        order = sorted(range(n), key=lambda i: (not rescored[i], -logits[i], i))
+        top = order if q.top_n is None else order[: q.top_n]
+        results = tuple(
+            ScoredDocument(
+                index=i,
+                logit=float(logits[i]),
+                relevance_score=float(probs[i]),
+                stage="reranker" if rescored[i] else "prefilter",
+                chunk=by_unique[plan.doc_to_unique[i]].chunk if rescored[i] else None,
+            )
+            for i in top
+        )
+        tokens = sum(sc.tokens for sc in ce_scores) + sum(sc.tokens for sc in plan.prefilter)
+        truncated = sum(1 for sc in ce_scores if sc.truncated)
+        stages: tuple[Stage, ...] = ()
+        if n:
+            stages = ("prefilter", "reranker") if plan.use_prefilter else ("reranker",)
+        warnings: list[str] = []
+        if query_truncated:
+            warnings.append("the query was truncated to fit max_length")
+        if truncated:
+            warnings.append(
+                f"{truncated} document(s) were longer than the scored window(s) and were truncated"
+            )
+        metrics.DOCUMENTS_PER_REQUEST.observe(n)
+        metrics.TOKENS_PER_REQUEST.observe(tokens)
+        if truncated:
+            metrics.TRUNCATED_DOCUMENTS.inc(truncated)
+        return RerankOutcome(
+            results=results,
+            model=models.reranker.spec.model_id,
+            backend=backends or ("cache" if n else models.reranker.scorer.name),
+            stages=stages,
+            top_n_applied=q.top_n is not None and q.top_n < n,
+            prompt_tokens=tokens,
+            truncated_documents=truncated,
+            cache_hits=cache_hits,
+            warnings=tuple(warnings),
+        )
+
+    async def _score_stage(self, stage: ModelStage, jobs: list[_Job]) -> _StageScores:
+        """Scores of every job's documents: cache first, then tokenize + batch + score the misses."""
+        role = stage.spec.role
+        s = self.settings
+        namespaces = [
+            f"{stage.spec.version}|{job.max_length}|{job.max_chunks}|{s.chunk_overlap_tokens}|"
+            f"{job.query.truncation_direction}|{job.query.truncate}"
+            for job in jobs
+        ]
+        keys = [
+            [self.cache.key(ns, job.query.query, doc) for doc in job.documents]
+            for ns, job in zip(namespaces, jobs, strict=True)
+        ]
+        found = [self.cache.get_many(k) for k in keys]
+        hits = [sum(1 for f in fs if f is not None) for fs in found]
+        misses = [[i for i, f in enumerate(fs) if f is None] for fs in found]
+        total_hits = sum(hits)
+        total_misses = sum(map(len, misses))
+        if total_hits:
+            metrics.CACHE_LOOKUPS.labels(role, "hit").inc(total_hits)
+        if total_misses:
+            metrics.CACHE_LOOKUPS.labels(role, "miss").inc(total_misses)
+        query_truncated = [False] * len(jobs)
+        backends = ""
+        if total_misses:
+            loop = asyncio.get_running_loop()
+            prepared: _Prepared = await loop.run_in_executor(self._pool, self._prepare, stage, jobs, misses)
+            query_truncated = prepared.query_truncated
+            results: list[BatchScores] = await asyncio.gather(
+                *(stage.scorer.score(batch) for batch, _ in prepared.batches)
+            )
+            best: dict[tuple[int, int], tuple[float, tuple[int, int], int, int]] = {}
+            for (batch, owners), result in zip(prepared.batches, results, strict=True):
+                metrics.BATCH_SIZE.labels(role).observe(batch.size)
+                metrics.BATCH_TOKENS.labels(role).observe(batch.size * batch.seq_len)
+                backends = join_backends(backends, result.backend) if backends else result.backend
+                for (j, i, chars, ntok), logit in zip(owners, result.logits.tolist(), strict=True):
+                    prev = best.get((j, i))
+                    if prev is None:
+                        best[(j, i)] = (logit, chars, ntok, 1)
+                    else:
+                        top = (logit, chars) if logit > prev[0] else (prev[0], prev[1])
+                        best[(j, i)] = (top[0], top[1], prev[2] + ntok, prev[3] + 1)
+            new_entries: list[tuple[bytes, CachedScore]] = []
+            for j, miss in enumerate(misses):
+                for i in miss:
+                    logit, chars, ntok, _ = best[(j, i)]
+                    score = CachedScore(
+                        logit=float(np.float32(logit)),
+                        chunk=chars if prepared.chunked[(j, i)] else None,
+                        tokens=ntok,
+                        truncated=prepared.truncated[(j, i)],
+                    )
+                    found[j][i] = score
+                    new_entries.append((keys[j][i], score))
+            self.cache.put_many(new_entries)
+        per_job = [[f for f in fs if f is not None] for fs in found]
+        return _StageScores(
+            per_job=per_job, backends=backends, cache_hits=hits, query_truncated=query_truncated
+        )
+
+    def _prepare(self, stage: ModelStage, jobs: list[_Job], misses: list[list[int]]) -> _Prepared:
+        """Worker thread: tokenize the missing pairs, cut length buckets, pad each batch to its longest."""
+        s = self.settings
+        windows = []
+        owners: list[tuple[int, int, tuple[int, int], int]] = []
+        chunked: dict[tuple[int, int], bool] = {}
+        truncated: dict[tuple[int, int], bool] = {}
+        query_truncated = [False] * len(jobs)
+        for j, (job, miss) in enumerate(zip(jobs, misses, strict=True)):
+            if not miss:
+                continue
+            enc = stage.tokenizer.encode_pairs(
+                job.query.query,
+                [job.documents[i] for i in miss],
+                max_length=job.max_length,
+                max_chunks=job.max_chunks,
+                overlap=s.chunk_overlap_tokens,
+                direction=job.query.truncation_direction,
+                truncate=job.query.truncate,
+            )
+            query_truncated[j] = enc.query_truncated
+            for k, i in enumerate(miss):
+                chunked[(j, i)] = enc.chunked[k]
+                truncated[(j, i)] = enc.truncated[k]
+            for w in enc.windows:
+                windows.append(w)
+                owners.append((j, miss[w.doc], w.chars, len(w.ids)))
+        max_rows = min(filter(None, [s.max_batch_size, stage.scorer.max_batch_size]))
+        plan = plan_batches([len(w.ids) for w in windows], token_budget=s.token_budget, max_rows=max_rows)
+        input_names = stage.scorer.input_names
+        pad_id = stage.tokenizer.pad_id
+        batches = [
+            (build_batch([windows[k] for k in rows], input_names, pad_id), [owners[k] for k in rows])
+            for rows in plan
+        ]
+        return _Prepared(batches, chunked, truncated, query_truncated)
+
+
+def _validate(q: RerankQuery) -> None:
+    if not q.query.strip():
+        raise ValidationFailed("query must not be empty")
+    if q.top_n is not None and q.top_n < 1:
+        raise ValidationFailed(f"top_n must be at least 1 (got {q.top_n})")
+    if q.keep is not None and q.keep < 0:
+        raise ValidationFailed(f"keep must be 0 (single stage) or more (got {q.keep})")
+    if q.max_chunks_per_doc is not None and not 1 <= q.max_chunks_per_doc <= 64:
+        raise ValidationFailed(f"max_chunks_per_doc must be between 1 and 64 (got {q.max_chunks_per_doc})")
+    if q.max_length is not None and q.max_length < 8:
+        raise ValidationFailed(f"max_length must be at least 8 (got {q.max_length})")
+    if q.truncation_direction not in ("right", "left"):
+        raise ValidationFailed(
+            f"truncation_direction must be 'right' or 'left' (got {q.truncation_direction!r})"
+        )
