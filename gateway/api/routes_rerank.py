@@ -1,18 +1,16 @@
-"""The seed's `POST /rerank` and the Cohere v1 / Jina `POST /v1/rerank`: parse, run, render."""
+"""The seed's `POST /rerank` (TEI's body, with `texts`, on the same path goes to the TEI dialect): parse,
+run, render. Cohere v1 / Jina `POST /v1/rerank` lives with the other dialects in gateway/api/dialects."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from gateway.api.auth import require_api_key
+from gateway.api.dialects import tei
 from gateway.api.executor import RerankExecutor
-from gateway.api.schemas import (
-    CohereRerankRequest,
-    CohereRerankResponse,
-    ErrorBody,
-    RerankRequest,
-    RerankResponse,
-)
+from gateway.api.schemas import ErrorBody, RerankRequest, RerankResponse
 
 ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorBody, "description": text}
@@ -34,23 +32,23 @@ def executor_of(request: Request) -> RerankExecutor:
     return executor
 
 
-@router.post("/rerank", response_model=RerankResponse, tags=["rerank"], summary="Rerank (seed API)")
-async def rerank(body: RerankRequest, request: Request) -> RerankResponse:
-    """Rank `documents` by relevance to `query`; `top_k` keeps the best ones."""
+@router.post(
+    "/rerank",
+    response_model=RerankResponse,
+    tags=["rerank"],
+    summary="Rerank (seed API; TEI's API when the body has `texts`)",
+    openapi_extra=tei.openapi_body(RerankRequest),
+)
+async def rerank(request: Request) -> RerankResponse | Response:
+    """Rank `documents` by relevance to `query`; `top_k` keeps the best ones. A body with `texts`
+    instead is text-embeddings-inference's and gets TEI's bare-array answer."""
+    raw = await tei.json_body(request)
+    if tei.is_tei_body(raw):
+        return await tei.rerank_tei(request, raw)
+    try:
+        body = RerankRequest.model_validate(raw)
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
     request.state.documents = len(body.documents)
     [outcome] = await executor_of(request).run([body.to_query()])
     return RerankResponse.render(body, outcome)
-
-
-@router.post(
-    "/v1/rerank",
-    response_model=CohereRerankResponse,
-    response_model_exclude_none=True,
-    tags=["rerank"],
-    summary="Rerank (Cohere v1 / Jina)",
-)
-async def rerank_v1(body: CohereRerankRequest, request: Request) -> CohereRerankResponse:
-    """Cohere v1 / Jina rerank: `top_n`, `return_documents`; results sorted by `relevance_score`."""
-    request.state.documents = len(body.documents)
-    [outcome] = await executor_of(request).run([body.to_query()])
-    return CohereRerankResponse.render(body, outcome)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from gateway.api.dialects.common import (
     apply_aliases,
@@ -25,6 +25,7 @@ from gateway.api.dialects.common import (
     search_units,
     truncation_warnings,
 )
+from gateway.api.schemas import PipelineOptions
 from gateway.domain import RerankOutcome, RerankQuery
 from gateway.errors import ValidationFailed
 
@@ -38,8 +39,9 @@ ALIASES = {
 Document = str | dict[str, Any]
 
 
-class CohereRerankRequest(BaseModel):
-    """The body of `POST /v1/rerank` and `POST /v2/rerank` (a superset of both versions and Jina's)."""
+class CohereRerankRequest(PipelineOptions):
+    """The body of `POST /v1/rerank` and `POST /v2/rerank` (a superset of both versions and Jina's),
+    plus the gateway's per-request pipeline knobs (`keep`, `max_length`, `truncate`, ...)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -49,7 +51,6 @@ class CohereRerankRequest(BaseModel):
     top_n: int | None = None
     rank_fields: list[str] | None = None
     return_documents: bool | None = None
-    max_chunks_per_doc: int | None = None
     max_tokens_per_doc: int | None = Field(None, ge=1)
 
     @model_validator(mode="before")
@@ -78,7 +79,11 @@ def to_query(req: CohereRerankRequest) -> RerankQuery:
         query=req.query,
         documents=texts,
         top_n=check_top_n(req.top_n),
+        keep=req.keep,
+        max_length=req.max_length,
         max_chunks_per_doc=check_max_chunks(req.max_chunks_per_doc),
+        truncate=req.truncate,
+        truncation_direction=req.truncation_direction,
     )
 
 
@@ -139,7 +144,7 @@ async def rerank_v2(request: Request, body: CohereRerankRequest) -> dict[str, An
     return await rerank(request, body, version="2", default_return_documents=False)
 
 
-# Not routed here while gateway/api/routes_rerank.py serves /v1/rerank: that route calls this.
+@router.post("/v1/rerank", summary="Cohere v1 / Jina rerank")
 async def rerank_v1(request: Request, body: CohereRerankRequest) -> dict[str, Any]:
     """Cohere v1 / Jina: documents as strings or objects, `rank_fields`, `return_documents` (default
     false, as Cohere's), `max_chunks_per_doc`."""

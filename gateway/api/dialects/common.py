@@ -24,11 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.domain import RerankOutcome, RerankQuery
 from gateway.errors import (
-    BackendFailed,
-    LimitExceeded,
-    NotReady,
     Overloaded,
-    RequestTimedOut,
     RerankError,
     Unauthorized,
     ValidationFailed,
@@ -44,29 +40,11 @@ class ErrorRenderer(Protocol):
     def __call__(self, status: int, error_type: str, message: str) -> Any: ...
 
 
-# The gateway's one table (gateway/api/errors.py) decides status codes; this is only the fallback for
-# error types it does not know, kept in the same order as TEI's table.
-_FALLBACK_STATUS: tuple[tuple[type[RerankError], int], ...] = (
-    (ValidationFailed, 422),
-    (LimitExceeded, 413),
-    (Unauthorized, 401),
-    (Overloaded, 429),
-    (RequestTimedOut, 504),
-    (NotReady, 503),
-    (BackendFailed, 424),
-)
-
-
 def gateway_status(exc: RerankError) -> int:
-    """Status code the gateway's error table gives `exc` (so every dialect agrees on the meaning)."""
-    try:
-        from gateway.api.errors import status_for  # the gateway helper's table
-    except ImportError:  # pragma: no cover - only while the table is not there
-        for cls, status in _FALLBACK_STATUS:
-            if isinstance(exc, cls):
-                return status
-        return 500
-    return int(status_for(exc))
+    """Status code the gateway's one error table (gateway/api/app.py) gives `exc`."""
+    from gateway.api.app import status_of  # at call time: app.py imports this package
+
+    return status_of(exc)
 
 
 def error_headers(exc: RerankError) -> dict[str, str]:
@@ -128,6 +106,7 @@ def dialect_route_class(
 async def run_queries(request: Request, queries: Sequence[RerankQuery]) -> list[RerankOutcome]:
     """All inference goes through the executor: limits, admission control and the timeout live there."""
     executor = request.app.state.executor
+    request.state.documents = sum(len(q.documents) for q in queries)  # for the access log
     outcomes = await executor.run(list(queries))
     return list(outcomes)
 

@@ -8,6 +8,7 @@ gives the logit instead of the sigmoid. Usage goes where TEI puts it: `x-compute
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import Request
@@ -137,3 +138,38 @@ async def rerank_tei(request: Request, body: Any) -> JSONResponse:
 def is_tei_body(body: Any) -> bool:
     """TEI's body names its documents `texts`; the seed shape names them `documents`."""
     return isinstance(body, dict) and "texts" in body and "documents" not in body
+
+
+async def json_body(request: Request) -> Any:
+    """The decoded body of a route that reads it itself (to dispatch on its shape)."""
+    raw = await request.body()
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError as exc:
+        error = {"type": "json_invalid", "loc": ("body",), "msg": f"JSON decode error: {exc}", "input": None}
+        raise RequestValidationError([error]) from None
+
+
+def openapi_body(*models: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` documenting a body that is any of `models` plus TEI's (inlined, self-contained)."""
+    schemas = [_inline(m.model_json_schema()) for m in (*models, TEIRerankRequest)]
+    return {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {"anyOf": schemas}}}}
+    }
+
+
+def _inline(schema: dict[str, Any]) -> dict[str, Any]:
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
