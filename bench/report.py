@@ -1,0 +1,380 @@
+"""bench/results/report.md and its plots, from the raw results of one run (results.json)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+# Which measured quality stands for each speed configuration (same weights file, same precision).
+QUALITY_OF_SPEED = {
+    "sentence-transformers": "fp32 single-stage",
+    "flashrank-fp32": "fp32 single-stage",
+    "flashrank-int8": "int8 single-stage",
+    "pipeline-fp32": "fp32 single-stage",
+    "pipeline-int8": "int8 single-stage",
+    "http-fp32": "fp32 single-stage",
+    "http-int8": "int8 single-stage",
+    "http-two-stage": "int8 two-stage keep {keep}",
+    "http-triton": "fp32 single-stage",
+}
+DESCRIPTIONS = {
+    "sentence-transformers": "sentence-transformers CrossEncoder.predict, PyTorch fp32, library defaults (batch 32)",
+    "flashrank-fp32": "FlashRank Ranker.rerank on our fp32 ONNX (one padded batch per request)",
+    "flashrank-int8": "FlashRank Ranker.rerank on our int8 ONNX (one padded batch per request)",
+    "pipeline-fp32": "our Reranker in process, fp32 ONNX, single stage",
+    "pipeline-int8": "our Reranker in process, int8 ONNX, single stage",
+    "http-fp32": "our HTTP service, fp32, single stage",
+    "http-int8": "our HTTP service, int8, single stage",
+    "http-two-stage": "our HTTP service, int8, prefilter then the cross-encoder on its best `keep` (the shipped default)",
+    "http-triton": "our HTTP service scoring through the local Triton server (python backend, fp32 ONNX)",
+}
+
+
+def _f(x: Any, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def _mib(x: Any) -> str:
+    return "-" if not x else f"{x / 2**20:,.0f}"
+
+
+def _source(src: Any) -> str:
+    if not isinstance(src, dict):
+        return str(src)
+    if src.get("id"):
+        return f"{src['id']}" + (f" @ {src['revision']}" if src.get("revision") else "")
+    return f"{src.get('path')} (weights sha256 {str(src.get('sha256', ''))[:12]}…)"
+
+
+def _quality_lookup(results: dict[str, Any], config: str, set_name: str = "scifact") -> float | None:
+    rows = results.get("quality", {}).get("rows", [])
+    for r in rows:
+        if r["config"] == config and r["set"] == set_name and "ndcg@10" in r:
+            return float(r["ndcg@10"])
+    return None
+
+
+def _quality_section(results: dict[str, Any]) -> list[str]:
+    q = results.get("quality")
+    if not q:
+        return []
+    out = [
+        "## Ranking quality",
+        "",
+        "BM25 top-100 candidates (`bm25_top100.jsonl`, first N lines) reranked through `POST /v1/rerank` of the "
+        'running service; document text = `(title + " " + text).strip()`; pytrec_eval `ndcg_cut.10` and '
+        "`recall.10`, mean over the judged queries. *Reference* = the figure the weights' SOURCE.md gives for the "
+        "same queries (PyTorch fp32; for two-stage rows, the prefilter SOURCE.md cascade figure). The BEIR paper "
+        "columns are for all test queries and for the original `ms-marco-MiniLM-L-6-v2`, a different model from "
+        "the stand-in: context, not a target.",
+        "",
+        "| set | first N | configuration | nDCG@10 | Recall@10 | reference nDCG@10 / R@10 | Δ nDCG@10 | "
+        "BEIR BM25+CE | BEIR BM25 |",
+        "|---|---:|---|---:|---:|---|---:|---:|---:|",
+    ]
+    for r in q["rows"]:
+        if "error" in r:
+            out.append(
+                f"| {r['set']} | {r['first_n']} | {r['config']} | not run: {r['error'][:120]} | | | | | |"
+            )
+            continue
+        ref = (
+            f"{_f(r.get('reference_ndcg@10'))} / {_f(r.get('reference_recall@10'))}"
+            if r.get("reference_ndcg@10") is not None
+            else ""
+        )
+        delta = r.get("delta_ndcg@10")
+        mark = ""
+        if r.get("within_tolerance") is True:
+            mark = " ✓"
+        elif r.get("within_tolerance") is False:
+            mark = " ✗"
+        out.append(
+            f"| {r['set']} | {r['first_n']} | {r['config']} | {_f(r['ndcg@10'])} | {_f(r['recall@10'])} | {ref} | "
+            f"{'' if delta is None else f'{delta:+.4f}'}{mark} | {_f(r.get('beir_paper_bm25_ce'), 3)} | "
+            f"{_f(r.get('beir_paper_bm25'), 3)} |"
+        )
+    triton = [r for r in q["rows"] if r["config"].startswith("triton") and "ndcg@10" in r]
+    for r in triton:
+        out += [
+            "",
+            f"Triton path: {r['first_n']} queries; largest |score difference| against the local fp32 service on "
+            f"the same documents {_f(r.get('max_abs_score_diff_vs_local_fp32'), 6)}; Triton scored "
+            f"{_f(r.get('triton_calls_ok'), 0)} batches and the fallback {_f(r.get('fallbacks'), 0)}.",
+        ]
+    out.append("")
+    return out
+
+
+def _speed_section(results: dict[str, Any]) -> list[str]:
+    s = results.get("speed")
+    if not s:
+        return []
+    peak = max(
+        results.get("peak_start", {}).get("flops_per_s", 0.0),
+        results.get("peak_end", {}).get("flops_per_s", 0.0),
+    )
+    tok = s["tokens"]
+    out = [
+        "## Speed, side by side (same run, same weights, same requests)",
+        "",
+        f"{s['rows'][0]['requests'] if s['rows'] else 0} timed requests per configuration (after one warm-up "
+        f"request), each one SciFact query with its {s['rows'][0]['docs_per_request'] if s['rows'] else 0} BM25 "
+        f"candidates, sent one at a time. Pairs average {tok['mean_tokens_per_pair']:.0f} tokens (longest "
+        f"{tok['max_tokens_per_pair']}) after `only_second` truncation to 512: "
+        f"{tok['useful_gflop_per_request']:.0f} GFLOP of useful work per request. Ratios are to "
+        "sentence-transformers in this run: throughput xST above 1 is faster; latency xST below 1 is faster. "
+        f"Machine fp32 peak ({int(results.get('peak_start', {}).get('n', 0))}² fp32 matrix product, "
+        f"{results.get('threads')} threads): "
+        f"{peak / 1e9:,.0f} GFLOP/s. *% of peak* = useful FLOP/s (unpadded tokens, see bench/flops.py) over that "
+        "peak; int8 rows are measured against the fp32 peak too, which flatters them. RSS = peak resident set of "
+        "the configuration's processes (for the service: gateway, plus tritonserver and its stubs on the Triton "
+        "row).",
+        "",
+        "| configuration | docs/s | throughput xST | p50 s | p95 s | p99 s | p50 xST | p99 xST | RSS MiB | "
+        "GFLOP/s | % of peak | max abs Δscore vs ST | top-10 overlap vs ST |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in s["rows"]:
+        out.append(
+            f"| {r['config']} | {r['docs_per_s']:.1f} | {_f(r.get('throughput_x_st'), 2)} | {r['p50_s']:.2f} | "
+            f"{r['p95_s']:.2f} | {r['p99_s']:.2f} | {_f(r.get('p50_latency_x_st'), 2)} | "
+            f"{_f(r.get('p99_latency_x_st'), 2)} | {_mib(r.get('rss_peak_bytes'))} | "
+            f"{r['useful_flops_per_s'] / 1e9:.0f} | {100 * r['useful_flops_per_s'] / peak if peak else 0:.0f}% | "
+            f"{_f(r.get('max_abs_score_diff_vs_st'), 5)} | {_f(r.get('top10_overlap_vs_st'), 1)} |"
+        )
+    for name, err in s.get("failures", {}).items():
+        out.append(f"| {name} | not measured: {err[:160]} | | | | | | | | | | | |")
+    out += ["", "What each row is:", ""]
+    out += [f"- **{k}**: {v}" for k, v in DESCRIPTIONS.items() if any(r["config"] == k for r in s["rows"])]
+    out.append("")
+    return out
+
+
+def _sweep_section(results: dict[str, Any]) -> list[str]:
+    sw = results.get("sweep")
+    if not sw:
+        return []
+    if "error" in sw:
+        return ["## Concurrency sweep", "", f"Not measured: {sw['error']}", ""]
+    out = [
+        "## Concurrency sweep (HTTP service)",
+        "",
+        f"Configuration: {sw['config']}, settings {sw['settings']} (admission raised so every request is queued "
+        "rather than refused; the default `max_in_flight` 16 would answer 429 beyond 16). Closed-loop clients, "
+        "each sending its next 100-document request when the last is answered.",
+        "",
+        "| clients | requests | ok | errors | docs/s | requests/s | p50 s | p99 s |",
+        "|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for lv in sw["levels"]:
+        out.append(
+            f"| {lv['clients']} | {lv['requests']} | {lv['ok']} | {lv['errors'] or ''} | {lv['docs_per_s']:.1f} | "
+            f"{lv['requests_per_s']:.2f} | {_f(lv['p50_s'], 2)} | {_f(lv['p99_s'], 2)} |"
+        )
+    out += ["", f"Peak RSS of the service over the sweep: {_mib(sw.get('rss_peak_bytes'))} MiB.", ""]
+    return out
+
+
+def _findings(results: dict[str, Any]) -> list[str]:
+    """The plain statements: where we are slower or worse, computed from this run's numbers."""
+    lines: list[str] = []
+    q = results.get("quality", {}).get("rows", [])
+    by = {(r["config"], r["set"]): r for r in q if "ndcg@10" in r}
+    for (config, set_name), r in sorted(by.items()):
+        if r.get("within_tolerance") is not None:
+            verdict = "reproduces" if r["within_tolerance"] else "does NOT reproduce"
+            lines.append(
+                f"- {config} {verdict} the SOURCE.md figure on {set_name} (first {r['first_n']}): nDCG@10 "
+                f"{r['ndcg@10']:.4f} vs {r['reference_ndcg@10']:.4f} (Δ {r['delta_ndcg@10']:+.4f}, tolerance "
+                f"{results['quality']['tolerance']})."
+            )
+    for set_name in ("scifact", "nfcorpus"):
+        fp, i8 = by.get(("fp32 single-stage", set_name)), by.get(("int8 single-stage", set_name))
+        if fp and i8:
+            d = i8["ndcg@10"] - fp["ndcg@10"]
+            lines.append(
+                f"- int8 {'loses' if d < 0 else 'changes'} {d:+.4f} nDCG@10 against fp32 on {set_name} "
+                f"(Recall@10 {i8['recall@10'] - fp['recall@10']:+.4f})."
+            )
+        bm = by.get(("bm25", set_name))
+        if fp and bm and fp["ndcg@10"] < bm["ndcg@10"]:
+            lines.append(
+                f"- On {set_name} the reranker is WORSE than BM25 alone at nDCG@10 ({fp['ndcg@10']:.4f} vs "
+                f"{bm['ndcg@10']:.4f}); Recall@10 {fp['recall@10']:.4f} vs {bm['recall@10']:.4f}."
+            )
+        two = [r for (c, s), r in by.items() if s == set_name and "two-stage" in c]
+        for r in sorted(two, key=lambda r: r["config"]):
+            if fp:
+                lines.append(
+                    f"- {r['config']} costs {r['ndcg@10'] - fp['ndcg@10']:+.4f} nDCG@10 / "
+                    f"{r['recall@10'] - fp['recall@10']:+.4f} Recall@10 against fp32 single stage on {set_name}."
+                )
+    rows = {r["config"]: r for r in results.get("speed", {}).get("rows", [])}
+    st = rows.get("sentence-transformers")
+    if st:
+        for name, r in rows.items():
+            if name.startswith("sentence-transformers"):
+                continue
+            x = r.get("throughput_x_st")
+            if x is not None and x < 1.0:
+                lines.append(f"- **{name} is SLOWER than sentence-transformers**: {x:.2f}x its throughput.")
+        rep = rows.get("sentence-transformers (repeat, end of run)")
+        if rep:
+            drift = rep["docs_per_s"] / st["docs_per_s"] - 1
+            lines.append(
+                f"- The baseline drifted {drift:+.0%} between the start and the end of the speed run (same "
+                "sentence-transformers code, first requests again): ratios carry at least that much noise."
+            )
+        for ours, theirs in (("pipeline-fp32", "flashrank-fp32"), ("pipeline-int8", "flashrank-int8"),
+                             ("http-fp32", "flashrank-fp32"), ("http-int8", "flashrank-int8")):  # fmt: skip
+            a, b = rows.get(ours), rows.get(theirs)
+            if a and b:
+                ratio = a["docs_per_s"] / b["docs_per_s"]
+                word = "faster" if ratio >= 1 else "SLOWER"
+                lines.append(f"- {ours} is {word} than {theirs}: {ratio:.2f}x its throughput.")
+        for http, pipe in (("http-fp32", "pipeline-fp32"), ("http-int8", "pipeline-int8")):
+            a, b = rows.get(http), rows.get(pipe)
+            if a and b:
+                lines.append(
+                    f"- HTTP costs {a['p50_s'] - b['p50_s']:+.3f} s at p50 over the same pipeline in process "
+                    f"({http} vs {pipe})."
+                )
+        t, f = rows.get("http-triton"), rows.get("http-fp32")
+        if t and f:
+            ratio = t["docs_per_s"] / f["docs_per_s"]
+            lines.append(
+                f"- The Triton path runs at {ratio:.2f}x the local fp32 service's throughput on this CPU machine "
+                "(Triton's python backend here; the GPU path is what Triton is for)."
+            )
+    failures = results.get("speed", {}).get("failures", {})
+    for name, err in failures.items():
+        lines.append(f"- {name} was not measured: {err[:200]}")
+    return lines
+
+
+def _plots(results: dict[str, Any], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    rows = results.get("speed", {}).get("rows", [])
+    points = []
+    for r in rows:
+        qc = QUALITY_OF_SPEED.get(r["config"], "").format(keep=results.get("speed", {}).get("keep_two_stage"))
+        q = _quality_lookup(results, qc) if qc else None
+        if q is not None:
+            points.append((r["config"], r["docs_per_s"], q))
+    if points:
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for name, x, y in points:
+            ax.scatter([x], [y], s=40)
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        bm = _quality_lookup(results, "bm25")
+        if bm is not None:
+            ax.axhline(bm, linestyle="--", linewidth=1, color="gray", label=f"BM25 alone ({bm:.3f})")
+            ax.legend(loc="lower right", fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xlabel("documents / s (100-document requests, one client; log scale)")
+        ax.set_ylabel("SciFact nDCG@10 (first N queries)")
+        ax.set_title("Quality against speed (quality of the same weights file and precision)")
+        ax.grid(True, alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "quality_vs_speed.png", dpi=110)
+        plt.close(fig)
+        made.append("quality_vs_speed.png")
+    sw = results.get("sweep", {})
+    levels = [lv for lv in sw.get("levels", []) if lv.get("p99_s") is not None]
+    if levels:
+        fig, ax1 = plt.subplots(figsize=(7, 4.5))
+        xs = [lv["clients"] for lv in levels]
+        ax1.plot(xs, [lv["p99_s"] for lv in levels], marker="o", label="p99 latency")
+        ax1.plot(xs, [lv["p50_s"] for lv in levels], marker="o", label="p50 latency")
+        ax1.set_xscale("log", base=2)
+        ax1.set_xticks(xs, [str(x) for x in xs])
+        ax1.set_xlabel("concurrent clients")
+        ax1.set_ylabel("latency (s)")
+        ax2 = ax1.twinx()
+        ax2.plot(xs, [lv["docs_per_s"] for lv in levels], marker="s", color="tab:green", label="throughput")
+        ax2.set_ylabel("documents / s")
+        h1, l1 = ax1.get_legend_handles_labels()
+        h2, l2 = ax2.get_legend_handles_labels()
+        ax1.legend(h1 + h2, l1 + l2, loc="upper left", fontsize=8)
+        ax1.set_title(f"Latency against concurrency: {sw.get('config', '')}")
+        ax1.grid(True, alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "latency_vs_concurrency.png", dpi=110)
+        plt.close(fig)
+        made.append("latency_vs_concurrency.png")
+    return made
+
+
+def write_report(results: dict[str, Any], out: Path, *, plots: bool = True) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    images = _plots(results, out) if plots else []
+    m = results.get("machine", {})
+    model = results.get("model", {})
+    peak_s, peak_e = results.get("peak_start", {}), results.get("peak_end", {})
+    lines = [
+        "# Reranker benchmarks",
+        "",
+        f"Run {results.get('started')} → {results.get('finished')} ({results.get('seconds', 0) / 60:.1f} min), "
+        f"size `{results.get('size')}`, commit {m.get('git_commit', '?')}. Written by `python -m bench` "
+        "(`make bench`); raw figures in `results.json`.",
+        "",
+        f"Model: `{_source(model.get('source'))}`; prefilter: `{_source(model.get('prefilter'))}`"
+        + (
+            " (the SciFact/NFCorpus-tuned stand-in for ms-marco-MiniLM-L-6-v2, see its SOURCE.md)"
+            if model.get("standin")
+            else ""
+        )
+        + ".",
+        "",
+        "## Findings (computed from this run)",
+        "",
+        *_findings(results),
+        "",
+        *_quality_section(results),
+        *_speed_section(results),
+        *_sweep_section(results),
+    ]
+    if images:
+        lines += ["## Plots", ""] + [f"![{i}]({i})" for i in images] + [""]
+    lines += [
+        "## Machine and versions",
+        "",
+        f"- CPU: {m.get('cpu')} ({m.get('cpus_usable')} usable cores; SIMD {', '.join(m.get('simd', []))})",
+        f"- Memory: {(m.get('memory_bytes') or 0) / 2**30:.0f} GiB; {m.get('platform')}; Python {m.get('python')}",
+        f"- fp32 peak: {peak_s.get('flops_per_s', 0) / 1e9:,.0f} GFLOP/s at the start, "
+        f"{peak_e.get('flops_per_s', 0) / 1e9:,.0f} at the end",
+        f"- Load average (1 min) at the start {_f((results.get('loadavg_start') or [None])[0], 2)}, at the end "
+        f"{_f((results.get('loadavg_end') or [None])[0], 2)}: anything above 0 is other work on the same cores.",
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(m.get("versions", {}).items())),
+        f"- Sizes: `{json.dumps(results.get('sizes'))}`",
+        f"- Section seconds: `{json.dumps({k: round(v) for k, v in results.get('section_seconds', {}).items()})}`",
+        "",
+    ]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Re-render the report from a results.json: `python -m bench.report bench/results`."""
+    args = sys.argv[1:] if argv is None else argv
+    out = Path(args[0] if args else "bench/results")
+    write_report(json.loads((out / "results.json").read_text()), out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
