@@ -11,7 +11,7 @@ import contextlib
 import os
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -146,12 +146,23 @@ def pairs() -> tuple[str, list[str]]:
     return QUERY, list(DOCUMENTS)
 
 
-@contextlib.contextmanager
-def server_stopped(server: TritonServer) -> Iterator[None]:
-    """Stop the shared server for a block and always bring it back (other tests may still need it)."""
-    server.stop()
-    try:
-        yield
-    finally:
-        server.start()
-        server.wait_ready(READY_TIMEOUT_S)
+@pytest.fixture
+def triton_stopped(triton_server: TritonServer) -> Callable[[], contextlib.AbstractContextManager[None]]:
+    """`with triton_stopped():` stops the shared server for a block and always brings it back."""
+
+    @contextlib.contextmanager
+    def stopped() -> Iterator[None]:
+        triton_server.stop()
+        try:
+            yield
+        finally:
+            triton_server.start()
+            triton_server.wait_ready(READY_TIMEOUT_S)
+
+    return stopped
+
+
+@pytest.fixture
+def free_port() -> int:
+    (port,) = free_ports(1)
+    return port

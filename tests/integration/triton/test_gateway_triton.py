@@ -1,0 +1,151 @@
+"""The gateway with the Triton backend, against the real tritonserver: Triton scores, a stopped Triton is
+replaced by the local ONNX Runtime fallback without an error, and a restarted Triton takes the traffic back
+(readiness re-probe, no gateway restart). Calls and fallbacks show in /metrics."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from export.triton_local import TritonServer
+from gateway.api.schemas import RerankResponse
+
+pytestmark = [pytest.mark.slow, pytest.mark.triton, pytest.mark.real_models]
+
+START_TIMEOUT_S = 120.0
+RECOVERY_TIMEOUT_S = 60.0
+
+
+class Gateway:
+    """The real app under uvicorn in a thread, on a free port; `stop()` is bounded."""
+
+    def __init__(self, port: int, **settings: object) -> None:
+        import uvicorn
+
+        from gateway.api.app import create_app
+        from gateway.config import load_settings
+
+        self.port = port
+        self.settings = load_settings(host="127.0.0.1", port=self.port, **settings)
+        config = uvicorn.Config(
+            create_app(self.settings), host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="gateway-under-test", daemon=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Gateway:
+        self.thread.start()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError("the gateway exited during start-up")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the gateway did not start in {START_TIMEOUT_S:.0f}s")
+            time.sleep(0.1)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+        if self.thread.is_alive():
+            self.server.force_exit = True
+            self.thread.join(10)
+
+
+@pytest.fixture
+def gateway_factory(real_model_repository: Path, free_port: int) -> Iterator[Callable[..., Gateway]]:
+    started: list[Gateway] = []
+
+    def make(**settings: object) -> Gateway:
+        defaults: dict[str, object] = {
+            "model_repository": real_model_repository,
+            "prefilter_name": "",  # the cross-encoder stage is what Triton serves
+            "device": "cpu",
+            "cache_size": 0,  # every request must reach a backend
+            "triton_timeout_s": 10.0,
+            "fallback_reprobe_s": 0.5,
+            "threads": 1,
+        }
+        gateway = Gateway(free_port, **{**defaults, **settings})
+        started.append(gateway)
+        return gateway.start()
+
+    yield make
+    for gateway in started:
+        gateway.stop()
+
+
+def _rerank(gateway: Gateway, query: str, documents: list[str]) -> RerankResponse:
+    response = httpx.post(f"{gateway.url}/rerank", json={"query": query, "documents": documents}, timeout=60)
+    assert response.status_code == 200, response.text
+    return RerankResponse.model_validate(response.json())
+
+
+def _assert_ranked(result: RerankResponse) -> None:
+    # DOCUMENTS: 0 and 2 answer the query, 1 and 3 are off topic.
+    order = [r.index for r in result.results]
+    assert set(order[:2]) == {0, 2}, order
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_triton_fallback_and_recovery(
+    triton_server: TritonServer, triton_stopped, gateway_factory, pairs
+) -> None:
+    query, documents = pairs
+    gateway = gateway_factory(triton_url=triton_server.grpc_url, triton_protocol="grpc")
+    assert httpx.get(f"{gateway.url}/ready", timeout=10).status_code == 200
+
+    first = _rerank(gateway, query, documents)
+    assert first.backend == "triton-grpc"
+    _assert_ranked(first)
+
+    with triton_stopped():
+        assert not triton_server.is_ready()
+        during = [_rerank(gateway, query, documents[i:] + documents[:i]) for i in range(3)]
+        assert all(result.backend == "onnx-cpu" for result in during), [r.backend for r in during]
+        _assert_ranked(_rerank(gateway, query, documents))
+        assert httpx.get(f"{gateway.url}/ready", timeout=10).status_code == 200
+
+    # Triton is back (same ports): the gateway re-probes readiness and uses it again.
+    deadline = time.monotonic() + RECOVERY_TIMEOUT_S
+    backends = []
+    while time.monotonic() < deadline:
+        backends.append(_rerank(gateway, query, documents).backend)
+        if backends[-1] == "triton-grpc":
+            break
+        time.sleep(0.5)
+    assert backends[-1] == "triton-grpc", backends
+
+    metrics = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+    calls = "reranker_scorer_calls_total"
+    assert _metric(metrics, calls, backend="triton", protocol="grpc", outcome="ok") >= 2
+    assert _metric(metrics, calls, backend="triton", protocol="grpc", outcome="unavailable") >= 1
+    fallbacks = _metric(
+        metrics, "reranker_fallbacks_total", from_backend="triton-grpc", to_backend="onnx-cpu"
+    )
+    assert fallbacks >= 4
+
+
+def test_gateway_over_http_protocol(triton_server: TritonServer, gateway_factory, pairs) -> None:
+    query, documents = pairs
+    gateway = gateway_factory(triton_url=triton_server.http_url, triton_protocol="http")
+    result = _rerank(gateway, query, documents)
+    assert result.backend == "triton-http"
+    _assert_ranked(result)
