@@ -1,0 +1,68 @@
+# One entry point for people and CI. Everything runs inside .venv, which `make install` builds
+# (and every other target builds on first use).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch is only needed by `make export`; 2.13.0 is the CPU build on these machines' disk.
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= export,test,dev,clients,bench
+
+MODEL ?= cross-encoder/ms-marco-MiniLM-L-6-v2
+PREFILTER ?= cross-encoder/ms-marco-TinyBERT-L-2-v2
+REPO ?= model_repository
+EXPORT_ARGS ?=
+PYTEST_ARGS ?=
+# Real weights for the quality/parity tests (CI points this at ../shared/models).
+RERANKER_TEST_MODELS ?= $(abspath ../shared/models)
+export RERANKER_TEST_MODELS
+
+.PHONY: install export serve triton triton-setup triton-stop test test-fast lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install "$(TORCH_SPEC)"
+	$(PY) -m pip install -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(VENV)/.installed
+
+export: install
+	$(PY) -m export --model "$(MODEL)" --prefilter "$(PREFILTER)" --output "$(REPO)" $(EXPORT_ARGS)
+
+# Serves the embedded default (local ONNX Runtime, no Triton) on RERANKER_HOST:RERANKER_PORT,
+# exporting the models first when the repository is missing.
+serve: install
+	@test -f "$(REPO)/reranker/manifest.json" || $(MAKE) export
+	RERANKER_MODEL_REPOSITORY="$(REPO)" $(PY) -m gateway
+
+# A real tritonserver (from the nvidia-pytriton wheel, python backend) on 127.0.0.1:8000/8001/8002,
+# no Docker, no GPU: the repository's configs/cpu.pbtxt runs model.onnx with ONNX Runtime.
+triton-setup: install
+	$(PY) -m export.triton_local setup
+
+triton: triton-setup
+	@test -f "$(REPO)/reranker/manifest.json" || $(MAKE) export
+	$(PY) -m export.triton_local serve --model-repository "$(REPO)"
+
+triton-stop:
+	$(PY) -m export.triton_local stop
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(PY) -m ruff check gateway export tests bench
+	$(PY) -m ruff format --check gateway export tests bench
+	$(PY) -m mypy
+
+bench: install
+	@test -f "$(REPO)/reranker/manifest.json" || $(MAKE) export
+	$(PY) -m bench --model "$(MODEL)" --model-repository "$(REPO)"
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .cache/test-repos
