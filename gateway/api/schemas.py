@@ -1,4 +1,4 @@
-"""Wire models of the seed API (`POST /rerank`) and the Cohere v1 / Jina API (`POST /v1/rerank`).
+"""Wire models of the seed API (`POST /rerank`); the other dialects live in gateway/api/dialects.
 
 Requests convert themselves into the pipeline's `RerankQuery`; responses are rendered from its
 `RerankOutcome`. Nothing here scores anything.
@@ -6,7 +6,6 @@ Requests convert themselves into the pipeline's `RerankQuery`; responses are ren
 
 from __future__ import annotations
 
-import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,10 +25,6 @@ Document = str | DocumentObject
 
 def _texts(documents: list[Document]) -> tuple[str, ...]:
     return tuple(d if isinstance(d, str) else d.text for d in documents)
-
-
-def _as_object(doc: Document) -> dict[str, Any]:
-    return {"text": doc} if isinstance(doc, str) else doc.model_dump()
 
 
 class PipelineOptions(BaseModel):
@@ -120,73 +115,6 @@ class RerankResponse(BaseModel):
             cache_hits=outcome.cache_hits,
             usage=Usage(prompt_tokens=outcome.prompt_tokens, total_tokens=outcome.prompt_tokens),
             warnings=list(outcome.warnings),
-        )
-
-
-# --- Cohere v1 / Jina: POST /v1/rerank -------------------------------------------------------------
-class CohereRerankRequest(PipelineOptions):
-    model: str | None = Field(None, description="Accepted for compatibility; the served model answers.")
-    query: str = Field(..., min_length=1)
-    documents: list[Document]
-    top_n: int | None = Field(None, ge=1)
-    return_documents: bool = False
-    rank_fields: list[str] | None = Field(None, description="Accepted; `text` is what is scored.")
-
-    def to_query(self) -> RerankQuery:
-        return RerankQuery(
-            query=self.query,
-            documents=_texts(self.documents),
-            top_n=self.top_n,
-            keep=self.keep,
-            max_length=self.max_length,
-            max_chunks_per_doc=self.max_chunks_per_doc,
-            truncate=self.truncate,
-            truncation_direction=self.truncation_direction,
-        )
-
-
-class CohereResult(BaseModel):
-    index: int
-    relevance_score: float
-    document: dict[str, Any] | None = None
-
-
-class CohereMeta(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    api_version: dict[str, Any] = Field(default_factory=lambda: {"version": "1"})
-    billed_units: dict[str, Any] = Field(default_factory=dict)
-    backend: str
-    stages: list[Literal["prefilter", "reranker"]]
-    warnings: list[str] = Field(default_factory=list)
-
-
-class CohereRerankResponse(BaseModel):
-    id: str
-    results: list[CohereResult]
-    meta: CohereMeta
-    model: str
-    usage: dict[str, int] = Field(..., description="Jina-style token usage.")
-
-    @classmethod
-    def render(cls, request: CohereRerankRequest, outcome: RerankOutcome) -> CohereRerankResponse:
-        return cls(
-            id=str(uuid.uuid4()),
-            results=[
-                CohereResult(
-                    index=r.index,
-                    relevance_score=r.relevance_score,
-                    document=_as_object(request.documents[r.index]) if request.return_documents else None,
-                )
-                for r in outcome.results
-            ],
-            meta=CohereMeta(
-                billed_units={"search_units": 1, "input_tokens": outcome.prompt_tokens},
-                backend=outcome.backend,
-                stages=list(outcome.stages),
-                warnings=list(outcome.warnings),
-            ),
-            model=outcome.model,
-            usage={"total_tokens": outcome.prompt_tokens, "prompt_tokens": outcome.prompt_tokens},
         )
 
 

@@ -1,0 +1,189 @@
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import BaseModel
+
+from gateway.api.app import create_app
+from gateway.api.schemas import RerankResponse
+from gateway.config import Settings
+from gateway.pipeline import Reranker
+
+QUERY = "berlin population"
+
+
+class CohereV1Result(BaseModel):
+    index: int
+    relevance_score: float
+    document: dict[str, Any] | None = None
+
+
+class CohereV1Response(BaseModel):
+    """The Cohere v1 / Jina shape clients read (cohere SDK `RerankResponse`)."""
+
+    id: str
+    results: list[CohereV1Result]
+    meta: dict[str, Any]
+    model: str
+DOCS = ["Berlin has a large population.", "New York has museums.", "Trains in Spain."]
+
+
+@pytest.fixture(scope="module")
+def settings(tiny_model_repository) -> Settings:
+    return Settings(
+        model_repository=tiny_model_repository,
+        threads=1,
+        max_documents=5,
+        max_document_chars=100,
+        max_query_chars=50,
+        max_body_bytes=4096,
+        keep=2,
+    )
+
+
+@pytest.fixture(scope="module")
+def client(settings):
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def test_seed_route_ranks_and_parses_back(client):
+    r = client.post("/rerank", json={"query": QUERY, "documents": [*DOCS, {"text": "Berlin", "id": 7}], "top_k": 3})
+    assert r.status_code == 200, r.text
+    body = RerankResponse.model_validate(r.json())
+    assert len(body.results) == 3 and body.top_k_applied
+    assert body.stages == ["prefilter", "reranker"] and body.backend == "onnx-cpu"
+    assert body.model == "tiny-reranker"
+    for res in body.results:
+        assert res.score == res.relevance_score and 0 <= res.relevance_score <= 1
+        if res.index == 3:
+            assert res.document == {"text": "Berlin", "id": 7}
+
+
+def test_cohere_route_shape(client):
+    r = client.post("/v1/rerank", json={"query": QUERY, "documents": DOCS, "top_n": 2, "return_documents": True})
+    assert r.status_code == 200, r.text
+    body = CohereV1Response.model_validate(r.json())
+    assert len(body.results) == 2 and body.results[0].document == {"text": DOCS[body.results[0].index]}
+    assert body.model == "tiny-reranker" and body.meta["api_version"]["version"] == "1"
+    scores = [res.relevance_score for res in body.results]
+    assert scores == sorted(scores, reverse=True)
+    assert "document" not in client.post("/v1/rerank", json={"query": QUERY, "documents": DOCS}).json()["results"][0]
+
+
+def test_empty_document_list_is_an_empty_result(client):
+    r = client.post("/rerank", json={"query": QUERY, "documents": []})
+    assert r.status_code == 200 and r.json()["results"] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        ({"query": "", "documents": DOCS}, 422, "query"),
+        ({"query": "   ", "documents": DOCS}, 422, "query must not be empty"),
+        ({"documents": DOCS}, 422, "query"),
+        ({"query": QUERY, "documents": "nope"}, 422, "documents"),
+        ({"query": QUERY, "documents": [{"title": "no text"}]}, 422, "documents"),
+        ({"query": QUERY, "documents": DOCS, "top_k": 0}, 422, "top_k"),
+        ({"query": QUERY, "documents": ["d"] * 6}, 413, "max_documents is 5"),
+        ({"query": QUERY, "documents": ["x" * 101]}, 413, "max_document_chars is 100"),
+        ({"query": "q" * 51, "documents": DOCS}, 413, "max_query_chars is 50"),
+        ({"query": QUERY, "documents": ["x" * 90] * 5, "pad": "y" * 4000}, 413, "max_body_bytes (4096"),
+    ],
+)
+def test_bad_input_matrix(client, body, status, needle):
+    r = client.post("/rerank", json=body)
+    assert r.status_code == status, r.text
+    assert needle in r.json()["error"]
+    assert r.json()["error_type"] in ("validation", "limit_exceeded")
+
+
+def test_malformed_json_is_422(client):
+    r = client.post("/rerank", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "json" in r.json()["error"].lower()
+
+
+def test_ops_routes(client):
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["cuda_available"] is False
+    assert health["models_loaded"] == ["reranker", "prefilter"]
+    assert client.get("/ready").status_code == 200
+    info = client.get("/info").json()
+    assert info["limits"]["max_documents"] == 5 and info["models"]["reranker"]["variant"] == "int8"
+    metrics = client.get("/metrics").text
+    for name in (
+        "reranker_requests_total",
+        "reranker_request_duration_seconds_bucket",
+        "reranker_process_rss_bytes",
+        "reranker_process_threads",
+        "reranker_cache_hit_ratio",
+        "reranker_batch_size_bucket",
+        "reranker_prefilter_drop_ratio_bucket",
+    ):
+        assert name in metrics
+    assert client.get("/docs").status_code == 200
+    assert "/v1/rerank" in client.get("/openapi.json").json()["paths"]
+
+
+def test_request_id_round_trip(client):
+    r = client.get("/health", headers={"X-Request-ID": "abc-123"})
+    assert r.headers["x-request-id"] == "abc-123"
+    assert len(client.get("/health").headers["x-request-id"]) == 32
+
+
+def test_api_keys(tiny_model_repository):
+    s = Settings(model_repository=tiny_model_repository, api_keys=["k1", "k2"], preload=False)
+    with TestClient(create_app(s)) as c:
+        body = {"query": QUERY, "documents": DOCS}
+        missing = c.post("/rerank", json=body)
+        assert missing.status_code == 401 and "Authorization: Bearer" in missing.json()["error"]
+        assert c.post("/rerank", json=body, headers={"Authorization": "Bearer nope"}).status_code == 401
+        assert c.post("/rerank", json=body, headers={"Authorization": "Bearer k2"}).status_code == 200
+        assert c.post("/v1/rerank", json=body, headers={"X-API-Key": "k1"}).status_code == 200
+        assert c.get("/health").status_code == 200  # ops routes stay open
+
+
+def test_preload_off_loads_on_first_request(tiny_model_repository):
+    s = Settings(model_repository=tiny_model_repository, preload=False)
+    with TestClient(create_app(s)) as c:
+        assert c.get("/health").json()["models_loaded"] == []
+        assert c.get("/ready").status_code == 503
+        assert c.post("/rerank", json={"query": QUERY, "documents": DOCS}).status_code == 200
+        assert c.get("/ready").status_code == 200
+
+
+def test_overload_is_429_with_retry_after_and_timeout_is_504(make_reranker, tiny_model_repository):
+    reranker, ce, _ = make_reranker(keep=0, max_in_flight=1, request_timeout_s=0.5)
+    release = threading.Event()
+    original = ce.score
+
+    async def slow_score(batch):
+        while not release.is_set():
+            await asyncio.sleep(0.01)
+        return await original(batch)
+
+    ce.score = slow_score
+    assert isinstance(reranker, Reranker)
+    with TestClient(create_app(reranker.settings, reranker)) as c:
+        results: dict[str, int] = {}
+
+        def first():
+            results["first"] = c.post("/rerank", json={"query": QUERY, "documents": DOCS}).status_code
+
+        t = threading.Thread(target=first)
+        t.start()
+        for _ in range(100):
+            if c.app.state.executor.in_flight:
+                break
+            threading.Event().wait(0.01)
+        second = c.post("/rerank", json={"query": QUERY, "documents": DOCS})
+        assert second.status_code == 429 and int(second.headers["retry-after"]) >= 1
+        assert "max_in_flight is 1" in second.json()["error"]
+        t.join(5)
+        assert results["first"] == 504
+        release.set()
+        assert c.post("/rerank", json={"query": QUERY, "documents": DOCS[:1]}).status_code == 200
