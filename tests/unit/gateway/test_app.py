@@ -29,6 +29,8 @@ class CohereV1Response(BaseModel):
     results: list[CohereV1Result]
     meta: dict[str, Any]
     model: str
+
+
 DOCS = ["Berlin has a large population.", "New York has museums.", "Trains in Spain."]
 
 
@@ -52,7 +54,9 @@ def client(settings):
 
 
 def test_seed_route_ranks_and_parses_back(client):
-    r = client.post("/rerank", json={"query": QUERY, "documents": [*DOCS, {"text": "Berlin", "id": 7}], "top_k": 3})
+    r = client.post(
+        "/rerank", json={"query": QUERY, "documents": [*DOCS, {"text": "Berlin", "id": 7}], "top_k": 3}
+    )
     assert r.status_code == 200, r.text
     body = RerankResponse.model_validate(r.json())
     assert len(body.results) == 3 and body.top_k_applied
@@ -65,14 +69,19 @@ def test_seed_route_ranks_and_parses_back(client):
 
 
 def test_cohere_route_shape(client):
-    r = client.post("/v1/rerank", json={"query": QUERY, "documents": DOCS, "top_n": 2, "return_documents": True})
+    r = client.post(
+        "/v1/rerank", json={"query": QUERY, "documents": DOCS, "top_n": 2, "return_documents": True}
+    )
     assert r.status_code == 200, r.text
     body = CohereV1Response.model_validate(r.json())
     assert len(body.results) == 2 and body.results[0].document == {"text": DOCS[body.results[0].index]}
     assert body.model == "tiny-reranker" and body.meta["api_version"]["version"] == "1"
     scores = [res.relevance_score for res in body.results]
     assert scores == sorted(scores, reverse=True)
-    assert "document" not in client.post("/v1/rerank", json={"query": QUERY, "documents": DOCS}).json()["results"][0]
+    assert (
+        "document"
+        not in client.post("/v1/rerank", json={"query": QUERY, "documents": DOCS}).json()["results"][0]
+    )
 
 
 def test_empty_document_list_is_an_empty_result(client):

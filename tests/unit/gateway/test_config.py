@@ -20,7 +20,12 @@ def test_environment_is_read_with_the_prefix(monkeypatch):
 
 @pytest.mark.parametrize(
     ("var", "value"),
-    [("RERANKER_KEEP", "-1"), ("RERANKER_CPU_PRECISION", "int4"), ("RERANKER_PORT", "http"), ("RERANKER_TOKEN_BUDGET", "0")],
+    [
+        ("RERANKER_KEEP", "-1"),
+        ("RERANKER_CPU_PRECISION", "int4"),
+        ("RERANKER_PORT", "http"),
+        ("RERANKER_TOKEN_BUDGET", "0"),
+    ],
 )
 def test_bad_values_name_the_variable(monkeypatch, var, value):
     monkeypatch.setenv(var, value)

@@ -36,7 +36,9 @@ def test_fp32_precision_loads_an_fp32_variant(tiny_model_repository):
 def test_too_little_gpu_memory_stays_on_the_cpu(tiny_model_repository):
     sessions: list = []
     loader = ModelLoader(
-        settings(tiny_model_repository), gpu_probe=probe(100), session_factory=oom_session_factory(0, sessions)
+        settings(tiny_model_repository),
+        gpu_probe=probe(100),
+        session_factory=oom_session_factory(0, sessions),
     )
     loaded = loader()
     assert loaded.reranker.scorer.name == "onnx-cpu" and not sessions

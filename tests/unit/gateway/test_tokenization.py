@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from tokenizers import Tokenizer
@@ -54,7 +56,7 @@ def test_chunks_overlap_and_report_char_offsets(tok):
     assert len(enc.windows) == 4 and enc.chunked == [True] and enc.truncated == [True]
     spans = [w.chars for w in enc.windows]
     assert spans[0][0] == 0
-    for (a0, a1), (b0, _) in zip(spans, spans[1:], strict=False):
+    for (a0, a1), (b0, _) in itertools.pairwise(spans):
         assert b0 < a1  # overlapping windows
         assert a0 < b0
     assert all(len(w.ids) <= 64 for w in enc.windows)
