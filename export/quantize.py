@@ -31,10 +31,18 @@ _ORT_MODEL_TYPES = {
 
 @dataclass(frozen=True)
 class Int8Settings:
-    """quantize_dynamic settings (recorded in the manifest)."""
+    """quantize_dynamic settings (recorded in the manifest).
+
+    Measured on the L6 stand-in (96 parity pairs, ORT 1.31 CPU, 2 threads; model_repository/README.md):
+    - per-channel weights: Spearman vs fp32 0.9962-0.9970; per-tensor only 0.973 (fails the 0.98 gate);
+    - quantizing the ORT-fused graph (MatMul + fused Attention) is ~15% faster than the plain graph's MatMuls
+      at the same accuracy; leaving Attention in fp32 is ~35% slower;
+    - reduce_range (7-bit weights) costs nothing measurable here (Spearman 0.9962 vs 0.9970, same speed) and
+      avoids u8*s8 int16 saturation on AVX2 CPUs without VNNI, where ORT recommends it.
+    """
 
     per_channel: bool = True
-    reduce_range: bool = False
+    reduce_range: bool = True
     weight_type: str = "QInt8"
     op_types: tuple[str, ...] = ("MatMul", "Attention")
     from_fused_graph: bool = True

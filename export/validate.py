@@ -93,12 +93,15 @@ def build_parity_set(n_queries: int = 24, docs_per_query: int = 4, seed: int = 2
         a, b, c = _TOPICS[qi % len(_TOPICS)]
         query = _QUESTIONS[qi % len(_QUESTIONS)].format(a=a, b=b, c=c)
         other = _TOPICS[(qi + 7) % len(_TOPICS)]
+        # graded relevance, so that every query has one clearly best document (a near tie would make the
+        # top-1 check measure the test set rather than the quantization)
         docs = [
-            f"In {c}, {a} was strongly associated with {b}. " + _words(rng, _FILLER, rng.randint(5, 40)),
+            f"In {c}, {a} was strongly associated with {b}: {a} changed {b} in {c}. "
+            + _words(rng, _FILLER, rng.randint(5, 40)),
             f"{a.capitalize()} was studied. " + _words(rng, _FILLER, rng.randint(20, 80)),
             f"{other[0].capitalize()} and {other[1]}. " + _words(rng, _OFFTOPIC, rng.randint(3, 30)),
             # long: truncated at max_length for any BERT-sized model
-            f"We report that {a} changes {b} in {c}. " + _words(rng, _FILLER + _OFFTOPIC, 700),
+            f"A report on {other[2]} and {b}. " + _words(rng, _OFFTOPIC + _FILLER, 700),
         ]
         for doc in docs[:docs_per_query]:
             pairs.append((query, doc))
