@@ -1,5 +1,6 @@
-"""The API dialects beside the seed routes: Cohere v2 (and v1's parsing), TEI on `/rerank` with `texts`,
-NVIDIA NIM `/v1/ranking`, vLLM `/score` `/v1/score` `/v1/models`, and the multi-query batch.
+"""The API dialects beside the seed route: Cohere v1/Jina and v2, TEI on `/rerank` with `texts` (the seed
+route dispatches to it), NVIDIA NIM `/v1/ranking`, vLLM `/score` `/v1/score` `/v1/models`, and the
+multi-query batch.
 
 Each dialect parses its wire body into `RerankQuery` objects, runs them through
 `app.state.executor`, and renders the `RerankOutcome` objects; errors come back in the dialect's own
@@ -10,21 +11,13 @@ from __future__ import annotations
 
 from fastapi import Depends, FastAPI
 
+from gateway.api.auth import require_api_key
 from gateway.api.dialects import batch, cohere, nim, vllm
 from gateway.config import Settings
 
 
 def include_dialects(app: FastAPI, settings: Settings) -> None:
-    """Mount every dialect router; inference routes take the API-key dependency, `/v1/models` too."""
+    """Mount every dialect router behind the API-key dependency (`/v1/models` too)."""
     app.state.dialects_settings = settings
-    dependencies = _auth_dependencies(settings)
     for router in (cohere.router, nim.router, vllm.router, batch.router):
-        app.include_router(router, dependencies=dependencies)
-
-
-def _auth_dependencies(settings: Settings) -> list[object]:
-    try:
-        from gateway.api.auth import require_api_key
-    except ImportError:  # the seed app without auth
-        return []
-    return [Depends(require_api_key)]
+        app.include_router(router, dependencies=[Depends(require_api_key)])

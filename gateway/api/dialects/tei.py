@@ -152,7 +152,8 @@ async def json_body(request: Request) -> Any:
 
 def openapi_body(*models: type[BaseModel]) -> dict[str, Any]:
     """`openapi_extra` documenting a body that is any of `models` plus TEI's (inlined, self-contained)."""
-    schemas = [_inline(m.model_json_schema()) for m in (*models, TEIRerankRequest)]
+    documented: list[type[BaseModel]] = [*models, TEIRerankRequest]
+    schemas = [_inline(m.model_json_schema()) for m in documented]
     return {
         "requestBody": {"required": True, "content": {"application/json": {"schema": {"anyOf": schemas}}}}
     }
