@@ -92,13 +92,10 @@ class FakeClient:
             raise InferenceServerException("model crashed", status="StatusCode.INTERNAL")
         shape = inputs[0].shape()
         self.infer_rows.append(shape[0])
-        first = (
-            np.frombuffer(inputs[0]._get_binary_data() or b"", dtype=np.int64)
-            if hasattr(inputs[0], "_get_binary_data")
-            else None
-        )
-        if first is None or first.size == 0:
-            first = np.frombuffer(inputs[0]._raw_content, dtype=np.int64)
+        # The tensor's bytes (private accessors: HTTP's _get_binary_data, gRPC's _get_content).
+        tensor = inputs[0]
+        raw = tensor._get_binary_data() if hasattr(tensor, "_get_binary_data") else tensor._get_content()
+        first = np.frombuffer(raw, dtype=np.int64)
         return FakeResult(first.reshape(shape)[:, :1].astype(np.float32))
 
     async def is_server_ready(self, **kwargs):
