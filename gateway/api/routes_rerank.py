@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from gateway.api.auth import require_api_key
 from gateway.api.dialects import tei
+from gateway.api.dialects.common import seed_aliases
 from gateway.api.executor import RerankExecutor
 from gateway.api.schemas import ErrorBody, RerankRequest, RerankResponse
 
@@ -46,7 +47,7 @@ async def rerank(request: Request) -> RerankResponse | Response:
     if tei.is_tei_body(raw):
         return await tei.rerank_tei(request, raw)
     try:
-        body = RerankRequest.model_validate(raw)
+        body = RerankRequest.model_validate(seed_aliases(raw))
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
     request.state.documents = len(body.documents)

@@ -268,3 +268,13 @@ def _find_stage(info: Any) -> dict[str, Any] | None:
 
 def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def seed_aliases(body: Any) -> Any:
+    """The seed shape under a neighbour's name: vLLM's `/rerank` sends `top_n` (0: every document)."""
+    if not isinstance(body, dict) or "top_n" not in body or body.get("top_k") is not None:
+        return body
+    out = {k: v for k, v in body.items() if k != "top_n"}
+    if body["top_n"]:
+        out["top_k"] = body["top_n"]
+    return out

@@ -76,6 +76,14 @@ def test_vllm_rerank_bodies_on_cohere_paths(gateway_url, api_key):
         out = r.json()
         assert out["results"][0]["index"] == RELEVANT and len(out["results"]) == len(PASSAGES)
         assert out["usage"]["total_tokens"] > 0 and out["id"] and out["model"]
+    # vLLM's /rerank is the seed route here: same results/usage/model fields, and top_n is honoured
+    body = {"model": "BAAI/bge-reranker-base", "query": QUERY, "documents": PASSAGES, "top_n": 2}
+    r = post(gateway_url, "/rerank", body, api_key)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["results"][0]["index"] == RELEVANT and len(out["results"]) == 2
+    assert out["results"][0]["relevance_score"] > out["results"][1]["relevance_score"]
+    assert out["usage"]["total_tokens"] > 0 and out["model"]
 
 
 def test_vllm_models_list(gateway_url, api_key):

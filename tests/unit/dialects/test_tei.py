@@ -45,3 +45,15 @@ def test_tei_errors(client, executor):
     executor.error = LimitExceeded("at most 2 documents per request", limit="max_documents", value=2)
     r = client.post("/rerank", json={"query": QUERY, "texts": DOCS})
     assert r.json() == {"error": "at most 2 documents per request", "error_type": "Validation"}
+
+
+def test_seed_aliases_for_vllm_rerank_bodies():
+    from gateway.api.dialects.common import seed_aliases
+
+    assert seed_aliases({"query": "q", "documents": [], "top_n": 3}) == {
+        "query": "q",
+        "documents": [],
+        "top_k": 3,
+    }
+    assert seed_aliases({"query": "q", "top_n": 0}) == {"query": "q"}  # vLLM: 0 is every document
+    assert seed_aliases({"top_k": 1, "top_n": 3}) == {"top_k": 1, "top_n": 3}
