@@ -26,7 +26,7 @@ from gateway.api.dialects.common import (
     run_queries,
 )
 from gateway.domain import RerankOutcome, RerankQuery
-from gateway.errors import RerankError, ValidationFailed
+from gateway.errors import LimitExceeded, RerankError, ValidationFailed
 
 ALIASES = {
     "texts": ("documents", "passages"),
@@ -118,7 +118,13 @@ def render_error(status: int, error_type: str, message: str) -> dict[str, Any]:
 
 
 def error_response(exc: RerankError) -> JSONResponse:
-    status = 400 if isinstance(exc, _Empty) else gateway_status(exc)
+    # TEI: an empty request is 400, a crossed limit (its batch size) a 422 Validation error.
+    if isinstance(exc, _Empty):
+        status = 400
+    elif isinstance(exc, LimitExceeded):
+        status = 422
+    else:
+        status = gateway_status(exc)
     return JSONResponse(render_error(status, exc.error_type, exc.message), status, headers=error_headers(exc))
 
 

@@ -44,6 +44,7 @@ def test_tei_errors(client, executor):
     assert r.status_code == 422 and r.json()["error_type"] == "Validation"
     executor.error = LimitExceeded("at most 2 documents per request", limit="max_documents", value=2)
     r = client.post("/rerank", json={"query": QUERY, "texts": DOCS})
+    assert r.status_code == 422
     assert r.json() == {"error": "at most 2 documents per request", "error_type": "Validation"}
 
 
