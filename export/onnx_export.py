@@ -6,6 +6,7 @@ import contextlib
 import io
 import logging
 import shutil
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -80,16 +81,16 @@ def opset_of(path: Path) -> int:
 
 @contextlib.contextmanager
 def _muted(quiet: bool):
-    """optimum and torch print tracer warnings a user cannot act on; hide them in --quiet mode."""
-    if not quiet:
-        yield
-        return
+    """optimum and torch print tracer and deprecation warnings a user cannot act on: hide them.
+
+    Errors still raise; --quiet also swallows optimum's stdout chatter.
+    """
     loggers = [logging.getLogger(n) for n in ("optimum", "transformers", "torch")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO() if quiet else sys.stderr):
             warnings.simplefilter("ignore")
             yield
     finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -58,9 +57,9 @@ def test_good_local_folder_is_recorded_by_path_and_weights_hash(good_model: Path
     assert entry["path"] == str(good_model.resolve()) and len(entry["sha256"]) == 64
 
 
-def test_hub_ids_are_not_mistaken_for_folders(tmp_path: Path):
-    # no network here: the id must be sent to the hub (and fail there), not reported as a missing folder
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+def test_hub_ids_are_not_mistaken_for_folders(monkeypatch: pytest.MonkeyPatch):
+    # offline: the id must go to the hub (and fail there), not be reported as a missing folder
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     with pytest.raises(SourceError, match="Hugging Face hub"):
         resolve_source("cross-encoder/ms-marco-MiniLM-L-6-v2", quiet=True)
 
