@@ -125,8 +125,9 @@ def render_gpu_config(
         + "\n]\n"
         # ONNX Runtime memory: set at model level, or the backend applies its own defaults
         + _param("gpu_mem_limit", settings.gpu_mem_limit_bytes)
-        + _param("arena_extend_strategy", 1)  # kSameAsRequested: no power-of-two over-allocation
-        + _param("memory.enable_memory_arena_shrinkage", "gpu:0")
+        # kSameAsRequested: no power-of-two over-allocation; no arena shrinkage (it would cudaFree/cudaMalloc
+        # on every request), gpu_mem_limit bounds the arena instead
+        + _param("arena_extend_strategy", 1)
         + _param("cudnn_conv_algo_search", 1)  # heuristic: no exhaustive search at load
         + _param("enable_mem_pattern", 1)
     )
