@@ -240,16 +240,21 @@ class TritonScorer:
         return np.asarray(array, dtype=np.float32).reshape(rows)
 
     async def ready(self) -> bool:
-        """True when the server and the model answer ready within the timeout; never raises."""
+        """True when the server and the model answer ready and the model matches the tokenizer; never raises."""
         connection = self._current()
         try:
             server_ready = await self._call(connection.client.is_server_ready(), "server readiness")
             model_ready = server_ready and await self._call(
                 connection.client.is_model_ready(self.model_name, self.model_version), "model readiness"
             )
+            if model_ready and not connection.checked:
+                async with connection.lock:
+                    if not connection.checked:
+                        await self._check_model(connection)
         except _Failure as failure:
             log.debug("Triton not ready: %s", failure.message)
-            await self._drop(connection)
+            if failure.outcome != "mismatch":
+                await self._drop(connection)
             return False
         return bool(model_ready)
 

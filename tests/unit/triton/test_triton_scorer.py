@@ -138,9 +138,21 @@ def test_batches_larger_than_the_model_accepts_are_split_and_rejoined_in_order(p
 
 def test_a_served_model_that_does_not_match_the_tokenizer_is_refused() -> None:
     scorer = scorer_with(FakeClient(inputs=("input_ids", "attention_mask")))
-    with pytest.raises(BackendFailed, match="token_type_ids") as caught:
-        asyncio.run(scorer.score(batch(2)))
-    assert caught.value.reason == "mismatch"  # type: ignore[attr-defined]
+
+    async def run() -> bool:
+        with pytest.raises(BackendFailed, match="token_type_ids") as caught:
+            await scorer.score(batch(2))
+        assert caught.value.reason == "mismatch"  # type: ignore[attr-defined]
+        return await scorer.ready()
+
+    assert asyncio.run(run()) is False, "a mismatched model is not ready for us"
+
+
+def test_ready_checks_the_model_once() -> None:
+    client = FakeClient(max_batch_size=8)
+    scorer = scorer_with(client)
+    assert asyncio.run(scorer.ready()) is True
+    assert scorer.max_batch_size == 8
 
 
 def test_a_model_without_batching_is_refused() -> None:
