@@ -73,7 +73,9 @@ def _quality_section(results: dict[str, Any]) -> list[str]:
         "`recall.10`, mean over the judged queries. *Reference* = the figure the weights' SOURCE.md gives for the "
         "same queries (PyTorch fp32; for two-stage rows, the prefilter SOURCE.md cascade figure). The BEIR paper "
         "columns are for all test queries and for the original `ms-marco-MiniLM-L-6-v2`, a different model from "
-        "the stand-in: context, not a target.",
+        "the stand-in: context, not a target. Two-stage rows: the gateway always runs the prefilter's int8 file at "
+        "128 tokens (its defaults); `fp32`/`int8` name the cross-encoder's file. Their reference is the prefilter "
+        "SOURCE.md cascade, PyTorch fp32 throughout.",
         "",
         "| set | first N | configuration | nDCG@10 | Recall@10 | reference nDCG@10 / R@10 | Δ nDCG@10 | "
         "BEIR BM25+CE | BEIR BM25 |",
@@ -331,6 +333,8 @@ def write_report(results: dict[str, Any], out: Path, *, plots: bool = True) -> P
         f"size `{results.get('size')}`, commit {m.get('git_commit', '?')}. Written by `python -m bench` "
         "(`make bench`); raw figures in `results.json`.",
         "",
+        f"Command: `{results.get('command', 'python -m bench')}`",
+        "",
         f"Model: `{_source(model.get('source'))}`; prefilter: `{_source(model.get('prefilter'))}`"
         + (
             " (the SciFact/NFCorpus-tuned stand-in for ms-marco-MiniLM-L-6-v2, see its SOURCE.md)"
@@ -339,6 +343,17 @@ def write_report(results: dict[str, Any], out: Path, *, plots: bool = True) -> P
         )
         + ".",
         "",
+        *(
+            [
+                "Sections taken from an earlier run of the same command (`--keep-other-sections`): "
+                + ", ".join(f"{k} (run started {v})" for k, v in results["sections_from_earlier_run"].items())
+                + ". Quality figures do not depend on the machine's load; every timed figure and ratio below "
+                "comes from one run.",
+                "",
+            ]
+            if results.get("sections_from_earlier_run")
+            else []
+        ),
         "## Findings (computed from this run)",
         "",
         *_findings(results),

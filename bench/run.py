@@ -160,7 +160,10 @@ class Models:
         return bool(self.prefilter) and self.prefilter["source"].get("sha256") == PREFILTER_SHA256  # type: ignore[index]
 
     def variant_file(self, precision: str) -> Path:
-        return self.reranker_dir / self.reranker["variants"][precision]["file"]
+        """The file the gateway runs on the CPU for `precision` (gateway/backends/factory.py's preference)."""
+        variants = self.reranker["variants"]
+        name = "fp32-opt" if precision == "fp32" and "fp32-opt" in variants else precision
+        return self.reranker_dir / variants[name]["file"]
 
 
 def _same_source(manifest: dict[str, Any], wanted: str | None) -> bool:
@@ -274,10 +277,7 @@ def triton_served(url: str) -> dict[str, float]:
 
     text = httpx.get(f"{url}/metrics", timeout=10).text
     return {
-        "triton_calls_ok": _metric_value(
-            text, "reranker_scorer_calls_total", outcome="ok", backend="triton-grpc"
-        )
-        + _metric_value(text, "reranker_scorer_calls_total", outcome="ok", backend="triton-http"),
+        "triton_calls_ok": _metric_value(text, "reranker_scorer_calls_total", outcome="ok", backend="triton"),
         "fallbacks": _metric_value(text, "reranker_fallbacks_total"),
     }
 
@@ -739,6 +739,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quality-configs", default=",".join(QUALITY_CONFIGS))
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument(
+        "--keep-other-sections",
+        action="store_true",
+        help="take the sections this run skips from the output's existing results.json (quality figures do not "
+        "depend on the machine's load, so they can be measured apart from the timed sections)",
+    )
     args = parser.parse_args(argv)
 
     sizes = SIZES[args.size]
@@ -748,6 +754,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = dt.datetime.now(dt.timezone.utc)
     results: dict[str, Any] = {
         "started": started.isoformat(timespec="seconds"),
+        "command": "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv),
         "size": args.size,
         "sizes": asdict(sizes),
         "machine": machine(),
@@ -782,6 +789,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from bench.report import write_report
 
+    previous_path = args.output / "results.json"
+    if args.keep_other_sections and previous_path.exists():
+        previous = json.loads(previous_path.read_text())
+        for section in ("quality", "speed", "sweep"):
+            if section not in sections and section in previous:
+                results[section] = previous[section]
+                results.setdefault("sections_from_earlier_run", {})[section] = previous.get("started")
+                if section in previous.get("section_seconds", {}):
+                    results.setdefault("section_seconds", {})[section] = previous["section_seconds"][section]
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "results.json").write_text(json.dumps(results, indent=1, default=str))
     write_report(results, args.output, plots=not args.no_plots)
