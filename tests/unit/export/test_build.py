@@ -81,7 +81,7 @@ def test_cli_quiet_builds_only_the_reranker_with_prefilter_none(tiny_source: Pat
 def test_cli_shows_progress_at_a_terminal(tiny_source: Path, tmp_path: Path):
     result = subprocess.run(
         [sys.executable, "-m", "export", "--model", str(tiny_source), "--prefilter", "none",
-         "--output", str(tmp_path / "repo")],
+         "--output", str(tmp_path / "repo"), "--max-length", "128"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
