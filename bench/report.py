@@ -129,7 +129,9 @@ def _speed_section(results: dict[str, Any]) -> list[str]:
         "",
         f"{s['rows'][0]['requests'] if s['rows'] else 0} timed requests per configuration (after one warm-up "
         f"request), each one SciFact query with its {s['rows'][0]['docs_per_request'] if s['rows'] else 0} BM25 "
-        f"candidates, sent one at a time. Pairs average {tok['mean_tokens_per_pair']:.0f} tokens (longest "
+        "candidates. All configurations were up at once and driven round-robin, one request at a time, the order "
+        "rotated every round, so load from other work on the machine hits them alike. "
+        f"Pairs average {tok['mean_tokens_per_pair']:.0f} tokens (longest "
         f"{tok['max_tokens_per_pair']}) after `only_second` truncation to 512: "
         f"{tok['useful_gflop_per_request']:.0f} GFLOP of useful work per request. Ratios are to "
         "sentence-transformers in this run: throughput xST above 1 is faster; latency xST below 1 is faster. "
@@ -223,17 +225,17 @@ def _findings(results: dict[str, Any]) -> list[str]:
     st = rows.get("sentence-transformers")
     if st:
         for name, r in rows.items():
-            if name.startswith("sentence-transformers"):
+            if name == "sentence-transformers":
                 continue
             x = r.get("throughput_x_st")
             if x is not None and x < 1.0:
                 lines.append(f"- **{name} is SLOWER than sentence-transformers**: {x:.2f}x its throughput.")
-        rep = rows.get("sentence-transformers (repeat, end of run)")
-        if rep:
-            drift = rep["docs_per_s"] / st["docs_per_s"] - 1
+        drift = st.get("drift_second_half_over_first")
+        if drift is not None:
             lines.append(
-                f"- The baseline drifted {drift:+.0%} between the start and the end of the speed run (same "
-                "sentence-transformers code, first requests again): ratios carry at least that much noise."
+                f"- sentence-transformers' mean latency in the second half of the rounds was {drift - 1:+.0%} off "
+                "the first half: the machine's own drift; the configurations were interleaved request by "
+                "request, so it hits them alike, but single figures carry that much noise."
             )
         for ours, theirs in (("pipeline-fp32", "flashrank-fp32"), ("pipeline-int8", "flashrank-int8"),
                              ("http-fp32", "flashrank-fp32"), ("http-int8", "flashrank-int8")):  # fmt: skip

@@ -15,7 +15,9 @@ import json
 import math
 import os
 import platform
+import select
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -24,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 
 from bench.data import BeirSet, Candidates, load_set
@@ -72,7 +75,6 @@ class Sizes:
     speed_requests: int  # timed requests per configuration
     speed_docs: int  # documents per request
     sweep: tuple[tuple[int, int], ...]  # (clients, requests) for the concurrency sweep
-    st_repeat_requests: int  # sentence-transformers measured again at the end: the run's drift
     peak_n: int = 4096  # side of the matrix product that measures the fp32 peak
 
 
@@ -85,7 +87,6 @@ SIZES = {
         speed_requests=10,
         speed_docs=100,
         sweep=((1, 8), (8, 16), (32, 64)),
-        st_repeat_requests=5,
     ),
     "quick": Sizes(
         quality_sets=(("scifact", 20), ("nfcorpus", 10)),
@@ -95,7 +96,6 @@ SIZES = {
         speed_requests=4,
         speed_docs=100,
         sweep=((1, 4), (8, 8), (32, 32)),
-        st_repeat_requests=2,
     ),
     "smoke": Sizes(
         quality_sets=(("scifact", 2), ("nfcorpus", 1)),
@@ -105,7 +105,6 @@ SIZES = {
         speed_requests=2,
         speed_docs=8,
         sweep=((1, 2), (2, 2)),
-        st_repeat_requests=0,
         peak_n=1024,
     ),
 }
@@ -441,35 +440,127 @@ def _flashrank_cache(models: Models) -> Path:
     return cache
 
 
-def _worker(spec: dict[str, Any], name: str) -> dict[str, Any]:
-    spec_path = WORK / "specs" / f"{name}.json"
-    out_path = WORK / "specs" / f"{name}.out.json"
-    spec_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.unlink(missing_ok=True)
-    spec_path.write_text(json.dumps(spec))
-    with open(WORK / "logs" / f"speed-{name}.log", "wb") as logf:
-        subprocess.run(
-            [sys.executable, "-m", "bench.worker", str(spec_path), str(out_path)],
-            cwd=REPO_ROOT, check=True, stdout=logf, stderr=subprocess.STDOUT, timeout=3600,
-        )  # fmt: skip
-    result: dict[str, Any] = json.loads(out_path.read_text())
-    return result
+class WorkerRunner:
+    """An in-process configuration living in its own `python -m bench.worker` process, driven over pipes."""
+
+    def __init__(self, name: str, spec: dict[str, Any], timeout_s: float = 1800.0) -> None:
+        self.name, self.spec, self.timeout_s = name, spec, timeout_s
+        self.process: subprocess.Popen[str] | None = None
+        self.load_s: float | None = None
+
+    def start(self) -> None:
+        spec_path = WORK / "specs" / f"{self.name}.json"
+        spec_path.write_text(json.dumps(self.spec))
+        with open(WORK / "logs" / f"speed-{self.name}.log", "wb") as logf:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bench.worker", str(spec_path)],
+                cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logf, text=True,
+                start_new_session=True,
+            )  # fmt: skip
+        self.load_s = float(self._read()["load_s"])
+
+    def _send(self, message: dict[str, Any]) -> dict[str, Any]:
+        assert self.process is not None and self.process.stdin is not None
+        self.process.stdin.write(json.dumps(message) + "\n")
+        self.process.stdin.flush()
+        return self._read()
+
+    def _read(self) -> dict[str, Any]:
+        assert self.process is not None and self.process.stdout is not None
+        ready, _, _ = select.select([self.process.stdout], [], [], self.timeout_s)
+        line = self.process.stdout.readline() if ready else ""
+        if not line:
+            raise ServiceError(
+                f"{self.name}: worker gave no answer (see bench/.work/logs/speed-{self.name}.log)"
+            )
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def warmup(self) -> None:
+        self._send({"op": "warmup"})
+
+    def run(self, i: int) -> tuple[float, list[float]]:
+        answer = self._send({"op": "run", "i": i})
+        return float(answer["latency_s"]), list(answer["scores"])
+
+    def finish(self) -> dict[str, Any]:
+        answer = self._send({"op": "stop"})
+        return {"rss_peak_bytes": answer["rss_peak_bytes"], "load_s": self.load_s}
+
+    def close(self) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        with contextlib.suppress(Exception):
+            if process.stdin:
+                process.stdin.close()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
 
 
-def _http_measure(
-    gw: Gateway, requests: Sequence[dict[str, Any]], warmup: Sequence[dict[str, Any]], keep: int | None
-) -> dict[str, Any]:
-    bodies = [rerank_body(r["query"], r["documents"], keep) for r in requests]
-    drive(gw.url, [rerank_body(r["query"], r["documents"], keep) for r in warmup], clients=1)
-    res = drive(gw.url, bodies, clients=1)
-    if res.errors:
-        raise ServiceError(f"requests failed: {res.errors}")
-    return {
-        "latencies_s": res.latencies_s,
-        "wall_s": res.wall_s,
-        "rss_peak_bytes": gw.peak_rss_bytes(),
-        "first_scores": res.scores[0],
-    }
+class HttpRunner:
+    """The running HTTP service (optionally scoring through a local Triton), one request at a time."""
+
+    def __init__(
+        self, name: str, env: dict[str, str], requests: Sequence[dict[str, Any]],
+        warmup: Sequence[dict[str, Any]], *, triton_repository: Path | None = None,
+    ) -> None:  # fmt: skip
+        self.name, self.env, self.requests, self.warmup_requests = name, env, requests, warmup
+        self.triton_repository = triton_repository
+        self.stack = contextlib.ExitStack()
+        self.gateway: Gateway | None = None
+        self.client: httpx.Client | None = None
+        self.load_s: float | None = None
+
+    def start(self) -> None:
+        t0 = time.perf_counter()
+        env = dict(self.env)
+        triton = None
+        if self.triton_repository is not None:
+            triton = self.stack.enter_context(
+                triton_server(self.triton_repository, WORK / "logs" / f"speed-{self.name}-tritonserver.log")
+            )
+            env.update({"RERANKER_TRITON_URL": triton.grpc_url, "RERANKER_TRITON_PROTOCOL": "grpc"})
+        self.gateway = self.stack.enter_context(Gateway(env, WORK / "logs" / f"speed-{self.name}.log"))
+        if triton is not None and triton.process is not None:
+            self.gateway.extra_pids.append(triton.process.pid)
+        self.client = self.stack.enter_context(httpx.Client(base_url=self.gateway.url, timeout=900.0))
+        self.load_s = time.perf_counter() - t0
+
+    def _post(self, r: dict[str, Any]) -> list[float]:
+        assert self.client is not None
+        response = self.client.post("/v1/rerank", json=rerank_body(r["query"], r["documents"], None))
+        if response.status_code != 200:
+            raise ServiceError(f"{self.name}: HTTP {response.status_code}: {response.text[:200]}")
+        scores = [float("nan")] * len(r["documents"])
+        for x in response.json()["results"]:
+            scores[int(x["index"])] = float(x["relevance_score"])
+        return scores
+
+    def warmup(self) -> None:
+        for r in self.warmup_requests:
+            self._post(r)
+
+    def run(self, i: int) -> tuple[float, list[float]]:
+        t = time.perf_counter()
+        scores = self._post(self.requests[i])
+        return time.perf_counter() - t, scores
+
+    def finish(self) -> dict[str, Any]:
+        assert self.gateway is not None
+        out: dict[str, Any] = {"rss_peak_bytes": self.gateway.peak_rss_bytes(), "load_s": self.load_s}
+        if self.triton_repository is not None:
+            out.update(triton_served(self.gateway.url))
+            if not out["triton_calls_ok"]:
+                raise ServiceError("the gateway never scored through Triton (its fallback served)")
+        return out
+
+    def close(self) -> None:
+        self.stack.close()
 
 
 def _summarize(name: str, raw: dict[str, Any], docs: int, flops: float) -> dict[str, Any]:
@@ -483,6 +574,10 @@ def _summarize(name: str, raw: dict[str, Any], docs: int, flops: float) -> dict[
         "p95_s": float(np.percentile(lat, 95)),
         "p99_s": float(np.percentile(lat, 99)),
         "mean_s": float(lat.mean()),
+        # Later half over earlier half of the rounds: how much the machine drifted under this configuration.
+        "drift_second_half_over_first": float(
+            lat[lat.size // 2 :].mean() / lat[: max(1, lat.size // 2)].mean()
+        ),
         "useful_flops_per_s": flops / float(lat.sum()),
         "rss_peak_bytes": raw.get("rss_peak_bytes"),
         "load_s": raw.get("load_s"),
@@ -520,104 +615,113 @@ def speed(
         f"speed: {len(requests)} requests x {docs} docs, mean {tokens['mean_tokens_per_pair']:.0f} tokens/pair"
     )
 
-    base = {"requests_file": "", "warmup_file": "", "threads": threads, "max_length": max_length}
+    base = {"threads": threads, "max_length": max_length}
     req_file, warm_file = WORK / "specs" / "requests.json", WORK / "specs" / "warmup.json"
     req_file.parent.mkdir(parents=True, exist_ok=True)
     (WORK / "logs").mkdir(parents=True, exist_ok=True)
     req_file.write_text(json.dumps(requests))
     warm_file.write_text(json.dumps(warmup))
     base.update(requests_file=str(req_file), warmup_file=str(warm_file))
-
-    rows: list[dict[str, Any]] = []
-    failures: dict[str, str] = {}
-
-    def record(name: str, fn: Any, flops: float) -> None:
-        log(f"speed {name} ...")
-        try:
-            raw = fn()
-        except Exception as exc:
-            log(f"speed {name} FAILED: {exc}")
-            failures[name] = f"{type(exc).__name__}: {exc}"
-            return
-        row = _summarize(name, raw, docs, flops)
-        rows.append(row)
-        log(
-            f"speed {name:<24} {row['docs_per_s']:7.1f} docs/s  p50 {row['p50_s']:.3f}s  p99 {row['p99_s']:.3f}s"
-        )
-
-    st_spec = {**base, "kind": "sentence-transformers", "model_source": models.source()}
     fr_cache = _flashrank_cache(models) if any(c.startswith("flashrank") for c in configs) else None
-    pipe_env = lambda precision: _gateway_env(  # noqa: E731
-        models, cpu_precision=precision, prefilter_name="", cache_size=0, threads=threads
-    )
 
+    def http_env(precision: str, two_stage: bool) -> dict[str, str]:
+        extra: dict[str, Any] = {"keep": keep_default} if two_stage else {"prefilter_name": ""}
+        return _gateway_env(models, cpu_precision=precision, cache_size=0, threads=threads, **extra)
+
+    runners: dict[str, WorkerRunner | HttpRunner] = {}
+    flops: dict[str, float] = {}
+    failures: dict[str, str] = {}
     for name in configs:
+        flops[name] = full_flops
         if name == "sentence-transformers":
-            record(name, lambda: _worker(st_spec, "sentence-transformers"), full_flops)
+            runners[name] = WorkerRunner(
+                name, {**base, "kind": "sentence-transformers", "model_source": models.source()}
+            )
         elif name.startswith("flashrank-"):
             precision = name.split("-", 1)[1]
             spec = {
                 **base, "kind": "flashrank", "flashrank_name": f"bench-{precision}",
                 "flashrank_cache": str(fr_cache), "onnx_file_name": models.variant_file(precision).name,
             }  # fmt: skip
-            record(name, lambda spec=spec, name=name: _worker(spec, name), full_flops)
+            runners[name] = WorkerRunner(name, spec)
         elif name.startswith("pipeline-"):
             precision = name.split("-", 1)[1]
-            spec = {**base, "kind": "pipeline", "env": pipe_env(precision)}
-            record(name, lambda spec=spec, name=name: _worker(spec, name), full_flops)
+            env = _gateway_env(
+                models, cpu_precision=precision, prefilter_name="", cache_size=0, threads=threads
+            )
+            runners[name] = WorkerRunner(name, {**base, "kind": "pipeline", "env": env})
         elif name in ("http-fp32", "http-int8"):
-            precision = name.split("-", 1)[1]
-
-            def http_single(precision: str = precision, name: str = name) -> dict[str, Any]:
-                env = _gateway_env(
-                    models, cpu_precision=precision, prefilter_name="", cache_size=0, threads=threads
-                )
-                with Gateway(env, WORK / "logs" / f"speed-{name}.log") as gw:
-                    return _http_measure(gw, requests, warmup, keep=None)
-
-            record(name, http_single, full_flops)
+            runners[name] = HttpRunner(name, http_env(name.split("-", 1)[1], False), requests, warmup)
         elif name == "http-two-stage":
             if models.prefilter is None:
                 failures[name] = "no prefilter in the repository"
                 continue
-
-            def http_two() -> dict[str, Any]:
-                env = _gateway_env(
-                    models, cpu_precision="int8", cache_size=0, keep=keep_default, threads=threads
-                )
-                with Gateway(env, WORK / "logs" / "speed-http-two-stage.log") as gw:
-                    return _http_measure(gw, requests, warmup, keep=None)
-
-            record(name, http_two, two_stage_flops)
+            runners[name] = HttpRunner(name, http_env("int8", True), requests, warmup)
+            flops[name] = two_stage_flops
         elif name == "http-triton":
+            runners[name] = HttpRunner(
+                name, http_env("fp32", False), requests, warmup, triton_repository=models.repository
+            )
+        else:
+            failures[name] = "unknown configuration"
 
-            def http_triton() -> dict[str, Any]:
-                with triton_server(models.repository, WORK / "logs" / "speed-tritonserver.log") as triton:
-                    env = _gateway_env(
-                        models, cpu_precision="fp32", prefilter_name="", cache_size=0, threads=threads,
-                        triton_url=triton.grpc_url, triton_protocol="grpc",
-                    )  # fmt: skip
-                    with Gateway(env, WORK / "logs" / "speed-http-triton.log") as gw:
-                        gw.extra_pids.append(triton.process.pid)
-                        out = _http_measure(gw, requests, warmup, keep=None)
-                        out.update(triton_served(gw.url))
-                        if not out["triton_calls_ok"]:
-                            raise ServiceError("the gateway never scored through Triton (fallback served)")
-                        return out
+    latencies: dict[str, list[float]] = {name: [] for name in runners}
+    first_scores: dict[str, list[float]] = {}
+    extras: dict[str, dict[str, Any]] = {}
+    try:
+        for name, runner in list(runners.items()):
+            log(f"speed: starting {name}")
+            try:
+                runner.start()
+                runner.warmup()
+            except Exception as exc:
+                log(f"speed {name} FAILED to start: {exc}")
+                failures[name] = f"{type(exc).__name__}: {exc}"
+                runner.close()
+                del runners[name]
+        names = list(runners)
+        for i in range(len(requests)):
+            # Round-robin, rotated each round, so drift in the machine's load hits every configuration alike.
+            order = names[i % len(names) :] + names[: i % len(names)] if names else []
+            for name in order:
+                if name in failures:
+                    continue
+                try:
+                    latency, scores = runners[name].run(i)
+                except Exception as exc:
+                    log(f"speed {name} FAILED on request {i}: {exc}")
+                    failures[name] = f"{type(exc).__name__}: {exc}"
+                    continue
+                latencies[name].append(latency)
+                if i == 0:
+                    first_scores[name] = scores
+            log(f"speed: round {i + 1}/{len(requests)} done")
+        for name, runner in runners.items():
+            if name in failures:
+                continue
+            try:
+                extras[name] = runner.finish()
+            except Exception as exc:
+                failures[name] = f"{type(exc).__name__}: {exc}"
+    finally:
+        for runner in runners.values():
+            runner.close()
 
-            record(name, http_triton, full_flops)
-
-    if "sentence-transformers" in configs and sizes.st_repeat_requests:
-        # The machine's drift over the run: the same baseline again, at the end.
-        rep_file = WORK / "specs" / "requests-repeat.json"
-        rep_file.write_text(json.dumps(requests[: sizes.st_repeat_requests]))
-        spec = {**st_spec, "requests_file": str(rep_file)}
-        n_rep = sizes.st_repeat_requests
-        record("sentence-transformers (repeat, end of run)", lambda: _worker(spec, "st-repeat"),
-               full_flops * n_rep / len(requests))  # fmt: skip
-
+    rows: list[dict[str, Any]] = []
+    for name in runners:
+        if name in failures or not latencies[name]:
+            continue
+        raw = {"latencies_s": latencies[name], "first_scores": first_scores.get(name), **extras.get(name, {})}
+        row = _summarize(name, raw, docs, flops[name])
+        rows.append(row)
+        log(
+            f"speed {name:<24} {row['docs_per_s']:7.1f} docs/s  p50 {row['p50_s']:.3f}s  p99 {row['p99_s']:.3f}s"
+        )
     _add_ratios(rows)
-    return {"rows": rows, "failures": failures, "tokens": tokens, "keep_two_stage": keep_default}
+    return {
+        "rows": rows, "failures": failures, "tokens": tokens, "keep_two_stage": keep_default,
+        "method": "interleaved round-robin, one request at a time, order rotated every round",
+    }  # fmt: skip
 
 
 def _add_ratios(rows: list[dict[str, Any]]) -> None:

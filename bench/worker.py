@@ -1,4 +1,4 @@
-"""One in-process configuration, timed in a process of its own (`python -m bench.worker SPEC OUT`).
+"""One in-process configuration, timed in a process of its own (`python -m bench.worker SPEC`).
 
 A fresh process per configuration keeps their resident memory apart and stops one runtime's thread pool
 (PyTorch, ONNX Runtime) from competing with another's. The parent gives every worker the same requests.
@@ -105,45 +105,50 @@ def _peak_rss() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
-def run(spec: dict[str, Any]) -> dict[str, Any]:
+def serve(spec: dict[str, Any]) -> None:
+    """Load, then answer one JSON line per command on stdin: warmup, run <i>, stop.
+
+    The parent interleaves the configurations request by request, so load from elsewhere on the machine
+    hits them all alike; the latency is measured here, around the library call only.
+    """
+    protocol = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # library chatter (progress bars, prints) goes to the log, not into the protocol
     requests: list[Request] = json.loads(Path(spec["requests_file"]).read_text())
     warmup: list[Request] = json.loads(Path(spec["warmup_file"]).read_text())
-    process = psutil.Process()
+
+    def reply(message: dict[str, Any]) -> None:
+        protocol.write(json.dumps(message) + "\n")
+
     t0 = time.perf_counter()
     rank = BUILDERS[spec["kind"]](spec)
-    load_s = time.perf_counter() - t0
-    rss_loaded = process.memory_info().rss
-    for r in warmup:
-        rank(r["query"], r["documents"])
-    latencies: list[float] = []
-    first_scores: list[float] = []
-    cpu0 = process.cpu_times()
-    wall0 = time.perf_counter()
-    for i, r in enumerate(requests):
-        t = time.perf_counter()
-        scores = rank(r["query"], r["documents"])
-        latencies.append(time.perf_counter() - t)
-        if i == 0:
-            first_scores = scores
-    wall = time.perf_counter() - wall0
-    cpu1 = process.cpu_times()
-    return {
-        "latencies_s": latencies,
-        "wall_s": wall,
-        "cpu_s": (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system),
-        "load_s": load_s,
-        "rss_after_load_bytes": rss_loaded,
-        # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork and exec.
-        "rss_peak_bytes": _peak_rss(),
-        "first_scores": first_scores,
-    }
+    reply(
+        {
+            "ready": True,
+            "load_s": time.perf_counter() - t0,
+            "rss_after_load_bytes": psutil.Process().memory_info().rss,
+        }
+    )
+    for line in sys.stdin:
+        command = json.loads(line)
+        op = command["op"]
+        if op == "warmup":
+            for r in warmup:
+                rank(r["query"], r["documents"])
+            reply({"ok": True})
+        elif op == "run":
+            r = requests[int(command["i"])]
+            t = time.perf_counter()
+            scores = rank(r["query"], r["documents"])
+            reply({"latency_s": time.perf_counter() - t, "scores": scores})
+        elif op == "stop":
+            # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork and exec.
+            reply({"rss_peak_bytes": _peak_rss()})
+            return
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    spec = json.loads(Path(args[0]).read_text())
-    result = run(spec)
-    Path(args[1]).write_text(json.dumps(result))
+    serve(json.loads(Path(args[0]).read_text()))
     return 0
 
 

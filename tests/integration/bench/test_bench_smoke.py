@@ -122,3 +122,31 @@ def test_every_benchmark_runs_on_a_tiny_input(
         assert heading in report
     assert (out / "quality_vs_speed.png").stat().st_size > 0
     assert (out / "latency_vs_concurrency.png").stat().st_size > 0
+
+
+@pytest.mark.triton
+def test_the_triton_path_runs_on_a_tiny_input(
+    tiny_model_repository: Path, tiny_beir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "results"
+    results = _run_bench(
+        tiny_model_repository,
+        tiny_beir,
+        out,
+        "--sections",
+        "quality,speed",
+        "--quality-configs",
+        "fp32,triton",
+        "--speed-configs",
+        "sentence-transformers,http-triton",
+    )
+    triton_rows = [r for r in results["quality"]["rows"] if r["config"] == "triton fp32 single-stage"]
+    assert len(triton_rows) == 1 and "error" not in triton_rows[0], triton_rows
+    row = triton_rows[0]
+    # Triton really scored (not the gateway's local fallback), and scored what local ONNX Runtime scores.
+    assert row["triton_calls_ok"] > 0 and row["fallbacks"] == 0
+    assert row["max_abs_score_diff_vs_local_fp32"] < 1e-4
+    speed = {r["config"]: r for r in results["speed"]["rows"]}
+    assert not results["speed"]["failures"]
+    assert speed["http-triton"]["requests"] == 2 and speed["http-triton"]["max_abs_score_diff_vs_st"] < 1e-3
+    assert "## Speed, side by side" in (out / "report.md").read_text()
