@@ -92,25 +92,38 @@ def resolve_source(spec: str, *, revision: str | None = None, quiet: bool = Fals
 
 def _download(model_id: str, revision: str | None, quiet: bool) -> tuple[Path, str]:
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import HfApi, snapshot_download
         from huggingface_hub.utils import disable_progress_bars
 
         if quiet:
             disable_progress_bars()
-        path = Path(
-            snapshot_download(
-                model_id,
-                revision=revision,
-                allow_patterns=["*.json", "*.txt", "*.model", "*.safetensors", "*.bin", "*.md"],
-            )
-        )
+        info = HfApi().model_info(model_id, revision=revision)
+        commit = info.sha or revision or "main"
+        files = [s.rfilename for s in info.siblings or []]
+        path = Path(snapshot_download(model_id, revision=commit, allow_patterns=hub_files_to_fetch(files)))
     except Exception as exc:
         raise SourceError(
             f"could not download {model_id!r} from the Hugging Face hub ({type(exc).__name__}: {exc}); "
             "check the id and the network, or pass a local folder"
         ) from exc
-    # snapshot folders are named by commit hash: .../snapshots/<sha>
-    return path, path.name
+    return path, commit
+
+
+def hub_files_to_fetch(files: list[str]) -> list[str]:
+    """Top-level config, tokenizer and ONE weights format (safetensors first): hub repos of cross-encoders
+    also carry onnx/ and openvino/ folders and both weight formats, none of which the export needs."""
+    top = [f for f in files if "/" not in f]
+    wanted = [f for f in top if f == "config.json" or f in TOKENIZER_FILES]
+    for index_name, single, prefix, suffix in (
+        ("model.safetensors.index.json", "model.safetensors", "model-", ".safetensors"),
+        ("pytorch_model.bin.index.json", "pytorch_model.bin", "pytorch_model-", ".bin"),
+    ):
+        if single in top:
+            return [*wanted, single]
+        if index_name in top:
+            shards = [f for f in top if f.startswith(prefix) and f.endswith(suffix)]
+            return [*wanted, index_name, *shards]
+    return wanted  # no weights: _check_folder reports it
 
 
 def _check_folder(folder: Path, spec: str) -> dict[str, Any]:

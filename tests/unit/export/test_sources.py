@@ -14,7 +14,7 @@ from transformers import BertConfig, BertModel
 
 from export import build_repository
 from export.errors import SourceError
-from export.sources import resolve_source
+from export.sources import hub_files_to_fetch, resolve_source
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -115,3 +115,20 @@ def test_cli_prints_the_problem_and_exits_non_zero(tmp_path: Path):
     assert result.returncode == 1
     assert "export failed: model folder not found" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_hub_downloads_fetch_one_weights_format_and_no_side_folders():
+    # the file list of cross-encoder/ms-marco-MiniLM-L-6-v2 on the hub (onnx/ and openvino/ exports beside it)
+    files = [
+        ".gitattributes", "README.md", "config.json", "model.safetensors", "pytorch_model.bin",
+        "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "train_script.py",
+        "onnx/model.onnx", "onnx/model_qint8_avx512.onnx", "openvino/openvino_model.bin",
+        "openvino/openvino_model.xml",
+    ]  # fmt: skip
+    assert sorted(hub_files_to_fetch(files)) == [
+        "config.json", "model.safetensors", "special_tokens_map.json", "tokenizer.json",
+        "tokenizer_config.json", "vocab.txt",
+    ]  # fmt: skip
+    sharded = ["config.json", "tokenizer.json", "pytorch_model.bin.index.json", "pytorch_model-00001-of-00002.bin",
+               "pytorch_model-00002-of-00002.bin"]  # fmt: skip
+    assert hub_files_to_fetch(sharded) == sharded
