@@ -237,23 +237,73 @@ def _gateway_env(models: Models, **settings: Any) -> dict[str, str]:
     return env
 
 
+class RankingStore:
+    """Rankings already received, kept on disk per query, so an interrupted quality run resumes where it stopped.
+
+    Keyed by the repository's variant hashes and the serving configuration: another export or precision never
+    reads them.
+    """
+
+    def __init__(self, models: Models, label: str) -> None:
+        fingerprint = hashlib.sha256(
+            json.dumps(
+                [models.reranker.get("variants"), (models.prefilter or {}).get("variants"), label],
+                sort_keys=True,
+            ).encode()
+        ).hexdigest()[:16]
+        self.folder = WORK / "quality-cache" / f"{label}-{fingerprint}"
+
+    def _path(self, set_name: str, depth: int | None, keep: int | None) -> Path:
+        return self.folder / f"{set_name}-depth{depth}-keep{keep}.jsonl"
+
+    def load(self, set_name: str, depth: int | None, keep: int | None) -> dict[str, dict[str, Any]]:
+        path = self._path(set_name, depth, keep)
+        found: dict[str, dict[str, Any]] = {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                with contextlib.suppress(json.JSONDecodeError):  # a line cut by an interruption
+                    rec = json.loads(line)
+                    found[rec["query_id"]] = rec
+        return found
+
+    def append(self, set_name: str, depth: int | None, keep: int | None, rec: dict[str, Any]) -> None:
+        path = self._path(set_name, depth, keep)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+
+
 def _rank_set(
-    url: str, beir: BeirSet, queries: Sequence[Candidates], depth: int | None, keep: int | None
+    url: str,
+    beir: BeirSet,
+    queries: Sequence[Candidates],
+    depth: int | None,
+    keep: int | None,
+    store: RankingStore | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, list[float]], float]:
     """Rerank each query's candidates through POST /v1/rerank; the run for pytrec_eval and the raw scores."""
-    bodies = [rerank_body(c.query, beir.texts(c, depth), keep) for c in queries]
+    done = store.load(beir.name, depth, keep) if store is not None else {}
+    todo = [c for c in queries if c.query_id not in done]
     t0 = time.perf_counter()
-    # Two clients: one request's JSON and tokenization overlap the other's inference.
-    result = drive(url, bodies, clients=2)
+    # Chunks of 8 queries, two clients: one request's JSON and tokenization overlap the other's inference,
+    # and an interruption loses at most one chunk.
+    for start in range(0, len(todo), 8):
+        chunk = todo[start : start + 8]
+        result = drive(url, [rerank_body(c.query, beir.texts(c, depth), keep) for c in chunk], clients=2)
+        if result.errors:
+            raise ServiceError(f"{sum(result.errors.values())} requests failed: {result.errors}")
+        for c, order, sc in zip(chunk, result.rankings, result.scores, strict=True):
+            rec = {"query_id": c.query_id, "order": order, "scores": sc}
+            done[c.query_id] = rec
+            if store is not None:
+                store.append(beir.name, depth, keep, rec)
     wall = time.perf_counter() - t0
-    if result.errors:
-        raise ServiceError(f"{sum(result.errors.values())} requests failed: {result.errors}")
     run: dict[str, dict[str, float]] = {}
     scores: dict[str, list[float]] = {}
-    for c, order, s in zip(queries, result.rankings, result.scores, strict=True):
+    for c in queries:
         ids = c.doc_ids if depth is None else c.doc_ids[:depth]
-        run[c.query_id] = ranking_to_run(ids, order)
-        scores[c.query_id] = s
+        run[c.query_id] = ranking_to_run(ids, done[c.query_id]["order"])
+        scores[c.query_id] = done[c.query_id]["scores"]
     return run, scores, wall
 
 
@@ -281,7 +331,9 @@ def triton_served(url: str) -> dict[str, float]:
     }
 
 
-def quality(models: Models, sizes: Sizes, data_root: Path, configs: Sequence[str]) -> dict[str, Any]:
+def quality(
+    models: Models, sizes: Sizes, data_root: Path, configs: Sequence[str], *, resume: bool = False
+) -> dict[str, Any]:
     sets = {name: load_set(data_root, name) for name, _ in sizes.quality_sets}
     rows: list[dict[str, Any]] = []
     raw_scores: dict[str, dict[str, dict[str, list[float]]]] = {}
@@ -315,11 +367,12 @@ def quality(models: Models, sizes: Sizes, data_root: Path, configs: Sequence[str
         # passes then only run the prefilter and read the cross-encoder scores of their survivors from the
         # cache. These seconds are not speed figures (the speed section runs with the cache off).
         env = _gateway_env(models, cpu_precision=precision, cache_size=1_000_000, max_in_flight=64)
+        store = RankingStore(models, precision) if resume else None
         with Gateway(env, WORK / "logs" / f"quality-{precision}.log") as gw:
             for name, n in sizes.quality_sets:
                 queries = sets[name].first(n)
                 run, scores, wall = _rank_set(
-                    gw.url, sets[name], queries, sizes.depth, keep=0 if has_prefilter else None
+                    gw.url, sets[name], queries, sizes.depth, keep=0 if has_prefilter else None, store=store
                 )
                 add(f"{precision} single-stage", name, n, run, wall)
                 raw_scores.setdefault(f"{precision} single-stage", {})[name] = scores
@@ -328,7 +381,9 @@ def quality(models: Models, sizes: Sizes, data_root: Path, configs: Sequence[str
                 for keep in keeps:
                     for name, n in sizes.quality_sets:
                         queries = sets[name].first(n)
-                        run, _, wall = _rank_set(gw.url, sets[name], queries, sizes.depth, keep=keep)
+                        run, _, wall = _rank_set(
+                            gw.url, sets[name], queries, sizes.depth, keep=keep, store=store
+                        )
                         add(f"{precision} two-stage keep {keep}", name, n, run, wall, keep=keep)
 
     if "triton" in configs:
@@ -844,6 +899,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep each quality ranking under bench/.work/quality-cache and reuse it: an interrupted run "
+        "continues where it stopped (keyed by the exported files and the precision)",
+    )
+    parser.add_argument(
         "--keep-other-sections",
         action="store_true",
         help="take the sections this run skips from the output's existing results.json (quality figures do not "
@@ -875,7 +936,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     log(f"fp32 peak {results['peak_start']['flops_per_s'] / 1e9:.0f} GFLOP/s")
     if "quality" in sections:
         with timed(results, "quality"):
-            results["quality"] = quality(models, sizes, args.data, args.quality_configs.split(","))
+            results["quality"] = quality(
+                models, sizes, args.data, args.quality_configs.split(","), resume=args.resume
+            )
     if "speed" in sections:
         with timed(results, "speed"):
             results["speed"] = speed(models, sizes, args.data, args.speed_configs.split(","), args.threads)
