@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -896,6 +896,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sections", default="quality,speed,sweep", help="comma-separated subset")
     parser.add_argument("--speed-configs", default=",".join(SPEED_CONFIGS))
     parser.add_argument("--quality-configs", default=",".join(QUALITY_CONFIGS))
+    parser.add_argument("--speed-requests", type=int, default=None, help="override the size's timed requests")
+    parser.add_argument(
+        "--sweep-levels",
+        default=None,
+        help="override the size's sweep, e.g. 1:8,8:16,32:64 (clients:requests)",
+    )
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument(
@@ -913,6 +919,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sizes = SIZES[args.size]
+    if args.speed_requests is not None:
+        sizes = replace(sizes, speed_requests=args.speed_requests)
+    if args.sweep_levels:
+        levels = tuple(tuple(int(x) for x in level.split(":")) for level in args.sweep_levels.split(","))
+        sizes = replace(sizes, sweep=levels)  # type: ignore[arg-type]
     sections = {s.strip() for s in args.sections.split(",") if s.strip()}
     models = resolve_models(args.model_repository, args.model, args.prefilter)
     log(f"repository {models.repository} (model {models.source()}), size {args.size}")
