@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     preload: bool = Field(True, description="Load the models at start-up (False: the first request loads).")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
+    port: int = Field(8080, ge=0, le=65535)
     max_documents: int = Field(1000, ge=1, description="Documents per request.")
     max_document_chars: int = Field(20_000, ge=1, description="Characters per document.")
     max_query_chars: int = Field(2_000, ge=1, description="Characters of the query.")

@@ -8,9 +8,11 @@ full graph optimisation. `session.run` releases the GIL, so the event loop keeps
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +26,24 @@ log = logging.getLogger(__name__)
 
 _CUDA_OOM = re.compile(r"out of memory|CUDNN_STATUS_ALLOC_FAILED|Failed to allocate memory|OOM", re.I)
 _CUDA_ERROR = re.compile(r"CUDA|CUBLAS|CUDNN|cudaError", re.I)
+
+
+def _malloc_trim() -> Callable[[], None]:
+    """glibc keeps the freed activation buffers of a big batch (its mmap threshold grows after the first
+    one), so RSS would stay at the peak of the largest batch ever run; malloc_trim hands them back."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return lambda: None
+
+    def release() -> None:
+        trim(0)
+
+    return release
+
+
+release_heap = _malloc_trim()
 
 
 class ScorerFailure(RuntimeError):
@@ -64,7 +84,6 @@ def make_session(path: Path, *, device: str, threads: int, device_id: int = 0) -
     # of the largest batch forever. Without them RSS follows the batch actually running.
     opts.enable_mem_pattern = False
     opts.enable_cpu_mem_arena = False
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers: list[Any]
     if device == "cuda":
         providers = [
@@ -111,6 +130,8 @@ class OnnxScorer:
             metrics.SCORER_CALLS.labels(self.name, "inproc", reason).inc()
             raise ScorerFailure(f"{self.name}: {exc}", reason=reason) from exc
         metrics.SCORER_CALLS.labels(self.name, "inproc", "ok").inc()
+        if not self.on_gpu:
+            release_heap()
         logits = np.asarray(out, dtype=np.float32)
         return logits.reshape(logits.shape[0], -1)[:, 0]
 
