@@ -24,6 +24,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install "$(TORCH_SPEC)"
 	$(PY) -m pip install -e ".[$(EXTRAS)]"
+	# FlashRank (benchmarked side by side) requires the `onnxruntime` CPU package, which would overwrite
+	# onnxruntime-gpu's module: install it without its dependencies (the rest are already here).
+	if [[ ",$(EXTRAS)," == *",bench,"* ]]; then $(PY) -m pip install --no-deps flashrank==0.2.10; fi
+	$(PY) -c "import onnxruntime, sys; sys.exit(0 if hasattr(onnxruntime, 'get_available_providers') else 1)"
 	touch $@
 
 install: $(VENV)/.installed
