@@ -322,6 +322,36 @@ def _plots(results: dict[str, Any], out: Path) -> list[str]:
     return made
 
 
+def _headline(results: dict[str, Any]) -> list[str]:
+    """One table: every speed configuration with its ratios and the quality of the file it runs."""
+    rows = results.get("speed", {}).get("rows", [])
+    if not rows:
+        return []
+    keep = results.get("speed", {}).get("keep_two_stage")
+    out = [
+        "## Headline",
+        "",
+        "| configuration | throughput x sentence-transformers | p50 latency x ST | p99 latency x ST | "
+        "SciFact nDCG@10 | NFCorpus nDCG@10 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        qc = QUALITY_OF_SPEED.get(r["config"], "").format(keep=keep)
+        sci = _quality_lookup(results, qc, "scifact") if qc else None
+        nf = _quality_lookup(results, qc, "nfcorpus") if qc else None
+        out.append(
+            f"| {r['config']} | {_f(r.get('throughput_x_st'), 2)} | {_f(r.get('p50_latency_x_st'), 2)} | "
+            f"{_f(r.get('p99_latency_x_st'), 2)} | {_f(sci)} | {_f(nf)} |"
+        )
+    out += [
+        "",
+        "Quality columns: the measured quality of the same weights file at the same precision (quality table "
+        "below); sentence-transformers and FlashRank fp32 run the fp32 weights, FlashRank int8 our int8 file.",
+        "",
+    ]
+    return out
+
+
 def write_report(results: dict[str, Any], out: Path, *, plots: bool = True) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     images = _plots(results, out) if plots else []
@@ -356,6 +386,7 @@ def write_report(results: dict[str, Any], out: Path, *, plots: bool = True) -> P
             if results.get("sections_from_earlier_run")
             else []
         ),
+        *_headline(results),
         "## Findings (computed from this run)",
         "",
         *_findings(results),
