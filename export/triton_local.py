@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -111,53 +112,68 @@ def _run(command: list[str], *, timeout: float) -> None:
 def install(root: Path = DEFAULT_ROOT, *, quiet: bool = False) -> TritonInstall:
     """Fetch and unpack the server and build the stub environment once; later calls reuse them."""
     root = root.resolve()
-    tag = _python_tag()
     marker = root / "installed.json"
-    wanted = {"pytriton": PYTRITON_VERSION, "python": tag, "stub_requirements": list(STUB_REQUIREMENTS)}
+    wanted = {
+        "pytriton": PYTRITON_VERSION,
+        "python": _python_tag(),
+        "stub_requirements": list(STUB_REQUIREMENTS),
+    }
     server_dir = root / "server" / "pytriton" / "tritonserver"
     stub_env = root / "stubenv"
-    if not (marker.exists() and json.loads(marker.read_text()) == wanted and (server_dir / "bin").exists()):
-        root.mkdir(parents=True, exist_ok=True)
-        wheels = root / "wheels"
-        pip_quiet = ["-q"] if quiet else []
-        pattern = f"nvidia_pytriton-{PYTRITON_VERSION}-*.whl"
-        if not list(wheels.glob(pattern)):
-            _run(
-                [sys.executable, "-m", "pip", "download", *pip_quiet, "--no-deps",
-                 f"nvidia-pytriton=={PYTRITON_VERSION}", "-d", str(wheels)],
-                timeout=900,
-            )  # fmt: skip
-        wheel = sorted(wheels.glob(pattern))[-1]
-        _log(f"unpacking {wheel.name}")
-        shutil.rmtree(root / "server", ignore_errors=True)
-        with zipfile.ZipFile(wheel) as archive:
-            members = [
-                m
-                for m in archive.namelist()
-                if m.startswith(("pytriton/tritonserver/", "nvidia_pytriton.libs/"))
-            ]
-            archive.extractall(root / "server", members)
-        stub = server_dir / "python_backend_stubs" / tag / "triton_python_backend_stub"
-        if not stub.exists():
-            raise TritonSetupError(
-                f"nvidia-pytriton {PYTRITON_VERSION} has no python-backend stub for Python {tag}"
-            )
-        shutil.copy2(stub, server_dir / "backends" / "python" / "triton_python_backend_stub")
-        for executable in (
-            server_dir / "bin" / "tritonserver",
-            server_dir / "backends/python/triton_python_backend_stub",
+    root.mkdir(parents=True, exist_ok=True)
+    # One installer at a time (parallel test runs on a fresh clone): the others wait, then reuse it.
+    with (root / "install.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (
+            marker.exists() and json.loads(marker.read_text()) == wanted and (server_dir / "bin").exists()
         ):
-            executable.chmod(0o755)
-
-        _log(f"building the stub environment {stub_env} ({', '.join(STUB_REQUIREMENTS)})")
-        shutil.rmtree(stub_env, ignore_errors=True)
-        venv.EnvBuilder(with_pip=True, clear=True).create(stub_env)
-        _run(
-            [str(stub_env / "bin" / "python"), "-m", "pip", "install", *pip_quiet, *STUB_REQUIREMENTS],
-            timeout=900,
-        )
-        marker.write_text(json.dumps(wanted))
+            _install(root, marker, wanted, server_dir, stub_env, quiet=quiet)
     return TritonInstall(root=root, server_dir=server_dir, stub_env=stub_env, library_dirs=_libpython_dirs())
+
+
+def _install(
+    root: Path, marker: Path, wanted: dict, server_dir: Path, stub_env: Path, *, quiet: bool
+) -> None:
+    """Download and unpack the wheel, install the stub for this Python, build the stub environment."""
+    tag = _python_tag()
+    marker.unlink(missing_ok=True)
+    wheels = root / "wheels"
+    pip_quiet = ["-q"] if quiet else []
+    pattern = f"nvidia_pytriton-{PYTRITON_VERSION}-*.whl"
+    if not list(wheels.glob(pattern)):
+        _run(
+            [sys.executable, "-m", "pip", "download", *pip_quiet, "--no-deps",
+             f"nvidia-pytriton=={PYTRITON_VERSION}", "-d", str(wheels)],
+            timeout=900,
+        )  # fmt: skip
+    wheel = sorted(wheels.glob(pattern))[-1]
+    _log(f"unpacking {wheel.name}")
+    shutil.rmtree(root / "server", ignore_errors=True)
+    with zipfile.ZipFile(wheel) as archive:
+        members = [
+            m for m in archive.namelist() if m.startswith(("pytriton/tritonserver/", "nvidia_pytriton.libs/"))
+        ]
+        archive.extractall(root / "server", members)
+    stub = server_dir / "python_backend_stubs" / tag / "triton_python_backend_stub"
+    if not stub.exists():
+        raise TritonSetupError(
+            f"nvidia-pytriton {PYTRITON_VERSION} has no python-backend stub for Python {tag}"
+        )
+    shutil.copy2(stub, server_dir / "backends" / "python" / "triton_python_backend_stub")
+    for executable in (
+        server_dir / "bin" / "tritonserver",
+        server_dir / "backends/python/triton_python_backend_stub",
+    ):
+        executable.chmod(0o755)
+
+    _log(f"building the stub environment {stub_env} ({', '.join(STUB_REQUIREMENTS)})")
+    shutil.rmtree(stub_env, ignore_errors=True)
+    venv.EnvBuilder(with_pip=True, clear=True).create(stub_env)
+    _run(
+        [str(stub_env / "bin" / "python"), "-m", "pip", "install", *pip_quiet, *STUB_REQUIREMENTS],
+        timeout=900,
+    )
+    marker.write_text(json.dumps(wanted))
 
 
 def _mapped_paths() -> set[str]:
