@@ -98,8 +98,11 @@ def _quality_section(results: dict[str, Any]) -> list[str]:
             mark = " ✓"
         elif r.get("within_tolerance") is False:
             mark = " ✗"
+        config = r["config"]
+        if r.get("partial_of"):
+            config += f" (PARTIAL: only the first {r['first_n']} of {r['partial_of']} queries finished)"
         out.append(
-            f"| {r['set']} | {r['first_n']} | {r['config']} | {_f(r['ndcg@10'])} | {_f(r['recall@10'])} | {ref} | "
+            f"| {r['set']} | {r['first_n']} | {config} | {_f(r['ndcg@10'])} | {_f(r['recall@10'])} | {ref} | "
             f"{'' if delta is None else f'{delta:+.4f}'}{mark} | {_f(r.get('beir_paper_bm25_ce'), 3)} | "
             f"{_f(r.get('beir_paper_bm25'), 3)} |"
         )

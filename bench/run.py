@@ -280,9 +280,20 @@ def _rank_set(
     depth: int | None,
     keep: int | None,
     store: RankingStore | None = None,
+    cached_only: bool = False,
 ) -> tuple[dict[str, dict[str, float]], dict[str, list[float]], float]:
-    """Rerank each query's candidates through POST /v1/rerank; the run for pytrec_eval and the raw scores."""
+    """Rerank each query's candidates through POST /v1/rerank; the run for pytrec_eval and the raw scores.
+
+    `cached_only`: send nothing; evaluate the longest run of leading queries the store already holds.
+    """
     done = store.load(beir.name, depth, keep) if store is not None else {}
+    if cached_only:
+        prefix: list[Candidates] = []
+        for c in queries:
+            if c.query_id not in done:
+                break
+            prefix.append(c)
+        queries = prefix
     todo = [c for c in queries if c.query_id not in done]
     t0 = time.perf_counter()
     # Chunks of 8 queries, two clients: one request's JSON and tokenization overlap the other's inference,
@@ -332,7 +343,13 @@ def triton_served(url: str) -> dict[str, float]:
 
 
 def quality(
-    models: Models, sizes: Sizes, data_root: Path, configs: Sequence[str], *, resume: bool = False
+    models: Models,
+    sizes: Sizes,
+    data_root: Path,
+    configs: Sequence[str],
+    *,
+    resume: bool = False,
+    cached_only: bool = False,
 ) -> dict[str, Any]:
     sets = {name: load_set(data_root, name) for name, _ in sizes.quality_sets}
     rows: list[dict[str, Any]] = []
@@ -341,6 +358,13 @@ def quality(
     def add(
         config: str, set_name: str, n: int, run: dict[str, dict[str, float]], wall: float, **extra: Any
     ) -> None:
+        if not run:
+            log(f"quality {config} {set_name}: no rankings (cached-only and none stored)")
+            return
+        if len(run) < n:
+            # Evaluated on the leading queries that were done: never compared with a first-N reference.
+            extra = {**extra, "partial_of": n}
+            n = len(run)
         m = evaluate(sets[set_name].qrels, run)
         row = {"config": config, "set": set_name, "first_n": n, "seconds": wall, **m, **extra}
         rows.append(row)
@@ -367,13 +391,20 @@ def quality(
         # passes then only run the prefilter and read the cross-encoder scores of their survivors from the
         # cache. These seconds are not speed figures (the speed section runs with the cache off).
         env = _gateway_env(models, cpu_precision=precision, cache_size=1_000_000, max_in_flight=64)
-        store = RankingStore(models, precision) if resume else None
-        with Gateway(env, WORK / "logs" / f"quality-{precision}.log") as gw:
+        store = RankingStore(models, precision) if resume or cached_only else None
+        server: contextlib.AbstractContextManager[Gateway | None] = (
+            contextlib.nullcontext(None)
+            if cached_only
+            else Gateway(env, WORK / "logs" / f"quality-{precision}.log")
+        )
+        with server as gw:
+            url = gw.url if gw is not None else ""
             for name, n in sizes.quality_sets:
                 queries = sets[name].first(n)
                 run, scores, wall = _rank_set(
-                    gw.url, sets[name], queries, sizes.depth, keep=0 if has_prefilter else None, store=store
-                )
+                    url, sets[name], queries, sizes.depth, keep=0 if has_prefilter else None, store=store,
+                    cached_only=cached_only,
+                )  # fmt: skip
                 add(f"{precision} single-stage", name, n, run, wall)
                 raw_scores.setdefault(f"{precision} single-stage", {})[name] = scores
             if has_prefilter:
@@ -382,7 +413,13 @@ def quality(
                     for name, n in sizes.quality_sets:
                         queries = sets[name].first(n)
                         run, _, wall = _rank_set(
-                            gw.url, sets[name], queries, sizes.depth, keep=keep, store=store
+                            url,
+                            sets[name],
+                            queries,
+                            sizes.depth,
+                            keep=keep,
+                            store=store,
+                            cached_only=cached_only,
                         )
                         add(f"{precision} two-stage keep {keep}", name, n, run, wall, keep=keep)
 
@@ -898,6 +935,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quality-configs", default=",".join(QUALITY_CONFIGS))
     parser.add_argument("--speed-requests", type=int, default=None, help="override the size's timed requests")
     parser.add_argument(
+        "--triton-queries", type=int, default=None, help="override the size's Triton quality queries"
+    )
+    parser.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="quality from the --resume store only (no fp32/int8 server): rows cover the leading queries done",
+    )
+    parser.add_argument(
         "--sweep-levels",
         default=None,
         help="override the size's sweep, e.g. 1:8,8:16,32:64 (clients:requests)",
@@ -921,6 +966,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = SIZES[args.size]
     if args.speed_requests is not None:
         sizes = replace(sizes, speed_requests=args.speed_requests)
+    if args.triton_queries is not None:
+        sizes = replace(sizes, triton_quality_queries=args.triton_queries)
     if args.sweep_levels:
         levels = tuple(tuple(int(x) for x in level.split(":")) for level in args.sweep_levels.split(","))
         sizes = replace(sizes, sweep=levels)  # type: ignore[arg-type]
@@ -948,8 +995,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "quality" in sections:
         with timed(results, "quality"):
             results["quality"] = quality(
-                models, sizes, args.data, args.quality_configs.split(","), resume=args.resume
-            )
+                models, sizes, args.data, args.quality_configs.split(","), resume=args.resume,
+                cached_only=args.cached_only,
+            )  # fmt: skip
     if "speed" in sections:
         with timed(results, "speed"):
             results["speed"] = speed(models, sizes, args.data, args.speed_configs.split(","), args.threads)
