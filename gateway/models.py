@@ -19,6 +19,7 @@ class ModelStage:
     scorer: Scorer
     max_length: int
     variant: str  # the ONNX variant the local runtime loaded ("int8", "fp32", "fp16", ...)
+    token_budget: int = 512  # padded tokens per batch for this stage's runtime
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -31,6 +32,7 @@ class ModelStage:
             "inputs": list(self.spec.input_names),
             "variant": self.variant,
             "backend": self.scorer.name,
+            "token_budget": self.token_budget,
         }
 
 

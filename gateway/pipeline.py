@@ -152,6 +152,7 @@ class Reranker:
                 "max_chunks_per_doc": s.max_chunks_per_doc,
                 "chunk_overlap_tokens": s.chunk_overlap_tokens,
                 "token_budget": s.token_budget,
+                "gpu_token_budget": s.gpu_token_budget,
                 "max_batch_size": s.max_batch_size,
                 "cpu_precision": s.cpu_precision,
                 "cache_size": s.cache_size,
@@ -367,7 +368,7 @@ class Reranker:
                 windows.append(w)
                 owners.append((j, miss[w.doc], w.chars, len(w.ids)))
         max_rows = min(filter(None, [s.max_batch_size, stage.scorer.max_batch_size]))
-        plan = plan_batches([len(w.ids) for w in windows], token_budget=s.token_budget, max_rows=max_rows)
+        plan = plan_batches([len(w.ids) for w in windows], token_budget=stage.token_budget, max_rows=max_rows)
         input_names = stage.scorer.input_names
         pad_id = stage.tokenizer.pad_id
         batches = [

@@ -97,6 +97,9 @@ class ModelLoader:
             scorer=scorer,
             max_length=max_length,
             variant=variant,
+            token_budget=s.gpu_token_budget
+            if report.get("cuda") == "used" or s.triton_url
+            else s.token_budget,
         )
         prefilter = self._prefilter() if s.prefilter_name else None
         elapsed = time.perf_counter() - started
@@ -167,6 +170,7 @@ class ModelLoader:
             scorer=self._cpu_scorer(spec, variant),
             max_length=max_length,
             variant=variant,
+            token_budget=s.token_budget,
         )
 
 

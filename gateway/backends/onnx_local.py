@@ -84,6 +84,8 @@ def make_session(path: Path, *, device: str, threads: int, device_id: int = 0) -
     # of the largest batch forever. Without them RSS follows the batch actually running.
     opts.enable_mem_pattern = False
     opts.enable_cpu_mem_arena = False
+    # Spin-waiting worker threads doubled the CPU time per pair on a shared 2-core host for no gain.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers: list[Any]
     if device == "cuda":
         providers = [

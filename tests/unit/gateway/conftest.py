@@ -73,10 +73,20 @@ def make_reranker(tiny_model_repository: Path):
         def loader() -> LoadedModels:
             return LoadedModels(
                 reranker=ModelStage(
-                    spec, PairTokenizer.from_dir(spec.tokenizer_dir, max_length=512), ce, 512, "int8"
+                    spec,
+                    PairTokenizer.from_dir(spec.tokenizer_dir, max_length=512),
+                    ce,
+                    512,
+                    "int8",
+                    settings.token_budget,
                 ),
                 prefilter=ModelStage(
-                    pspec, PairTokenizer.from_dir(pspec.tokenizer_dir, max_length=128), pf, 128, "int8"
+                    pspec,
+                    PairTokenizer.from_dir(pspec.tokenizer_dir, max_length=128),
+                    pf,
+                    128,
+                    "int8",
+                    settings.token_budget,
                 )
                 if prefilter
                 else None,
