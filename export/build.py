@@ -69,6 +69,7 @@ def build_repository(
     opset: int = onnx_export.DEFAULT_OPSET,
     thresholds: validate.Thresholds | None = None,
     revision: str | None = None,
+    int8: quantize.Int8Settings = quantize.INT8_SETTINGS,
 ) -> dict[str, dict[str, Any]]:
     """Export, validate and install `name` (and `prefilter_name`) under output; returns the manifests.
 
@@ -113,6 +114,7 @@ def build_repository(
             thresholds=thresholds,
             progress=progress,
             quiet=quiet,
+            int8=int8,
         )
         if same:
             progress.info(f"{prefilter_name}: the cross-encoder itself (int8 on the CPU)")
@@ -131,6 +133,7 @@ def build_repository(
                 thresholds=thresholds,
                 progress=progress,
                 quiet=quiet,
+                int8=int8,
             )
         elapsed = round(time.perf_counter() - started, 2)
         for model_name, manifest in manifests.items():
@@ -155,6 +158,7 @@ def _build_model(
     thresholds: validate.Thresholds,
     progress: Progress,
     quiet: bool,
+    int8: quantize.Int8Settings,
 ) -> dict[str, Any]:
     from transformers import AutoConfig, AutoTokenizer
 
@@ -182,9 +186,9 @@ def _build_model(
             num_heads=int(getattr(config, "num_attention_heads", 0) or 0),
             hidden_size=int(getattr(config, "hidden_size", 0) or 0),
         )
-    int8_source = fused if (has_fused and quantize.INT8_SETTINGS.from_fused_graph) else fp32
+    int8_source = fused if (has_fused and int8.from_fused_graph) else fp32
     with progress.step("quantize int8 (dynamic, CPU)"):
-        quantize.quantize_int8(int8_source, version_dir / "model.int8.onnx")
+        quantize.quantize_int8(int8_source, version_dir / "model.int8.onnx", int8)
     files["int8"] = version_dir / "model.int8.onnx"
     if has_fused and KEEP_FUSED_FP32:
         files["fp32-opt"] = fused
@@ -213,7 +217,7 @@ def _build_model(
         "outputs": outputs,
         "tokenizer_dir": "tokenizer",
         "variants": {key: _variant(key, path, folder) for key, path in files.items()},
-        "int8_settings": quantize.settings_dict(quantize.INT8_SETTINGS),
+        "int8_settings": {**quantize.settings_dict(int8), "graph": int8_source.name},
         "parity": parity,
         "export_seconds": 0.0,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -43,6 +43,22 @@ _TOPICS = [
     ("chronic stress", "cortisol levels", "nurses"),
     ("screen time", "myopia", "school children"),
     ("the Berlin wall", "urban population", "East Germany"),
+    ("iron deficiency", "fatigue", "teenage girls"),
+    ("night shift work", "breast cancer", "female nurses"),
+    ("green tea extract", "weight loss", "overweight adults"),
+    ("metformin", "cancer incidence", "diabetic patients"),
+    ("noise exposure", "hearing loss", "factory workers"),
+    ("breastfeeding", "childhood obesity", "toddlers"),
+    ("probiotics", "antibiotic-associated diarrhea", "hospital patients"),
+    ("mindfulness training", "anxiety", "college students"),
+    ("lead exposure", "cognitive development", "young children"),
+    ("HPV vaccination", "cervical lesions", "young women"),
+    ("red meat intake", "colon cancer", "European cohorts"),
+    ("CRISPR editing", "off-target mutations", "human cells"),
+    ("heat waves", "mortality", "elderly residents"),
+    ("calcium channel blockers", "heart rate", "hypertensive patients"),
+    ("social isolation", "dementia risk", "retirees"),
+    ("malaria bed nets", "child mortality", "sub-Saharan Africa"),
 ]
 _QUESTIONS = [
     "Does {a} affect {b} in {c}?",
@@ -83,7 +99,7 @@ class ParitySet:
     groups: list[int]
 
 
-def build_parity_set(n_queries: int = 24, docs_per_query: int = 4, seed: int = 20261125) -> ParitySet:
+def build_parity_set(n_queries: int = 40, docs_per_query: int = 4, seed: int = 20261125) -> ParitySet:
     """Deterministic pairs of varied length and relevance (same output on every machine)."""
     rng = random.Random(seed)
     queries: list[str] = []
@@ -91,17 +107,18 @@ def build_parity_set(n_queries: int = 24, docs_per_query: int = 4, seed: int = 2
     groups: list[int] = []
     for qi in range(n_queries):
         a, b, c = _TOPICS[qi % len(_TOPICS)]
-        query = _QUESTIONS[qi % len(_QUESTIONS)].format(a=a, b=b, c=c)
+        query = _QUESTIONS[(qi + qi // len(_TOPICS)) % len(_QUESTIONS)].format(a=a, b=b, c=c)
         other = _TOPICS[(qi + 7) % len(_TOPICS)]
         # graded relevance, so that every query has one clearly best document (a near tie would make the
-        # top-1 check measure the test set rather than the quantization)
+        # top-1 check measure the test set rather than the quantization): with these templates the smallest
+        # fp32 best-vs-second margin is 0.07 logits for the 2-layer prefilter stand-in and 1.1 for the L6
         docs = [
-            f"In {c}, {a} was strongly associated with {b}: {a} changed {b} in {c}. "
+            f"{a.capitalize()} and {b} in {c}: {a} strongly affects {b} in {c}. "
             + _words(rng, _FILLER, rng.randint(5, 40)),
-            f"{a.capitalize()} was studied. " + _words(rng, _FILLER, rng.randint(20, 80)),
+            f"The {other[1]} of {c} was studied. " + _words(rng, _FILLER, rng.randint(20, 80)),
             f"{other[0].capitalize()} and {other[1]}. " + _words(rng, _OFFTOPIC, rng.randint(3, 30)),
             # long: truncated at max_length for any BERT-sized model
-            f"A report on {other[2]} and {b}. " + _words(rng, _OFFTOPIC + _FILLER, 700),
+            f"A report on {other[2]} and {other[1]}. " + _words(rng, _OFFTOPIC + _FILLER, 700),
         ]
         for doc in docs[:docs_per_query]:
             pairs.append((query, doc))

@@ -67,21 +67,22 @@ def test_cli_quiet_builds_only_the_reranker_with_prefilter_none(tiny_source: Pat
     output = tmp_path / "repo"
     result = subprocess.run(
         [sys.executable, "-m", "export", "--model", str(tiny_source), "--prefilter", "none",
-         "--output", str(output), "--name", "ce", "--max-length", "128", "--quiet"],
+         "--output", str(output), "--name", "ce", "--max-length", "256", "--no-int8-reduce-range", "--quiet"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
     assert sorted(p.name for p in output.iterdir()) == ["ce"]
     manifest = json.loads((output / "ce" / "manifest.json").read_text())
-    assert manifest["name"] == "ce" and manifest["max_length"] == 128
-    assert manifest["parity"]["max_tokens"] == 128 and manifest["parity"]["pairs_at_max_length"] > 0
+    assert manifest["name"] == "ce" and manifest["max_length"] == 256
+    assert manifest["int8_settings"]["reduce_range"] is False
+    assert manifest["parity"]["max_tokens"] == 256 and manifest["parity"]["pairs_at_max_length"] > 0
 
 
 def test_cli_shows_progress_at_a_terminal(tiny_source: Path, tmp_path: Path):
     result = subprocess.run(
         [sys.executable, "-m", "export", "--model", str(tiny_source), "--prefilter", "none",
-         "--output", str(tmp_path / "repo"), "--max-length", "128"],
+         "--output", str(tmp_path / "repo"), "--max-length", "256"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

@@ -50,6 +50,10 @@ def test_manifest_has_the_contract_keys_and_true_file_hashes(tiny_model_reposito
     ]
     assert manifest["outputs"] == [{"name": "logits", "dtype": "float32"}]
     assert manifest["export_seconds"] > 0
+    assert manifest["int8_settings"] == {
+        "per_channel": True, "reduce_range": True, "weight_type": "QInt8", "op_types": ["MatMul", "Attention"],
+        "from_fused_graph": True, "graph": "model.opt.onnx",
+    }  # fmt: skip
 
     variants = manifest["variants"]
     assert {"fp32", "int8", "fp16"} <= set(variants)
