@@ -39,7 +39,7 @@ class Settings(BaseSettings):
 
     # --- pipeline -----------------------------------------------------------------------------
     keep: int = Field(
-        30,
+        50,
         ge=0,
         description="Prefilter survivors the cross-encoder rescores (0: single stage). Per request: `keep`.",
     )

@@ -14,14 +14,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from gateway import metrics
 from gateway.backends.base import Scorer
 from gateway.backends.fallback import FallbackScorer
 from gateway.backends.gpu_probe import GpuProbe, GpuStatus, NvmlProbe
-from gateway.backends.onnx_local import OnnxScorer, SessionLike, make_session
+from gateway.backends.onnx_local import Lane, OnnxScorer, SessionLike, make_session
 from gateway.config import Settings
 from gateway.errors import ModelRepositoryError
 from gateway.models import LoadedModels, ModelStage
@@ -62,7 +61,7 @@ class ModelLoader:
         self.gpu_probe = gpu_probe or NvmlProbe()
         self.session_factory = session_factory or make_session
         self.cpu_session_factory = cpu_session_factory or make_session
-        self._cpu_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort-cpu")
+        self._cpu_lane = Lane("ort-cpu", trim_when_idle=True)
 
     def probe(self) -> GpuStatus:
         if self.settings.device == "cpu":
@@ -119,7 +118,7 @@ class ModelLoader:
         path = spec.variant_path(variant)
         assert path is not None
         session = self.cpu_session_factory(path, device="cpu", threads=self.settings.intra_op_threads)
-        return OnnxScorer(session, name="onnx-cpu", executor=self._cpu_lane)
+        return OnnxScorer(session, name="onnx-cpu", lane=self._cpu_lane)
 
     def _local_reranker(self, spec: ModelSpec, gpu: GpuStatus, report: dict[str, Any]) -> tuple[Scorer, str]:
         s = self.settings

@@ -8,6 +8,7 @@ full graph optimisation. `session.run` releases the GIL, so the event loop keeps
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import logging
@@ -97,6 +98,33 @@ def make_session(path: Path, *, device: str, threads: int, device_id: int = 0) -
     return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
 
 
+class Lane:
+    """One inference thread shared by the sessions that must not run at once (the CPU models).
+
+    When the lane runs dry it returns freed heap memory to the OS once (trimming after every batch
+    would make the next batch page-fault its buffers in again).
+    """
+
+    def __init__(self, name: str, *, trim_when_idle: bool) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self.trim_when_idle = trim_when_idle
+        self.pending = 0
+
+    async def run(self, fn: Callable[[EncodedBatch], np.ndarray], batch: EncodedBatch) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        self.pending += 1
+        try:
+            return await loop.run_in_executor(self.executor, fn, batch)
+        finally:
+            self.pending -= 1
+            if self.pending == 0 and self.trim_when_idle:
+                with contextlib.suppress(RuntimeError):  # the lane was shut down meanwhile
+                    loop.run_in_executor(self.executor, release_heap)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
 class OnnxScorer:
     """Scorer over one ONNX Runtime session (or anything with the same `run`)."""
 
@@ -105,7 +133,7 @@ class OnnxScorer:
         session: SessionLike,
         *,
         name: str,
-        executor: ThreadPoolExecutor | None = None,
+        lane: Lane | None = None,
         max_batch_size: int | None = None,
     ) -> None:
         self.session = session
@@ -115,8 +143,8 @@ class OnnxScorer:
         outputs = [o.name for o in session.get_outputs()]
         self._output = "logits" if "logits" in outputs else outputs[0]
         self.max_batch_size = max_batch_size
-        self._own_executor = executor is None
-        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{name}")
+        self._own_lane = lane is None
+        self._lane = lane or Lane(f"ort-{name}", trim_when_idle=not self.on_gpu)
 
     @property
     def provider(self) -> str:
@@ -132,19 +160,16 @@ class OnnxScorer:
             metrics.SCORER_CALLS.labels(self.name, "inproc", reason).inc()
             raise ScorerFailure(f"{self.name}: {exc}", reason=reason) from exc
         metrics.SCORER_CALLS.labels(self.name, "inproc", "ok").inc()
-        if not self.on_gpu:
-            release_heap()
         logits = np.asarray(out, dtype=np.float32)
         return logits.reshape(logits.shape[0], -1)[:, 0]
 
     async def score(self, batch: EncodedBatch) -> BatchScores:
-        loop = asyncio.get_running_loop()
-        logits = await loop.run_in_executor(self._executor, self.run_sync, batch)
+        logits = await self._lane.run(self.run_sync, batch)
         return BatchScores(logits=logits, backend=self.name)
 
     async def ready(self) -> bool:
         return True
 
     async def close(self) -> None:
-        if self._own_executor:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._own_lane:
+            self._lane.close()
