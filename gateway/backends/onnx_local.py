@@ -143,7 +143,6 @@ class OnnxScorer:
         outputs = [o.name for o in session.get_outputs()]
         self._output = "logits" if "logits" in outputs else outputs[0]
         self.max_batch_size = max_batch_size
-        self._own_lane = lane is None
         self._lane = lane or Lane(f"ort-{name}", trim_when_idle=not self.on_gpu)
 
     @property
@@ -171,5 +170,4 @@ class OnnxScorer:
         return True
 
     async def close(self) -> None:
-        if self._own_lane:
-            self._lane.close()
+        self._lane.close()  # idempotent; a shared lane drops its queued batches with its first user
