@@ -935,6 +935,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quality-configs", default=",".join(QUALITY_CONFIGS))
     parser.add_argument("--speed-requests", type=int, default=None, help="override the size's timed requests")
     parser.add_argument(
+        "--quality-sets", default=None, help="override the size's quality sets, e.g. scifact:100,nfcorpus:50"
+    )
+    parser.add_argument(
         "--triton-queries", type=int, default=None, help="override the size's Triton quality queries"
     )
     parser.add_argument(
@@ -966,6 +969,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = SIZES[args.size]
     if args.speed_requests is not None:
         sizes = replace(sizes, speed_requests=args.speed_requests)
+    if args.quality_sets:
+        chosen = tuple((name, int(n)) for name, n in (x.split(":") for x in args.quality_sets.split(",")))
+        sizes = replace(sizes, quality_sets=chosen)
     if args.triton_queries is not None:
         sizes = replace(sizes, triton_quality_queries=args.triton_queries)
     if args.sweep_levels:
