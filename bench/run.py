@@ -428,14 +428,26 @@ def quality(
         name = sizes.quality_sets[0][0]
         queries = sets[name].first(n)
         try:
-            with triton_server(models.repository, WORK / "logs" / "quality-tritonserver.log") as triton:
-                env = _gateway_env(
-                    models, cpu_precision="fp32", prefilter_name="", cache_size=0,
-                    triton_url=triton.grpc_url, triton_protocol="grpc",
-                )  # fmt: skip
-                with Gateway(env, WORK / "logs" / "quality-triton.log") as gw:
-                    run, scores, wall = _rank_set(gw.url, sets[name], queries, sizes.depth, keep=None)
-                    served = triton_served(gw.url)
+            tstore = RankingStore(models, "triton") if resume or cached_only else None
+            done = tstore.load(name, sizes.depth, None) if tstore is not None else {}
+            served_file = tstore.folder / f"{name}-served.json" if tstore is not None else None
+            if served_file is not None and served_file.exists() and all(c.query_id in done for c in queries):
+                # Every ranking is stored: so is what the service's metrics said when they were made.
+                run, scores, wall = _rank_set("", sets[name], queries, sizes.depth, keep=None, store=tstore)
+                served = json.loads(served_file.read_text())
+            else:
+                with triton_server(models.repository, WORK / "logs" / "quality-tritonserver.log") as triton:
+                    env = _gateway_env(
+                        models, cpu_precision="fp32", prefilter_name="", cache_size=0,
+                        triton_url=triton.grpc_url, triton_protocol="grpc",
+                    )  # fmt: skip
+                    with Gateway(env, WORK / "logs" / "quality-triton.log") as gw:
+                        run, scores, wall = _rank_set(
+                            gw.url, sets[name], queries, sizes.depth, keep=None, store=tstore
+                        )
+                        served = triton_served(gw.url)
+                if served_file is not None:
+                    served_file.write_text(json.dumps(served))
             local = raw_scores.get("fp32 single-stage", {}).get(name, {})
             deltas = [
                 abs(a - b)
