@@ -203,27 +203,38 @@ def _findings(results: dict[str, Any]) -> list[str]:
                 f"{r['ndcg@10']:.4f} vs {r['reference_ndcg@10']:.4f} (Δ {r['delta_ndcg@10']:+.4f}, tolerance "
                 f"{results['quality']['tolerance']})."
             )
+
+    def fp32_like(row: dict[str, Any]) -> dict[str, Any] | None:
+        """fp32 single stage on exactly the queries of `row` (a row cut short has its own fp32 twin)."""
+        fp = by.get(("fp32 single-stage", row["set"]))
+        if fp is not None and fp["first_n"] == row["first_n"]:
+            return fp
+        return by.get((f"fp32 single-stage (same {row['first_n']} queries as {row['config']})", row["set"]))
+
     for set_name in ("scifact", "nfcorpus"):
-        fp, i8 = by.get(("fp32 single-stage", set_name)), by.get(("int8 single-stage", set_name))
-        if fp and i8:
-            d = i8["ndcg@10"] - fp["ndcg@10"]
+        fp_full = by.get(("fp32 single-stage", set_name))
+        for config in ["int8 single-stage", *sorted(c for c, s in by if s == set_name and "two-stage" in c)]:
+            r = by.get((config, set_name))
+            fp = fp32_like(r) if r else None
+            if r is None or fp is None:
+                continue
+            d = r["ndcg@10"] - fp["ndcg@10"]
+            part = f" (first {r['first_n']} queries only)" if r.get("partial_of") else ""
             lines.append(
-                f"- int8 {'loses' if d < 0 else 'changes'} {d:+.4f} nDCG@10 against fp32 on {set_name} "
-                f"(Recall@10 {i8['recall@10'] - fp['recall@10']:+.4f})."
+                f"- {config} {'loses' if d < 0 else 'changes'} {d:+.4f} nDCG@10 / "
+                f"{r['recall@10'] - fp['recall@10']:+.4f} Recall@10 against fp32 single stage on {set_name}{part}."
             )
         bm = by.get(("bm25", set_name))
-        if fp and bm and fp["ndcg@10"] < bm["ndcg@10"]:
+        if fp_full and bm and fp_full["ndcg@10"] < bm["ndcg@10"] and fp_full["first_n"] == bm["first_n"]:
             lines.append(
-                f"- On {set_name} the reranker is WORSE than BM25 alone at nDCG@10 ({fp['ndcg@10']:.4f} vs "
-                f"{bm['ndcg@10']:.4f}); Recall@10 {fp['recall@10']:.4f} vs {bm['recall@10']:.4f}."
+                f"- On {set_name} the reranker is WORSE than BM25 alone at nDCG@10 ({fp_full['ndcg@10']:.4f} vs "
+                f"{bm['ndcg@10']:.4f}); Recall@10 {fp_full['recall@10']:.4f} vs {bm['recall@10']:.4f}."
             )
-        two = [r for (c, s), r in by.items() if s == set_name and "two-stage" in c]
-        for r in sorted(two, key=lambda r: r["config"]):
-            if fp:
-                lines.append(
-                    f"- {r['config']} costs {r['ndcg@10'] - fp['ndcg@10']:+.4f} nDCG@10 / "
-                    f"{r['recall@10'] - fp['recall@10']:+.4f} Recall@10 against fp32 single stage on {set_name}."
-                )
+        if fp_full and fp_full.get("partial_of"):
+            lines.append(
+                f"- fp32 on {set_name} finished only {fp_full['first_n']} of {fp_full['partial_of']} queries in this "
+                "run: the SOURCE.md comparison needs all of them (`--resume` continues)."
+            )
     rows = {r["config"]: r for r in results.get("speed", {}).get("rows", [])}
     st = rows.get("sentence-transformers")
     if st:

@@ -472,6 +472,23 @@ def quality(
             log(f"triton quality skipped: {exc}")
             rows.append({"config": "triton fp32 single-stage", "set": name, "first_n": n, "error": str(exc)})
 
+    # A row cut short (see --cached-only) is compared with fp32 on exactly its queries, never on others.
+    for row in list(rows):
+        if not row.get("partial_of") or row["config"] == "fp32 single-stage":
+            continue
+        local = raw_scores.get("fp32 single-stage", {}).get(row["set"], {})
+        subset = sets[row["set"]].first(row["first_n"])
+        if all(c.query_id in local for c in subset):
+            fp32_run = {
+                c.query_id: ranking_to_run(
+                    c.doc_ids[: sizes.depth], list(np.argsort(-np.asarray(local[c.query_id]), kind="stable"))
+                )
+                for c in subset
+            }
+            label = f"fp32 single-stage (same {row['first_n']} queries as {row['config']})"
+            if not any(r["config"] == label and r["set"] == row["set"] for r in rows):
+                add(label, row["set"], row["first_n"], fp32_run, 0.0)
+
     # Reference columns.
     for row in rows:
         key = (row["set"], row["first_n"])
