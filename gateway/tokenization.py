@@ -107,7 +107,7 @@ class PairTokenizer:
         """Tokenize one query against its documents into windows that fit `max_length` tokens."""
         t = self._template
         max_length = min(max_length or self.max_length, self.max_length)
-        q_ids = self._tok.encode(query, add_special_tokens=False).ids
+        q_ids = self._tok.encode(_valid_text(query), add_special_tokens=False).ids
         min_room = max(8, max_length // 4)
         q_limit = max_length - t.specials - min_room
         query_truncated = len(q_ids) > q_limit
@@ -174,7 +174,12 @@ class PairTokenizer:
             doc if len(doc) <= limit else (doc[-limit:] if direction == "left" else doc[:limit])
             for doc in documents
         ]
-        encoded = self._tok.encode_batch(cut, add_special_tokens=False)
+        try:
+            encoded = self._tok.encode_batch(cut, add_special_tokens=False)
+        except Exception:  # texts the Rust side cannot take (lone surrogates from JSON "\ud800")
+            cut = [_valid_text(piece) for piece in cut]
+            documents = [_valid_text(doc) for doc in documents]
+            encoded = self._tok.encode_batch(cut, add_special_tokens=False)
         out: list[tuple[list[int], list[tuple[int, int]], int]] = []
         for doc, piece, enc in zip(documents, cut, encoded, strict=True):
             ids, offsets = enc.ids, enc.offsets
@@ -191,6 +196,15 @@ class PairTokenizer:
             else:
                 out.append((ids[:need], offsets[:need], full))
         return out
+
+
+def _valid_text(text: str) -> str:
+    """Replace lone surrogates (valid JSON, invalid Unicode) by "?": same length, so offsets still hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
 
 
 def _learn_template(tokenizer: Tokenizer) -> _Template:

@@ -196,3 +196,30 @@ def test_overload_is_429_with_retry_after_and_timeout_is_504(make_reranker, tiny
         assert results["first"] == 504
         release.set()
         assert c.post("/rerank", json={"query": QUERY, "documents": DOCS[:1]}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"[]",
+        b"null",
+        b'{"query": 5, "documents": ["a"]}',
+        b'{"query": "q", "documents": [{"text": null}]}',
+        b'{"query": "q", "documents": [1, 2]}',
+        b'{"query": "q", "documents": ["a"], "keep": -1}',
+        b'{"query": "q", "documents": ["a"], "max_chunks_per_doc": 100}',
+        b'{"query": "q", "documents": ["a"], "top_k": "many"}',
+        b'{"query": "q", "documents": ["a"], "truncation_direction": "middle"}',
+    ],
+)
+def test_client_mistakes_are_4xx_never_500(client, raw):
+    r = client.post("/rerank", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.json()["error_type"] == "validation"
+
+
+def test_lone_surrogates_are_a_422_not_a_500(client):
+    raw = b'{"query": "berlin \\ud800", "documents": ["Berlin population", "x"]}'
+    r = client.post("/rerank", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert "query" in r.json()["error"]

@@ -116,3 +116,10 @@ def test_unknown_inputs_fail_at_load():
     with pytest.raises(ModelRepositoryError):
         check_inputs(["input_ids", "pixel_values"])
     check_inputs(["input_ids", "attention_mask"])
+
+
+def test_lone_surrogates_are_replaced_keeping_offsets(tok):
+    doc = "Berlin \udfff population"
+    enc = tok.encode_pairs("berlin \ud800", [doc, "plain"])
+    assert len(enc.windows) == 2
+    assert enc.windows[0].chars == (0, len(doc))
