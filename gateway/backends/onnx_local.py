@@ -101,14 +101,17 @@ def make_session(path: Path, *, device: str, threads: int, device_id: int = 0) -
 class Lane:
     """One inference thread shared by the sessions that must not run at once (the CPU models).
 
-    When the lane runs dry it returns freed heap memory to the OS once (trimming after every batch
-    would make the next batch page-fault its buffers in again).
+    It returns freed heap memory to the OS when it runs dry, and every `TRIM_EVERY` batches of a long
+    queue (trimming after every batch would make the next one page-fault its buffers in again).
     """
+
+    TRIM_EVERY = 16
 
     def __init__(self, name: str, *, trim_when_idle: bool) -> None:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self.trim_when_idle = trim_when_idle
         self.pending = 0
+        self._since_trim = 0
 
     async def run(self, fn: Callable[[EncodedBatch], np.ndarray], batch: EncodedBatch) -> np.ndarray:
         loop = asyncio.get_running_loop()
@@ -117,7 +120,9 @@ class Lane:
             return await loop.run_in_executor(self.executor, fn, batch)
         finally:
             self.pending -= 1
-            if self.pending == 0 and self.trim_when_idle:
+            self._since_trim += 1
+            if self.trim_when_idle and (self.pending == 0 or self._since_trim >= self.TRIM_EVERY):
+                self._since_trim = 0
                 with contextlib.suppress(RuntimeError):  # the lane was shut down meanwhile
                     loop.run_in_executor(self.executor, release_heap)
 
