@@ -134,7 +134,21 @@ def cached_repository(key: str, build: Callable[[Path], None]) -> Path:
             folder.mkdir(parents=True)
             build(repository)
             done.write_text("ok\n")
+            _prune(key)
     return repository
+
+
+def _prune(key: str, keep: int = 2) -> None:
+    """Exports of older exporter code pile up (hundreds of MB each): keep the newest few of this kind."""
+    kind = key.split("-", 1)[0]
+    entries = sorted(
+        (p for p in CACHE_ROOT.glob(f"{kind}-*") if p.is_dir() and p.name != key),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for old in entries[keep - 1 :]:
+        shutil.rmtree(old, ignore_errors=True)
+        (CACHE_ROOT / f"{old.name}.lock").unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")
