@@ -77,6 +77,16 @@ def _quality_section(results: dict[str, Any]) -> list[str]:
         "128 tokens (its defaults); `fp32`/`int8` name the cross-encoder's file. Their reference is the prefilter "
         "SOURCE.md cascade, PyTorch fp32 throughout.",
         "",
+        *(
+            [
+                "These rankings were received from the service by earlier `--resume` runs of the same command on "
+                "the same exported files (kept per query under bench/.work/quality-cache) and evaluated here "
+                "(`--cached-only`); a row that says PARTIAL covers only the leading queries that had finished.",
+                "",
+            ]
+            if q.get("from_store")
+            else []
+        ),
         "| set | first N | configuration | nDCG@10 | Recall@10 | reference nDCG@10 / R@10 | Δ nDCG@10 | "
         "BEIR BM25+CE | BEIR BM25 |",
         "|---|---:|---|---:|---:|---|---:|---:|---:|",

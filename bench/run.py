@@ -512,7 +512,12 @@ def quality(
         if row["set"] in BEIR_PAPER:
             row["beir_paper_bm25"] = BEIR_PAPER[row["set"]]["bm25"]
             row["beir_paper_bm25_ce"] = BEIR_PAPER[row["set"]]["bm25+ce"]
-    return {"rows": rows, "tolerance": TOLERANCE, "standin": models.is_standin()}
+    return {
+        "rows": rows,
+        "tolerance": TOLERANCE,
+        "standin": models.is_standin(),
+        "from_store": cached_only,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
