@@ -55,6 +55,9 @@ CASCADE_REFERENCE = {
 # cross-encoder/ms-marco-MiniLM-L-6-v2 (a different model from the stand-in).
 BEIR_PAPER = {"scifact": {"bm25": 0.665, "bm25+ce": 0.688}, "nfcorpus": {"bm25": 0.325, "bm25+ce": 0.350}}
 TOLERANCE = 0.005
+# The gateway's default Triton timeout (10 s) is sized for a GPU; a 32-row batch of 512-token pairs on two
+# shared CPU cores takes longer, and the fallback would then quietly serve every batch locally.
+TRITON_TIMEOUT_S = 600
 
 
 def default_keep() -> int:
@@ -439,7 +442,7 @@ def quality(
                 with triton_server(models.repository, WORK / "logs" / "quality-tritonserver.log") as triton:
                     env = _gateway_env(
                         models, cpu_precision="fp32", prefilter_name="", cache_size=0,
-                        triton_url=triton.grpc_url, triton_protocol="grpc",
+                        triton_url=triton.grpc_url, triton_protocol="grpc", triton_timeout_s=TRITON_TIMEOUT_S,
                     )  # fmt: skip
                     with Gateway(env, WORK / "logs" / "quality-triton.log") as gw:
                         run, scores, wall = _rank_set(
@@ -650,7 +653,10 @@ class HttpRunner:
             triton = self.stack.enter_context(
                 triton_server(self.triton_repository, WORK / "logs" / f"speed-{self.name}-tritonserver.log")
             )
-            env.update({"RERANKER_TRITON_URL": triton.grpc_url, "RERANKER_TRITON_PROTOCOL": "grpc"})
+            env.update({
+                "RERANKER_TRITON_URL": triton.grpc_url, "RERANKER_TRITON_PROTOCOL": "grpc",
+                "RERANKER_TRITON_TIMEOUT_S": str(TRITON_TIMEOUT_S),
+            })  # fmt: skip
         self.gateway = self.stack.enter_context(Gateway(env, WORK / "logs" / f"speed-{self.name}.log"))
         if triton is not None and triton.process is not None:
             self.gateway.extra_pids.append(triton.process.pid)
