@@ -8,8 +8,11 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= export,test,dev,clients,bench
 
-MODEL ?= cross-encoder/ms-marco-MiniLM-L-6-v2
-PREFILTER ?= cross-encoder/ms-marco-TinyBERT-L-2-v2
+# Export sources: a hub id or a local folder (RERANKER_MODEL / RERANKER_PREFILTER in the environment work too).
+# EXPORT_ARGS: --quiet (CI), --max-length N, --no-int8-reduce-range (CPUs with VNNI); PREFILTER=same uses the
+# cross-encoder's int8 file as the prefilter, PREFILTER=none builds no prefilter.
+MODEL ?= $(or $(RERANKER_MODEL),cross-encoder/ms-marco-MiniLM-L-6-v2)
+PREFILTER ?= $(or $(RERANKER_PREFILTER),cross-encoder/ms-marco-TinyBERT-L-2-v2)
 REPO ?= model_repository
 EXPORT_ARGS ?=
 PYTEST_ARGS ?=
@@ -17,7 +20,7 @@ PYTEST_ARGS ?=
 RERANKER_TEST_MODELS ?= $(abspath ../shared/models)
 export RERANKER_TEST_MODELS
 
-.PHONY: install export serve triton triton-setup triton-stop test test-fast lint bench clean
+.PHONY: install export serve triton triton-setup triton-stop triton-check test test-fast lint bench bench-gateway clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +56,10 @@ triton: triton-setup
 triton-stop:
 	$(PY) -m export.triton_local stop
 
+# Start the local server, wait until it answers /v2/health/ready, stop it.
+triton-check: triton-setup
+	$(PY) -m export.triton_local check --model-repository "$(REPO)"
+
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -66,7 +73,11 @@ lint: install
 
 bench: install
 	@test -f "$(REPO)/reranker/manifest.json" || $(MAKE) export
-	$(PY) -m bench --model "$(MODEL)" --model-repository "$(REPO)"
+	$(PY) -m bench --model "$(MODEL)" --prefilter "$(PREFILTER)" --model-repository "$(REPO)" $(BENCH_ARGS)
+
+# The gateway's own targets (memory, overhead over bare session.run, bucketing, two-stage gain).
+bench-gateway: install
+	$(PY) bench/gateway_overhead.py --repository "$(REPO)"
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .cache/test-repos

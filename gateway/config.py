@@ -28,13 +28,14 @@ class Settings(BaseSettings):
     model_name: str = Field("reranker", min_length=1, description="Cross-encoder folder in the repository.")
     prefilter_name: str = Field("prefilter", description="Prefilter folder; empty disables the first stage.")
     model: str = Field(
-        "../shared/models/minilm-l6-rerank-standin",
-        description="Export source of the cross-encoder (hub id or folder), used by `make serve` when the "
-        "repository is missing.",
+        "cross-encoder/ms-marco-MiniLM-L-6-v2",
+        description="Export source of the cross-encoder (hub id or local folder), used by `make serve` "
+        "when the repository is missing.",
     )
     prefilter: str = Field(
-        "../shared/models/minilm-l2-prefilter-standin",
-        description="Export source of the prefilter, used by `make serve` when the repository is missing.",
+        "cross-encoder/ms-marco-TinyBERT-L-2-v2",
+        description="Export source of the prefilter (hub id, local folder, `same` or `none`), used by "
+        "`make serve` when the repository is missing.",
     )
 
     # --- pipeline -----------------------------------------------------------------------------

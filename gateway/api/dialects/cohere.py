@@ -124,6 +124,8 @@ def render(
         "results": results,
         "meta": meta,
         "model": outcome.model,
+        "backend": outcome.backend,
+        "stages": list(outcome.stages),
         "usage": {"prompt_tokens": outcome.prompt_tokens, "total_tokens": outcome.prompt_tokens},
     }
 
