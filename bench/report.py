@@ -405,8 +405,8 @@ def write_report(results: dict[str, Any], out: Path, *, plots: bool = True) -> P
         "",
         *(
             [
-                "Sections taken from an earlier run of the same command (`--keep-other-sections`): "
-                + ", ".join(f"{k} (run started {v})" for k, v in results["sections_from_earlier_run"].items())
+                "Sections taken from an earlier run (`--keep-other-sections`): "
+                + "; ".join(f"**{k}** from the {v}" for k, v in results["sections_from_earlier_run"].items())
                 + ". Quality figures do not depend on the machine's load; every timed figure and ratio below "
                 "comes from one run.",
                 "",

@@ -1067,7 +1067,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for section in ("quality", "speed", "sweep"):
             if section not in sections and section in previous:
                 results[section] = previous[section]
-                results.setdefault("sections_from_earlier_run", {})[section] = previous.get("started")
+                results.setdefault("sections_from_earlier_run", {})[section] = (
+                    f"run started {previous.get('started')}: `{previous.get('command', '?')}`"
+                )
                 if section in previous.get("section_seconds", {}):
                     results.setdefault("section_seconds", {})[section] = previous["section_seconds"][section]
     args.output.mkdir(parents=True, exist_ok=True)
