@@ -56,11 +56,23 @@ def _source(src: Any) -> str:
 
 
 def _quality_lookup(results: dict[str, Any], config: str, set_name: str = "scifact") -> float | None:
-    rows = results.get("quality", {}).get("rows", [])
-    for r in rows:
+    row = _quality_row(results, config, set_name)
+    return float(row["ndcg@10"]) if row else None
+
+
+def _quality_row(results: dict[str, Any], config: str, set_name: str) -> dict[str, Any] | None:
+    for r in results.get("quality", {}).get("rows", []):
         if r["config"] == config and r["set"] == set_name and "ndcg@10" in r:
-            return float(r["ndcg@10"])
+            return dict(r)
     return None
+
+
+def _quality_cell(results: dict[str, Any], config: str, set_name: str) -> str:
+    row = _quality_row(results, config, set_name) if config else None
+    if row is None:
+        return "not measured"
+    cell = f"{row['ndcg@10']:.4f}"
+    return cell + (f" (first {row['first_n']} only)" if row.get("partial_of") else "")
 
 
 def _quality_section(results: dict[str, Any]) -> list[str]:
@@ -365,11 +377,10 @@ def _headline(results: dict[str, Any]) -> list[str]:
     ]
     for r in rows:
         qc = QUALITY_OF_SPEED.get(r["config"], "").format(keep=keep)
-        sci = _quality_lookup(results, qc, "scifact") if qc else None
-        nf = _quality_lookup(results, qc, "nfcorpus") if qc else None
         out.append(
             f"| {r['config']} | {_f(r.get('throughput_x_st'), 2)} | {_f(r.get('p50_latency_x_st'), 2)} | "
-            f"{_f(r.get('p99_latency_x_st'), 2)} | {_f(sci)} | {_f(nf)} |"
+            f"{_f(r.get('p99_latency_x_st'), 2)} | {_quality_cell(results, qc, 'scifact')} | "
+            f"{_quality_cell(results, qc, 'nfcorpus')} |"
         )
     out += [
         "",
