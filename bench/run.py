@@ -1067,6 +1067,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for section in ("quality", "speed", "sweep"):
             if section not in sections and section in previous:
                 results[section] = previous[section]
+                if section == "speed":
+                    # % of peak compares with the peak measured in the run that timed the speed section.
+                    results["speed_peaks"] = [previous.get("peak_start"), previous.get("peak_end")]
                 results.setdefault("sections_from_earlier_run", {})[section] = (
                     f"run started {previous.get('started')}: `{previous.get('command', '?')}`"
                 )
