@@ -320,9 +320,14 @@ def _plots(results: dict[str, Any], out: Path) -> list[str]:
             points.append((r["config"], r["docs_per_s"], q))
     if points:
         fig, ax = plt.subplots(figsize=(8, 5))
-        for name, x, y in points:
+        for i, (name, x, y) in enumerate(sorted(points, key=lambda p: p[1])):
             ax.scatter([x], [y], s=40)
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            # Neighbours often share a quality figure: stagger the labels so they stay readable.
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 6 + 11 * (i % 3)), fontsize=8,
+                        arrowprops={"arrowstyle": "-", "linewidth": 0.5})  # fmt: skip
+        ys = [y for _, _, y in points]
+        ax.set_ylim(min(ys) - 0.01, max(ys) + 0.03)
+        ax.margins(x=0.15)
         bm = _quality_lookup(results, "bm25")
         if bm is not None:
             ax.axhline(bm, linestyle="--", linewidth=1, color="gray", label=f"BM25 alone ({bm:.3f})")
