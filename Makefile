@@ -71,6 +71,8 @@ lint: install
 	$(PY) -m ruff format --check gateway export tests bench
 	$(PY) -m mypy
 
+# Quality through the HTTP service, speed side by side, concurrency sweep -> bench/results/ (about 35 min on
+# 2 idle cores; BENCH_ARGS="--size quick" about 10, "--resume" continues an interrupted run).
 bench: install
 	@test -f "$(REPO)/reranker/manifest.json" || $(MAKE) export
 	$(PY) -m bench --model "$(MODEL)" --prefilter "$(PREFILTER)" --model-repository "$(REPO)" $(BENCH_ARGS)

@@ -92,7 +92,13 @@ class Settings(BaseSettings):
     triton_url: str | None = Field(None, description="Triton endpoint, e.g. localhost:8001 (None: off).")
     triton_protocol: Literal["grpc", "http"] = "grpc"
     triton_model_name: str | None = Field(None, description="Model name in Triton (default: model_name).")
-    triton_timeout_s: float = Field(10.0, gt=0)
+    triton_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds one Triton call may take before its batch is scored locally instead. Keep it "
+        "below RERANKER_REQUEST_TIMEOUT_S; raise both for a CPU-only Triton, which needs tens of seconds for "
+        "a 64 x 512 batch.",
+    )
     fallback_reprobe_s: float = Field(
         5.0, gt=0, description="After a primary backend fails, seconds between readiness re-probes."
     )
