@@ -17,7 +17,6 @@ import os
 import platform
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ import numpy as np
 from bench.data import BeirSet, Candidates, load_set
 from bench.flops import EncoderShape, measure_fp32_peak
 from bench.metrics import evaluate, ranking_to_run
-from bench.service import Gateway, ServiceError, drive, rerank_body, triton_server
+from bench.service import Gateway, ServiceError, drive, reap, rerank_body, triton_server
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WORK = REPO_ROOT / "bench" / ".work"
@@ -626,12 +625,7 @@ class WorkerRunner:
         with contextlib.suppress(Exception):
             if process.stdin:
                 process.stdin.close()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+        reap(process)
 
 
 class HttpRunner:

@@ -21,6 +21,16 @@ import psutil
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def reap(process: subprocess.Popen[Any], grace_s: float = 20.0) -> None:
+    """Wait for a process asked to stop; kill its whole process group if it does not within `grace_s`."""
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+
+
 class ServiceError(RuntimeError):
     """The service did not start, or answered something a benchmark cannot use."""
 
@@ -116,12 +126,7 @@ class Gateway:
         if process is None or process.poll() is not None:
             return
         process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+        reap(process)
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -103,31 +103,14 @@ def build_repository(
     staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.build-"))
     try:
         manifests: dict[str, dict[str, Any]] = {}
-        progress.info(f"{name}: {source.spec}")
-        manifests[name] = _build_model(
-            source,
-            staging / name,
-            name=name,
-            role="reranker",
-            max_length=max_length,
-            opset=opset,
-            thresholds=thresholds,
-            progress=progress,
-            quiet=quiet,
-            int8=int8,
-        )
-        if same:
-            progress.info(f"{prefilter_name}: the cross-encoder itself (int8 on the CPU)")
-            manifests[prefilter_name] = _copy_as(
-                staging / name, staging / prefilter_name, prefilter_name, manifests[name]
-            )
-        elif prefilter_source is not None:
-            progress.info(f"{prefilter_name}: {prefilter_source.spec}")
-            manifests[prefilter_name] = _build_model(
-                prefilter_source,
-                staging / prefilter_name,
-                name=prefilter_name,
-                role="prefilter",
+
+        def build_one(src: ModelSource, model_name: str, role: str) -> dict[str, Any]:
+            progress.info(f"{model_name}: {src.spec}")
+            return _build_model(
+                src,
+                staging / model_name,
+                name=model_name,
+                role=role,
                 max_length=max_length,
                 opset=opset,
                 thresholds=thresholds,
@@ -135,6 +118,15 @@ def build_repository(
                 quiet=quiet,
                 int8=int8,
             )
+
+        manifests[name] = build_one(source, name, "reranker")
+        if same:
+            progress.info(f"{prefilter_name}: the cross-encoder itself (int8 on the CPU)")
+            manifests[prefilter_name] = _copy_as(
+                staging / name, staging / prefilter_name, prefilter_name, manifests[name]
+            )
+        elif prefilter_source is not None:
+            manifests[prefilter_name] = build_one(prefilter_source, prefilter_name, "prefilter")
         elapsed = round(time.perf_counter() - started, 2)
         for model_name, manifest in manifests.items():
             manifest["export_seconds"] = elapsed
