@@ -55,9 +55,13 @@ class NotReady(RerankError):
 
 
 class BackendFailed(RerankError):
-    """A scoring backend failed and no fallback could answer."""
+    """A scoring backend failed and no fallback could answer; `reason` labels the fallback metric."""
 
     error_type = "backend"
+
+    def __init__(self, message: str, *, reason: str = "error") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class ModelRepositoryError(RerankError):

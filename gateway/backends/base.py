@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -44,3 +45,18 @@ class Scorer(Protocol):
     async def ready(self) -> bool: ...
 
     async def close(self) -> None: ...
+
+
+def cancelled_by_caller() -> bool:
+    """True when the running task itself is being cancelled (its request left or timed out).
+
+    A backend call can also end in `CancelledError` because the client library cancelled it, e.g. when a
+    shared gRPC channel is closed under it: that is a backend failure the fallback must serve, not the
+    request's cancellation. `Task.cancelling()` (Python 3.11+) tells the two apart; without it every
+    cancellation is taken as the caller's, the safe reading for shutdown.
+    """
+    task = asyncio.current_task()
+    if task is None:
+        return True
+    cancelling = getattr(task, "cancelling", None)
+    return True if cancelling is None else cancelling() > 0

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 
 from gateway import metrics
-from gateway.backends.base import BatchScores, EncodedBatch, Scorer
+from gateway.backends.base import BatchScores, EncodedBatch, Scorer, cancelled_by_caller
 from gateway.errors import BackendFailed
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,22 @@ def failure_reason(exc: BaseException) -> str:
     if isinstance(exc, ConnectionError | OSError):
         return "unavailable"
     return type(exc).__name__.lower()
+
+
+async def attempt(scorer: Scorer, batch: EncodedBatch) -> BatchScores:
+    """`scorer.score(batch)`; a cancellation that is not the caller's becomes a BackendFailed.
+
+    Only the request's own cancellation (client gone, request timeout, shutdown) may stop the fallback;
+    a call the backend's client library cancelled (a closed channel) is a failure like any other.
+    """
+    try:
+        return await scorer.score(batch)
+    except asyncio.CancelledError:
+        if cancelled_by_caller():
+            raise
+        raise BackendFailed(
+            f"{scorer.name}: the call was cancelled by the backend", reason="cancelled"
+        ) from None
 
 
 def split_batch(batch: EncodedBatch) -> tuple[EncodedBatch, EncodedBatch]:
@@ -86,9 +102,7 @@ class FallbackScorer:
             if not self.primary_up:
                 return await self._on_fallback(batch, "primary_down")
         try:
-            return await self.primary.score(batch)
-        except asyncio.CancelledError:
-            raise
+            return await attempt(self.primary, batch)
         except Exception as exc:
             reason = failure_reason(exc)
             log.warning("%s failed on a batch of %d (%s): %s", self.primary.name, batch.size, reason, exc)
@@ -102,9 +116,7 @@ class FallbackScorer:
         parts: list[BatchScores] = []
         for half in split_batch(batch):
             try:
-                parts.append(await self.primary.score(half))
-            except asyncio.CancelledError:
-                raise
+                parts.append(await attempt(self.primary, half))
             except Exception as exc:
                 parts.append(await self._on_fallback(half, failure_reason(exc)))
         return BatchScores(
@@ -115,9 +127,7 @@ class FallbackScorer:
     async def _on_fallback(self, batch: EncodedBatch, reason: str) -> BatchScores:
         metrics.FALLBACKS.labels(self.primary.name, self.fallback.name, reason).inc()
         try:
-            return await self.fallback.score(batch)
-        except asyncio.CancelledError:
-            raise
+            return await attempt(self.fallback, batch)
         except Exception as exc:
             raise BackendFailed(
                 f"{self.primary.name} failed ({reason}) and the fallback {self.fallback.name} failed too"

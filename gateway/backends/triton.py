@@ -10,14 +10,16 @@ Triton's dynamic batcher can put them back together.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
 from gateway import metrics
-from gateway.backends.base import BatchScores, EncodedBatch
+from gateway.backends.base import BatchScores, EncodedBatch, cancelled_by_caller
 from gateway.errors import BackendFailed
 
 log = logging.getLogger(__name__)
@@ -41,18 +43,24 @@ class TritonFailed(BackendFailed):
     """A Triton call failed; `reason` (unavailable, timeout, error, mismatch) labels the fallback metric."""
 
     def __init__(self, message: str, *, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+        super().__init__(message, reason=reason)
 
 
 @dataclass
 class _Connection:
-    """A client bound to one event loop (grpc.aio channels and aiohttp sessions cannot change loops)."""
+    """A client bound to one event loop (grpc.aio channels and aiohttp sessions cannot change loops).
+
+    `users` counts the calls in flight on it. A failed connection is retired: new calls get a fresh one,
+    and the old client is closed only when its last call has ended, because closing a gRPC channel cancels
+    every call still running on it, calls that may yet succeed or be served by the fallback.
+    """
 
     loop: asyncio.AbstractEventLoop
     client: Any
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     checked: bool = False
+    users: int = 0
+    retired: bool = False
 
 
 class TritonScorer:
@@ -105,10 +113,26 @@ class TritonScorer:
             self._connection = _Connection(loop=loop, client=self._new_client())
         return self._connection
 
-    async def _drop(self, connection: _Connection) -> None:
-        """Forget a client after a failure: a fresh channel reconnects at once instead of backing off."""
+    def _retire(self, connection: _Connection) -> None:
+        """Forget a client after a failure: the next call opens a fresh channel, which reconnects at once
+        instead of backing off; the old one closes when its last call ends (`_release`)."""
         if self._connection is connection:
             self._connection = None
+        connection.retired = True
+
+    @contextlib.asynccontextmanager
+    async def _use(self) -> AsyncIterator[_Connection]:
+        connection = self._current()
+        connection.users += 1
+        try:
+            yield connection
+        finally:
+            connection.users -= 1
+            if connection.retired and connection.users == 0:
+                await self._close_client(connection)
+
+    @staticmethod
+    async def _close_client(connection: _Connection) -> None:
         try:
             await asyncio.wait_for(connection.client.close(), timeout=2.0)
         except Exception:  # closing a broken client may fail in many ways; it is gone either way
@@ -121,7 +145,10 @@ class TritonScorer:
         except asyncio.TimeoutError:
             raise _Failure("timeout", f"{self.name} {what} timed out after {self.timeout_s:g}s") from None
         except asyncio.CancelledError:
-            raise
+            if cancelled_by_caller():
+                raise
+            # The client library cancelled the call under us (its channel was closed): a backend failure.
+            raise _Failure("unavailable", f"{self.name} {what} was cancelled by the client library") from None
         except Exception as exc:  # tritonclient, grpc and aiohttp errors: none may leave this module
             detail = _describe(exc)
             outcome = "unavailable" if _looks_unreachable(exc, detail) else "error"
@@ -179,24 +206,24 @@ class TritonScorer:
         missing = [name for name in self.input_names if name not in batch.inputs]
         if missing:
             raise BackendFailed(f"{self.name}: batch lacks inputs {missing}")
-        connection = self._current()
-        try:
-            if not connection.checked:
-                async with connection.lock:
-                    if not connection.checked:
-                        await self._check_model(connection)
-            assert self.max_batch_size is not None
-            step = self.max_batch_size
-            parts = [
-                {name: np.ascontiguousarray(batch.inputs[name][start : start + step], dtype=np.int64) for name in self.input_names}
-                for start in range(0, batch.size, step)
-            ]  # fmt: skip
-            results = await asyncio.gather(*(self._infer(connection, part) for part in parts))
-        except _Failure as failure:
-            _record(self.protocol, failure.outcome)
-            if failure.outcome in ("unavailable", "timeout"):
-                await self._drop(connection)
-            raise TritonFailed(failure.message, reason=failure.outcome) from None
+        async with self._use() as connection:
+            try:
+                if not connection.checked:
+                    async with connection.lock:
+                        if not connection.checked:
+                            await self._check_model(connection)
+                assert self.max_batch_size is not None
+                step = self.max_batch_size
+                parts = [
+                    {name: np.ascontiguousarray(batch.inputs[name][start : start + step], dtype=np.int64) for name in self.input_names}
+                    for start in range(0, batch.size, step)
+                ]  # fmt: skip
+                results = await asyncio.gather(*(self._infer(connection, part) for part in parts))
+            except _Failure as failure:
+                _record(self.protocol, failure.outcome)
+                if failure.outcome in ("unavailable", "timeout"):
+                    self._retire(connection)
+                raise TritonFailed(failure.message, reason=failure.outcome) from None
         logits = np.concatenate(results).astype(np.float32, copy=False)
         if logits.shape != (batch.size,):
             _record(self.protocol, "error")
@@ -241,27 +268,29 @@ class TritonScorer:
 
     async def ready(self) -> bool:
         """True when the server and the model answer ready and the model matches the tokenizer; never raises."""
-        connection = self._current()
-        try:
-            server_ready = await self._call(connection.client.is_server_ready(), "server readiness")
-            model_ready = server_ready and await self._call(
-                connection.client.is_model_ready(self.model_name, self.model_version), "model readiness"
-            )
-            if model_ready and not connection.checked:
-                async with connection.lock:
-                    if not connection.checked:
-                        await self._check_model(connection)
-        except _Failure as failure:
-            log.debug("Triton not ready: %s", failure.message)
-            if failure.outcome != "mismatch":
-                await self._drop(connection)
-            return False
+        async with self._use() as connection:
+            try:
+                server_ready = await self._call(connection.client.is_server_ready(), "server readiness")
+                model_ready = server_ready and await self._call(
+                    connection.client.is_model_ready(self.model_name, self.model_version), "model readiness"
+                )
+                if model_ready and not connection.checked:
+                    async with connection.lock:
+                        if not connection.checked:
+                            await self._check_model(connection)
+            except _Failure as failure:
+                log.debug("Triton not ready: %s", failure.message)
+                if failure.outcome != "mismatch":
+                    self._retire(connection)
+                return False
         return bool(model_ready)
 
     async def close(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None and connection.loop is asyncio.get_running_loop():
-            await self._drop(connection)
+            connection.retired = True
+            if connection.users == 0:
+                await self._close_client(connection)
 
 
 class _Failure(Exception):

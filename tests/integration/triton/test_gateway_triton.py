@@ -4,7 +4,9 @@ replaced by the local ONNX Runtime fallback without an error, and a restarted Tr
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -149,3 +151,74 @@ def test_gateway_over_http_protocol(triton_server: TritonServer, gateway_factory
     result = _rerank(gateway, query, documents)
     assert result.backend == "triton-http"
     _assert_ranked(result)
+
+
+def _burst(
+    gateway: Gateway, bodies: list[dict[str, object]], during: Callable[[], None] | None = None
+) -> list[int]:
+    """Send every body at once (one thread each); `during` runs while they are in flight. Statuses back."""
+    statuses: list[int] = [0] * len(bodies)
+
+    def send(i: int) -> None:
+        try:
+            statuses[i] = httpx.post(f"{gateway.url}/rerank", json=bodies[i], timeout=120).status_code
+        except httpx.HTTPError:
+            statuses[i] = -1
+
+    threads = [threading.Thread(target=send, args=(i,), daemon=True) for i in range(len(bodies))]
+    for thread in threads:
+        thread.start()
+    if during is not None:
+        during()
+    for thread in threads:
+        thread.join(150)
+    return statuses
+
+
+def _bodies(pairs: tuple[str, list[str]], count: int, documents: int) -> list[dict[str, object]]:
+    query, docs = pairs
+    return [
+        {"query": query, "documents": [f"{docs[d % len(docs)]} (note {r}-{d})" for d in range(documents)]}
+        for r in range(count)
+    ]
+
+
+def test_a_timed_out_triton_call_does_not_fail_its_siblings(
+    triton_server: TritonServer, gateway_factory, pairs
+) -> None:
+    """The issue's reproduction: 1 s Triton timeout, 32 concurrent requests of 24 documents on one gRPC
+    channel. One call times out; before the fix closing the channel cancelled the others (500s)."""
+    gateway = gateway_factory(
+        triton_url=triton_server.grpc_url, triton_protocol="grpc", triton_timeout_s=1.0, max_in_flight=64
+    )
+    statuses = _burst(gateway, _bodies(pairs, 32, 24))
+    assert statuses == [200] * 32, statuses
+    metrics = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+    timeouts = _metric(
+        metrics, "reranker_scorer_calls_total", backend="triton", protocol="grpc", outcome="timeout"
+    )
+    assert timeouts >= 1, "the burst must have made a Triton call time out, or it tested nothing"
+
+
+def test_requests_in_flight_when_triton_is_killed_are_served_by_the_fallback(
+    triton_server: TritonServer, gateway_factory, pairs
+) -> None:
+    gateway = gateway_factory(triton_url=triton_server.grpc_url, triton_protocol="grpc", max_in_flight=64)
+    assert _rerank(gateway, *pairs).backend == "triton-grpc"
+    before = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+
+    def kill() -> None:
+        time.sleep(0.5)  # the requests are queued in Triton by now
+        assert triton_server.process is not None
+        os.killpg(triton_server.process.pid, signal.SIGKILL)
+
+    try:
+        statuses = _burst(gateway, _bodies(pairs, 16, 24), during=kill)
+    finally:
+        triton_server.stop()
+        triton_server.start()
+        triton_server.wait_ready(120)
+    assert statuses == [200] * 16, statuses
+    after = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+    name, labels = "reranker_fallbacks_total", {"from_backend": "triton-grpc", "to_backend": "onnx-cpu"}
+    assert _metric(after, name, **labels) > _metric(before, name, **labels), "the fallback served the burst"
