@@ -31,7 +31,8 @@ import numpy as np
 from bench.data import BeirSet, Candidates, load_set
 from bench.flops import EncoderShape, measure_fp32_peak
 from bench.metrics import evaluate, ranking_to_run
-from bench.service import Gateway, ServiceError, drive, reap, rerank_body, triton_server
+from bench.service import Gateway, ServiceError, drive, rerank_body, triton_server
+from export import processes
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WORK = REPO_ROOT / "bench" / ".work"
@@ -583,10 +584,9 @@ class WorkerRunner:
         spec_path = WORK / "specs" / f"{self.name}.json"
         spec_path.write_text(json.dumps(self.spec))
         with open(WORK / "logs" / f"speed-{self.name}.log", "wb") as logf:
-            self.process = subprocess.Popen(
+            self.process = processes.popen(
                 [sys.executable, "-m", "bench.worker", str(spec_path)],
                 cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logf, text=True,
-                start_new_session=True,
             )  # fmt: skip
         self.load_s = float(self._read()["load_s"])
 
@@ -625,7 +625,7 @@ class WorkerRunner:
         with contextlib.suppress(Exception):
             if process.stdin:
                 process.stdin.close()
-        reap(process)
+        processes.reap(process)  # closing stdin asks the worker to stop
 
 
 class HttpRunner:
