@@ -139,6 +139,30 @@ def triton_server(repository: Path, log_path: Path, ready_timeout_s: float = 300
         yield server
 
 
+def _metric_value(metrics_text: str, name: str, **labels: str) -> float:
+    """Sum of a Prometheus counter's samples whose labels include `labels`."""
+    total = 0.0
+    for line in metrics_text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        head, _, value = line.rpartition(" ")
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            with contextlib.suppress(ValueError):
+                total += float(value)
+    return total
+
+
+def triton_served(url: str) -> dict[str, float]:
+    """Did Triton really score, or did the fallback to local ONNX Runtime quietly take over?"""
+    import httpx
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return {
+        "triton_calls_ok": _metric_value(text, "reranker_scorer_calls_total", outcome="ok", backend="triton"),
+        "fallbacks": _metric_value(text, "reranker_fallbacks_total"),
+    }
+
+
 @dataclass
 class LoadResult:
     latencies_s: list[float]
