@@ -216,16 +216,17 @@ def _summarize(name: str, raw: dict[str, Any], docs: int, flops: float) -> dict[
     }
 
 
-def speed(
-    models: Models, sizes: Sizes, data_root: Path, configs: Sequence[str], threads: int
-) -> dict[str, Any]:
-    requests, warmup = speed_requests(data_root, sizes)
-    docs = sizes.speed_docs
+Runner = WorkerRunner | HttpRunner
+
+
+def _work(
+    models: Models, requests: Sequence[dict[str, Any]], keep: int
+) -> tuple[float, float, dict[str, Any]]:
+    """Useful FLOPs of the requests single-stage and (approximately) two-stage, and their token figures."""
     max_length = int(models.reranker.get("max_length") or 512)
     lengths = token_counts(models.tokenizer_dir, requests, max_length)
     shape = EncoderShape.from_config(models.tokenizer_dir / "config.json")
     full_flops = sum(shape.pair_flops(t) for req in lengths for t in req)
-    keep_default = default_keep()
     two_stage_flops = full_flops
     if models.prefilter is not None:
         pf_dir = models.repository / models.prefilter["name"]
@@ -233,7 +234,7 @@ def speed(
         pf_shape = EncoderShape.from_config(pf_tok / "config.json")
         pf_lengths = token_counts(pf_tok, requests, 128)
         two_stage_flops = sum(pf_shape.pair_flops(t) for req in pf_lengths for t in req) + sum(
-            keep_default * float(np.mean([shape.pair_flops(t) for t in req])) for req in lengths
+            keep * float(np.mean([shape.pair_flops(t) for t in req])) for req in lengths
         )
     tokens = {
         "mean_tokens_per_pair": float(np.mean([t for req in lengths for t in req])),
@@ -241,11 +242,20 @@ def speed(
         "useful_gflop_per_request": full_flops / len(requests) / 1e9,
         "two_stage_gflop_per_request_approx": two_stage_flops / len(requests) / 1e9,
     }
-    log(
-        f"speed: {len(requests)} requests x {docs} docs, mean {tokens['mean_tokens_per_pair']:.0f} tokens/pair"
-    )
+    return full_flops, two_stage_flops, tokens
 
-    base: dict[str, Any] = {"threads": threads, "max_length": max_length}
+
+def _runners(
+    models: Models,
+    configs: Sequence[str],
+    requests: Sequence[dict[str, Any]],
+    warmup: Sequence[dict[str, Any]],
+    *,
+    threads: int,
+    keep: int,
+) -> tuple[dict[str, Runner], set[str], dict[str, str]]:
+    """One runner per configuration; the names of those that run two-stage; configurations that cannot run."""
+    base: dict[str, Any] = {"threads": threads, "max_length": int(models.reranker.get("max_length") or 512)}
     req_file, warm_file = WORK / "specs" / "requests.json", WORK / "specs" / "warmup.json"
     req_file.parent.mkdir(parents=True, exist_ok=True)
     (WORK / "logs").mkdir(parents=True, exist_ok=True)
@@ -255,14 +265,13 @@ def speed(
     fr_cache = _flashrank_cache(models) if any(c.startswith("flashrank") for c in configs) else None
 
     def http_env(precision: str, two_stage: bool) -> dict[str, str]:
-        extra: dict[str, Any] = {"keep": keep_default} if two_stage else {"prefilter_name": ""}
+        extra: dict[str, Any] = {"keep": keep} if two_stage else {"prefilter_name": ""}
         return gateway_env(models, cpu_precision=precision, cache_size=0, threads=threads, **extra)
 
-    runners: dict[str, WorkerRunner | HttpRunner] = {}
-    flops: dict[str, float] = {}
+    runners: dict[str, Runner] = {}
+    two_stage: set[str] = set()
     failures: dict[str, str] = {}
     for name in configs:
-        flops[name] = full_flops
         if name == "sentence-transformers":
             runners[name] = WorkerRunner(
                 name, {**base, "kind": "sentence-transformers", "model_source": models.source()}
@@ -287,14 +296,24 @@ def speed(
                 failures[name] = "no prefilter in the repository"
                 continue
             runners[name] = HttpRunner(name, http_env("int8", True), requests, warmup)
-            flops[name] = two_stage_flops
+            two_stage.add(name)
         elif name == "http-triton":
             runners[name] = HttpRunner(
                 name, http_env("fp32", False), requests, warmup, triton_repository=models.repository
             )
         else:
             failures[name] = "unknown configuration"
+    return runners, two_stage, failures
 
+
+def _interleave(
+    runners: dict[str, Runner], rounds: int, failures: dict[str, str]
+) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, dict[str, Any]]]:
+    """Start every runner, then run request i on each in turn; always close them.
+
+    Returns the latencies, the first request's scores and what each runner reports at the end; a runner that
+    fails is recorded in `failures` (and dropped from `runners` when it fails to start).
+    """
     latencies: dict[str, list[float]] = {name: [] for name in runners}
     first_scores: dict[str, list[float]] = {}
     extras: dict[str, dict[str, Any]] = {}
@@ -310,7 +329,7 @@ def speed(
                 runner.close()
                 del runners[name]
         names = list(runners)
-        for i in range(len(requests)):
+        for i in range(rounds):
             # Round-robin, rotated each round, so drift in the machine's load hits every configuration alike.
             order = names[i % len(names) :] + names[: i % len(names)] if names else []
             for name in order:
@@ -325,7 +344,7 @@ def speed(
                 latencies[name].append(latency)
                 if i == 0:
                     first_scores[name] = scores
-            log(f"speed: round {i + 1}/{len(requests)} done")
+            log(f"speed: round {i + 1}/{rounds} done")
         for name, runner in runners.items():
             if name in failures:
                 continue
@@ -336,13 +355,30 @@ def speed(
     finally:
         for runner in runners.values():
             runner.close()
+    return latencies, first_scores, extras
+
+
+def speed(
+    models: Models, sizes: Sizes, data_root: Path, configs: Sequence[str], threads: int
+) -> dict[str, Any]:
+    requests, warmup = speed_requests(data_root, sizes)
+    docs = sizes.speed_docs
+    keep_default = default_keep()
+    full_flops, two_stage_flops, tokens = _work(models, requests, keep_default)
+    log(
+        f"speed: {len(requests)} requests x {docs} docs, mean {tokens['mean_tokens_per_pair']:.0f} tokens/pair"
+    )
+    runners, two_stage, failures = _runners(
+        models, configs, requests, warmup, threads=threads, keep=keep_default
+    )
+    latencies, first_scores, extras = _interleave(runners, len(requests), failures)
 
     rows: list[dict[str, Any]] = []
     for name in runners:
         if name in failures or not latencies[name]:
             continue
         raw = {"latencies_s": latencies[name], "first_scores": first_scores.get(name), **extras.get(name, {})}
-        row = _summarize(name, raw, docs, flops[name])
+        row = _summarize(name, raw, docs, two_stage_flops if name in two_stage else full_flops)
         rows.append(row)
         log(
             f"speed {name:<24} {row['docs_per_s']:7.1f} docs/s  p50 {row['p50_s']:.3f}s  p99 {row['p99_s']:.3f}s"
