@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= export,test,dev,clients,bench
 
 # Export sources: a hub id or a local folder (RERANKER_MODEL / RERANKER_PREFILTER in the environment work too).
-# EXPORT_ARGS: --quiet (CI), --max-length N, --no-int8-reduce-range (CPUs with VNNI); PREFILTER=same uses the
+# EXPORT_ARGS: --quiet (CI), --max-length N, --int8-full-range (CPUs with VNNI); PREFILTER=same uses the
 # cross-encoder's int8 file as the prefilter, PREFILTER=none builds no prefilter.
 MODEL ?= $(or $(RERANKER_MODEL),cross-encoder/ms-marco-MiniLM-L-6-v2)
 PREFILTER ?= $(or $(RERANKER_PREFILTER),cross-encoder/ms-marco-TinyBERT-L-2-v2)

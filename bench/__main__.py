@@ -1,5 +1,5 @@
-"""`python -m bench`: see bench/run.py."""
+"""`python -m bench`: see bench/cli.py."""
 
-from bench.run import main
+from bench.cli import main
 
 raise SystemExit(main())

@@ -32,6 +32,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from export import processes  # noqa: E402
 from gateway.backends.onnx_local import make_session  # noqa: E402
 from gateway.config import Settings  # noqa: E402
 from gateway.repository import read_model_spec  # noqa: E402
@@ -104,7 +105,7 @@ class Server:
             **env_extra,
         }
         self.log = log.open("w")
-        self.proc = subprocess.Popen(
+        self.proc = processes.popen(
             [sys.executable, "-m", "gateway"], cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT
         )
         self.ps = psutil.Process(self.proc.pid)
@@ -141,13 +142,7 @@ class Server:
 
     def stop(self) -> None:
         self._stop.set()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        processes.stop(self.proc, 15)
         self.log.close()
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,17 +17,9 @@ from typing import Any
 import httpx
 import psutil
 
+from export import processes
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def reap(process: subprocess.Popen[Any], grace_s: float = 20.0) -> None:
-    """Wait for a process asked to stop; kill its whole process group if it does not within `grace_s`."""
-    try:
-        process.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(10)
 
 
 class ServiceError(RuntimeError):
@@ -81,14 +72,13 @@ class Gateway:
         env.update({"RERANKER_HOST": "127.0.0.1", "RERANKER_PORT": str(self.port)})
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
+            self.process = processes.popen(
                 [sys.executable, "-m", "gateway"],
                 cwd=REPO_ROOT,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                start_new_session=True,
             )
         try:
             self._wait_ready()
@@ -123,10 +113,8 @@ class Gateway:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        reap(process)
+        if process is not None:
+            processes.stop(process)
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -149,6 +137,30 @@ def triton_server(repository: Path, log_path: Path, ready_timeout_s: float = 300
     with server:
         server.wait_ready(ready_timeout_s)
         yield server
+
+
+def _metric_value(metrics_text: str, name: str, **labels: str) -> float:
+    """Sum of a Prometheus counter's samples whose labels include `labels`."""
+    total = 0.0
+    for line in metrics_text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        head, _, value = line.rpartition(" ")
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            with contextlib.suppress(ValueError):
+                total += float(value)
+    return total
+
+
+def triton_served(url: str) -> dict[str, float]:
+    """Did Triton really score, or did the fallback to local ONNX Runtime quietly take over?"""
+    import httpx
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return {
+        "triton_calls_ok": _metric_value(text, "reranker_scorer_calls_total", outcome="ok", backend="triton"),
+        "fallbacks": _metric_value(text, "reranker_fallbacks_total"),
+    }
 
 
 @dataclass

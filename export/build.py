@@ -15,7 +15,9 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -41,6 +43,10 @@ class Progress:
     def info(self, message: str) -> None:
         if not self.quiet:
             print(message, file=sys.stderr, flush=True)
+
+    def warn(self, message: str) -> None:
+        """Shown with --quiet too: the repository differs from what was asked for."""
+        print(f"warning: {message}", file=sys.stderr, flush=True)
 
     @contextmanager
     def step(self, message: str):
@@ -70,11 +76,13 @@ def build_repository(
     thresholds: validate.Thresholds | None = None,
     revision: str | None = None,
     int8: quantize.Int8Settings = quantize.INT8_SETTINGS,
+    cpu_flags: Callable[[], frozenset[str]] = quantize.cpu_flags,
 ) -> dict[str, dict[str, Any]]:
     """Export, validate and install `name` (and `prefilter_name`) under output; returns the manifests.
 
     prefilter: a hub id or folder; "same" uses the cross-encoder itself (its int8 file on the CPU);
-    None / "none" builds no prefilter.
+    None / "none" builds no prefilter. `cpu_flags` (this CPU's /proc/cpuinfo flags; injectable for tests)
+    decides whether a requested full-range int8 file can be validated here.
     """
     started = time.perf_counter()
     output = Path(output).resolve()
@@ -117,6 +125,7 @@ def build_repository(
                 progress=progress,
                 quiet=quiet,
                 int8=int8,
+                cpu_flags=cpu_flags(),
             )
 
         manifests[name] = build_one(source, name, "reranker")
@@ -151,6 +160,7 @@ def _build_model(
     progress: Progress,
     quiet: bool,
     int8: quantize.Int8Settings,
+    cpu_flags: frozenset[str],
 ) -> dict[str, Any]:
     from transformers import AutoConfig, AutoTokenizer
 
@@ -179,9 +189,15 @@ def _build_model(
             hidden_size=int(getattr(config, "hidden_size", 0) or 0),
         )
     int8_source = fused if (has_fused and int8.from_fused_graph) else fp32
+    int8, int8_entry = _int8_plan(name, int8, cpu_flags, progress)
     with progress.step("quantize int8 (dynamic, CPU)"):
         quantize.quantize_int8(int8_source, version_dir / "model.int8.onnx", int8)
     files["int8"] = version_dir / "model.int8.onnx"
+    if not int8.reduce_range:
+        portable = version_dir / f"model.{quantize.PORTABLE_INT8_VARIANT}.onnx"
+        with progress.step("quantize int8 7-bit (for CPUs without VNNI)"):
+            quantize.quantize_int8(int8_source, portable, replace(int8, reduce_range=True))
+        files[quantize.PORTABLE_INT8_VARIANT] = portable
     if has_fused and KEEP_FUSED_FP32:
         files["fp32-opt"] = fused
     elif has_fused:
@@ -196,6 +212,9 @@ def _build_model(
     validate.check_gate(name, parity["figures"], thresholds)
 
     _write_triton_files(folder, name, inputs, outputs, length)
+    variants = {key: _variant(key, path, folder) for key, path in files.items()}
+    if int8_entry.get("requires_cpu_flags"):
+        variants["int8"]["requires_cpu_flags"] = int8_entry["requires_cpu_flags"]
     return {
         "name": name,
         "role": role,
@@ -208,8 +227,9 @@ def _build_model(
         "inputs": inputs,
         "outputs": outputs,
         "tokenizer_dir": "tokenizer",
-        "variants": {key: _variant(key, path, folder) for key, path in files.items()},
+        "variants": variants,
         "int8_settings": {**quantize.settings_dict(int8), "graph": int8_source.name},
+        "int8": int8_entry,
         "parity": parity,
         "export_seconds": 0.0,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -217,10 +237,36 @@ def _build_model(
     }
 
 
+def _int8_plan(
+    name: str, int8: quantize.Int8Settings, cpu_flags: frozenset[str], progress: Progress
+) -> tuple[quantize.Int8Settings, dict[str, Any]]:
+    """The int8 settings to build with and the manifest's `int8` entry.
+
+    A full-range file is built only on request, and only where it can be validated: on a CPU without VNNI
+    its parity figures would measure this CPU's saturation, not the target's accuracy, and the gate would
+    refuse an export that is fine on a VNNI server. There the export goes on with the 7-bit file only
+    (validated, accurate everywhere) and says so, rather than failing or shipping an unchecked file.
+    """
+    if int8.reduce_range or cpu_flags & set(quantize.VNNI_CPU_FLAGS):
+        entry = quantize.int8_requirement(int8)
+        if not int8.reduce_range:
+            entry["portable_variant"] = quantize.PORTABLE_INT8_VARIANT
+        return int8, entry
+    reason = (
+        f"this CPU has none of {', '.join(quantize.VNNI_CPU_FLAGS)}, where full-range int8 saturates, so the "
+        "full-range file cannot be validated here; built the 7-bit file only (export on a VNNI/AMX machine "
+        "for the full-range file)"
+    )
+    progress.warn(f"{name}: --int8-full-range: {reason}")
+    portable = replace(int8, reduce_range=True)
+    return portable, {**quantize.int8_requirement(portable), "full_range_skipped": reason}
+
+
 _PRECISION = {
     "fp32": ("fp32", "any"),
     "fp32-opt": ("fp32", "cpu"),
     "int8": ("int8", "cpu"),
+    quantize.PORTABLE_INT8_VARIANT: ("int8", "cpu"),
     "fp16": ("fp16", "gpu"),
 }
 
@@ -254,7 +300,9 @@ def _parity(
     if "fp32-opt" in scores:
         figures["fp32-opt"] = validate.compare(reference, scores["fp32-opt"], pairs.groups)
     # int8 and fp16 are judged against the fp32 ONNX scores (their own baseline)
-    figures["int8"] = validate.compare(scores["fp32"], scores["int8"], pairs.groups)
+    for key in ("int8", quantize.PORTABLE_INT8_VARIANT):
+        if key in scores:
+            figures[key] = validate.compare(scores["fp32"], scores[key], pairs.groups)
     if "fp16" in scores:
         figures["fp16"] = validate.compare(scores["fp32"], scores["fp16"], pairs.groups)
     lengths = [len(e["input_ids"]) for e in encodings]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import onnx
 
+from export import dtypes
 from export.errors import ExportError
 
 DEFAULT_OPSET = 17
@@ -66,8 +67,11 @@ def graph_io(path: Path) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     initializers = {i.name for i in model.graph.initializer}
 
     def entry(value: onnx.ValueInfoProto) -> dict[str, str]:
-        elem = value.type.tensor_type.elem_type
-        return {"name": value.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(elem).name}
+        try:
+            dtype = dtypes.from_onnx(value.type.tensor_type.elem_type)
+        except ValueError as exc:
+            raise ExportError(f"{path.name}: {value.name}: {exc}") from exc
+        return {"name": value.name, "dtype": dtype.name}
 
     inputs = [entry(v) for v in model.graph.input if v.name not in initializers]
     outputs = [entry(v) for v in model.graph.output]

@@ -40,7 +40,8 @@ class Int8Settings:
       at the same accuracy; leaving Attention in fp32 is ~35% slower;
     - reduce_range (7-bit weights): same speed, slightly noisier here (L6 Spearman 0.9949 vs 0.9951, prefilter
       top-1 97.5% vs 100%), kept on by default because u8 x s8 products saturate int16 on AVX2 CPUs without
-      VNNI (e.g. AMD Zen 2/3), where ORT recommends it; `--no-int8-reduce-range` for VNNI/AMX machines.
+      VNNI (e.g. AMD Zen 2/3), where ORT recommends it; `--int8-full-range` for VNNI/AMX machines (the
+      file then records that it needs one of VNNI_CPU_FLAGS, and a 7-bit file is kept beside it).
     """
 
     per_channel: bool = True
@@ -51,6 +52,32 @@ class Int8Settings:
 
 
 INT8_SETTINGS = Int8Settings()
+
+# Full-range (8-bit) u8 x s8 products accumulate without saturation only with one of these instructions
+# (/proc/cpuinfo flag names); on plain AVX2 ORT's kernel saturates int16 and ranking accuracy drops.
+VNNI_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+# The variant that keeps the 7-bit file beside a full-range "int8" file (served on CPUs without VNNI).
+PORTABLE_INT8_VARIANT = "int8-7bit"
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The CPU's feature flags (empty where /proc/cpuinfo is unreadable, i.e. not Linux)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def int8_requirement(settings: Int8Settings) -> dict[str, object]:
+    """The manifest's `int8` entry: which CPUs the int8 file is accurate on."""
+    if settings.reduce_range:
+        return {"reduce_range": True, "requires": None}
+    return {"reduce_range": False, "requires": "vnni", "requires_cpu_flags": list(VNNI_CPU_FLAGS)}
 
 
 def optimize_fp32(source: Path, output: Path, model_type: str, *, num_heads: int, hidden_size: int) -> bool:

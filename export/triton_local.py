@@ -10,8 +10,14 @@ the python backend, and this module:
 3. builds `.triton/stubenv`, a venv with `numpy<2` (with numpy 2 the stub returns empty outputs) and the CPU
    `onnxruntime` package; its `bin` goes first on the server's PATH so the stub's embedded Python uses it,
    and this Python's `libpython` directory goes on LD_LIBRARY_PATH;
-4. starts `tritonserver --model-config-name=cpu` on 127.0.0.1, waits for `/v2/health/ready`, and stops it
-   with SIGTERM (SIGKILL after a bounded wait), removing the python backend's orphaned shared-memory files.
+4. starts `tritonserver --model-config-name=cpu` on 127.0.0.1 (export.processes: its own process group and a
+   parent-death SIGTERM, so the server never outlives this launcher, even a SIGKILLed one), waits for
+   `/v2/health/ready`, and stops it with SIGTERM (SIGKILL after a bounded wait), removing the python
+   backend's orphaned shared-memory files.
+
+`serve` records the server in `<root>/tritonserver.pid` (pid and ports). A second `serve` while a
+tritonserver runs (recorded, or holding one of the ports) exits with an error naming it and leaves it alone;
+`stop` stops the recorded server, or else any tritonserver listening on the given ports.
 
     python -m export.triton_local serve --model-repository model_repository   # until Ctrl-C
     python -m export.triton_local check --model-repository model_repository   # start, wait ready, stop
@@ -35,8 +41,11 @@ import urllib.error
 import urllib.request
 import venv
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from export import processes
 
 PYTRITON_VERSION = "0.7.0"
 STUB_REQUIREMENTS = ("numpy<2", "onnxruntime")
@@ -273,14 +282,15 @@ class TritonServer:
         else:
             output = None
         try:
-            # A session of its own: Ctrl-C in a terminal reaches us, and we stop the server in order.
-            self.process = subprocess.Popen(
+            # A process group of its own: Ctrl-C in a terminal reaches us, and we stop the server in order.
+            # SIGTERM when we die: Triton then exits within --exit-timeout-secs and stops its stubs.
+            self.process = processes.popen(
                 self.command(),
+                death_signal=signal.SIGTERM,
                 env=self.install.environment(),
                 stdout=output,
                 stderr=subprocess.STDOUT if output is not None else None,
                 stdin=subprocess.DEVNULL,
-                start_new_session=True,
             )
         finally:
             if output is not None:
@@ -318,20 +328,11 @@ class TritonServer:
         if process is None:
             return None
         wait_s = timeout_s if timeout_s is not None else self.exit_timeout_s + 10
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(wait_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
-        # Stubs left behind by a killed server keep their group; make sure none outlives the server.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
+        # SIGTERM to the server only (it stops its stubs in order); the SIGKILL sweep takes the whole group,
+        # so no stub outlives a killed server.
+        returncode = processes.stop(process, wait_s, whole_group=False)
         clean_shared_memory()
-        return process.returncode
+        return returncode
 
     def __enter__(self) -> TritonServer:
         return self.start()
@@ -344,29 +345,91 @@ def _pid_file(root: Path) -> Path:
     return root / "tritonserver.pid"
 
 
-def stop_recorded(root: Path = DEFAULT_ROOT, timeout_s: float = 20.0) -> bool:
-    """Stop a server that `serve` started and recorded in `<root>/tritonserver.pid` (`make triton-stop`)."""
-    pid_file = _pid_file(root)
-    if not pid_file.exists():
-        return False
-    pid = int(pid_file.read_text().split()[0])
+@dataclass(frozen=True)
+class RunningServer:
+    """A live tritonserver process and the ports it was started on (or is seen listening on)."""
+
+    pid: int
+    ports: tuple[int, ...]
+
+    def describe(self) -> str:
+        return f"a tritonserver (pid {self.pid}) already serves on ports {', '.join(map(str, self.ports))}"
+
+
+def _is_live_tritonserver(pid: int) -> bool:
+    import psutil
+
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
-    except OSError:
-        cmdline = b""
-    stopped = False
-    if cmdline.endswith(b"tritonserver"):
+        process = psutil.Process(pid)
+        return process.name() == "tritonserver" and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def recorded_server(pid_file: Path) -> RunningServer | None:
+    """The server a `serve` recorded in `pid_file` ("pid http grpc metrics"), if it still runs."""
+    try:
+        fields = [int(f) for f in pid_file.read_text().split()]
+    except (OSError, ValueError):
+        return None
+    if not fields or not _is_live_tritonserver(fields[0]):
+        return None
+    return RunningServer(fields[0], tuple(fields[1:]))
+
+
+def servers_on_ports(ports: Iterable[int]) -> list[RunningServer]:
+    """tritonserver processes listening on any of `ports` (recorded or not: a pid file can be lost)."""
+    import psutil
+
+    wanted = set(ports)
+    found = []
+    for process in psutil.process_iter(["name"]):
+        if process.info["name"] != "tritonserver":
+            continue
+        try:
+            listening = {
+                c.laddr.port for c in process.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN
+            }
+        except psutil.Error:
+            continue
+        if listening & wanted and _is_live_tritonserver(process.pid):
+            found.append(RunningServer(process.pid, tuple(sorted(listening & wanted))))
+    return found
+
+
+def running_server(pid_file: Path, ports: Iterable[int]) -> RunningServer | None:
+    """The server a new `serve` would collide with: the recorded one, else one holding our ports."""
+    return recorded_server(pid_file) or next(iter(servers_on_ports(ports)), None)
+
+
+def _terminate(pid: int, timeout_s: float) -> None:
+    """SIGTERM, wait, then SIGKILL (its process group when it leads one, as servers `serve` started do)."""
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
-            time.sleep(0.2)
-        if Path(f"/proc/{pid}").exists():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-        stopped = True
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and _is_live_tritonserver(pid):
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+
+
+def stop_servers(pid_file: Path, ports: Iterable[int], timeout_s: float = 20.0) -> list[RunningServer]:
+    """`make triton-stop`: stop the recorded server, or else every tritonserver on `ports`; returns them."""
+    recorded = recorded_server(pid_file)
+    targets = [recorded] if recorded else servers_on_ports(ports)
+    for server in targets:
+        _terminate(server.pid, timeout_s)
     pid_file.unlink(missing_ok=True)
     clean_shared_memory()
-    return stopped
+    return targets
+
+
+def stop_recorded(root: Path = DEFAULT_ROOT, timeout_s: float = 20.0) -> bool:
+    """Stop a server that `serve` recorded in `<root>/tritonserver.pid`; True if one was running."""
+    return bool(stop_servers(_pid_file(root), (), timeout_s))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -382,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-repository", "--repository", dest="repository", type=Path,
                         default=Path("model_repository"))  # fmt: skip
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="where the server is unpacked")
+    parser.add_argument("--pid-file", type=Path, default=None,
+                        help="where `serve` records the server (default: <root>/tritonserver.pid)")  # fmt: skip
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
@@ -389,9 +454,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ready-timeout", type=float, default=180.0)
     args = parser.parse_args(argv)
 
+    pid_file = args.pid_file or _pid_file(args.root)
+    ports = (args.http_port, args.grpc_port, args.metrics_port)
     if args.command == "stop":
-        _log("stopped" if stop_recorded(args.root) else "no recorded server running")
+        stopped = stop_servers(pid_file, ports)
+        for found in stopped:
+            _log(f"stopped the tritonserver with pid {found.pid} (ports {', '.join(map(str, found.ports))})")
+        if not stopped:
+            _log(
+                f"no tritonserver runs (none recorded in {pid_file}, none on ports {', '.join(map(str, ports))})"
+            )
         return 0
+    if args.command in ("serve", "check"):
+        running = running_server(pid_file, ports)
+        if running is not None:
+            _log(f"error: {running.describe()}; `make triton-stop` stops it")
+            return 1
     try:
         installed = install(args.root)
         if args.command == "setup":
@@ -415,8 +493,9 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, request_stop)
         with server:
             assert server.process is not None
-            pid_file = _pid_file(installed.root)
-            pid_file.write_text(f"{server.process.pid}\n")
+            own_record = f"{server.process.pid} {' '.join(map(str, ports))}\n"
+            pid_file.parent.mkdir(parents=True, exist_ok=True)
+            pid_file.write_text(own_record)
             try:
                 server.wait_ready(args.ready_timeout)
                 _log(f"ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics :{server.metrics_port}")
@@ -432,7 +511,9 @@ def main(argv: list[str] | None = None) -> int:
                 pass
             finally:
                 _log("stopping")
-                pid_file.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    if pid_file.read_text() == own_record:  # never another server's record
+                        pid_file.unlink()
         return 0
     except TritonSetupError as exc:
         _log(f"error: {exc}")

@@ -18,13 +18,6 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-_NUMPY_DTYPES = {
-    "TYPE_INT64": np.int64,
-    "TYPE_INT32": np.int32,
-    "TYPE_FP32": np.float32,
-    "TYPE_FP16": np.float16,
-}
-
 
 def _parameter(config: dict, key: str, default: str) -> str:
     value = config.get("parameters", {}).get(key, {}).get("string_value", "")
@@ -49,10 +42,14 @@ class TritonPythonModel:
         missing = [name for name in self.input_names if name not in graph_inputs]
         if missing:
             raise pb_utils.TritonModelException(f"{onnx_path} has no inputs named {missing}")
+        # Triton's own TYPE_* -> numpy table (this file may not import the project's export.dtypes)
         self.input_dtypes = {
-            tensor["name"]: _NUMPY_DTYPES.get(tensor["data_type"], np.int64) for tensor in config["input"]
+            tensor["name"]: pb_utils.triton_string_to_numpy(tensor["data_type"]) for tensor in config["input"]
         }
-        self.outputs = [(tensor["name"], _NUMPY_DTYPES[tensor["data_type"]]) for tensor in config["output"]]
+        self.outputs = [
+            (tensor["name"], pb_utils.triton_string_to_numpy(tensor["data_type"]))
+            for tensor in config["output"]
+        ]
 
     def execute(self, requests: list) -> list:
         # Requests whose inputs have the same shape (apart from the batch axis) are concatenated and run

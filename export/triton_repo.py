@@ -7,16 +7,23 @@ Three configs per model, selectable with tritonserver's --model-config-name:
 - configs/cpu-onnxruntime.pbtxt onnxruntime_onnx on KIND_CPU running the int8 file (NGC image, no GPU);
 - configs/cpu.pbtxt             python backend running ONNX Runtime on the CPU (export.triton_cpu), for the
                                 local tritonserver that ships no onnxruntime backend.
+
+Each is built as a `tritonclient.grpc.model_config_pb2.ModelConfig` and printed with protobuf's text_format,
+so a misspelt field fails here rather than in tritonserver; data types come from export.dtypes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-_TRITON_TYPES = {"int64": "TYPE_INT64", "int32": "TYPE_INT32", "float32": "TYPE_FP32", "float16": "TYPE_FP16"}
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as pb
+
+from export import dtypes
 
 TRT_ENGINE_CACHE_ROOT = "/tmp/trt-engine-cache"
+PYTHON_CPU_PREFERRED_BATCH_SIZES = (8, 16, 32, 64)
 
 
 @dataclass(frozen=True)
@@ -35,126 +42,182 @@ class TritonSettings:
     trt_workspace_bytes: int = 2 << 30
 
 
-def _io_block(kind: str, entries: Sequence[dict[str, str]], dims: str) -> str:
-    rows = []
+def render(config: pb.ModelConfig, header: str = "") -> str:
+    """config.pbtxt text; `header` lines become comments at the top."""
+    comments = "".join(f"# {line}\n" for line in header.splitlines())
+    return comments + text_format.MessageToString(config)
+
+
+def _data_type(dtype: str) -> int:
+    return int(pb.DataType.Value(dtypes.by_name(dtype).triton))
+
+
+def _tensors(repeated: object, entries: Sequence[Mapping[str, object]], default_dims: Sequence[int]) -> None:
+    """Fill `config.input` / `config.output` from manifest entries ({"name", "dtype"}, optional "dims")."""
     for entry in entries:
-        rows.append(
-            "  {\n"
-            f'    name: "{entry["name"]}"\n'
-            f"    data_type: {_TRITON_TYPES[entry['dtype']]}\n"
-            f"    dims: [ {dims} ]\n"
-            "  }"
-        )
-    return f"{kind} [\n" + ",\n".join(rows) + "\n]\n"
+        tensor = repeated.add()  # type: ignore[attr-defined]
+        tensor.name = str(entry["name"])
+        tensor.data_type = _data_type(str(entry["dtype"]))
+        tensor.dims.extend(int(d) for d in entry.get("dims", default_dims))  # type: ignore[attr-defined]
 
 
-def _param(key: str, value: str | int) -> str:
-    return f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
+def _base(
+    name: str,
+    inputs: Sequence[Mapping[str, object]],
+    outputs: Sequence[Mapping[str, object]],
+    *,
+    max_batch_size: int,
+    preferred: Sequence[int],
+    max_queue_delay_us: int,
+    instances: int,
+    kind: int,
+) -> pb.ModelConfig:
+    """What every config shares: name, batch bound, [batch, sequence] inputs, one logit out, dynamic batching."""
+    config = pb.ModelConfig(name=name, max_batch_size=max_batch_size)
+    _tensors(config.input, inputs, [-1])
+    _tensors(config.output, outputs, [1])
+    config.dynamic_batching.preferred_batch_size.extend(preferred)
+    config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
+    config.instance_group.add(count=instances, kind=kind)
+    return config
 
 
-def _batching(settings: TritonSettings) -> str:
-    preferred = [b for b in settings.preferred_batch_sizes if b <= settings.max_batch_size]
-    return (
-        "dynamic_batching {\n"
-        f"  preferred_batch_size: [ {', '.join(str(b) for b in preferred)} ]\n"
-        f"  max_queue_delay_microseconds: {settings.max_queue_delay_us}\n"
-        "}\n"
-    )
+def _parameters(config: pb.ModelConfig, values: Sequence[tuple[str, str | int]]) -> None:
+    for key, value in values:
+        config.parameters[key].string_value = str(value)
 
 
-def _warmup(inputs: Sequence[dict[str, str]], batch_size: int, length: int) -> str:
-    """Zero-filled warmup (token id 0 is [PAD] and always valid): builds the TensorRT engine at load time."""
-    blocks = []
-    for entry in inputs:
-        blocks.append(
-            f'    inputs {{ key: "{entry["name"]}" value: {{ data_type: {_TRITON_TYPES[entry["dtype"]]} '
-            f"dims: [ {length} ] zero_data: true }} }}"
-        )
-    return (
-        f'  {{\n    name: "warmup_b{batch_size}_l{length}"\n    batch_size: {batch_size}\n'
-        + "\n".join(blocks)
-        + "\n  }"
-    )
-
-
-def _shapes(inputs: Sequence[dict[str, str]], batch: int, length: int) -> str:
+def _shapes(inputs: Sequence[Mapping[str, object]], batch: int, length: int) -> str:
     return ",".join(f"{e['name']}:{batch}x{length}" for e in inputs)
+
+
+def _preferred(settings: TritonSettings) -> list[int]:
+    return [b for b in settings.preferred_batch_sizes if b <= settings.max_batch_size]
+
+
+def gpu_config(
+    name: str,
+    inputs: Sequence[Mapping[str, object]],
+    outputs: Sequence[Mapping[str, object]],
+    *,
+    max_length: int,
+    settings: TritonSettings = TritonSettings(),
+) -> pb.ModelConfig:
+    """Default config: fp32 ONNX on the GPU with TensorRT building fp16 engines (never int8 here)."""
+    opt_len = min(settings.opt_length, max_length)
+    opt_batch = min(settings.opt_batch, settings.max_batch_size)
+    config = _base(
+        name, inputs, outputs,
+        max_batch_size=settings.max_batch_size, preferred=_preferred(settings),
+        max_queue_delay_us=settings.max_queue_delay_us, instances=settings.gpu_instances,
+        kind=pb.ModelInstanceGroup.KIND_GPU,
+    )  # fmt: skip
+    config.platform = "onnxruntime_onnx"
+    config.default_model_filename = "model.onnx"
+    tensorrt = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+    tensorrt.parameters.update(
+        {
+            "precision_mode": "FP16",
+            "max_workspace_size_bytes": str(settings.trt_workspace_bytes),
+            "trt_engine_cache_enable": "true",
+            "trt_engine_cache_path": f"{TRT_ENGINE_CACHE_ROOT}/{name}",
+            "trt_timing_cache_enable": "true",
+            "trt_timing_cache_path": f"{TRT_ENGINE_CACHE_ROOT}/{name}",
+            "trt_layer_norm_fp32_fallback": "true",
+            "trt_profile_min_shapes": _shapes(inputs, 1, 1),
+            "trt_profile_opt_shapes": _shapes(inputs, opt_batch, opt_len),
+            "trt_profile_max_shapes": _shapes(inputs, settings.max_batch_size, max_length),
+        }
+    )
+    # Zero-filled warmup (token id 0 is [PAD] and always valid): builds the TensorRT engine at load time.
+    for batch_size in (1, opt_batch):
+        warmup = config.model_warmup.add(name=f"warmup_b{batch_size}_l{opt_len}", batch_size=batch_size)
+        for entry in inputs:
+            warmup.inputs[str(entry["name"])].CopyFrom(
+                pb.ModelWarmup.Input(
+                    data_type=_data_type(str(entry["dtype"])), dims=[opt_len], zero_data=True
+                )
+            )
+    _parameters(
+        config,
+        [
+            # ONNX Runtime memory: set at model level, or the backend applies its own defaults
+            ("gpu_mem_limit", settings.gpu_mem_limit_bytes),
+            # kSameAsRequested: no power-of-two over-allocation; no arena shrinkage (it would cudaFree/cudaMalloc
+            # on every request), gpu_mem_limit bounds the arena instead
+            ("arena_extend_strategy", 1),
+            ("cudnn_conv_algo_search", 1),  # heuristic: no exhaustive search at load
+            ("enable_mem_pattern", 1),
+        ],
+    )
+    return config
+
+
+def cpu_onnxruntime_config(
+    name: str,
+    inputs: Sequence[Mapping[str, object]],
+    outputs: Sequence[Mapping[str, object]],
+    *,
+    onnx_file: str = "model.int8.onnx",
+    settings: TritonSettings = TritonSettings(),
+) -> pb.ModelConfig:
+    """onnxruntime_onnx on KIND_CPU: the int8 file (int8 belongs to the CPU path only)."""
+    config = _base(
+        name, inputs, outputs,
+        max_batch_size=settings.max_batch_size, preferred=_preferred(settings),
+        max_queue_delay_us=settings.max_queue_delay_us, instances=settings.cpu_instances,
+        kind=pb.ModelInstanceGroup.KIND_CPU,
+    )  # fmt: skip
+    config.platform = "onnxruntime_onnx"
+    config.default_model_filename = onnx_file
+    _parameters(config, [("enable_mem_arena", 1), ("enable_mem_pattern", 1)])
+    if settings.cpu_threads:
+        _parameters(config, [("intra_op_thread_count", settings.cpu_threads), ("inter_op_thread_count", 1)])
+    return config
+
+
+def python_cpu_config(
+    name: str,
+    inputs: Sequence[Mapping[str, object]],
+    outputs: Sequence[Mapping[str, object]],
+    max_batch_size: int,
+    onnx_file: str = "model.onnx",
+) -> pb.ModelConfig:
+    """`configs/cpu.pbtxt`: the python backend running `onnx_file` (relative to the version folder)."""
+    if max_batch_size <= 0:
+        raise ValueError("max_batch_size must be > 0: the python model batches requests on the first axis")
+    if not inputs or not outputs:
+        raise ValueError("a model needs at least one input and one output")
+    if "/" in onnx_file or "\\" in onnx_file:
+        raise ValueError(f"onnx_file must be a file name inside the version folder, got {onnx_file!r}")
+    preferred = [s for s in PYTHON_CPU_PREFERRED_BATCH_SIZES if s <= max_batch_size] or [max_batch_size]
+    config = _base(
+        name, inputs, outputs,
+        max_batch_size=int(max_batch_size), preferred=preferred, max_queue_delay_us=2000, instances=1,
+        kind=pb.ModelInstanceGroup.KIND_CPU,
+    )  # fmt: skip
+    config.backend = "python"
+    _parameters(config, [("onnx_file", onnx_file), ("intra_op_num_threads", "0")])
+    return config
 
 
 def render_gpu_config(
     name: str,
-    inputs: Sequence[dict[str, str]],
-    outputs: Sequence[dict[str, str]],
+    inputs: Sequence[Mapping[str, object]],
+    outputs: Sequence[Mapping[str, object]],
     *,
     max_length: int,
     settings: TritonSettings = TritonSettings(),
 ) -> str:
-    """Default config: fp32 ONNX on the GPU with TensorRT building fp16 engines (never int8 here)."""
-    opt_len = min(settings.opt_length, max_length)
-    opt_batch = min(settings.opt_batch, settings.max_batch_size)
-    trt = [
-        ("precision_mode", "FP16"),
-        ("max_workspace_size_bytes", settings.trt_workspace_bytes),
-        ("trt_engine_cache_enable", "true"),
-        ("trt_engine_cache_path", f"{TRT_ENGINE_CACHE_ROOT}/{name}"),
-        ("trt_timing_cache_enable", "true"),
-        ("trt_timing_cache_path", f"{TRT_ENGINE_CACHE_ROOT}/{name}"),
-        ("trt_layer_norm_fp32_fallback", "true"),
-        ("trt_profile_min_shapes", _shapes(inputs, 1, 1)),
-        ("trt_profile_opt_shapes", _shapes(inputs, opt_batch, opt_len)),
-        ("trt_profile_max_shapes", _shapes(inputs, settings.max_batch_size, max_length)),
-    ]
-    trt_params = "\n".join(f'      parameters {{ key: "{k}" value: "{v}" }}' for k, v in trt)
-    return (
-        f'name: "{name}"\n'
-        'platform: "onnxruntime_onnx"\n'
-        'default_model_filename: "model.onnx"\n'
-        f"max_batch_size: {settings.max_batch_size}\n"
-        + _io_block("input", inputs, "-1")
-        + _io_block("output", outputs, "1")
-        + _batching(settings)
-        + f"instance_group [\n  {{\n    count: {settings.gpu_instances}\n    kind: KIND_GPU\n  }}\n]\n"
-        + "optimization {\n  execution_accelerators {\n    gpu_execution_accelerator: [\n    {\n"
-        + '      name: "tensorrt"\n'
-        + trt_params
-        + "\n    }\n    ]\n  }\n}\n"
-        + "model_warmup [\n"
-        + _warmup(inputs, 1, opt_len)
-        + ",\n"
-        + _warmup(inputs, opt_batch, opt_len)
-        + "\n]\n"
-        # ONNX Runtime memory: set at model level, or the backend applies its own defaults
-        + _param("gpu_mem_limit", settings.gpu_mem_limit_bytes)
-        # kSameAsRequested: no power-of-two over-allocation; no arena shrinkage (it would cudaFree/cudaMalloc
-        # on every request), gpu_mem_limit bounds the arena instead
-        + _param("arena_extend_strategy", 1)
-        + _param("cudnn_conv_algo_search", 1)  # heuristic: no exhaustive search at load
-        + _param("enable_mem_pattern", 1)
-    )
+    return render(gpu_config(name, inputs, outputs, max_length=max_length, settings=settings))
 
 
 def render_cpu_onnxruntime_config(
     name: str,
-    inputs: Sequence[dict[str, str]],
-    outputs: Sequence[dict[str, str]],
+    inputs: Sequence[Mapping[str, object]],
+    outputs: Sequence[Mapping[str, object]],
     *,
     onnx_file: str = "model.int8.onnx",
     settings: TritonSettings = TritonSettings(),
 ) -> str:
-    """onnxruntime_onnx on KIND_CPU: the int8 file (int8 belongs to the CPU path only)."""
-    text = (
-        f'name: "{name}"\n'
-        'platform: "onnxruntime_onnx"\n'
-        f'default_model_filename: "{onnx_file}"\n'
-        f"max_batch_size: {settings.max_batch_size}\n"
-        + _io_block("input", inputs, "-1")
-        + _io_block("output", outputs, "1")
-        + _batching(settings)
-        + f"instance_group [\n  {{\n    count: {settings.cpu_instances}\n    kind: KIND_CPU\n  }}\n]\n"
-        + _param("enable_mem_arena", 1)
-        + _param("enable_mem_pattern", 1)
-    )
-    if settings.cpu_threads:
-        text += _param("intra_op_thread_count", settings.cpu_threads)
-        text += _param("inter_op_thread_count", 1)
-    return text
+    return render(cpu_onnxruntime_config(name, inputs, outputs, onnx_file=onnx_file, settings=settings))

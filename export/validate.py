@@ -253,14 +253,17 @@ def check_gate(name: str, figures: dict[str, dict[str, float]], thresholds: Thre
             f"fp32-opt ONNX vs PyTorch max |diff| {figures['fp32-opt']['max_abs_diff']:.3g} > "
             f"{thresholds.fp32_max_abs_diff:g}"
         )
-    int8 = figures["int8"]
-    if not int8["spearman"] >= thresholds.int8_min_spearman:
-        problems.append(f"int8 Spearman vs fp32 {int8['spearman']:.4f} < {thresholds.int8_min_spearman}")
-    if not int8["top1_agreement"] >= thresholds.int8_min_top1_agreement:
-        problems.append(
-            f"int8 picks the fp32 best document on {int8['top1_agreement']:.1%} of queries "
-            f"< {thresholds.int8_min_top1_agreement:.0%}"
-        )
+    for key in ("int8", "int8-7bit"):  # the int8 file and, beside a full-range one, the 7-bit file
+        if key not in figures:
+            continue
+        int8 = figures[key]
+        if not int8["spearman"] >= thresholds.int8_min_spearman:
+            problems.append(f"{key} Spearman vs fp32 {int8['spearman']:.4f} < {thresholds.int8_min_spearman}")
+        if not int8["top1_agreement"] >= thresholds.int8_min_top1_agreement:
+            problems.append(
+                f"{key} picks the fp32 best document on {int8['top1_agreement']:.1%} of queries "
+                f"< {thresholds.int8_min_top1_agreement:.0%}"
+            )
     if "fp16" in figures:
         fp16 = figures["fp16"]
         if not fp16["max_abs_diff"] <= thresholds.fp16_max_abs_diff:

@@ -2,7 +2,9 @@
 
 Decision for the cross-encoder (the prefilter always runs on the CPU, int8 when exported):
 - device "cpu", or no usable GPU, or NVML's free memory below the model's need + margin: CPU provider,
-  variant per `cpu_precision` (int8 by default; fp32 reproduces the reference scores);
+  variant per `cpu_precision` (int8 by default; fp32 reproduces the reference scores); an int8 file that
+  needs CPU flags this CPU lacks (full-range int8 needs VNNI, manifest `requires_cpu_flags`) is passed
+  over for the 7-bit file beside it, else fp32, and the report (`/info` "device") says why;
 - otherwise the CUDA provider (fp16 variant when exported, else fp32), checked with
   `session.get_providers()[0]` because onnxruntime-gpu silently falls back to the CPU, composed with a
   CPU scorer that takes the batches a CUDA OOM/CUDA error breaks;
@@ -20,7 +22,7 @@ from gateway import metrics
 from gateway.backends.base import Scorer
 from gateway.backends.fallback import FallbackScorer
 from gateway.backends.gpu_probe import GpuProbe, GpuStatus, NvmlProbe
-from gateway.backends.onnx_local import Lane, OnnxScorer, SessionLike, make_session
+from gateway.backends.onnx_local import Lane, OnnxScorer, SessionLike, cpu_flags, make_session
 from gateway.config import Settings
 from gateway.errors import ModelRepositoryError
 from gateway.models import LoadedModels, ModelStage
@@ -38,12 +40,32 @@ def gpu_need_mb(spec: ModelSpec, variant: str) -> int:
     return 2 * (spec.variant_bytes(variant) >> 20) + GPU_WORKSPACE_MB
 
 
-def cpu_variant(spec: ModelSpec, precision: str) -> str:
-    order = ["int8", "fp32-opt", "fp32"] if precision == "int8" else ["fp32-opt", "fp32"]
+def cpu_variant(
+    spec: ModelSpec, precision: str, flags: frozenset[str] | None = None
+) -> tuple[str, str | None]:
+    """The CPU variant to load, and why a preferred one was passed over (None when none was).
+
+    `flags` are this CPU's feature flags (None: not checked). An int8 variant whose manifest entry lists
+    `requires_cpu_flags` is skipped unless the CPU has one of them: full-range int8 loses accuracy silently
+    on AVX2 without VNNI.
+    """
+    order = ["int8", "int8-7bit", "fp32-opt", "fp32"] if precision == "int8" else ["fp32-opt", "fp32"]
+    passed_over: list[str] = []
     for variant in order:
-        if spec.variant_path(variant):
-            return variant
-    raise ModelRepositoryError(f"{spec.folder}: no CPU variant among {order} exists")
+        path = spec.variant_path(variant)
+        if not path:
+            continue
+        required = spec.variants[variant].get("requires_cpu_flags") or []
+        if flags is not None and required and not flags & set(required):
+            passed_over.append(f"{path.name} needs one of the CPU flags {', '.join(required)}")
+            continue
+        if passed_over:
+            return variant, f"{'; '.join(passed_over)}, which this CPU lacks: serving {variant} ({path.name})"
+        return variant, None
+    raise ModelRepositoryError(
+        f"{spec.folder}: no CPU variant among {order} exists"
+        + (f" ({'; '.join(passed_over)})" if passed_over else "")
+    )
 
 
 class ModelLoader:
@@ -56,11 +78,13 @@ class ModelLoader:
         gpu_probe: GpuProbe | None = None,
         session_factory: SessionFactory | None = None,
         cpu_session_factory: SessionFactory | None = None,
+        cpu_flags_probe: Callable[[], frozenset[str]] = cpu_flags,
     ) -> None:
         self.settings = settings
         self.gpu_probe = gpu_probe or NvmlProbe()
         self.session_factory = session_factory or make_session
         self.cpu_session_factory = cpu_session_factory or make_session
+        self.cpu_flags_probe = cpu_flags_probe
         self._cpu_lane = Lane("ort-cpu", trim_when_idle=True)
 
     def probe(self) -> GpuStatus:
@@ -100,7 +124,7 @@ class ModelLoader:
             if report.get("cuda") == "used" or s.triton_url
             else s.token_budget,
         )
-        prefilter = self._prefilter() if s.prefilter_name else None
+        prefilter = self._prefilter(report) if s.prefilter_name else None
         elapsed = time.perf_counter() - started
         metrics.MODEL_LOAD_SECONDS.set(elapsed)
         report["load_seconds"] = round(elapsed, 3)
@@ -122,7 +146,7 @@ class ModelLoader:
 
     def _local_reranker(self, spec: ModelSpec, gpu: GpuStatus, report: dict[str, Any]) -> tuple[Scorer, str]:
         s = self.settings
-        cpu_var = cpu_variant(spec, s.cpu_precision)
+        cpu_var = self._cpu_variant(spec, s.cpu_precision, report)
         if s.device != "cpu":
             gpu_var = "fp16" if spec.variant_path("fp16") else "fp32"
             need = gpu_need_mb(spec, gpu_var) + s.gpu_memory_margin_mb
@@ -157,11 +181,18 @@ class ModelLoader:
             return None
         return OnnxScorer(session, name="onnx-cuda")
 
-    def _prefilter(self) -> ModelStage:
+    def _cpu_variant(self, spec: ModelSpec, precision: str, report: dict[str, Any]) -> str:
+        variant, passed_over = cpu_variant(spec, precision, self.cpu_flags_probe())
+        if passed_over:
+            log.warning("%s: %s", spec.name, passed_over)
+            report.setdefault("cpu_variant", {})[spec.name] = passed_over
+        return variant
+
+    def _prefilter(self, report: dict[str, Any]) -> ModelStage:
         s = self.settings
         spec = read_model_spec(s.model_repository, s.prefilter_name)
         check_inputs(spec.input_names)
-        variant = cpu_variant(spec, "int8")
+        variant = self._cpu_variant(spec, "int8", report)
         max_length = min(s.prefilter_max_length or spec.max_length, spec.max_length)
         return ModelStage(
             spec=spec,

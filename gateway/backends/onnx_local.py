@@ -71,6 +71,19 @@ def classify_failure(exc: BaseException, *, on_gpu: bool) -> str:
     return "runtime"
 
 
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """This CPU's feature flags, to check an int8 file's `requires_cpu_flags` (empty off Linux)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
 def make_session(path: Path, *, device: str, threads: int, device_id: int = 0) -> SessionLike:
     """An InferenceSession tuned for this service; `device` "cuda" asks for the CUDA provider first."""
     import onnxruntime as ort

@@ -1,12 +1,11 @@
 """One real gateway (`python -m gateway`, uvicorn on 127.0.0.1, a free port) serving the repository
 exported from the real stand-ins, with API keys on, shared by every client-library test. Bounded waits;
-the server is always stopped (terminate, then kill)."""
+the server is always stopped (terminate, then kill), also when the test run is killed (export.processes)."""
 
 from __future__ import annotations
 
 import importlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,8 @@ from types import ModuleType
 
 import httpx
 import pytest
+
+from export import processes
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 API_KEYS = ("client-test-key-1", "client-test-key-2")
@@ -40,16 +41,6 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
 @pytest.fixture(scope="session")
 def gateway_url(real_model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
@@ -66,7 +57,7 @@ def gateway_url(real_model_repository: Path, tmp_path_factory: pytest.TempPathFa
     log_path = tmp_path_factory.mktemp("gateway") / "server.log"
     url = f"http://127.0.0.1:{port}"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(
+        proc = processes.popen(
             [sys.executable, "-m", "gateway"], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
         )
         try:
@@ -84,7 +75,7 @@ def gateway_url(real_model_repository: Path, tmp_path_factory: pytest.TempPathFa
                 time.sleep(0.5)
             yield url
         finally:
-            _stop(proc)
+            processes.stop(proc, 15)
 
 
 @pytest.fixture(scope="session")

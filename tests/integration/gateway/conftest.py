@@ -15,6 +15,8 @@ import httpx
 import pytest
 import uvicorn
 
+from export import processes
+
 ROOT = Path(__file__).resolve().parents[3]
 # The injectable GPU stand-ins live beside the unit tests.
 sys.path.insert(0, str(ROOT / "tests" / "unit" / "gateway"))
@@ -55,7 +57,7 @@ class GatewayProcess:
             "RERANKER_THREADS": "2",
             **env,
         }
-        self.proc = subprocess.Popen(
+        self.proc = processes.popen(
             [sys.executable, "-m", "gateway"],
             cwd=ROOT,
             env=full_env,
@@ -64,13 +66,7 @@ class GatewayProcess:
         )
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        processes.stop(self.proc, 15)
         self._log.close()
 
     def log_text(self) -> str:

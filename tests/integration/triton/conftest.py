@@ -24,7 +24,7 @@ MODEL = "reranker"
 READY_TIMEOUT_S = 180.0
 
 
-def free_ports(count: int) -> list[int]:
+def _free_ports(count: int) -> list[int]:
     sockets = []
     try:
         for _ in range(count):
@@ -70,7 +70,7 @@ def triton_repository(real_model_repository: Path, tmp_path_factory: pytest.Temp
 def triton_server(
     triton_install: TritonInstall, triton_repository: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TritonServer]:
-    http_port, grpc_port, metrics_port = free_ports(3)
+    http_port, grpc_port, metrics_port = _free_ports(3)
     server = TritonServer(
         triton_install,
         triton_repository,
@@ -164,5 +164,20 @@ def triton_stopped(triton_server: TritonServer) -> Callable[[], contextlib.Abstr
 
 @pytest.fixture
 def free_port() -> int:
-    (port,) = free_ports(1)
+    (port,) = _free_ports(1)
     return port
+
+
+@pytest.fixture(name="free_ports")
+def free_ports_fixture() -> Callable[[int], list[int]]:
+    """free_ports(n): n distinct free loopback ports."""
+    return _free_ports
+
+
+@pytest.fixture(scope="session")
+def tiny_triton_repository(tiny_model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny exported reranker, only what configs/cpu.pbtxt serves: a server that starts in seconds."""
+    target = tmp_path_factory.mktemp("tiny-triton-repository")
+    for name in ("configs/cpu.pbtxt", "1/model.py", "1/model.onnx"):
+        _link_or_copy(tiny_model_repository / MODEL / name, target / MODEL / name)
+    return target

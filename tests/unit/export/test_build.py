@@ -6,12 +6,14 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from export import build_repository
 from export.errors import ParityError
+from export.quantize import INT8_SETTINGS
 from export.validate import Thresholds
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -67,7 +69,7 @@ def test_cli_quiet_builds_only_the_reranker_with_prefilter_none(tiny_source: Pat
     output = tmp_path / "repo"
     result = subprocess.run(
         [sys.executable, "-m", "export", "--model", str(tiny_source), "--prefilter", "none",
-         "--output", str(output), "--name", "ce", "--max-length", "256", "--no-int8-reduce-range", "--quiet"],
+         "--output", str(output), "--name", "ce", "--max-length", "256", "--quiet"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -75,8 +77,69 @@ def test_cli_quiet_builds_only_the_reranker_with_prefilter_none(tiny_source: Pat
     assert sorted(p.name for p in output.iterdir()) == ["ce"]
     manifest = json.loads((output / "ce" / "manifest.json").read_text())
     assert manifest["name"] == "ce" and manifest["max_length"] == 256
-    assert manifest["int8_settings"]["reduce_range"] is False
+    # the default int8 file is 7-bit: accurate on every CPU, so it asks for no CPU flag
+    assert manifest["int8_settings"]["reduce_range"] is True
+    assert manifest["int8"] == {"reduce_range": True, "requires": None}
+    assert "requires_cpu_flags" not in manifest["variants"]["int8"]
+    assert sorted(manifest["variants"]) == ["fp16", "fp32", "fp32-opt", "int8"]
     assert manifest["parity"]["max_tokens"] == 256 and manifest["parity"]["pairs_at_max_length"] > 0
+
+
+@pytest.mark.parametrize("flag", ["--int8-full-range", "--no-int8-reduce-range"])
+def test_full_range_is_asked_for_with_a_flag_and_off_by_default(flag: str):
+    from export.__main__ import parse_args
+
+    assert parse_args([]).int8_full_range is False
+    assert parse_args([flag]).int8_full_range is True
+
+
+def test_full_range_on_a_cpu_without_vnni_builds_the_validated_7bit_file_and_warns(
+    tiny_source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    """The export machine cannot validate full-range int8 without VNNI: it ships the 7-bit file, says so."""
+    manifests = build_repository(
+        str(tiny_source), None, tmp_path / "repo", quiet=True,
+        int8=replace(INT8_SETTINGS, reduce_range=False), cpu_flags=lambda: frozenset({"sse4_2", "avx2"}),
+    )  # fmt: skip
+    manifest = manifests["reranker"]
+    assert manifest["int8_settings"]["reduce_range"] is True
+    assert manifest["int8"]["reduce_range"] is True and manifest["int8"]["requires"] is None
+    assert "avx512_vnni" in manifest["int8"]["full_range_skipped"]
+    assert sorted(manifest["variants"]) == ["fp16", "fp32", "fp32-opt", "int8"]
+    assert "requires_cpu_flags" not in manifest["variants"]["int8"]
+    warning = capsys.readouterr().err
+    assert "warning: reranker: --int8-full-range" in warning and "7-bit file only" in warning
+
+
+def test_full_range_on_a_vnni_cpu_records_the_requirement_and_keeps_the_7bit_file(
+    tiny_source: Path, tmp_path: Path
+):
+    # Lax int8 bounds: on this machine's CPU full-range accuracy depends on its instruction set, and this
+    # test checks the files and the manifest, not accuracy (the gate is tested above).
+    lax = Thresholds(int8_min_spearman=-1.0, int8_min_top1_agreement=0.0)
+    output = tmp_path / "repo"
+    manifests = build_repository(
+        str(tiny_source), "same", output, quiet=True, thresholds=lax,
+        int8=replace(INT8_SETTINGS, reduce_range=False), cpu_flags=lambda: frozenset({"avx2", "avx512_vnni"}),
+    )  # fmt: skip
+    manifest = manifests["reranker"]
+    assert manifest["int8_settings"]["reduce_range"] is False
+    assert manifest["int8"] == {
+        "reduce_range": False, "requires": "vnni",
+        "requires_cpu_flags": ["avx512_vnni", "avx_vnni", "amx_int8"], "portable_variant": "int8-7bit",
+    }  # fmt: skip
+    variants = manifest["variants"]
+    assert variants["int8"]["requires_cpu_flags"] == ["avx512_vnni", "avx_vnni", "amx_int8"]
+    assert (
+        variants["int8-7bit"]["file"] == "1/model.int8-7bit.onnx"
+        and variants["int8-7bit"]["precision"] == "int8"
+    )
+    assert "requires_cpu_flags" not in variants["int8-7bit"]
+    assert variants["int8"]["sha256"] != variants["int8-7bit"]["sha256"]
+    assert {"int8", "int8-7bit"} <= set(manifest["parity"]["figures"])
+    assert (output / "reranker" / "1" / "model.int8-7bit.onnx").is_file()
+    prefilter = json.loads((output / "prefilter" / "manifest.json").read_text())
+    assert prefilter["variants"]["int8"]["requires_cpu_flags"] == variants["int8"]["requires_cpu_flags"]
 
 
 def test_cli_shows_progress_at_a_terminal(tiny_source: Path, tmp_path: Path):

@@ -18,6 +18,7 @@ import pytest
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
+from export import dtypes
 from export.triton_cpu import PYTHON_MODEL_SOURCE, render_python_cpu_config
 
 INPUTS = [{"name": n, "dtype": "int64"} for n in ("input_ids", "attention_mask", "token_type_ids")]
@@ -102,6 +103,7 @@ def python_model(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     utils.TritonError = _Error  # type: ignore[attr-defined]
     utils.TritonModelException = RuntimeError  # type: ignore[attr-defined]
     utils.get_input_tensor_by_name = lambda request, name: _Tensor(name, request.arrays[name])  # type: ignore[attr-defined]
+    utils.triton_string_to_numpy = lambda triton_type: dtypes.from_triton(triton_type).numpy.type  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", utils)
     monkeypatch.syspath_prepend(str(PYTHON_MODEL_SOURCE.parent))
     monkeypatch.delitem(sys.modules, "triton_python_model", raising=False)

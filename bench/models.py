@@ -1,0 +1,120 @@
+"""The model repository a run benchmarks, what it was exported from, and the gateway settings that serve it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.settings import (
+    REPO_ROOT,
+    WORK,
+    log,
+)
+
+# Figures the stand-ins are known by (../shared/models/*/SOURCE.md).
+STANDIN_SHA256 = "4986aff22cb00c6e1be9733369ebb1f06b6981601200b6ef955a42f7412ab1f4"
+PREFILTER_SHA256 = "4500930322544829c9afe6f91cdf9603e97c8fdfd7139b7e98b9924524c56bfc"
+
+
+@dataclass(frozen=True)
+class Models:
+    repository: Path
+    reranker: dict[str, Any]  # manifest.json of the cross-encoder
+    prefilter: dict[str, Any] | None
+
+    @property
+    def reranker_dir(self) -> Path:
+        return self.repository / self.reranker["name"]
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.reranker_dir / self.reranker.get("tokenizer_dir", "tokenizer")
+
+    def source(self) -> str:
+        """What sentence-transformers loads: the very weights the repository was exported from."""
+        src = self.reranker["source"]
+        return str(src.get("path") or src["id"])
+
+    def is_standin(self) -> bool:
+        return self.reranker["source"].get("sha256") == STANDIN_SHA256
+
+    def prefilter_is_standin(self) -> bool:
+        return bool(self.prefilter) and self.prefilter["source"].get("sha256") == PREFILTER_SHA256  # type: ignore[index]
+
+    def variant_file(self, precision: str) -> Path:
+        """The file the gateway runs on the CPU for `precision` (gateway/backends/factory.py's preference)."""
+        variants = self.reranker["variants"]
+        name = "fp32-opt" if precision == "fp32" and "fp32-opt" in variants else precision
+        return self.reranker_dir / variants[name]["file"]
+
+
+def _same_source(manifest: dict[str, Any], wanted: str | None) -> bool:
+    if wanted is None:
+        return True
+    src = manifest.get("source", {})
+    if src.get("id") == wanted:
+        return True
+    path = src.get("path")
+    return bool(path) and Path(wanted).expanduser().resolve() == Path(path).resolve()
+
+
+def resolve_models(repository: Path, model: str | None, prefilter: str | None) -> Models:
+    """Use `repository` when it was exported from `model` (and `prefilter`), else export them under bench/.work.
+
+    So `make bench MODEL=...` benchmarks the named model even if model_repository/ holds another one.
+    """
+
+    def load(repo: Path) -> Models | None:
+        manifest = repo / "reranker" / "manifest.json"
+        if not manifest.exists():
+            return None
+        rr = json.loads(manifest.read_text())
+        pf_path = repo / "prefilter" / "manifest.json"
+        pf = json.loads(pf_path.read_text()) if pf_path.exists() else None
+        if not _same_source(rr, model):
+            return None
+        if prefilter is not None and (pf is None or not _same_source(pf, prefilter)):
+            return None
+        return Models(repo.resolve(), rr, pf)
+
+    found = load(repository)
+    if found is not None:
+        return found
+    if model is None:
+        raise SystemExit(f"no model repository at {repository}; run `make export` or pass --model")
+    slug = hashlib.sha256(f"{model}|{prefilter}".encode()).hexdigest()[:12]
+    target = WORK / "repositories" / slug
+    found = load(target)
+    if found is None:
+        log(f"{repository} was not exported from {model}; exporting it into {target}")
+        cmd = [sys.executable, "-m", "export", "--model", model, "--output", str(target), "--quiet"]
+        if prefilter:
+            cmd[4:4] = ["--prefilter", prefilter]
+        subprocess.run(cmd, cwd=REPO_ROOT, check=True)
+        found = load(target)
+    if found is None:
+        raise SystemExit(f"export into {target} did not produce a repository for {model}")
+    return found
+
+
+def gateway_env(models: Models, **settings: Any) -> dict[str, str]:
+    env = {
+        "RERANKER_MODEL_REPOSITORY": str(models.repository),
+        "RERANKER_MODEL_NAME": models.reranker["name"],
+        "RERANKER_DEVICE": "cpu",
+        "RERANKER_REQUEST_TIMEOUT_S": "900",
+        "RERANKER_LOG_LEVEL": "warning",
+        "RERANKER_MAX_DOCUMENTS": "1000",
+    }
+    if models.prefilter is None:
+        env["RERANKER_PREFILTER_NAME"] = ""
+    else:
+        env["RERANKER_PREFILTER_NAME"] = models.prefilter["name"]
+    for key, value in settings.items():
+        env[f"RERANKER_{key.upper()}"] = "" if value is None else str(value)
+    return env
