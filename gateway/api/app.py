@@ -21,7 +21,7 @@ from gateway import errors, metrics
 from gateway.api import routes_native
 from gateway.api.admission import Admission
 from gateway.api.dialects import include_dialects
-from gateway.api.errors import NATIVE, drop_undeclared_422, validation_failed
+from gateway.api.errors import NATIVE, drop_default_422, validation_failed
 from gateway.config import Settings
 from gateway.domain import RerankOutcome
 from gateway.pipeline import Reranker
@@ -237,7 +237,7 @@ def create_http_app(settings: Settings, parts: Parts) -> FastAPI:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = drop_undeclared_422(app, FastAPI.openapi(app))
+            app.openapi_schema = drop_default_422(FastAPI.openapi(app))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

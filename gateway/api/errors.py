@@ -16,10 +16,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict
 
 from gateway import errors
@@ -181,17 +179,20 @@ def body_responses() -> dict[int | str, dict[str, Any]]:
     return {BODY_TOO_LARGE: {"model": ErrorBody, "description": BODY_TOO_LARGE_DESCRIPTION}}
 
 
-def drop_undeclared_422(app: FastAPI, schema: dict[str, Any]) -> dict[str, Any]:
-    """FastAPI documents a 422 on every route with a body; a dialect that answers 400 never sends one."""
-    for route in app.routes:
-        if not isinstance(route, APIRoute) or not route.include_in_schema:
-            continue
-        if 422 in route.responses or "422" in route.responses:
-            continue
-        for method in route.methods or ():
-            operation = schema.get("paths", {}).get(route.path_format, {}).get(method.lower())
-            if operation is not None:
-                operation.get("responses", {}).pop("422", None)
+def drop_default_422(schema: dict[str, Any]) -> dict[str, Any]:
+    """FastAPI documents its own 422 (HTTPValidationError) on every route with a body. No route sends that
+    body (validation errors are rendered by the dialect), and a dialect that answers 400 never sends a 422:
+    keep only the 422s the table declared."""
+    default = "#/components/schemas/HTTPValidationError"
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.get("responses", {})
+            content = responses.get("422", {}).get("content", {}).get("application/json", {})
+            if content.get("schema", {}).get("$ref") == default:
+                del responses["422"]
+    if default not in str(schema.get("paths")):
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
     return schema
 
 
