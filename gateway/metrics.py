@@ -66,7 +66,7 @@ MODEL_LOAD_SECONDS = Gauge("reranker_model_load_seconds", "Seconds the last mode
 
 
 class _ProcessCollector(Collector):
-    """The seed's process figures (RSS, VMS, CPU, threads), read by psutil at scrape time."""
+    """Process figures (RSS, VMS, CPU, threads), read by psutil at scrape time."""
 
     def __init__(self) -> None:
         self._proc = psutil.Process(os.getpid())

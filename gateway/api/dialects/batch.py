@@ -2,7 +2,7 @@
 
 Body: a list of `{query, documents, top_n}` items, bare or as `{"queries": [...]}` with shared defaults
 (`top_n`, `return_documents`, `max_chunks_per_doc`, `rank_fields`). Every item is one `RerankQuery`;
-all of them go to the executor in one call, so their pairs are batched together. Each item takes the
+all of them go to admission control in one call, so their pairs are batched together. Each item takes the
 Cohere v1 item's fields and aliases (`texts`/`passages`, `top_k`, `return_text`).
 
 Response: `{id, model, results: [{index, results: [{index, relevance_score, document?, chunk?}],

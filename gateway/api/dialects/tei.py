@@ -125,7 +125,7 @@ STYLE = ErrorStyle("tei", render_error, ErrorBody)
 
 
 async def rerank_tei(request: Request, body: Any) -> JSONResponse:
-    """Answer an already-decoded `/rerank` body that has `texts` (the seed route dispatches here)."""
+    """Answer an already-decoded `/rerank` body that has `texts` (the native route dispatches here)."""
     try:
         try:
             req = TEIRerankRequest.model_validate(body)
@@ -140,7 +140,7 @@ async def rerank_tei(request: Request, body: Any) -> JSONResponse:
 
 
 def is_tei_body(body: Any) -> bool:
-    """TEI's body names its documents `texts`; the seed shape names them `documents`."""
+    """TEI's body names its documents `texts`; the native shape names them `documents`."""
     return isinstance(body, dict) and "texts" in body and "documents" not in body
 
 

@@ -2,7 +2,7 @@
 
 Score pairs `text_1` x `text_2` (also `queries`/`documents`, `queries`/`items`, `data_1`/`data_2`, as newer
 vLLM accepts): 1:N (one query, many documents) or N:N (pairwise). Pairs are grouped by query, and the
-groups are scored together in one executor call. The answer keeps pair order:
+groups are scored together in one call. The answer keeps pair order:
 `{id, object: "list", created, model, data: [{index, object: "score", score}], usage}`.
 vLLM's `/rerank`, `/v1/rerank` and `/v2/rerank` bodies are Cohere's and are answered by those routes.
 Errors are vLLM's `{"error": {message, type, param, code}}`, 400 for a bad request
