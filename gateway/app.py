@@ -8,6 +8,7 @@ Everything below is handed what it needs, so the HTTP layer and the pipeline imp
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
@@ -36,8 +37,9 @@ def create_app(settings: Settings, reranker: Reranker | None = None) -> FastAPI:
     return create_http_app(settings, parts)
 
 
-def _gpu_probe(loader: Any) -> Any:
-    probe = getattr(loader, "probe", None)  # ModelLoader's (NVML); a test's loader may have none
+def _gpu_probe(loader: Any) -> Callable[[], dict[str, Any]]:
+    """The loader's GPU probe (ModelLoader's NVML one); a loader a test built may have none."""
+    probe = getattr(loader, "probe", None)
     if probe is None:
         return lambda: {"available": False, "reason": "unknown (custom loader)"}
-    return lambda: probe().as_dict()
+    return lambda: dict(probe().as_dict())
