@@ -7,7 +7,12 @@ from typing import Protocol, runtime_checkable
 
 from gateway.domain import BatchScores, EncodedBatch
 
-__all__ = ["BatchScores", "EncodedBatch", "Scorer", "cancelled_by_caller"]  # the batch types are the domain's, re-exported here
+__all__ = [
+    "BatchScores",
+    "EncodedBatch",
+    "Scorer",
+    "cancelled_by_caller",
+]  # the batch types are the domain's, re-exported here
 
 
 @runtime_checkable
