@@ -70,6 +70,7 @@ lint: install
 	$(PY) -m ruff check gateway export tests bench
 	$(PY) -m ruff format --check gateway export tests bench
 	$(PY) -m mypy
+	$(VENV)/bin/lint-imports
 
 # Quality through the HTTP service, speed side by side, concurrency sweep -> bench/results/ (about 35 min on
 # 2 idle cores; BENCH_ARGS="--size quick" about 10, "--resume" continues an interrupted run).

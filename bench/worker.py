@@ -71,11 +71,11 @@ def _flashrank(spec: dict[str, Any]) -> Ranker:
 def _pipeline(spec: dict[str, Any]) -> Ranker:
     """Our pipeline without HTTP: the same Reranker the service builds from the same RERANKER_* settings."""
     os.environ.update(spec.get("env", {}))
+    from gateway.app import build_reranker
     from gateway.config import load_settings
     from gateway.domain import RerankQuery
-    from gateway.pipeline import Reranker
 
-    reranker = Reranker(load_settings())
+    reranker = build_reranker(load_settings())
     loop = asyncio.new_event_loop()
     loop.run_until_complete(reranker.load())
 

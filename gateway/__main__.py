@@ -16,7 +16,7 @@ def main() -> int:
         return 2
     import uvicorn
 
-    from gateway.api.app import create_app
+    from gateway.app import create_app
 
     logging.basicConfig(
         level=settings.log_level.upper(),

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from gateway.domain import MAX_CHUNKS_PER_DOC, MIN_MAX_LENGTH
+
 
 class ConfigurationError(Exception):
     """A bad setting at start-up; the message names the environment variable and the problem."""
@@ -45,13 +47,18 @@ class Settings(BaseSettings):
         description="Prefilter survivors the cross-encoder rescores (0: single stage). Per request: `keep`.",
     )
     max_length: int | None = Field(
-        None, ge=8, description="Cross-encoder pair length in tokens (None: model's)."
+        None, ge=MIN_MAX_LENGTH, description="Cross-encoder pair length in tokens (None: model's)."
     )
     prefilter_max_length: int | None = Field(
-        128, ge=8, description="Prefilter pair length in tokens (None: model's; it was trained at 128)."
+        128,
+        ge=MIN_MAX_LENGTH,
+        description="Prefilter pair length in tokens (None: model's; it was trained at 128).",
     )
     max_chunks_per_doc: int = Field(
-        1, ge=1, le=64, description="Windows a long document is split into (best window wins); 1: truncate."
+        1,
+        ge=1,
+        le=MAX_CHUNKS_PER_DOC,
+        description="Windows a long document is split into (best window wins); 1: truncate.",
     )
     chunk_overlap_tokens: int = Field(32, ge=0, description="Overlap between consecutive document windows.")
     cpu_precision: Literal["int8", "fp32"] = Field(

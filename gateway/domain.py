@@ -1,7 +1,8 @@
-"""The pipeline's own request and result types: what every API dialect converts to and from.
+"""The pipeline's own types: what every API dialect converts to and from, and what a scorer is handed.
 
 Nothing here knows HTTP, FastAPI, ONNX Runtime or Triton. A dialect parses its wire body into
 `RerankQuery` objects, the pipeline answers with `RerankOutcome` objects, and the dialect renders them.
+Between pipeline and runtimes travel `EncodedBatch` (model inputs) and `BatchScores` (logits).
 """
 
 from __future__ import annotations
@@ -9,7 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
+
+from gateway.errors import ValidationFailed
+
 Stage = Literal["prefilter", "reranker"]
+Phase = Literal["tokenize", "lane_wait", "inference", "assemble"]
+PHASES: tuple[Phase, ...] = ("tokenize", "lane_wait", "inference", "assemble")
+
+# Limits of a query, one constant each (the settings, the wire models and the checks below use them).
+MAX_CHUNKS_PER_DOC = 64  # windows one document may be split into
+MIN_MAX_LENGTH = 8  # the shortest pair length a request may ask for
 
 
 @dataclass(frozen=True)
@@ -30,6 +41,26 @@ class RerankQuery:
     max_chunks_per_doc: int | None = None
     truncate: bool = True
     truncation_direction: Literal["right", "left"] = "right"
+
+
+def validate_query(q: RerankQuery) -> None:
+    """The rules every query obeys, whichever dialect it came from (raises ValidationFailed)."""
+    if not q.query.strip():
+        raise ValidationFailed("query must not be empty")
+    if q.top_n is not None and q.top_n < 1:
+        raise ValidationFailed(f"top_n must be at least 1 (got {q.top_n})")
+    if q.keep is not None and q.keep < 0:
+        raise ValidationFailed(f"keep must be 0 (single stage) or more (got {q.keep})")
+    if q.max_chunks_per_doc is not None and not 1 <= q.max_chunks_per_doc <= MAX_CHUNKS_PER_DOC:
+        raise ValidationFailed(
+            f"max_chunks_per_doc must be between 1 and {MAX_CHUNKS_PER_DOC} (got {q.max_chunks_per_doc})"
+        )
+    if q.max_length is not None and q.max_length < MIN_MAX_LENGTH:
+        raise ValidationFailed(f"max_length must be at least {MIN_MAX_LENGTH} (got {q.max_length})")
+    if q.truncation_direction not in ("right", "left"):
+        raise ValidationFailed(
+            f"truncation_direction must be 'right' or 'left' (got {q.truncation_direction!r})"
+        )
 
 
 @dataclass(frozen=True)
@@ -56,3 +87,65 @@ class RerankOutcome:
     truncated_documents: int = 0
     cache_hits: int = 0
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    timings: PhaseTimes = field(default_factory=lambda: PhaseTimes())
+
+
+@dataclass(frozen=True)
+class PhaseTimes:
+    """Seconds a request spent per phase (summed over both stages; batches scored concurrently overlap, so
+    `inference` is wall time of the scoring calls, not a sum over batches).
+
+    tokenize: tokenizing and assembling batches; lane_wait: queued for an inference lane; inference: the
+    runtime's call; assemble: sigmoid, sort and top_n.
+    """
+
+    tokenize: float = 0.0
+    lane_wait: float = 0.0
+    inference: float = 0.0
+    assemble: float = 0.0
+
+    def __add__(self, other: PhaseTimes) -> PhaseTimes:
+        return PhaseTimes(
+            self.tokenize + other.tokenize,
+            self.lane_wait + other.lane_wait,
+            self.inference + other.inference,
+            self.assemble + other.assemble,
+        )
+
+
+@dataclass(frozen=True)
+class EncodedBatch:
+    """Model inputs for one batch: int64 arrays [batch, seq], keyed by the model's declared input names."""
+
+    inputs: dict[str, np.ndarray]
+
+    @property
+    def size(self) -> int:
+        return int(next(iter(self.inputs.values())).shape[0])
+
+    @property
+    def seq_len(self) -> int:
+        return int(next(iter(self.inputs.values())).shape[1])
+
+
+@dataclass(frozen=True)
+class BatchScores:
+    """One float32 logit per row, and the name of the backend that really produced them.
+
+    `queued_s`: seconds the batch waited for an inference lane before running (0 when the runtime has no
+    lane of its own, or does not say).
+    """
+
+    logits: np.ndarray
+    backend: str
+    queued_s: float = 0.0
+
+
+def join_backends(*names: str) -> str:
+    """`onnx-cuda+onnx-cpu`: every backend that scored part of a request, once each, in order."""
+    seen: list[str] = []
+    for name in names:
+        for part in name.split("+"):
+            if part not in seen:
+                seen.append(part)
+    return "+".join(seen)

@@ -19,6 +19,11 @@ class ValidationFailed(RerankError):
     error_type = "validation"
 
 
+class EmptyInput(ValidationFailed):
+    """The request names no documents. A validation error on the wire (TEI's body calls it "Empty", and
+    answers it 400: gateway/api/errors.py OVERRIDES)."""
+
+
 class LimitExceeded(RerankError):
     """A configured limit was crossed; the message names the limit and its value."""
 
@@ -55,7 +60,11 @@ class NotReady(RerankError):
 
 
 class BackendFailed(RerankError):
-    """A scoring backend failed and no fallback could answer; `reason` labels the fallback metric."""
+    """A scoring backend failed and no fallback could answer.
+
+    `reason` is short and machine-readable (unavailable, timeout, error, mismatch, cuda_oom...): it labels
+    the fallback metric and the log line; the client only sees the message.
+    """
 
     error_type = "backend"
 

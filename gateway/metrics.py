@@ -56,11 +56,17 @@ FALLBACKS = Counter(
 SCORER_CALLS = Counter(
     "reranker_scorer_calls_total", "Scorer batch calls", ["backend", "protocol", "outcome"]
 )
+PHASE_SECONDS = Histogram(
+    "reranker_phase_duration_seconds",
+    "Seconds one rerank call spent per phase (tokenize, lane_wait, inference, assemble) and model stage",
+    ["phase", "stage"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 MODEL_LOAD_SECONDS = Gauge("reranker_model_load_seconds", "Seconds the last model load took")
 
 
 class _ProcessCollector(Collector):
-    """The seed's process figures (RSS, VMS, CPU, threads), read by psutil at scrape time."""
+    """Process figures (RSS, VMS, CPU, threads), read by psutil at scrape time."""
 
     def __init__(self) -> None:
         self._proc = psutil.Process(os.getpid())

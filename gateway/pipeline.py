@@ -10,20 +10,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from gateway import metrics
-from gateway.backends.base import BatchScores, EncodedBatch
-from gateway.backends.fallback import join_backends
 from gateway.cache import CachedScore, PairScoreCache
 from gateway.config import Settings
-from gateway.domain import RerankOutcome, RerankQuery, ScoredDocument, Stage
-from gateway.errors import ValidationFailed
+from gateway.domain import (
+    BatchScores,
+    EncodedBatch,
+    PhaseTimes,
+    RerankOutcome,
+    RerankQuery,
+    ScoredDocument,
+    Stage,
+    join_backends,
+    validate_query,
+)
 from gateway.models import LoadedModels, ModelStage
 from gateway.tokenization import build_batch, plan_batches
 
@@ -55,6 +63,7 @@ class _StageScores:
     backends: str  # who scored the batches ("" when everything came from the cache)
     cache_hits: list[int]
     query_truncated: list[bool]
+    timings: PhaseTimes = field(default_factory=PhaseTimes)
 
 
 @dataclass
@@ -79,14 +88,9 @@ class _Plan:
 class Reranker:
     """Two-stage reranking service object; one per app. Load once, then `rerank` concurrently."""
 
-    def __init__(
-        self, settings: Settings, loader: Loader | None = None, *, cache: PairScoreCache | None = None
-    ):
+    def __init__(self, settings: Settings, loader: Loader, *, cache: PairScoreCache | None = None):
+        """`loader` builds the models (the composition root, gateway/app.py, hands in the runtimes')."""
         self.settings = settings
-        if loader is None:
-            from gateway.backends.factory import ModelLoader  # the one place that knows the runtimes
-
-            loader = ModelLoader(settings)
         self._loader = loader
         self._models: LoadedModels | None = None
         self._load_task: asyncio.Task[LoadedModels] | None = None
@@ -98,6 +102,10 @@ class Reranker:
         metrics.PROCESS.cache_entries = lambda: len(self.cache)
 
     # --- lifecycle ----------------------------------------------------------------------------
+    @property
+    def loader(self) -> Loader:
+        return self._loader
+
     @property
     def models(self) -> LoadedModels | None:
         return self._models
@@ -167,7 +175,7 @@ class Reranker:
     async def rerank_many(self, queries: Sequence[RerankQuery]) -> list[RerankOutcome]:
         """Rank every query; the batches of all queries are built and scored together."""
         for q in queries:
-            _validate(q)
+            validate_query(q)
         models = await self.load()
         s = self.settings
         plans: list[_Plan] = []
@@ -209,12 +217,19 @@ class Reranker:
             for p in plans
         ]
         ce = await self._score_stage(models.reranker, ce_jobs)
-        return [
+        started = time.perf_counter()
+        outcomes = [
             self._assemble(models, p, scores, hits + pre_hits[id(p)], ce.backends, qtrunc)
             for p, scores, hits, qtrunc in zip(
                 plans, ce.per_job, ce.cache_hits, ce.query_truncated, strict=True
             )
         ]
+        assembled = time.perf_counter() - started
+        metrics.PHASE_SECONDS.labels("assemble", "reranker").observe(assembled)
+        timings = ce.timings + PhaseTimes(assemble=assembled)
+        if pre_plans:
+            timings = timings + pre.timings
+        return [replace(o, timings=timings) for o in outcomes]
 
     def _assemble(
         self,
@@ -303,13 +318,17 @@ class Reranker:
             metrics.CACHE_LOOKUPS.labels(role, "miss").inc(total_misses)
         query_truncated = [False] * len(jobs)
         backends = ""
+        timings = PhaseTimes()
         if total_misses:
             loop = asyncio.get_running_loop()
+            started = time.perf_counter()
             prepared: _Prepared = await loop.run_in_executor(self._pool, self._prepare, stage, jobs, misses)
+            tokenized = time.perf_counter()
             query_truncated = prepared.query_truncated
             results: list[BatchScores] = await asyncio.gather(
                 *(stage.scorer.score(batch) for batch, _ in prepared.batches)
             )
+            timings = _phase_times(role, started, tokenized, time.perf_counter(), results)
             best: dict[tuple[int, int], tuple[float, tuple[int, int], int, int]] = {}
             for (batch, owners), result in zip(prepared.batches, results, strict=True):
                 metrics.BATCH_SIZE.labels(role).observe(batch.size)
@@ -337,7 +356,11 @@ class Reranker:
             self.cache.put_many(new_entries)
         per_job = [[f for f in fs if f is not None] for fs in found]
         return _StageScores(
-            per_job=per_job, backends=backends, cache_hits=hits, query_truncated=query_truncated
+            per_job=per_job,
+            backends=backends,
+            cache_hits=hits,
+            query_truncated=query_truncated,
+            timings=timings,
         )
 
     def _prepare(self, stage: ModelStage, jobs: list[_Job], misses: list[list[int]]) -> _Prepared:
@@ -378,18 +401,15 @@ class Reranker:
         return _Prepared(batches, chunked, truncated, query_truncated)
 
 
-def _validate(q: RerankQuery) -> None:
-    if not q.query.strip():
-        raise ValidationFailed("query must not be empty")
-    if q.top_n is not None and q.top_n < 1:
-        raise ValidationFailed(f"top_n must be at least 1 (got {q.top_n})")
-    if q.keep is not None and q.keep < 0:
-        raise ValidationFailed(f"keep must be 0 (single stage) or more (got {q.keep})")
-    if q.max_chunks_per_doc is not None and not 1 <= q.max_chunks_per_doc <= 64:
-        raise ValidationFailed(f"max_chunks_per_doc must be between 1 and 64 (got {q.max_chunks_per_doc})")
-    if q.max_length is not None and q.max_length < 8:
-        raise ValidationFailed(f"max_length must be at least 8 (got {q.max_length})")
-    if q.truncation_direction not in ("right", "left"):
-        raise ValidationFailed(
-            f"truncation_direction must be 'right' or 'left' (got {q.truncation_direction!r})"
-        )
+def _phase_times(
+    role: str, started: float, tokenized: float, scored: float, results: Sequence[BatchScores]
+) -> PhaseTimes:
+    """One stage's phases, observed in the histograms. The batches run concurrently (or queue in one lane
+    behind each other): lane_wait is the wait before the first of them started, inference the rest."""
+    tokenize = tokenized - started
+    lane_wait = min((r.queued_s for r in results), default=0.0)
+    inference = max(0.0, scored - tokenized - lane_wait)
+    metrics.PHASE_SECONDS.labels("tokenize", role).observe(tokenize)
+    metrics.PHASE_SECONDS.labels("lane_wait", role).observe(lane_wait)
+    metrics.PHASE_SECONDS.labels("inference", role).observe(inference)
+    return PhaseTimes(tokenize=tokenize, lane_wait=lane_wait, inference=inference)

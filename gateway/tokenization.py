@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from gateway.backends.base import EncodedBatch
+from gateway.domain import EncodedBatch
 from gateway.errors import ModelRepositoryError, ValidationFailed
 
 SUPPORTED_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids", "position_ids"})

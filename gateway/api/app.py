@@ -1,12 +1,15 @@
-"""FastAPI application: ops routes, the error table, request ids + access log + metrics, body limit."""
+"""The HTTP layer's application: ops routes, error handlers, request ids + access log + metrics + timing
+headers, body limit. It is handed its parts (gateway/app.py, the composition root, builds them) and imports
+no runtime."""
 
 from __future__ import annotations
 
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,26 +18,16 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import errors, metrics
-from gateway.api import routes_rerank
+from gateway.api import routes_native
+from gateway.api.admission import Admission
 from gateway.api.dialects import include_dialects
-from gateway.api.executor import RerankExecutor
+from gateway.api.errors import NATIVE, drop_default_422, validation_failed
 from gateway.config import Settings
+from gateway.domain import RerankOutcome
 from gateway.pipeline import Reranker
 
 log = logging.getLogger("gateway")
 access_log = logging.getLogger("gateway.access")
-
-# The one table from domain errors to HTTP status codes.
-STATUS: dict[type[errors.RerankError], int] = {
-    errors.ValidationFailed: 422,
-    errors.LimitExceeded: 413,
-    errors.Overloaded: 429,
-    errors.RequestTimedOut: 504,
-    errors.Unauthorized: 401,
-    errors.NotReady: 503,
-    errors.ModelRepositoryError: 503,
-    errors.BackendFailed: 424,
-}
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -43,33 +36,33 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-def status_of(exc: errors.RerankError) -> int:
-    for cls in type(exc).__mro__:
-        if cls in STATUS:
-            return STATUS[cls]
-    return 500
+@dataclass(frozen=True)
+class Parts:
+    """What the composition root hands the HTTP layer: the pipeline, admission control, and two facts
+    about the runtimes that /health and /info report (so this layer never imports a runtime)."""
+
+    reranker: Reranker
+    admission: Admission
+    gpu: Callable[[], dict[str, Any]]  # the GPU probe (NVML only, cheap), run once at start-up
+    describe_repository: Callable[[], dict[str, Any]]  # the manifests, for /info before models load
 
 
-def error_response(exc: errors.RerankError) -> JSONResponse:
-    status = status_of(exc)
-    headers: dict[str, str] = {}
-    if isinstance(exc, errors.Overloaded):
-        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-    if isinstance(exc, errors.Unauthorized):
-        headers["WWW-Authenticate"] = "Bearer"
-    body: dict[str, Any] = {"error": exc.message, "error_type": exc.error_type}
-    if isinstance(exc, errors.LimitExceeded):
-        body.update(limit=exc.limit, value=exc.value)
-    return JSONResponse(body, status_code=status, headers=headers)
+def timing_headers(total_s: float, outcomes: Sequence[RerankOutcome]) -> list[tuple[bytes, bytes]]:
+    """TEI's `x-*-time` headers, in whole milliseconds: the request's total, and the pipeline's phases
+    (one rerank call per request: a batch request's queries share theirs)."""
+    headers = [(b"x-total-time", _ms(total_s))]
+    if outcomes:
+        t = outcomes[0].timings
+        headers += [
+            (b"x-tokenization-time", _ms(t.tokenize)),
+            (b"x-queue-time", _ms(t.lane_wait)),
+            (b"x-inference-time", _ms(t.inference)),
+        ]
+    return headers
 
 
-def _describe_validation(exc: RequestValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
-        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
-        field = ".".join(loc) or "body"
-        parts.append(f"{field}: {err.get('msg', 'invalid')}")
-    return "invalid request: " + "; ".join(parts)
+def _ms(seconds: float) -> bytes:
+    return str(int(seconds * 1000)).encode()
 
 
 class _BodyTooLarge(Exception):
@@ -102,7 +95,11 @@ class RequestContext:
                 started_response = True
                 status = message["status"]
                 message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+                extra = [(b"x-request-id", request_id.encode())]
+                outcomes = scope["state"].get("outcomes")
+                if outcomes is not None:  # an inference route that ran the pipeline
+                    extra += timing_headers(time.perf_counter() - started, outcomes)
+                message["headers"] = [*message["headers"], *extra]
             await send(message)
 
         async def respond(response: Response) -> None:
@@ -132,7 +129,7 @@ class RequestContext:
                 limit="max_body_bytes",
                 value=limit,
             )
-            await respond(error_response(exc))
+            await respond(NATIVE.respond(exc))
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
@@ -151,9 +148,9 @@ class RequestContext:
             )
 
 
-def create_app(settings: Settings, reranker: Reranker | None = None) -> FastAPI:
-    """Build the app; `reranker` may be injected (tests), otherwise built from `settings`."""
-    reranker = reranker or Reranker(settings)
+def create_http_app(settings: Settings, parts: Parts) -> FastAPI:
+    """The FastAPI app around `parts`; the composition root (gateway/app.py) builds them."""
+    reranker = parts.reranker
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -172,18 +169,18 @@ def create_app(settings: Settings, reranker: Reranker | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.reranker = reranker
-    app.state.executor = RerankExecutor(reranker, settings)
-    app.state.gpu = _gpu_status(reranker)
+    app.state.admission = parts.admission
+    app.state.gpu = _gpu_status(parts.gpu)
 
     @app.exception_handler(errors.RerankError)
     async def _domain_error(request: Request, exc: errors.RerankError) -> JSONResponse:
-        if status_of(exc) >= 500:
+        if NATIVE.status(exc) >= 500:
             log.warning("request %s failed: %s", request.state.request_id, exc.message)
-        return error_response(exc)
+        return NATIVE.respond(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"error": _describe_validation(exc), "error_type": "validation"}, status_code=422)
+        return NATIVE.respond(validation_failed(exc))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -201,21 +198,24 @@ def create_app(settings: Settings, reranker: Reranker | None = None) -> FastAPI:
             "backend": models.reranker.scorer.name if models else None,
         }
 
-    @app.get("/ready", tags=["ops"], summary="Readiness: models loaded and a backend answers")
+    @app.get(
+        "/ready",
+        tags=["ops"],
+        summary="Readiness: models loaded and a backend answers",
+        responses=NATIVE.responses([errors.NotReady], internal=False),
+    )
     async def ready() -> JSONResponse:
         if await reranker.ready():
             return JSONResponse({"status": "ready"})
         reason = "models are not loaded" if not reranker.loaded else "no backend can score"
-        return JSONResponse({"error": reason, "error_type": "unhealthy"}, status_code=503)
+        return NATIVE.respond(errors.NotReady(reason))
 
     @app.get("/info", tags=["ops"], summary="Models, limits, backend")
     async def info() -> dict[str, Any]:
-        from gateway.backends.factory import describe_repository
-
         out = reranker.info()
         out["repository"] = str(settings.model_repository)
         if not reranker.loaded:
-            out["manifests"] = describe_repository(settings)
+            out["manifests"] = parts.describe_repository()
         out["limits"] = {
             "max_documents": settings.max_documents,
             "max_document_chars": settings.max_document_chars,
@@ -231,18 +231,22 @@ def create_app(settings: Settings, reranker: Reranker | None = None) -> FastAPI:
     async def prometheus() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    app.include_router(routes_rerank.router)
+    app.include_router(routes_native.router)
     include_dialects(app, settings)
     app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = drop_default_422(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 
-def _gpu_status(reranker: Reranker) -> dict[str, Any]:
-    """Probe once at start-up (NVML only, cheap) so /health answers without touching a model."""
-    probe = getattr(reranker._loader, "probe", None)
-    if probe is None:
-        return {"available": False, "reason": "unknown (custom loader)"}
+def _gpu_status(probe: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Probe once at start-up so /health answers without touching a model."""
     try:
-        return dict(probe().as_dict())
+        return dict(probe())
     except Exception as exc:
         return {"available": False, "reason": f"probe failed: {exc}"}

@@ -1,4 +1,6 @@
-"""Wire models of the seed API (`POST /rerank`); the other dialects live in gateway/api/dialects.
+"""Wire models shared by every dialect (usage, ranked items, chunk spans, pipeline options), the rules
+that check a request's fields (one place, one message per rule), and the native API's own models
+(`POST /rerank`). Each dialect's request and response models live beside it in gateway/api/dialects.
 
 Requests convert themselves into the pipeline's `RerankQuery`; responses are rendered from its
 `RerankOutcome`. Nothing here scores anything.
@@ -6,11 +8,73 @@ Requests convert themselves into the pipeline's `RerankQuery`; responses are ren
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.domain import RerankOutcome, RerankQuery
+from gateway.domain import MAX_CHUNKS_PER_DOC, MIN_MAX_LENGTH, RerankOutcome, RerankQuery
+from gateway.errors import EmptyInput, ValidationFailed
+
+MAX_BATCH_QUERIES = 64  # queries in one `/v1/rerank/batch` call
+
+
+# --- validation rules, shared by every dialect ------------------------------------------------------
+def top_n_of(top_n: int | None, *, field: str = "top_n") -> int | None:
+    """None or 0 mean every document (vLLM's convention for 0); negative is an error."""
+    if top_n is None or top_n == 0:
+        return None
+    if top_n < 0:
+        raise ValidationFailed(f"{field} must be >= 0, got {top_n}")
+    return top_n
+
+
+def max_chunks_of(value: int | None, *, field: str = "max_chunks_per_doc") -> int | None:
+    if value is not None and not 1 <= value <= MAX_CHUNKS_PER_DOC:
+        raise ValidationFailed(f"{field} must be between 1 and {MAX_CHUNKS_PER_DOC}, got {value}")
+    return value
+
+
+def require_documents(documents: Sequence[object], message: str) -> None:
+    """A dialect whose original server refuses an empty document list (the native API answers [] instead);
+    the status is the dialect's (gateway/api/errors.py OVERRIDES)."""
+    if not documents:
+        raise EmptyInput(message)
+
+
+# --- shared response parts ----------------------------------------------------------------------------
+class Usage(BaseModel):
+    """OpenAI-style usage: tokens of every (query, document window) pair built; nothing is generated."""
+
+    prompt_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, tokens: int) -> Usage:
+        return cls(prompt_tokens=tokens, total_tokens=tokens)
+
+
+class ChunkSpan(BaseModel):
+    """Character span of the best-scoring window of a chunked document."""
+
+    start: int
+    end: int
+
+    @classmethod
+    def of(cls, chunk: tuple[int, int] | None) -> ChunkSpan | None:
+        return None if chunk is None else cls(start=chunk[0], end=chunk[1])
+
+
+class RankedItem(BaseModel):
+    """One result of a Cohere/Jina-style ranking (also each item of a batch result).
+
+    `document` and `chunk` are present only when asked for / when chunked (rendered with exclude_unset).
+    """
+
+    index: int = Field(..., description="Position in the request's `documents`.")
+    relevance_score: float = Field(..., description="sigmoid(logit), float32, in [0, 1].")
+    document: dict[str, Any] | None = Field(None, description="The document as sent (if asked for).")
+    chunk: ChunkSpan | None = Field(None, description="Character span of the best window, if chunked.")
 
 
 class DocumentObject(BaseModel):
@@ -34,14 +98,19 @@ class PipelineOptions(BaseModel):
         None, ge=0, description="Prefilter survivors the cross-encoder rescores; 0: cross-encoder only."
     )
     max_chunks_per_doc: int | None = Field(
-        None, ge=1, le=64, description="Split long documents into up to this many windows; the best wins."
+        None,
+        ge=1,
+        le=MAX_CHUNKS_PER_DOC,
+        description="Split long documents into up to this many windows; the best wins.",
     )
-    max_length: int | None = Field(None, ge=8, description="Pair length in tokens (at most the model's).")
+    max_length: int | None = Field(
+        None, ge=MIN_MAX_LENGTH, description="Pair length in tokens (at most the model's)."
+    )
     truncate: bool = Field(True, description="false: an over-long pair is a 422 instead of being truncated.")
     truncation_direction: Literal["right", "left"] = "right"
 
 
-# --- seed API: POST /rerank ------------------------------------------------------------------------
+# --- native API: POST /rerank ----------------------------------------------------------------------
 class RerankRequest(PipelineOptions):
     query: str = Field(..., min_length=1, description="The search query.")
     documents: list[Document] = Field(..., description="Candidates: strings or objects with `text`.")
@@ -62,18 +131,13 @@ class RerankRequest(PipelineOptions):
 
 class RerankResult(BaseModel):
     index: int = Field(..., description="Position in the request's `documents`.")
-    score: float = Field(..., description="Same as relevance_score (kept for the seed's clients).")
+    score: float = Field(..., description="Same as relevance_score (kept for older clients).")
     relevance_score: float = Field(..., description="sigmoid(logit), float32, in [0, 1].")
     logit: float = Field(..., description="The raw model output.")
     text: str
     stage: Literal["prefilter", "reranker"] = Field(..., description="The last stage that scored it.")
     chunk: tuple[int, int] | None = Field(None, description="Character span of the best window, if chunked.")
     document: dict[str, Any] | None = Field(None, description="The document object as sent (object input).")
-
-
-class Usage(BaseModel):
-    prompt_tokens: int
-    total_tokens: int
 
 
 class RerankResponse(BaseModel):
@@ -113,11 +177,16 @@ class RerankResponse(BaseModel):
             top_k_applied=outcome.top_n_applied,
             truncated_documents=outcome.truncated_documents,
             cache_hits=outcome.cache_hits,
-            usage=Usage(prompt_tokens=outcome.prompt_tokens, total_tokens=outcome.prompt_tokens),
+            usage=Usage.of(outcome.prompt_tokens),
             warnings=list(outcome.warnings),
         )
 
 
-class ErrorBody(BaseModel):
-    error: str
-    error_type: str
+def native_aliases(body: Any) -> Any:
+    """The native shape under a neighbour's name: vLLM's `/rerank` sends `top_n` (0: every document)."""
+    if not isinstance(body, dict) or "top_n" not in body or body.get("top_k") is not None:
+        return body
+    out = {k: v for k, v in body.items() if k != "top_n"}
+    if body["top_n"]:
+        out["top_k"] = body["top_n"]
+    return out

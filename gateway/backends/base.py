@@ -3,33 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-import numpy as np
+from gateway.domain import BatchScores, EncodedBatch
 
-
-@dataclass(frozen=True)
-class EncodedBatch:
-    """Model inputs for one batch: int64 arrays [batch, seq], keyed by the model's declared input names."""
-
-    inputs: dict[str, np.ndarray]
-
-    @property
-    def size(self) -> int:
-        return int(next(iter(self.inputs.values())).shape[0])
-
-    @property
-    def seq_len(self) -> int:
-        return int(next(iter(self.inputs.values())).shape[1])
-
-
-@dataclass(frozen=True)
-class BatchScores:
-    """One float32 logit per row, and the name of the backend that really produced them."""
-
-    logits: np.ndarray
-    backend: str
+__all__ = [
+    "BatchScores",
+    "EncodedBatch",
+    "Scorer",
+    "cancelled_by_caller",
+]  # the batch types are the domain's, re-exported here
 
 
 @runtime_checkable

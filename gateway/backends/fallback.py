@@ -18,6 +18,7 @@ import numpy as np
 
 from gateway import metrics
 from gateway.backends.base import BatchScores, EncodedBatch, Scorer, cancelled_by_caller
+from gateway.domain import join_backends
 from gateway.errors import BackendFailed
 
 log = logging.getLogger(__name__)
@@ -56,15 +57,6 @@ def split_batch(batch: EncodedBatch) -> tuple[EncodedBatch, EncodedBatch]:
         EncodedBatch({k: v[:half] for k, v in batch.inputs.items()}),
         EncodedBatch({k: v[half:] for k, v in batch.inputs.items()}),
     )
-
-
-def join_backends(*names: str) -> str:
-    seen: list[str] = []
-    for name in names:
-        for part in name.split("+"):
-            if part not in seen:
-                seen.append(part)
-    return "+".join(seen)
 
 
 class FallbackScorer:

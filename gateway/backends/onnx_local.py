@@ -13,6 +13,7 @@ import ctypes
 import ctypes.util
 import logging
 import re
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from gateway import metrics
-from gateway.backends.base import BatchScores, EncodedBatch
+from gateway.domain import BatchScores, EncodedBatch
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +128,22 @@ class Lane:
         self._since_trim = 0
 
     async def run(self, fn: Callable[[EncodedBatch], np.ndarray], batch: EncodedBatch) -> np.ndarray:
+        return (await self.run_timed(fn, batch))[0]
+
+    async def run_timed(
+        self, fn: Callable[[EncodedBatch], np.ndarray], batch: EncodedBatch
+    ) -> tuple[np.ndarray, float]:
+        """`fn(batch)` on the lane's thread, and the seconds the batch waited for the thread."""
         loop = asyncio.get_running_loop()
         self.pending += 1
+        submitted = time.perf_counter()
+
+        def timed() -> tuple[np.ndarray, float]:
+            queued = time.perf_counter() - submitted
+            return fn(batch), queued
+
         try:
-            return await loop.run_in_executor(self.executor, fn, batch)
+            return await loop.run_in_executor(self.executor, timed)
         finally:
             self.pending -= 1
             self._since_trim += 1
@@ -181,8 +194,8 @@ class OnnxScorer:
         return logits.reshape(logits.shape[0], -1)[:, 0]
 
     async def score(self, batch: EncodedBatch) -> BatchScores:
-        logits = await self._lane.run(self.run_sync, batch)
-        return BatchScores(logits=logits, backend=self.name)
+        logits, queued = await self._lane.run_timed(self.run_sync, batch)
+        return BatchScores(logits=logits, backend=self.name, queued_s=queued)
 
     async def ready(self) -> bool:
         return True

@@ -1,10 +1,11 @@
-"""The API dialects beside the seed route: Cohere v1/Jina and v2, TEI on `/rerank` with `texts` (the seed
+"""The API dialects beside the native route: Cohere v1/Jina and v2, TEI on `/rerank` with `texts` (the native
 route dispatches to it), NVIDIA NIM `/v1/ranking`, vLLM `/score` `/v1/score` `/v1/models`, and the
 multi-query batch.
 
-Each dialect parses its wire body into `RerankQuery` objects, runs them through
-`app.state.executor`, and renders the `RerankOutcome` objects; errors come back in the dialect's own
-body. `create_app` calls `include_dialects(app, settings)` once.
+Each dialect parses its wire body into `RerankQuery` objects, runs them through admission control
+(`app.state.admission`), and renders the `RerankOutcome` objects into its typed response model; errors come
+back in the dialect's own body, with the status gateway/api/errors.py gives them. The HTTP app calls
+`include_dialects(app, settings)` once.
 """
 
 from __future__ import annotations

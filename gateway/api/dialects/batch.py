@@ -2,7 +2,7 @@
 
 Body: a list of `{query, documents, top_n}` items, bare or as `{"queries": [...]}` with shared defaults
 (`top_n`, `return_documents`, `max_chunks_per_doc`, `rank_fields`). Every item is one `RerankQuery`;
-all of them go to the executor in one call, so their pairs are batched together. Each item takes the
+all of them go to admission control in one call, so their pairs are batched together. Each item takes the
 Cohere v1 item's fields and aliases (`texts`/`passages`, `top_k`, `return_text`).
 
 Response: `{id, model, results: [{index, results: [{index, relevance_score, document?, chunk?}],
@@ -17,12 +17,9 @@ from typing import Any
 from fastapi import APIRouter, Body, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gateway.api.dialects.cohere import ALIASES, Document
+from gateway.api.dialects.cohere import ALIASES, BilledUnits, Document, ranked_item
 from gateway.api.dialects.common import (
     apply_aliases,
-    check_max_chunks,
-    check_top_n,
-    chunk_span,
     dialect_route_class,
     document_text,
     new_id,
@@ -30,10 +27,17 @@ from gateway.api.dialects.common import (
     search_units,
     truncation_warnings,
 )
+from gateway.api.errors import ErrorBody, ErrorStyle, body_responses, merge_responses
+from gateway.api.schemas import (
+    MAX_BATCH_QUERIES,
+    RankedItem,
+    Usage,
+    max_chunks_of,
+    require_documents,
+    top_n_of,
+)
 from gateway.domain import RerankOutcome, RerankQuery
-from gateway.errors import ValidationFailed
-
-MAX_QUERIES = 64
+from gateway.errors import RerankError, ValidationFailed
 
 
 class BatchItem(BaseModel):
@@ -70,16 +74,35 @@ class BatchRequest(BaseModel):
         return apply_aliases(data, {"queries": ("requests", "inputs"), "top_n": ("top_k",)})
 
 
-def render_error(status: int, error_type: str, message: str) -> dict[str, Any]:
-    return {"error": message, "error_type": error_type}
+class BatchEntry(BaseModel):
+    index: int = Field(..., description="The item's position in the request.")
+    results: list[RankedItem]
+    warnings: list[str] | None = None
 
 
-BatchRoute = dialect_route_class(render_error)
+class BatchMeta(BaseModel):
+    billed_units: BilledUnits
+
+
+class BatchResponse(BaseModel):
+    id: str
+    model: str
+    results: list[BatchEntry]
+    usage: Usage
+    meta: BatchMeta
+
+
+def render_error(status: int, exc: RerankError) -> dict[str, Any]:
+    return {"error": exc.message, "error_type": exc.error_type}
+
+
+STYLE = ErrorStyle("batch", render_error, ErrorBody)
+BatchRoute = dialect_route_class(STYLE)
 
 
 def to_queries(req: BatchRequest) -> list[RerankQuery]:
-    if len(req.queries) > MAX_QUERIES:
-        raise ValidationFailed(f"at most {MAX_QUERIES} queries per batch, got {len(req.queries)}")
+    if len(req.queries) > MAX_BATCH_QUERIES:
+        raise ValidationFailed(f"at most {MAX_BATCH_QUERIES} queries per batch, got {len(req.queries)}")
     queries = []
     for qi, item in enumerate(req.queries):
         fields = item.rank_fields if item.rank_fields is not None else req.rank_fields
@@ -87,16 +110,15 @@ def to_queries(req: BatchRequest) -> list[RerankQuery]:
             document_text(doc, fields, where=f"queries[{qi}].documents[{di}]")
             for di, doc in enumerate(item.documents)
         )
-        if not texts:
-            raise ValidationFailed(f"queries[{qi}].documents must not be empty")
+        require_documents(texts, f"queries[{qi}].documents must not be empty")
         queries.append(
             RerankQuery(
                 query=item.query,
                 documents=texts,
-                top_n=check_top_n(
+                top_n=top_n_of(
                     item.top_n if item.top_n is not None else req.top_n, field=f"queries[{qi}].top_n"
                 ),
-                max_chunks_per_doc=check_max_chunks(
+                max_chunks_per_doc=max_chunks_of(
                     item.max_chunks_per_doc
                     if item.max_chunks_per_doc is not None
                     else req.max_chunks_per_doc,
@@ -107,40 +129,34 @@ def to_queries(req: BatchRequest) -> list[RerankQuery]:
     return queries
 
 
-def render(req: BatchRequest, outcomes: list[RerankOutcome]) -> dict[str, Any]:
+def render(req: BatchRequest, outcomes: list[RerankOutcome]) -> BatchResponse:
+    """Rendered with exclude_unset: `warnings`, `document` and `chunk` appear only where they apply."""
     entries = []
     for qi, (item, outcome) in enumerate(zip(req.queries, outcomes, strict=True)):
         return_documents = req.return_documents if item.return_documents is None else item.return_documents
-        results = []
-        for scored in outcome.results:
-            entry: dict[str, Any] = {"index": scored.index, "relevance_score": scored.relevance_score}
-            if return_documents:
-                original = item.documents[scored.index]
-                entry["document"] = {"text": original} if isinstance(original, str) else original
-            span = chunk_span(scored.chunk)
-            if span is not None:
-                entry["chunk"] = span
-            results.append(entry)
-        block: dict[str, Any] = {"index": qi, "results": results}
+        results = [ranked_item(scored, item.documents, return_documents) for scored in outcome.results]
         warnings = truncation_warnings(outcome)
-        if warnings:
-            block["warnings"] = warnings
-        entries.append(block)
-    tokens = sum(o.prompt_tokens for o in outcomes)
-    return {
-        "id": new_id(),
-        "model": outcomes[0].model,
-        "results": entries,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        "meta": {"billed_units": {"search_units": sum(search_units(len(i.documents)) for i in req.queries)}},
-    }
+        entries.append(BatchEntry(index=qi, results=results, **({"warnings": warnings} if warnings else {})))
+    units = sum(search_units(len(i.documents)) for i in req.queries)
+    return BatchResponse(
+        id=new_id(),
+        model=outcomes[0].model,
+        results=entries,
+        usage=Usage.of(sum(o.prompt_tokens for o in outcomes)),
+        meta=BatchMeta(billed_units=BilledUnits(search_units=units)),
+    )
 
 
 router = APIRouter(route_class=BatchRoute, tags=["batch"])
+ROUTE: dict[str, Any] = {
+    "response_model": BatchResponse,
+    "response_model_exclude_unset": True,
+    "responses": merge_responses(STYLE.responses(), body_responses()),
+}
 
 
-@router.post("/v1/rerank/batch", summary="Several rerank queries in one call, scored together")
-@router.post("/rerank/batch", include_in_schema=False)
-async def rerank_batch(request: Request, body: BatchRequest = Body(...)) -> dict[str, Any]:  # noqa: B008
+@router.post("/v1/rerank/batch", summary="Several rerank queries in one call, scored together", **ROUTE)
+@router.post("/rerank/batch", include_in_schema=False, **ROUTE)
+async def rerank_batch(request: Request, body: BatchRequest = Body(...)) -> BatchResponse:  # noqa: B008
     outcomes = await run_queries(request, to_queries(body))
     return render(body, outcomes)

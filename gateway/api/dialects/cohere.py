@@ -3,7 +3,7 @@
 Field names are Cohere's (cohere SDK 5.x `RerankResponse`, `V2RerankResponse`, `ApiMeta`). The
 responses also carry `model` and `usage` {prompt_tokens, total_tokens}, so Jina's and vLLM's clients,
 which post the same body to the same paths, find what they read. Errors are Cohere's `{"message"}`
-with 400 for a bad request.
+with 400 for a bad request (gateway/api/errors.py OVERRIDES["cohere"]).
 """
 
 from __future__ import annotations
@@ -11,13 +11,10 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.api.dialects.common import (
     apply_aliases,
-    check_max_chunks,
-    check_top_n,
-    chunk_span,
     dialect_route_class,
     document_text,
     new_id,
@@ -25,9 +22,18 @@ from gateway.api.dialects.common import (
     search_units,
     truncation_warnings,
 )
-from gateway.api.schemas import PipelineOptions
-from gateway.domain import RerankOutcome, RerankQuery
-from gateway.errors import ValidationFailed
+from gateway.api.errors import ErrorStyle, body_responses, merge_responses
+from gateway.api.schemas import (
+    ChunkSpan,
+    PipelineOptions,
+    RankedItem,
+    Usage,
+    max_chunks_of,
+    require_documents,
+    top_n_of,
+)
+from gateway.domain import RerankOutcome, RerankQuery, ScoredDocument, Stage
+from gateway.errors import RerankError
 
 # Fields a neighbour dialect's client sends for the same thing.
 ALIASES = {
@@ -59,13 +65,48 @@ class CohereRerankRequest(PipelineOptions):
         return apply_aliases(data, ALIASES)
 
 
-def render_error(status: int, error_type: str, message: str) -> dict[str, Any]:
-    return {"message": message}
+class ApiVersion(BaseModel):
+    version: Literal["1", "2"]
 
 
-# Cohere answers a malformed or out-of-range request with 400 (the SDK's BadRequestError).
-STATUS_OVERRIDES = {"validation": 400, "limit_exceeded": 400}
-CohereRoute = dialect_route_class(render_error, status_overrides=STATUS_OVERRIDES)
+class BilledUnits(BaseModel):
+    search_units: int
+
+
+class MetaTokens(BaseModel):
+    input_tokens: int
+    output_tokens: int
+
+
+class CohereMeta(BaseModel):
+    api_version: ApiVersion
+    billed_units: BilledUnits
+    tokens: MetaTokens
+    warnings: list[str] | None = Field(None, description="Truncated documents, ignored fields (if any).")
+
+
+class CohereRerankResponse(BaseModel):
+    """Cohere's `RerankResponse` / `V2RerankResponse`, plus `model`, `backend`, `stages` and `usage`."""
+
+    id: str
+    results: list[RankedItem]
+    meta: CohereMeta
+    model: str
+    backend: str
+    stages: list[Stage]
+    usage: Usage
+
+
+class CohereErrorBody(BaseModel):
+    message: str
+
+
+def render_error(status: int, exc: RerankError) -> dict[str, Any]:
+    return {"message": exc.message}
+
+
+STYLE = ErrorStyle("cohere", render_error, CohereErrorBody)
+CohereRoute = dialect_route_class(STYLE)
 
 
 def to_query(req: CohereRerankRequest) -> RerankQuery:
@@ -73,15 +114,14 @@ def to_query(req: CohereRerankRequest) -> RerankQuery:
     texts = tuple(
         document_text(doc, req.rank_fields, where=f"documents[{i}]") for i, doc in enumerate(req.documents)
     )
-    if not texts:
-        raise ValidationFailed("documents must not be empty")
+    require_documents(texts, "documents must not be empty")
     return RerankQuery(
         query=req.query,
         documents=texts,
-        top_n=check_top_n(req.top_n),
+        top_n=top_n_of(req.top_n),
         keep=req.keep,
         max_length=req.max_length,
-        max_chunks_per_doc=check_max_chunks(req.max_chunks_per_doc),
+        max_chunks_per_doc=max_chunks_of(req.max_chunks_per_doc),
         truncate=req.truncate,
         truncation_direction=req.truncation_direction,
     )
@@ -94,40 +134,45 @@ def render(
     version: Literal["1", "2"],
     default_return_documents: bool,
 ) -> dict[str, Any]:
-    """Cohere's response, plus `model` and `usage` for Jina/vLLM clients and `chunk` for chunked hits."""
+    """Cohere's response, plus `model` and `usage` for Jina/vLLM clients and `chunk` for chunked hits.
+
+    A plain dict of the `CohereRerankResponse` fields that are set (absent keys stay absent on the wire)."""
     return_documents = default_return_documents if req.return_documents is None else req.return_documents
-    results = []
-    for scored in outcome.results:
-        item: dict[str, Any] = {"index": scored.index, "relevance_score": scored.relevance_score}
-        if return_documents:
-            original = req.documents[scored.index]
-            item["document"] = {"text": original} if isinstance(original, str) else original
-        span = chunk_span(scored.chunk)
-        if span is not None:
-            item["chunk"] = span
-        results.append(item)
+    results = [ranked_item(scored, req.documents, return_documents) for scored in outcome.results]
     warnings = truncation_warnings(outcome)
     if req.max_tokens_per_doc is not None:
         warnings.append(
             f"max_tokens_per_doc={req.max_tokens_per_doc} is not applied separately: documents are cut to "
             "the model's window beside the query"
         )
-    meta: dict[str, Any] = {
-        "api_version": {"version": version},
-        "billed_units": {"search_units": search_units(len(req.documents))},
-        "tokens": {"input_tokens": outcome.prompt_tokens, "output_tokens": 0},
-    }
-    if warnings:
-        meta["warnings"] = warnings
-    return {
-        "id": new_id(),
-        "results": results,
-        "meta": meta,
-        "model": outcome.model,
-        "backend": outcome.backend,
-        "stages": list(outcome.stages),
-        "usage": {"prompt_tokens": outcome.prompt_tokens, "total_tokens": outcome.prompt_tokens},
-    }
+    meta = CohereMeta(
+        api_version=ApiVersion(version=version),
+        billed_units=BilledUnits(search_units=search_units(len(req.documents))),
+        tokens=MetaTokens(input_tokens=outcome.prompt_tokens, output_tokens=0),
+        **({"warnings": warnings} if warnings else {}),
+    )
+    response = CohereRerankResponse(
+        id=new_id(),
+        results=results,
+        meta=meta,
+        model=outcome.model,
+        backend=outcome.backend,
+        stages=list(outcome.stages),
+        usage=Usage.of(outcome.prompt_tokens),
+    )
+    return response.model_dump(exclude_unset=True)
+
+
+def ranked_item(scored: ScoredDocument, documents: list[Document], return_documents: bool) -> RankedItem:
+    """One result: `document` only if asked for (a string comes back as `{"text"}`), `chunk` if chunked."""
+    fields: dict[str, Any] = {"index": scored.index, "relevance_score": scored.relevance_score}
+    if return_documents:
+        original = documents[scored.index]
+        fields["document"] = {"text": original} if isinstance(original, str) else original
+    span = ChunkSpan.of(scored.chunk)
+    if span is not None:
+        fields["chunk"] = span
+    return RankedItem(**fields)
 
 
 async def rerank(
@@ -138,15 +183,20 @@ async def rerank(
 
 
 router = APIRouter(route_class=CohereRoute, tags=["cohere"])
+ROUTE: dict[str, Any] = {
+    "response_model": CohereRerankResponse,
+    "response_model_exclude_unset": True,
+    "responses": merge_responses(STYLE.responses(), body_responses()),
+}
 
 
-@router.post("/v2/rerank", summary="Cohere v2 rerank")
+@router.post("/v2/rerank", summary="Cohere v2 rerank", **ROUTE)
 async def rerank_v2(request: Request, body: CohereRerankRequest) -> dict[str, Any]:
     """Cohere v2: `{id, results: [{index, relevance_score}], meta}`; documents only if asked for."""
     return await rerank(request, body, version="2", default_return_documents=False)
 
 
-@router.post("/v1/rerank", summary="Cohere v1 / Jina rerank")
+@router.post("/v1/rerank", summary="Cohere v1 / Jina rerank", **ROUTE)
 async def rerank_v1(request: Request, body: CohereRerankRequest) -> dict[str, Any]:
     """Cohere v1 / Jina: documents as strings or objects, `rank_fields`, `return_documents` (default
     false, as Cohere's), `max_chunks_per_doc`."""

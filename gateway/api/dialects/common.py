@@ -1,20 +1,20 @@
-"""What every dialect shares: running queries through the executor, lenient field aliases, and a route
-class that renders errors in the dialect's own body and status conventions.
+"""What every dialect shares: running queries through admission control, lenient field aliases, the
+served model's card, and a route class that renders errors in the dialect's own body (gateway/api/errors.py
+decides the status).
 
 A dialect is parsing and rendering only: wire body -> `RerankQuery` objects ->
-`await app.state.executor.run(queries)` -> `RerankOutcome` objects -> wire body.
+`await app.state.admission.run(queries)` -> `RerankOutcome` objects -> wire body.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -22,65 +22,19 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway.api.errors import ErrorStyle, validation_failed
 from gateway.domain import RerankOutcome, RerankQuery
-from gateway.errors import (
-    Overloaded,
-    RerankError,
-    Unauthorized,
-    ValidationFailed,
-)
+from gateway.errors import RerankError, Unauthorized, ValidationFailed
 from gateway.repository import read_model_spec
 
-log = logging.getLogger(__name__)
 
-
-class ErrorRenderer(Protocol):
-    """Builds a dialect's error body from the gateway's status, error type and message."""
-
-    def __call__(self, status: int, error_type: str, message: str) -> Any: ...
-
-
-def gateway_status(exc: RerankError) -> int:
-    """Status code the gateway's one error table (gateway/api/app.py) gives `exc`."""
-    from gateway.api.app import status_of  # at call time: app.py imports this package
-
-    return status_of(exc)
-
-
-def error_headers(exc: RerankError) -> dict[str, str]:
-    if isinstance(exc, Overloaded):
-        return {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
-    if isinstance(exc, Unauthorized):
-        return {"WWW-Authenticate": "Bearer"}
-    return {}
-
-
-def describe_validation(exc: RequestValidationError) -> str:
-    """One line per pydantic error, located by field path (without the leading `body`)."""
-    parts = []
-    for err in exc.errors():
-        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
-        where = ".".join(loc)
-        parts.append(f"{where}: {err.get('msg', 'invalid')}" if where else str(err.get("msg", "invalid")))
-    return "; ".join(parts) or "invalid request body"
-
-
-def dialect_route_class(
-    render: ErrorRenderer, *, status_overrides: Mapping[str, int] | None = None
-) -> type[APIRoute]:
-    """An APIRoute whose handler answers errors with `render(status, error_type, message)`.
+def dialect_route_class(style: ErrorStyle) -> type[APIRoute]:
+    """An APIRoute whose handler answers errors in `style`'s body and with its status overrides.
 
     Catches what FastAPI raises while parsing the body (RequestValidationError), typed gateway errors
-    (the executor's LimitExceeded, Overloaded, ...), and HTTPExceptions from dependencies (API keys).
-    `status_overrides` maps an error_type to the status code the original server uses for it
-    (Cohere and vLLM answer 400 where TEI answers 422). Anything else propagates to the app's
-    catch-all handler, which logs it and answers a generic 500.
+    (admission control's LimitExceeded, Overloaded, ...), and HTTPExceptions from dependencies. Anything
+    else propagates to the app's catch-all handler, which logs it and answers a generic 500.
     """
-    overrides = dict(status_overrides or {})
-
-    def respond(exc: RerankError) -> JSONResponse:
-        status = overrides.get(exc.error_type) or gateway_status(exc)
-        return JSONResponse(render(status, exc.error_type, exc.message), status, headers=error_headers(exc))
 
     class DialectRoute(APIRoute):
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
@@ -90,12 +44,16 @@ def dialect_route_class(
                 try:
                     return await handler(request)
                 except RequestValidationError as exc:
-                    return respond(ValidationFailed(describe_validation(exc)))
+                    return style.respond(validation_failed(exc))
                 except RerankError as exc:
-                    return respond(exc)
+                    return style.respond(exc)
                 except StarletteHTTPException as exc:
-                    error_type = "unauthorized" if exc.status_code == 401 else "http"
-                    body = render(exc.status_code, error_type, str(exc.detail))
+                    failure = (
+                        Unauthorized(str(exc.detail))
+                        if exc.status_code == 401
+                        else RerankError(str(exc.detail))
+                    )
+                    body = style.render(exc.status_code, failure)
                     return JSONResponse(body, exc.status_code, headers=dict(exc.headers or {}))
 
             return handle
@@ -104,11 +62,12 @@ def dialect_route_class(
 
 
 async def run_queries(request: Request, queries: Sequence[RerankQuery]) -> list[RerankOutcome]:
-    """All inference goes through the executor: limits, admission control and the timeout live there."""
-    executor = request.app.state.executor
+    """All inference goes through admission control: limits, the in-flight bound and the timeout."""
+    admission = request.app.state.admission
     request.state.documents = sum(len(q.documents) for q in queries)  # for the access log
-    outcomes = await executor.run(list(queries))
-    return list(outcomes)
+    outcomes = list(await admission.run(list(queries)))
+    request.state.outcomes = outcomes  # the timing headers are written from them
+    return outcomes
 
 
 def apply_aliases(data: Any, aliases: Mapping[str, Iterable[str]]) -> Any:
@@ -155,21 +114,6 @@ def _scalar(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
-def check_top_n(top_n: int | None, *, field: str = "top_n") -> int | None:
-    """None or 0 mean every document (vLLM's convention for 0); negative is an error."""
-    if top_n is None or top_n == 0:
-        return None
-    if top_n < 0:
-        raise ValidationFailed(f"{field} must be >= 0, got {top_n}")
-    return top_n
-
-
-def check_max_chunks(value: int | None, *, field: str = "max_chunks_per_doc") -> int | None:
-    if value is not None and value < 1:
-        raise ValidationFailed(f"{field} must be >= 1, got {value}")
-    return value
-
-
 def new_id(prefix: str = "") -> str:
     return f"{prefix}{uuid.uuid4()}"
 
@@ -208,73 +152,22 @@ class ServedModel:
 
 
 def served_model(request: Request) -> ServedModel:
-    """The served cross-encoder, from the pipeline's `info()`, else from the repository manifest."""
+    """The served cross-encoder: the loaded one, else the repository manifest's, else the configured name."""
     state = request.app.state
-    cached = getattr(state, "dialects_served_model", None)
+    cached = getattr(state, "served_model", None)
     if isinstance(cached, ServedModel):
         return cached
-    model_id: str | None = None
-    max_len: int | None = None
+    settings = state.settings
     reranker = getattr(state, "reranker", None)
-    info = _call_info(reranker)
-    stage = _find_stage(info)
-    if stage is not None:
-        model_id = str(stage["model_id"])
-        max_len = _int_or_none(stage.get("max_length"))
-    settings = getattr(state, "settings", None) or getattr(state, "dialects_settings", None)
-    if model_id is None and settings is not None:
+    models = getattr(reranker, "models", None)
+    if models is not None:
+        served = ServedModel(models.reranker.spec.model_id, models.reranker.max_length, int(time.time()))
+    else:
         try:
             spec = read_model_spec(Path(settings.model_repository), settings.model_name)
         except RerankError:
-            spec = None
-        if spec is not None:
-            model_id, max_len = spec.model_id, spec.max_length
-    if model_id is None:
-        # Nothing loaded and no manifest: answer with the configured name, and do not remember it.
-        return ServedModel(getattr(settings, "model_name", "reranker"), None, int(time.time()))
-    served = ServedModel(model_id, max_len, int(time.time()))
-    state.dialects_served_model = served
+            # Nothing loaded and no manifest: answer with the configured name, and do not remember it.
+            return ServedModel(settings.model_name, None, int(time.time()))
+        served = ServedModel(spec.model_id, spec.max_length, int(time.time()))
+    state.served_model = served
     return served
-
-
-def _call_info(reranker: Any) -> Any:
-    info = getattr(reranker, "info", None)
-    if not callable(info):
-        return None
-    try:
-        return info()
-    except RerankError:
-        return None
-
-
-def _find_stage(info: Any) -> dict[str, Any] | None:
-    """The cross-encoder's description in `info()`: the first mapping with a `model_id` whose role is
-    not the prefilter's."""
-    if isinstance(info, dict):
-        if "model_id" in info and info.get("role") != "prefilter":
-            return info
-        preferred = [info[k] for k in ("reranker", "models", "stages") if k in info]
-        for value in [*preferred, *info.values()]:
-            found = _find_stage(value)
-            if found is not None:
-                return found
-    elif isinstance(info, list | tuple):
-        for value in info:
-            found = _find_stage(value)
-            if found is not None:
-                return found
-    return None
-
-
-def _int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def seed_aliases(body: Any) -> Any:
-    """The seed shape under a neighbour's name: vLLM's `/rerank` sends `top_n` (0: every document)."""
-    if not isinstance(body, dict) or "top_n" not in body or body.get("top_k") is not None:
-        return body
-    out = {k: v for k, v in body.items() if k != "top_n"}
-    if body["top_n"]:
-        out["top_k"] = body["top_n"]
-    return out

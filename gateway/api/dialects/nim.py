@@ -13,15 +13,11 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from gateway.api.dialects.common import (
-    apply_aliases,
-    check_max_chunks,
-    check_top_n,
-    dialect_route_class,
-    run_queries,
-)
+from gateway.api.dialects.common import apply_aliases, dialect_route_class, run_queries
+from gateway.api.errors import ErrorStyle, body_responses, merge_responses
+from gateway.api.schemas import Usage, max_chunks_of, require_documents, top_n_of
 from gateway.domain import RerankOutcome, RerankQuery
-from gateway.errors import ValidationFailed
+from gateway.errors import RerankError
 
 
 class NIMText(BaseModel):
@@ -58,40 +54,64 @@ class NIMRankingRequest(BaseModel):
         return value.upper() if isinstance(value, str) else value
 
 
-def render_error(status: int, error_type: str, message: str) -> dict[str, Any]:
+class NIMRanking(BaseModel):
+    index: int
+    logit: float
+
+
+class NIMRankingResponse(BaseModel):
+    rankings: list[NIMRanking]
+    usage: Usage
+
+
+class ProblemDetails(BaseModel):
+    """RFC 9457 problem details, NIM's error body."""
+
+    type: str
+    status: int
+    title: str
+    detail: str
+
+
+def render_error(status: int, exc: RerankError) -> dict[str, Any]:
     try:
         title = HTTPStatus(status).phrase
     except ValueError:
         title = "Error"
-    return {"type": "about:blank", "status": status, "title": title, "detail": message}
+    return {"type": "about:blank", "status": status, "title": title, "detail": exc.message}
 
 
-NIMRoute = dialect_route_class(render_error)
+STYLE = ErrorStyle("nim", render_error, ProblemDetails)
+NIMRoute = dialect_route_class(STYLE)
 
 
 def to_query(req: NIMRankingRequest) -> RerankQuery:
-    if not req.passages:
-        raise ValidationFailed("passages must not be empty")
+    require_documents(req.passages, "passages must not be empty")
     return RerankQuery(
         query=req.query.text,
         documents=tuple(p.text for p in req.passages),
-        top_n=check_top_n(req.top_n),
-        max_chunks_per_doc=check_max_chunks(req.max_chunks_per_doc),
+        top_n=top_n_of(req.top_n),
+        max_chunks_per_doc=max_chunks_of(req.max_chunks_per_doc),
         truncate=req.truncate == "END",
     )
 
 
-def render(outcome: RerankOutcome) -> dict[str, Any]:
-    return {
-        "rankings": [{"index": s.index, "logit": s.logit} for s in outcome.results],
-        "usage": {"prompt_tokens": outcome.prompt_tokens, "total_tokens": outcome.prompt_tokens},
-    }
+def render(outcome: RerankOutcome) -> NIMRankingResponse:
+    return NIMRankingResponse(
+        rankings=[NIMRanking(index=s.index, logit=s.logit) for s in outcome.results],
+        usage=Usage.of(outcome.prompt_tokens),
+    )
 
 
 router = APIRouter(route_class=NIMRoute, tags=["nvidia-nim"])
 
 
-@router.post("/v1/ranking", summary="NVIDIA NIM ranking")
-async def ranking(request: Request, body: NIMRankingRequest) -> dict[str, Any]:
+@router.post(
+    "/v1/ranking",
+    summary="NVIDIA NIM ranking",
+    response_model=NIMRankingResponse,
+    responses=merge_responses(STYLE.responses(), body_responses()),
+)
+async def ranking(request: Request, body: NIMRankingRequest) -> NIMRankingResponse:
     [outcome] = await run_queries(request, [to_query(body)])
     return render(outcome)

@@ -3,7 +3,8 @@
 TEI answers a bare array `[{index, score, text?}]`, one item per text, sorted by score (LlamaIndex's TEI
 postprocessor asserts one score per node; Haystack's TEI ranker reads `index`/`score`). `raw_scores`
 gives the logit instead of the sigmoid. Usage goes where TEI puts it: `x-compute-tokens` and
-`x-compute-characters` headers. Errors are `{"error", "error_type"}` with TEI's type names.
+`x-compute-characters` headers. Errors are `{"error", "error_type"}` with TEI's type names and TEI's
+statuses (gateway/api/errors.py OVERRIDES["tei"]).
 """
 
 from __future__ import annotations
@@ -14,19 +15,13 @@ from typing import Any
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, RootModel, ValidationError, field_validator, model_validator
 
-from gateway.api.dialects.common import (
-    apply_aliases,
-    check_max_chunks,
-    check_top_n,
-    describe_validation,
-    error_headers,
-    gateway_status,
-    run_queries,
-)
+from gateway.api.dialects.common import apply_aliases, run_queries
+from gateway.api.errors import ErrorBody, ErrorStyle, validation_message
+from gateway.api.schemas import max_chunks_of, require_documents, top_n_of
 from gateway.domain import RerankOutcome, RerankQuery
-from gateway.errors import LimitExceeded, RerankError, ValidationFailed
+from gateway.errors import EmptyInput, RerankError, ValidationFailed
 
 ALIASES = {
     "texts": ("documents", "passages"),
@@ -38,7 +33,6 @@ ALIASES = {
 TEI_ERROR_TYPES = {
     "validation": "Validation",
     "limit_exceeded": "Validation",
-    "empty": "Empty",
     "overloaded": "Overloaded",
     "unhealthy": "Unhealthy",
     "backend": "Backend",
@@ -74,30 +68,43 @@ class TEIRerankRequest(BaseModel):
         return lowered
 
 
+class TEIRank(BaseModel):
+    """TEI's `Rank`: `text` only when `return_text` was asked for."""
+
+    index: int
+    text: str | None = None
+    score: float
+
+
+class TEIRerankResponse(RootModel[list[TEIRank]]):
+    """TEI's bare array, one item per text, sorted by score."""
+
+
 def to_query(req: TEIRerankRequest) -> RerankQuery:
-    if not req.texts:
-        raise _Empty("`texts` cannot be empty")
+    require_documents(req.texts, "`texts` cannot be empty")
     return RerankQuery(
         query=req.query,
         documents=tuple(req.texts),
-        top_n=check_top_n(req.top_n),
-        max_chunks_per_doc=check_max_chunks(req.max_chunks_per_doc),
+        top_n=top_n_of(req.top_n),
+        max_chunks_per_doc=max_chunks_of(req.max_chunks_per_doc),
         # TEI's default is the server's auto-truncate, which is on here.
         truncate=True if req.truncate is None else req.truncate,
         truncation_direction="left" if req.truncation_direction == "left" else "right",
     )
 
 
-def render(req: TEIRerankRequest, outcome: RerankOutcome) -> list[dict[str, Any]]:
-    items = []
-    for scored in outcome.results:
-        item: dict[str, Any] = {"index": scored.index}
-        if req.return_text:
-            item["text"] = req.texts[scored.index]
-        item["score"] = scored.logit if req.raw_scores else scored.relevance_score
-        items.append(item)
+def render(req: TEIRerankRequest, outcome: RerankOutcome) -> TEIRerankResponse:
     # The outcome is sorted by relevance_score, which the logit orders the same way.
-    return items
+    return TEIRerankResponse(
+        [
+            TEIRank(
+                index=scored.index,
+                text=req.texts[scored.index] if req.return_text else None,
+                score=scored.logit if req.raw_scores else scored.relevance_score,
+            )
+            for scored in outcome.results
+        ]
+    )
 
 
 def usage_headers(req: TEIRerankRequest, outcome: RerankOutcome) -> dict[str, str]:
@@ -109,40 +116,31 @@ def usage_headers(req: TEIRerankRequest, outcome: RerankOutcome) -> dict[str, st
     }
 
 
-class _Empty(ValidationFailed):
-    error_type = "empty"
+def render_error(status: int, exc: RerankError) -> dict[str, Any]:
+    error_type = "Empty" if isinstance(exc, EmptyInput) else TEI_ERROR_TYPES.get(exc.error_type, "Backend")
+    return {"error": exc.message, "error_type": error_type}
 
 
-def render_error(status: int, error_type: str, message: str) -> dict[str, Any]:
-    return {"error": message, "error_type": TEI_ERROR_TYPES.get(error_type, "Backend")}
-
-
-def error_response(exc: RerankError) -> JSONResponse:
-    # TEI: an empty request is 400, a crossed limit (its batch size) a 422 Validation error.
-    if isinstance(exc, _Empty):
-        status = 400
-    elif isinstance(exc, LimitExceeded):
-        status = 422
-    else:
-        status = gateway_status(exc)
-    return JSONResponse(render_error(status, exc.error_type, exc.message), status, headers=error_headers(exc))
+STYLE = ErrorStyle("tei", render_error, ErrorBody)
 
 
 async def rerank_tei(request: Request, body: Any) -> JSONResponse:
-    """Answer an already-decoded `/rerank` body that has `texts` (the seed route dispatches here)."""
+    """Answer an already-decoded `/rerank` body that has `texts` (the native route dispatches here)."""
     try:
         try:
             req = TEIRerankRequest.model_validate(body)
         except ValidationError as exc:
-            raise ValidationFailed(describe_validation(RequestValidationError(exc.errors()))) from None
+            raise ValidationFailed(validation_message(exc.errors())) from None
         [outcome] = await run_queries(request, [to_query(req)])
     except RerankError as exc:
-        return error_response(exc)
-    return JSONResponse(render(req, outcome), headers=usage_headers(req, outcome))
+        return STYLE.respond(exc)
+    # Rendered here, not by the route's response_model: the native route owns that.
+    content = render(req, outcome).model_dump(exclude_none=True)
+    return JSONResponse(content, headers=usage_headers(req, outcome))
 
 
 def is_tei_body(body: Any) -> bool:
-    """TEI's body names its documents `texts`; the seed shape names them `documents`."""
+    """TEI's body names its documents `texts`; the native shape names them `documents`."""
     return isinstance(body, dict) and "texts" in body and "documents" not in body
 
 

@@ -2,23 +2,26 @@
 
 Score pairs `text_1` x `text_2` (also `queries`/`documents`, `queries`/`items`, `data_1`/`data_2`, as newer
 vLLM accepts): 1:N (one query, many documents) or N:N (pairwise). Pairs are grouped by query, and the
-groups are scored together in one executor call. The answer keeps pair order:
+groups are scored together in one call. The answer keeps pair order:
 `{id, object: "list", created, model, data: [{index, object: "score", score}], usage}`.
 vLLM's `/rerank`, `/v1/rerank` and `/v2/rerank` bodies are Cohere's and are answered by those routes.
-Errors are vLLM's `{"error": {message, type, param, code}}`, 400 for a bad request.
+Errors are vLLM's `{"error": {message, type, param, code}}`, 400 for a bad request
+(gateway/api/errors.py OVERRIDES["vllm"]).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.api.dialects.common import dialect_route_class, new_id, run_queries, served_model
+from gateway.api.errors import ErrorStyle, body_responses, merge_responses
+from gateway.api.schemas import Usage, require_documents
 from gateway.domain import RerankOutcome, RerankQuery
-from gateway.errors import ValidationFailed
+from gateway.errors import RerankError, Unauthorized, ValidationFailed
 
 # vLLM's error `type` names by HTTP status (vllm/entrypoints/openai/engine/protocol.py ErrorInfo).
 _VLLM_TYPES = {
@@ -65,10 +68,60 @@ class ScoreRequest(BaseModel):
         return True
 
 
-def render_error(status: int, error_type: str, message: str) -> dict[str, Any]:
+class ScoreData(BaseModel):
+    index: int
+    object: Literal["score"]
+    score: float
+
+
+class ScoreUsage(Usage):
+    completion_tokens: int = 0
+
+
+class ScoreResponse(BaseModel):
+    """vLLM's `ScoreResponse`: one score per pair, in pair order."""
+
+    id: str
+    object: Literal["list"]
+    created: int
+    model: str
+    data: list[ScoreData]
+    usage: ScoreUsage
+
+
+class ModelCard(BaseModel):
+    """OpenAI's model card as vLLM lists it; `max_model_len` only when the window is known."""
+
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    root: str
+    parent: str | None
+    permission: list[Any]
+    max_model_len: int | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class VLLMErrorInfo(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: int
+
+
+class VLLMErrorBody(BaseModel):
+    error: VLLMErrorInfo
+
+
+def render_error(status: int, exc: RerankError) -> dict[str, Any]:
     return {
         "error": {
-            "message": message,
+            "message": exc.message,
             "type": _VLLM_TYPES.get(status, "InternalServerError"),
             "param": None,
             "code": status,
@@ -76,15 +129,15 @@ def render_error(status: int, error_type: str, message: str) -> dict[str, Any]:
     }
 
 
-VLLMRoute = dialect_route_class(render_error, status_overrides={"validation": 400, "limit_exceeded": 400})
+STYLE = ErrorStyle("vllm", render_error, VLLMErrorBody)
+VLLMRoute = dialect_route_class(STYLE)
 
 
 def pairs(req: ScoreRequest) -> list[tuple[str, str]]:
     """(query, document) per pair, in response order: 1:1, 1:N or N:N as vLLM defines them."""
     firsts = [req.text_1] if isinstance(req.text_1, str) else list(req.text_1)
     seconds = [req.text_2] if isinstance(req.text_2, str) else list(req.text_2)
-    if not firsts or not seconds:
-        raise ValidationFailed("text_1 and text_2 must not be empty")
+    require_documents(firsts and seconds, "text_1 and text_2 must not be empty")
     if len(firsts) == 1:
         firsts = firsts * len(seconds)
     elif len(firsts) != len(seconds):
@@ -118,45 +171,54 @@ def to_queries(req: ScoreRequest) -> tuple[list[RerankQuery], list[list[int]]]:
 
 def render(
     req: ScoreRequest, outcomes: list[RerankOutcome], members: list[list[int]], *, model: str
-) -> dict[str, Any]:
+) -> ScoreResponse:
     scores: dict[int, float] = {}
     for outcome, pair_indexes in zip(outcomes, members, strict=True):
         for scored in outcome.results:
             scores[pair_indexes[scored.index]] = scored.relevance_score if req.activated else scored.logit
     tokens = sum(o.prompt_tokens for o in outcomes)
-    return {
-        "id": new_id("score-"),
-        "object": "list",
-        "created": int(time.time()),
-        "model": outcomes[0].model if outcomes else model,
-        "data": [{"index": i, "object": "score", "score": scores[i]} for i in range(len(scores))],
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0},
-    }
+    return ScoreResponse(
+        id=new_id("score-"),
+        object="list",
+        created=int(time.time()),
+        model=outcomes[0].model if outcomes else model,
+        data=[ScoreData(index=i, object="score", score=scores[i]) for i in range(len(scores))],
+        usage=ScoreUsage(prompt_tokens=tokens, total_tokens=tokens, completion_tokens=0),
+    )
 
 
 router = APIRouter(route_class=VLLMRoute, tags=["vllm"])
+SCORE_RESPONSES = merge_responses(STYLE.responses(), body_responses())
 
 
-@router.post("/score", summary="vLLM score")
-@router.post("/v1/score", summary="vLLM score (v1 path)")
-async def score(request: Request, body: ScoreRequest) -> dict[str, Any]:
+@router.post("/score", summary="vLLM score", response_model=ScoreResponse, responses=SCORE_RESPONSES)
+@router.post(
+    "/v1/score", summary="vLLM score (v1 path)", response_model=ScoreResponse, responses=SCORE_RESPONSES
+)
+async def score(request: Request, body: ScoreRequest) -> ScoreResponse:
     queries, members = to_queries(body)
     outcomes = await run_queries(request, queries)
     return render(body, outcomes, members, model=served_model(request).id)
 
 
-@router.get("/v1/models", summary="Served models (OpenAI/vLLM list)")
-async def models(request: Request) -> dict[str, Any]:
+@router.get(
+    "/v1/models",
+    summary="Served models (OpenAI/vLLM list)",
+    response_model=ModelList,
+    response_model_exclude_unset=True,
+    responses=STYLE.responses([Unauthorized]),
+)
+async def models(request: Request) -> ModelList:
     served = served_model(request)
-    card: dict[str, Any] = {
-        "id": served.id,
-        "object": "model",
-        "created": served.created,
-        "owned_by": "reranker-service",
-        "root": served.id,
-        "parent": None,
-        "permission": [],
-    }
+    card = ModelCard(
+        id=served.id,
+        object="model",
+        created=served.created,
+        owned_by="reranker-service",
+        root=served.id,
+        parent=None,
+        permission=[],
+    )
     if served.max_model_len is not None:
-        card["max_model_len"] = served.max_model_len
-    return {"object": "list", "data": [card]}
+        card.max_model_len = served.max_model_len
+    return ModelList(object="list", data=[card])

@@ -9,8 +9,8 @@ import pytest
 from conftest import ThreadServer
 from gateway_test_fakes import oom_session_factory, probe
 
-from gateway.api.app import create_app
 from gateway.api.schemas import RerankResponse
+from gateway.app import create_app
 from gateway.backends.factory import ModelLoader
 from gateway.config import Settings
 from gateway.pipeline import Reranker

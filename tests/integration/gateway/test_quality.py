@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
+from gateway.app import build_reranker
 from gateway.config import Settings
 from gateway.domain import RerankQuery
-from gateway.pipeline import Reranker
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_models]
 
@@ -23,7 +23,7 @@ def score(repo, precision: str) -> dict[str, float]:
     settings = Settings(model_repository=repo, cpu_precision=precision, prefilter_name="", threads=2)
 
     async def go():
-        reranker = Reranker(settings)
+        reranker = build_reranker(settings)
         try:
             out = await reranker.rerank(RerankQuery(QUERY, (BERLIN, NYC)))
         finally:

@@ -30,7 +30,7 @@ class Gateway:
     def __init__(self, port: int, **settings: object) -> None:
         import uvicorn
 
-        from gateway.api.app import create_app
+        from gateway.app import create_app
         from gateway.config import load_settings
 
         self.port = port

@@ -23,7 +23,7 @@ def client(executor: FakeExecutor) -> TestClient:
     app = FastAPI()
     settings = Settings(model_repository="does-not-exist")
     app.state.settings = settings
-    app.state.executor = executor
+    app.state.admission = executor
     include_dialects(app, settings)
 
     @app.post("/rerank")

@@ -16,7 +16,7 @@ def keyed() -> TestClient:
     app = FastAPI()
     settings = Settings(model_repository="does-not-exist", api_keys=["k1", "k2"])
     app.state.settings = settings
-    app.state.executor = FakeExecutor()
+    app.state.admission = FakeExecutor()
     include_dialects(app, settings)
     return TestClient(app)
 

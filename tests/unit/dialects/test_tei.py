@@ -49,7 +49,7 @@ def test_tei_errors(client, executor):
 
 
 def test_seed_aliases_for_vllm_rerank_bodies():
-    from gateway.api.dialects.common import seed_aliases
+    from gateway.api.schemas import native_aliases as seed_aliases
 
     assert seed_aliases({"query": "q", "documents": [], "top_n": 3}) == {
         "query": "q",

@@ -8,8 +8,8 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
-from gateway.api.app import create_app
 from gateway.api.schemas import RerankResponse
+from gateway.app import create_app
 from gateway.config import Settings
 from gateway.pipeline import Reranker
 
@@ -186,7 +186,7 @@ def test_overload_is_429_with_retry_after_and_timeout_is_504(make_reranker, tiny
         t = threading.Thread(target=first)
         t.start()
         for _ in range(100):
-            if c.app.state.executor.in_flight:
+            if c.app.state.admission.in_flight:
                 break
             threading.Event().wait(0.01)
         second = c.post("/rerank", json={"query": QUERY, "documents": DOCS})

@@ -1,6 +1,6 @@
-"""The one door every dialect's route goes through: limits, admission control, timeout.
+"""Admission control, the one door every dialect's route goes through: limits, in-flight bound, timeout.
 
-`await executor.run([RerankQuery, ...])` checks the configured limits (LimitExceeded), refuses work
+`await admission.run([RerankQuery, ...])` checks the configured limits (LimitExceeded), refuses work
 beyond `max_in_flight` requests at once (Overloaded -> 429 + Retry-After; no unbounded queue), and
 bounds the whole request by `request_timeout_s` (RequestTimedOut -> 504).
 """
@@ -8,7 +8,6 @@ bounds the whole request by `request_timeout_s` (RequestTimedOut -> 504).
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Sequence
 
@@ -19,7 +18,9 @@ from gateway.errors import LimitExceeded, Overloaded, RequestTimedOut
 from gateway.pipeline import Reranker
 
 
-class RerankExecutor:
+class Admission:
+    """Says no early when full (TEI's semaphore try_acquire): no queue of its own, so no hidden wait."""
+
     def __init__(self, reranker: Reranker, settings: Settings) -> None:
         self.reranker = reranker
         self.settings = settings
@@ -54,10 +55,9 @@ class RerankExecutor:
         self.check_limits(queries)
         if self.in_flight >= self.settings.max_in_flight:
             metrics.REJECTED.labels("overloaded").inc()
-            retry = max(1, math.ceil(self._recent_s))
             raise Overloaded(
                 f"{self.in_flight} requests in flight; the limit max_in_flight is {self.settings.max_in_flight}",
-                retry_after=retry,
+                retry_after=self._recent_s,  # the HTTP layer rounds it (gateway/api/errors.py retry_after)
             )
         self.in_flight += 1
         metrics.IN_FLIGHT.inc()

@@ -1,0 +1,1 @@
+"""The HTTP layer: routes, wire models, error rendering, admission control. Imports no runtime."""
