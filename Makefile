@@ -20,7 +20,7 @@ PYTEST_ARGS ?=
 RERANKER_TEST_MODELS ?= $(abspath ../shared/models)
 export RERANKER_TEST_MODELS
 
-.PHONY: install export serve triton triton-setup triton-stop triton-check test test-fast lint bench bench-gateway clean
+.PHONY: install export serve triton triton-setup triton-stop triton-check test test-fast lint bench bench-gateway bench-soak clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -81,6 +81,12 @@ bench: install
 # The gateway's own targets (memory, overhead over bare session.run, bucketing, two-stage gain).
 bench-gateway: install
 	$(PY) bench/gateway_overhead.py --repository "$(REPO)"
+
+# Issue 11's soak: closed-loop clients while the local tritonserver is SIGKILLed every minute; fails on any 5xx.
+SOAK_ARGS ?= --minutes 10 --clients 32 --kill-every 60
+bench-soak: triton-setup
+	@test -f "$(REPO)/reranker/manifest.json" || $(MAKE) export
+	$(PY) -m bench.soak --model-repository "$(REPO)" --out bench/results/soak.json $(SOAK_ARGS)
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .cache/test-repos
