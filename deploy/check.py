@@ -49,6 +49,10 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any]]] = {
         "values.yaml",
         {"exportJob": {"enabled": True}, "gateway": {"apiKeys": {"keys": ["key-1", "key-2"]}}},
     ),
+    "cpu, external Triton (KServe)": (
+        "values-cpu.yaml",
+        {"gateway": {"tritonUrl": "reranker-triton-predictor.search.svc:9000"}},
+    ),
     "gpu, object store, existing key Secret": (
         "values.yaml",
         {
@@ -66,6 +70,7 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any]]] = {
 class Rendered:
     scenario: str
     objects: list[dict[str, Any]] = field(default_factory=list)
+    values: dict[str, Any] = field(default_factory=dict)  # what the chart was given
 
     def kinds(self) -> Counter[str]:
         return Counter(obj["kind"] for obj in self.objects)
@@ -117,7 +122,7 @@ def render(values: dict[str, Any], scenario: str = "") -> Rendered:
 
     with helm.Chart.load(str(CHART)) as chart:
         manifests = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
-    rendered = Rendered(scenario)
+    rendered = Rendered(scenario, values=values)
     for path, text in sorted(manifests.items()):
         if not path.endswith((".yaml", ".yml")):
             continue  # NOTES.txt
@@ -330,8 +335,11 @@ def check_gateway(r: Rendered, routes: set[str]) -> list[str]:
     triton_service = r.component("Service", "triton")
     url = env.get("RERANKER_TRITON_URL", {}).get("value")
     if triton_service is None:
-        if url:
-            problems.append("RERANKER_TRITON_URL is set but no Triton Service is rendered")
+        external = r.values.get("gateway", {}).get("tritonUrl") or None
+        if url != external:
+            problems.append(
+                f"RERANKER_TRITON_URL={url} without Triton in the chart, expected gateway.tritonUrl"
+            )
     elif settings is not None:
         if triton_service["spec"].get("clusterIP") != "None":
             problems.append("the Triton Service must be headless (clusterIP: None) for per-pod balancing")

@@ -143,3 +143,10 @@ def test_every_hpa_metric_has_an_adapter_rule(rendered) -> None:
     hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] = "triton_queue_time"
     problems = check.check_autoscaling_metrics([r])
     assert any("triton_queue_time" in p for p in problems), problems
+
+
+def test_an_external_triton_is_named_by_gateway_triton_url(rendered) -> None:
+    r = rendered["cpu, external Triton (KServe)"]
+    env = {e["name"]: e.get("value") for e in _gateway(r)["env"]}
+    assert env["RERANKER_TRITON_URL"] == "reranker-triton-predictor.search.svc:9000"
+    assert "RERANKER_TRITON_URL" not in {e["name"] for e in _gateway(rendered["cpu"])["env"]}
