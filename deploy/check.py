@@ -37,8 +37,8 @@ KUBE_VERSIONS = ("1.25.0", "1.37.0")  # Chart.yaml kubeVersion >=1.25, and the n
 RELEASE, NAMESPACE = "rr", "search"
 # Triton's own metrics the adapter rule divides (Triton 2.51: microsecond counters per model).
 TRITON_METRICS = {"nv_inference_queue_duration_us", "nv_inference_compute_infer_duration_us"}
-# The exporter writes these besides config.pbtxt (export/build.py); used when no exported repository is given.
-EXPORTER_SOURCE = ROOT / "export" / "build.py"
+# Where the exporter's code names the configs/<name>.pbtxt it writes (used when no exported repository is given).
+EXPORTER_SOURCES = ROOT / "export"
 
 # name -> (values file, overrides): the two shipped values files, and the switches they leave off.
 SCENARIOS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -242,7 +242,8 @@ def exporter_config_names(repository: Path | None) -> set[str]:
             raise ValueError(f"{repository} holds no exported model")
         per_model = [{p.stem for p in (m / "configs").glob("*.pbtxt")} for m in models]
         return set.intersection(*per_model)
-    return set(re.findall(r'configs\s*/\s*"([\w.-]+)\.pbtxt"', EXPORTER_SOURCE.read_text()))
+    pattern = re.compile(r'configs(?:\s*/\s*"|/)([\w.-]+)\.pbtxt')
+    return {name for path in EXPORTER_SOURCES.glob("*.py") for name in pattern.findall(path.read_text())}
 
 
 def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
