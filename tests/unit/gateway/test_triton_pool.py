@@ -250,3 +250,13 @@ def test_triton_url_list_form():
     for bad in ("triton", "triton:http", "a:8001,b", "::1:8001", ",", "triton:70000"):
         with pytest.raises(ConfigurationError, match="RERANKER_TRITON_URL"):
             load_settings(triton_url=bad)
+
+
+def test_resolve_lists_ipv4_addresses_once():
+    from gateway.backends.triton_pool import resolve
+
+    assert asyncio.run(resolve("127.0.0.1", 8001)) == ["127.0.0.1:8001"]
+    found = asyncio.run(resolve("localhost", 8001))
+    assert found and len(found) == len(set(found))
+    assert all(address.endswith(":8001") for address in found)
+    assert "127.0.0.1:8001" in found or all(address.startswith("[") for address in found)
