@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch is only needed by `make export`; 2.13.0 is the CPU build on these machines' disk.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= export,test,dev,clients,bench
+EXTRAS ?= export,test,dev,clients,bench,deploy
 
 # Export sources: a hub id or a local folder (RERANKER_MODEL / RERANKER_PREFILTER in the environment work too).
 # EXPORT_ARGS: --quiet (CI), --max-length N, --int8-full-range (CPUs with VNNI); PREFILTER=same uses the
@@ -20,7 +20,7 @@ PYTEST_ARGS ?=
 RERANKER_TEST_MODELS ?= $(abspath ../shared/models)
 export RERANKER_TEST_MODELS
 
-.PHONY: install export serve triton triton-setup triton-stop triton-check test test-fast lint bench bench-gateway bench-soak clean
+.PHONY: install export serve triton triton-setup triton-stop triton-check test test-fast lint deploy-check bench bench-gateway bench-soak clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -67,10 +67,15 @@ test-fast: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: install
-	$(PY) -m ruff check gateway export tests bench
-	$(PY) -m ruff format --check gateway export tests bench
+	$(PY) -m ruff check gateway export tests bench deploy
+	$(PY) -m ruff format --check gateway export tests bench deploy
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports
+
+# The Helm chart (deploy/helm/reranker) offline: helm lint + render with each values file, every object against
+# the Kubernetes schemas, and the wiring against the code (deploy/check.py; tests/unit/deploy runs it in `make test`).
+deploy-check: install
+	$(PY) -m deploy.check
 
 # Quality through the HTTP service, speed side by side, concurrency sweep -> bench/results/ (about 35 min on
 # 2 idle cores; BENCH_ARGS="--size quick" about 10, "--resume" continues an interrupted run).

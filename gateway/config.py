@@ -96,7 +96,19 @@ class Settings(BaseSettings):
     )
 
     # --- Triton (optional primary backend, local ONNX Runtime stays the fallback) --------------
-    triton_url: str | None = Field(None, description="Triton endpoint, e.g. localhost:8001 (None: off).")
+    triton_url: str | None = Field(
+        None,
+        description="Triton endpoints, host:port, comma-separated (e.g. localhost:8001), or one DNS name "
+        "resolving to several addresses such as a headless Service (None: off).",
+    )
+    triton_balance: Literal["least_outstanding", "round_robin"] = Field(
+        "least_outstanding",
+        description="How batches are spread over the healthy Triton endpoints: the one with the fewest rows "
+        "in flight, or each in turn.",
+    )
+    triton_resolve_s: float = Field(
+        30.0, gt=0, description="Seconds between DNS re-resolutions of Triton endpoint names."
+    )
     triton_protocol: Literal["grpc", "http"] = "grpc"
     triton_model_name: str | None = Field(None, description="Model name in Triton (default: model_name).")
     triton_timeout_s: float = Field(
@@ -121,6 +133,13 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("triton_url")
+    @classmethod
+    def _endpoints(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_endpoints(value)  # raises ValueError naming the bad entry
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -149,8 +168,38 @@ class Settings(BaseSettings):
             return os.cpu_count() or 1
 
     @property
+    def triton_endpoints(self) -> list[str]:
+        """RERANKER_TRITON_URL as a list of host:port entries (scheme stripped); empty when Triton is off."""
+        return parse_endpoints(self.triton_url) if self.triton_url else []
+
+    @property
     def effective_triton_model_name(self) -> str:
         return self.triton_model_name or self.model_name
+
+
+_SCHEMES = ("grpc://", "http://", "https://")
+
+
+def parse_endpoints(value: str) -> list[str]:
+    """`a:8001, grpc://b:8001` -> ["a:8001", "b:8001"]; a missing or bad port raises ValueError."""
+    endpoints = []
+    for raw in value.split(","):
+        entry = raw.strip()
+        for scheme in _SCHEMES:
+            entry = entry.removeprefix(scheme)
+        entry = entry.rstrip("/")
+        if not entry:
+            continue
+        host, sep, port = entry.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"Triton endpoint {raw.strip()!r} must be host:port (e.g. triton:8001)")
+        if host.startswith("[") != host.endswith("]") or (":" in host and not host.startswith("[")):
+            raise ValueError(f"Triton endpoint {raw.strip()!r}: write an IPv6 address as [addr]:port")
+        if entry not in endpoints:
+            endpoints.append(entry)
+    if not endpoints:
+        raise ValueError("no Triton endpoint given (leave it unset to turn Triton off)")
+    return endpoints
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -62,6 +62,22 @@ PHASE_SECONDS = Histogram(
     ["phase", "stage"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+TRITON_ENDPOINT_CALLS = Counter(
+    "reranker_triton_endpoint_calls_total",
+    "Batch calls per Triton endpoint (host:port) by outcome (ok, unavailable, timeout, error, ...)",
+    ["endpoint", "outcome"],
+)
+TRITON_ENDPOINT_FAILURES = Counter(
+    "reranker_triton_endpoint_failures_total",
+    "Failed batch calls per Triton endpoint; each takes the endpoint out until a re-probe answers ready",
+    ["endpoint", "reason"],
+)
+TRITON_ENDPOINT_IN_FLIGHT = Gauge(
+    "reranker_triton_endpoint_in_flight_rows", "Rows of batches in flight per Triton endpoint", ["endpoint"]
+)
+TRITON_ENDPOINT_UP = Gauge(
+    "reranker_triton_endpoint_up", "1 while a Triton endpoint takes batches, 0 while it is out", ["endpoint"]
+)
 MODEL_LOAD_SECONDS = Gauge("reranker_model_load_seconds", "Seconds the last model load took")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.backends.base import Scorer
+from gateway.backends.base import Scorer, describe_scorer
 from gateway.repository import ModelSpec
 from gateway.tokenization import PairTokenizer
 
@@ -33,6 +33,7 @@ class ModelStage:
             "variant": self.variant,
             "backend": self.scorer.name,
             "token_budget": self.token_budget,
+            "scorer": describe_scorer(self.scorer),
         }
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from gateway.domain import BatchScores, EncodedBatch
 
@@ -12,6 +12,7 @@ __all__ = [
     "EncodedBatch",
     "Scorer",
     "cancelled_by_caller",
+    "describe_scorer",
 ]  # the batch types are the domain's, re-exported here
 
 
@@ -28,6 +29,12 @@ class Scorer(Protocol):
     async def ready(self) -> bool: ...
 
     async def close(self) -> None: ...
+
+
+def describe_scorer(scorer: Scorer) -> dict[str, Any]:
+    """What /info shows of a scorer: its own `info()` when it has one (compositions, the Triton pool)."""
+    info = getattr(scorer, "info", None)
+    return dict(info()) if callable(info) else {"name": scorer.name}
 
 
 def cancelled_by_caller() -> bool:

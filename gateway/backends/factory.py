@@ -8,7 +8,8 @@ Decision for the cross-encoder (the prefilter always runs on the CPU, int8 when 
 - otherwise the CUDA provider (fp16 variant when exported, else fp32), checked with
   `session.get_providers()[0]` because onnxruntime-gpu silently falls back to the CPU, composed with a
   CPU scorer that takes the batches a CUDA OOM/CUDA error breaks;
-- `triton_url` set: a TritonScorer as the primary with that local scorer as the fallback.
+- `triton_url` set: a TritonPool (one TritonScorer per endpoint, balanced) as the primary with that local
+  scorer as the fallback.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from gateway.backends.base import Scorer
 from gateway.backends.fallback import FallbackScorer
 from gateway.backends.gpu_probe import GpuProbe, GpuStatus, NvmlProbe
 from gateway.backends.onnx_local import Lane, OnnxScorer, SessionLike, cpu_flags, make_session
+from gateway.backends.triton_pool import TritonPool
 from gateway.config import Settings
 from gateway.errors import ModelRepositoryError
 from gateway.models import LoadedModels, ModelStage
@@ -102,17 +104,14 @@ class ModelLoader:
         local, variant = self._local_reranker(spec, gpu, report)
         scorer: Scorer = local
         if s.triton_url:
-            from gateway.backends.triton import TritonScorer  # only module importing tritonclient
-
-            triton = TritonScorer(
-                url=s.triton_url,
-                protocol=s.triton_protocol,
-                model_name=s.effective_triton_model_name,
-                input_names=spec.input_names,
-                timeout_s=s.triton_timeout_s,
-            )
+            triton = triton_pool(s, spec.input_names)
             scorer = FallbackScorer(triton, local, mark_down=True, reprobe_s=s.fallback_reprobe_s)
-            report["triton"] = {"url": s.triton_url, "protocol": s.triton_protocol}
+            report["triton"] = {
+                "url": s.triton_url,
+                "endpoints": s.triton_endpoints,
+                "protocol": s.triton_protocol,
+                "balance": s.triton_balance,
+            }
         max_length = min(s.max_length or spec.max_length, spec.max_length)
         reranker = ModelStage(
             spec=spec,
@@ -202,6 +201,34 @@ class ModelLoader:
             variant=variant,
             token_budget=s.token_budget,
         )
+
+
+def triton_pool(settings: Settings, input_names: tuple[str, ...]) -> TritonPool:
+    """One TritonScorer per Triton endpoint (a DNS name stands for all its addresses), balanced by a pool."""
+    from gateway.backends.triton import TritonScorer  # only module importing tritonclient
+
+    s = settings
+
+    def connect(address: str) -> Scorer:
+        return TritonScorer(
+            url=address,
+            protocol=s.triton_protocol,
+            model_name=s.effective_triton_model_name,
+            input_names=input_names,
+            timeout_s=s.triton_timeout_s,
+        )
+
+    return TritonPool(
+        s.triton_endpoints,
+        connect,
+        name=f"triton-{s.triton_protocol}",
+        input_names=input_names,
+        balance=s.triton_balance,
+        reprobe_s=s.fallback_reprobe_s,
+        # below FallbackScorer's 2 s readiness bound, so a slow endpoint cannot hide the others' answers
+        probe_timeout_s=1.5,
+        resolve_s=s.triton_resolve_s,
+    )
 
 
 def describe_repository(settings: Settings) -> dict[str, Any]:

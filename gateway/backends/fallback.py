@@ -13,11 +13,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from gateway import metrics
-from gateway.backends.base import BatchScores, EncodedBatch, Scorer, cancelled_by_caller
+from gateway.backends.base import BatchScores, EncodedBatch, Scorer, cancelled_by_caller, describe_scorer
 from gateway.domain import join_backends
 from gateway.errors import BackendFailed
 
@@ -157,6 +158,14 @@ class FallbackScorer:
             self.primary_up = True
             return True
         return await self.fallback.ready()
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "primary_up": self.primary_up,
+            "primary": describe_scorer(self.primary),
+            "fallback": describe_scorer(self.fallback),
+        }
 
     @property
     def active_name(self) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from triton_gateway_harness import Gateway
 
 from export.triton_local import TritonInstall, TritonServer, TritonSetupError, install
 
@@ -181,3 +182,27 @@ def tiny_triton_repository(tiny_model_repository: Path, tmp_path_factory: pytest
     for name in ("configs/cpu.pbtxt", "1/model.py", "1/model.onnx"):
         _link_or_copy(tiny_model_repository / MODEL / name, target / MODEL / name)
     return target
+
+
+@pytest.fixture
+def gateway_factory(real_model_repository: Path, free_port: int) -> Iterator[Callable[..., Gateway]]:
+    """`gateway_factory(**settings)` starts the real gateway on a free port; every one is stopped after."""
+    started: list[Gateway] = []
+
+    def make(**settings: object) -> Gateway:
+        defaults: dict[str, object] = {
+            "model_repository": real_model_repository,
+            "prefilter_name": "",  # the cross-encoder stage is what Triton serves
+            "device": "cpu",
+            "cache_size": 0,  # every request must reach a backend
+            "triton_timeout_s": 10.0,
+            "fallback_reprobe_s": 0.5,
+            "threads": 1,
+        }
+        gateway = Gateway(free_port, **{**defaults, **settings})
+        started.append(gateway)
+        return gateway.start()
+
+    yield make
+    for gateway in started:
+        gateway.stop()

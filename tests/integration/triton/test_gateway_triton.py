@@ -5,83 +5,21 @@ replaced by the local ONNX Runtime fallback without an error, and a restarted Tr
 from __future__ import annotations
 
 import os
-import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import httpx
 import pytest
+from triton_gateway_harness import Gateway, metric_value
 
 from export.triton_local import TritonServer
 from gateway.api.schemas import RerankResponse
 
 pytestmark = [pytest.mark.slow, pytest.mark.triton, pytest.mark.real_models]
 
-START_TIMEOUT_S = 120.0
 RECOVERY_TIMEOUT_S = 60.0
-
-
-class Gateway:
-    """The real app under uvicorn in a thread, on a free port; `stop()` is bounded."""
-
-    def __init__(self, port: int, **settings: object) -> None:
-        import uvicorn
-
-        from gateway.app import create_app
-        from gateway.config import load_settings
-
-        self.port = port
-        self.settings = load_settings(host="127.0.0.1", port=self.port, **settings)
-        config = uvicorn.Config(
-            create_app(self.settings), host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="gateway-under-test", daemon=True)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> Gateway:
-        self.thread.start()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not self.server.started:
-            if not self.thread.is_alive():
-                raise RuntimeError("the gateway exited during start-up")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the gateway did not start in {START_TIMEOUT_S:.0f}s")
-            time.sleep(0.1)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
-        if self.thread.is_alive():
-            self.server.force_exit = True
-            self.thread.join(10)
-
-
-@pytest.fixture
-def gateway_factory(real_model_repository: Path, free_port: int) -> Iterator[Callable[..., Gateway]]:
-    started: list[Gateway] = []
-
-    def make(**settings: object) -> Gateway:
-        defaults: dict[str, object] = {
-            "model_repository": real_model_repository,
-            "prefilter_name": "",  # the cross-encoder stage is what Triton serves
-            "device": "cpu",
-            "cache_size": 0,  # every request must reach a backend
-            "triton_timeout_s": 10.0,
-            "fallback_reprobe_s": 0.5,
-            "threads": 1,
-        }
-        gateway = Gateway(free_port, **{**defaults, **settings})
-        started.append(gateway)
-        return gateway.start()
-
-    yield make
-    for gateway in started:
-        gateway.stop()
 
 
 def _rerank(gateway: Gateway, query: str, documents: list[str]) -> RerankResponse:
@@ -94,17 +32,6 @@ def _assert_ranked(result: RerankResponse) -> None:
     # DOCUMENTS: 0 and 2 answer the query, 1 and 3 are off topic.
     order = [r.index for r in result.results]
     assert set(order[:2]) == {0, 2}, order
-
-
-def _metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{"):
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
-        if all(found.get(k) == v for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def test_triton_fallback_and_recovery(
@@ -137,9 +64,9 @@ def test_triton_fallback_and_recovery(
 
     metrics = httpx.get(f"{gateway.url}/metrics", timeout=10).text
     calls = "reranker_scorer_calls_total"
-    assert _metric(metrics, calls, backend="triton", protocol="grpc", outcome="ok") >= 2
-    assert _metric(metrics, calls, backend="triton", protocol="grpc", outcome="unavailable") >= 1
-    fallbacks = _metric(
+    assert metric_value(metrics, calls, backend="triton", protocol="grpc", outcome="ok") >= 2
+    assert metric_value(metrics, calls, backend="triton", protocol="grpc", outcome="unavailable") >= 1
+    fallbacks = metric_value(
         metrics, "reranker_fallbacks_total", from_backend="triton-grpc", to_backend="onnx-cpu"
     )
     assert fallbacks >= 4
@@ -194,7 +121,7 @@ def test_a_timed_out_triton_call_does_not_fail_its_siblings(
     statuses = _burst(gateway, _bodies(pairs, 32, 24))
     assert statuses == [200] * 32, statuses
     metrics = httpx.get(f"{gateway.url}/metrics", timeout=10).text
-    timeouts = _metric(
+    timeouts = metric_value(
         metrics, "reranker_scorer_calls_total", backend="triton", protocol="grpc", outcome="timeout"
     )
     assert timeouts >= 1, "the burst must have made a Triton call time out, or it tested nothing"
@@ -221,4 +148,6 @@ def test_requests_in_flight_when_triton_is_killed_are_served_by_the_fallback(
     assert statuses == [200] * 16, statuses
     after = httpx.get(f"{gateway.url}/metrics", timeout=10).text
     name, labels = "reranker_fallbacks_total", {"from_backend": "triton-grpc", "to_backend": "onnx-cpu"}
-    assert _metric(after, name, **labels) > _metric(before, name, **labels), "the fallback served the burst"
+    assert metric_value(after, name, **labels) > metric_value(before, name, **labels), (
+        "the fallback served the burst"
+    )

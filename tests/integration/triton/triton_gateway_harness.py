@@ -1,0 +1,73 @@
+"""The real gateway app under uvicorn in a thread, and a reader for its /metrics text (Triton tests)."""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+
+START_TIMEOUT_S = 120.0
+READY_TIMEOUT_S = 180.0  # a tritonserver's start on shared cores
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+class Gateway:
+    """The real app under uvicorn in a thread, on a free port; `stop()` is bounded."""
+
+    def __init__(self, port: int, **settings: object) -> None:
+        import uvicorn
+
+        from gateway.app import create_app
+        from gateway.config import load_settings
+
+        self.port = port
+        self.settings = load_settings(host="127.0.0.1", port=self.port, **settings)
+        config = uvicorn.Config(
+            create_app(self.settings), host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="gateway-under-test", daemon=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Gateway:
+        self.thread.start()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError("the gateway exited during start-up")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the gateway did not start in {START_TIMEOUT_S:.0f}s")
+            time.sleep(0.1)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+        if self.thread.is_alive():
+            self.server.force_exit = True
+            self.thread.join(10)
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
