@@ -82,7 +82,11 @@ def running_gateway(repository: Path, log_dir: Path, **env_overrides: str) -> It
 
 
 # Names clients send by default, served as aliases of the exported model (listed in /v1/models).
-SERVED_ALIASES = ("nvidia/nv-rerankqa-mistral-4b-v3", "jina-reranker-v2-base-multilingual")
+SERVED_ALIASES = (
+    "nvidia/nv-rerankqa-mistral-4b-v3",
+    "BAAI/bge-reranker-v2-m3",
+    "jina-reranker-v2-base-multilingual",
+)
 
 
 @pytest.fixture(scope="session")
