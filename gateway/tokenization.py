@@ -103,8 +103,12 @@ class PairTokenizer:
         overlap: int = 32,
         direction: str = "right",
         truncate: bool = True,
+        names: Sequence[int] | None = None,
     ) -> EncodedPairs:
-        """Tokenize one query against its documents into windows that fit `max_length` tokens."""
+        """Tokenize one query against its documents into windows that fit `max_length` tokens.
+
+        `names`: each document's index in the client's request, for error messages (default: position).
+        """
         t = self._template
         max_length = min(max_length or self.max_length, self.max_length)
         q_ids = self._tok.encode(_valid_text(query), add_special_tokens=False).ids
@@ -132,8 +136,9 @@ class PairTokenizer:
         for doc_index, (enc_ids, offsets, full_len) in enumerate(encodings):
             n = len(enc_ids)
             if full_len > room and not truncate:
+                name = doc_index if names is None else names[doc_index]
                 raise ValidationFailed(
-                    f"document {doc_index} needs more than {room} tokens beside the query; with truncate=false "
+                    f"document {name} needs more than {room} tokens beside the query; with truncate=false "
                     f"at most {room} fit (max_length {max_length})"
                 )
             if n <= room:
