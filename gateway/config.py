@@ -100,11 +100,27 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
-    max_documents: int = Field(1000, ge=1, description="Documents per request.")
-    max_document_chars: int = Field(20_000, ge=1, description="Characters per document.")
-    max_query_chars: int = Field(2_000, ge=1, description="Characters of the query.")
+    max_documents: int = Field(1000, ge=1, description="Documents per query.")
+    max_pairs: int = Field(
+        4000,
+        ge=1,
+        description="(query, document) pairs per request, over all its queries (`/v1/score` N:N, "
+        "`/v1/rerank/batch`).",
+    )
+    max_document_chars: int = Field(
+        20_000,
+        ge=1,
+        description="Characters per document: a longer one is cut to it when truncating (bounds memory; far "
+        "more than a window uses), refused naming its index when not.",
+    )
+    max_query_chars: int = Field(2_000, ge=1, description="Characters of the query (the same rule).")
     max_body_bytes: int = Field(10_000_000, ge=1024, description="Request body size.")
-    max_in_flight: int = Field(16, ge=1, description="Requests processed at once; more answer 429.")
+    max_in_flight: int = Field(
+        16,
+        ge=1,
+        description="Requests processed at once; more wait in the queue while their work can finish within "
+        "request_timeout_s (admission by queued tokens), else answer 429 with Retry-After.",
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Accepted API keys, comma-separated (empty: auth off)."
     )

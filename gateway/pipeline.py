@@ -33,7 +33,7 @@ from gateway.domain import (
     join_backends,
     validate_query,
 )
-from gateway.errors import LimitExceeded
+from gateway.errors import InputTooLong
 from gateway.models import LoadedModels, ModelStage
 from gateway.tokenization import build_batch, plan_batches
 
@@ -438,7 +438,7 @@ def fit_to_limits(q: RerankQuery, settings: Settings) -> tuple[RerankQuery, list
 
     The character limits bound memory (far above what a window can use): with truncation on, a longer
     query or document is cut to them in the truncation direction and a warning says so; with truncation
-    off, LimitExceeded names the document's index and the limit. Also returns, per document cut from its
+    off, InputTooLong names the document's index and the limit. Also returns, per document cut from its
     start, how many characters were cut (to report chunk offsets in the document as sent).
     """
     notes: list[str] = []
@@ -447,7 +447,7 @@ def fit_to_limits(q: RerankQuery, settings: Settings) -> tuple[RerankQuery, list
     query = q.query
     if len(query) > settings.max_query_chars:
         if not q.truncate:
-            raise LimitExceeded(
+            raise InputTooLong(
                 f"the query has {len(query)} characters; the limit max_query_chars is "
                 f"{settings.max_query_chars} (truncation is off)",
                 limit="max_query_chars",
@@ -461,7 +461,7 @@ def fit_to_limits(q: RerankQuery, settings: Settings) -> tuple[RerankQuery, list
         if len(doc) <= limit:
             continue
         if not q.truncate:
-            raise LimitExceeded(
+            raise InputTooLong(
                 f"document {i} has {len(doc)} characters; the limit max_document_chars is {limit} "
                 "(truncation is off)",
                 limit="max_document_chars",

@@ -17,7 +17,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from gateway.domain import EncodedBatch
-from gateway.errors import ModelRepositoryError, ValidationFailed
+from gateway.errors import InputTooLong, ModelRepositoryError
 
 SUPPORTED_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids", "position_ids"})
 # A BERT word piece rarely spans more than this many characters: documents are cut to
@@ -117,9 +117,11 @@ class PairTokenizer:
         query_truncated = len(q_ids) > q_limit
         if query_truncated:
             if not truncate:
-                raise ValidationFailed(
+                raise InputTooLong(
                     f"the query has {len(q_ids)} tokens; with truncate=false at most {q_limit} fit "
-                    f"(max_length {max_length})"
+                    f"(max_length {max_length})",
+                    limit="max_length",
+                    value=max_length,
                 )
             q_ids = q_ids[:q_limit]
         room = max_length - t.specials - len(q_ids)
@@ -137,9 +139,11 @@ class PairTokenizer:
             n = len(enc_ids)
             if full_len > room and not truncate:
                 name = doc_index if names is None else names[doc_index]
-                raise ValidationFailed(
+                raise InputTooLong(
                     f"document {name} needs more than {room} tokens beside the query; with truncate=false "
-                    f"at most {room} fit (max_length {max_length})"
+                    f"at most {room} fit (max_length {max_length})",
+                    limit="max_length",
+                    value=max_length,
                 )
             if n <= room:
                 spans = [(0, n)]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gateway.domain import RerankQuery
-from gateway.errors import LimitExceeded, ValidationFailed
+from gateway.errors import InputTooLong, ValidationFailed
 from gateway.pipeline import sigmoid
 
 QUERY = "berlin population"
@@ -180,7 +180,7 @@ def test_left_truncation_keeps_the_end_and_reports_chunks_in_the_document_as_sen
 )
 def test_over_long_inputs_without_truncation_name_the_input_and_the_limit(make_reranker, query, message):
     reranker, ce, _ = make_reranker(keep=0, max_document_chars=300, max_query_chars=40)
-    with pytest.raises(LimitExceeded, match=message) as info:
+    with pytest.raises(InputTooLong, match=message) as info:
         run(reranker.rerank(query))
     assert info.value.limit in ("max_document_chars", "max_query_chars") and ce.rows == 0
 
