@@ -102,7 +102,8 @@ bench-gateway: install
 
 # Issue 11's soak: closed-loop clients while the local tritonserver is SIGKILLed every minute; fails on any 5xx.
 SOAK_ARGS ?= --minutes 10 --clients 32 --kill-every 60
-bench-soak: triton-setup
+bench-soak: install
+	$(MAKE) triton-setup
 	@test -f "$(REPO)/reranker/manifest.json" || $(MAKE) export
 	$(PY) -m bench.soak --model-repository "$(REPO)" --out bench/results/soak.json $(SOAK_ARGS)
 
