@@ -30,10 +30,16 @@ SPECIAL_TOKENS = 3  # [CLS] query [SEP] document [SEP]
 
 class WorkRate:
     """Estimated tokens the scorers finish per second of busy time (time with a request running), measured
-    from finished requests; older measurements fade (halved every `horizon_s` of busy time)."""
+    from finished requests; older measurements fade (halved every `horizon_s` of busy time).
 
-    def __init__(self, *, initial: float | None = None, horizon_s: float = 60.0) -> None:
+    Trusted only after `min_busy_s` of busy time: one small request's rate is mostly fixed costs (a call, a
+    thread hop) and would make the queue look far slower than it is."""
+
+    def __init__(
+        self, *, initial: float | None = None, horizon_s: float = 60.0, min_busy_s: float = 0.5
+    ) -> None:
         self.horizon_s = horizon_s
+        self.min_busy_s = min_busy_s
         self._busy = 1.0 if initial else 0.0
         self._done = initial or 0.0
         self._running = 0
@@ -41,8 +47,8 @@ class WorkRate:
 
     @property
     def per_second(self) -> float | None:
-        """None until a request has finished (then everything is admitted: nothing to judge by)."""
-        return self._done / self._busy if self._done > 0 and self._busy > 0 else None
+        """None until enough work has finished (until then everything is admitted: nothing to judge by)."""
+        return self._done / self._busy if self._done > 0 and self._busy >= self.min_busy_s else None
 
     def started(self) -> None:
         self._tick()
