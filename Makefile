@@ -6,6 +6,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch is only needed by `make export`; 2.13.0 is the CPU build on these machines' disk.
 TORCH_SPEC ?= torch==2.13.0
+# `make serve` (and export, triton) installs the gateway and the exporter only; test, lint, bench and CI
+# (`make install`) the full set: test tools, the client libraries the dialect tests drive, benchmark tools,
+# the Helm engine and Kubernetes schemas of `make deploy-check`.
+SERVE_EXTRAS ?= export
 EXTRAS ?= export,test,dev,clients,bench,deploy
 
 # Export sources: a hub id or a local folder (RERANKER_MODEL / RERANKER_PREFILTER in the environment work too).
@@ -20,33 +24,48 @@ PYTEST_ARGS ?=
 RERANKER_TEST_MODELS ?= $(abspath ../shared/models)
 export RERANKER_TEST_MODELS
 
-.PHONY: install export serve triton triton-setup triton-stop triton-check test test-fast lint deploy-check bench bench-gateway bench-soak clean
+.PHONY: install install-serve export serve triton triton-setup triton-stop triton-check test test-fast lint deploy-check bench bench-gateway bench-soak clean
 
-$(VENV)/.installed: pyproject.toml
+# $(call venv_install,EXTRAS): the virtual environment with torch (CPU build from this machine's disk) and
+# the project's extras.
+define venv_install
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install "$(TORCH_SPEC)"
-	$(PY) -m pip install -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -e ".[$(1)]"
 	# FlashRank (benchmarked side by side) requires the `onnxruntime` CPU package, which would overwrite
 	# onnxruntime-gpu's module: install it without its dependencies (the rest are already here).
-	if [[ ",$(EXTRAS)," == *",bench,"* ]]; then $(PY) -m pip install --no-deps flashrank==0.2.10; fi
+	if [[ ",$(1)," == *",bench,"* ]]; then $(PY) -m pip install --no-deps flashrank==0.2.10; fi
 	$(PY) -c "import onnxruntime, sys; sys.exit(0 if hasattr(onnxruntime, 'get_available_providers') else 1)"
+endef
+
+$(VENV)/.installed: pyproject.toml
+	$(call venv_install,$(EXTRAS))
 	touch $@
+
+$(VENV)/.installed-serve: pyproject.toml
+	$(call venv_install,$(SERVE_EXTRAS))
+	touch $@
+
+# Serving targets use the full environment when one is there, else the lean one.
+SERVE_INSTALL := $(if $(wildcard $(VENV)/.installed),$(VENV)/.installed,$(VENV)/.installed-serve)
 
 install: $(VENV)/.installed
 
-export: install
+install-serve: $(VENV)/.installed-serve
+
+export: $(SERVE_INSTALL)
 	$(PY) -m export --model "$(MODEL)" --prefilter "$(PREFILTER)" --output "$(REPO)" $(EXPORT_ARGS)
 
 # Serves the embedded default (local ONNX Runtime, no Triton) on RERANKER_HOST:RERANKER_PORT,
 # exporting the models first when the repository is missing.
-serve: install
+serve: $(SERVE_INSTALL)
 	@test -f "$(REPO)/reranker/manifest.json" || $(MAKE) export
 	RERANKER_MODEL_REPOSITORY="$(REPO)" $(PY) -m gateway
 
 # A real tritonserver (from the nvidia-pytriton wheel, python backend) on 127.0.0.1:8000/8001/8002,
 # no Docker, no GPU: the repository's configs/cpu.pbtxt runs model.onnx with ONNX Runtime.
-triton-setup: install
+triton-setup: $(SERVE_INSTALL)
 	$(PY) -m export.triton_local setup
 
 triton: triton-setup
@@ -89,7 +108,8 @@ bench-gateway: install
 
 # Issue 11's soak: closed-loop clients while the local tritonserver is SIGKILLed every minute; fails on any 5xx.
 SOAK_ARGS ?= --minutes 10 --clients 32 --kill-every 60
-bench-soak: triton-setup
+bench-soak: install
+	$(MAKE) triton-setup
 	@test -f "$(REPO)/reranker/manifest.json" || $(MAKE) export
 	$(PY) -m bench.soak --model-repository "$(REPO)" --out bench/results/soak.json $(SOAK_ARGS)
 

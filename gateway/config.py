@@ -7,6 +7,7 @@ global, so tests build as many differently-configured apps as they like.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -20,6 +21,14 @@ class ConfigurationError(Exception):
     """A bad setting at start-up; the message names the environment variable and the problem."""
 
 
+# The names seed 000 used for three of our settings: accepted as aliases of ours.
+SEED_ALIASES: dict[str, str] = {
+    "RERANKER_CACHE_TTL_SECONDS": "cache_ttl_s",
+    "RERANKER_REQUEST_TIMEOUT_SECONDS": "request_timeout_s",
+    "RERANKER_PRELOAD_MODEL": "preload",
+}
+
+
 class Settings(BaseSettings):
     """Every knob of the gateway. Environment: `RERANKER_<FIELD>` (e.g. `RERANKER_KEEP=50`)."""
 
@@ -28,6 +37,11 @@ class Settings(BaseSettings):
     # --- models -------------------------------------------------------------------------------
     model_repository: Path = Field(Path("model_repository"), description="Exported model repository.")
     model_name: str = Field("reranker", min_length=1, description="Cross-encoder folder in the repository.")
+    served_model_names: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Extra names the model answers to and /v1/models lists (comma-separated), like vLLM's "
+        "--served-model-name: clients that check the name (LlamaIndex NVIDIARerank) accept these.",
+    )
     prefilter_name: str = Field("prefilter", description="Prefilter folder; empty disables the first stage.")
     model: str = Field(
         "cross-encoder/ms-marco-MiniLM-L-6-v2",
@@ -86,11 +100,27 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
-    max_documents: int = Field(1000, ge=1, description="Documents per request.")
-    max_document_chars: int = Field(20_000, ge=1, description="Characters per document.")
-    max_query_chars: int = Field(2_000, ge=1, description="Characters of the query.")
+    max_documents: int = Field(1000, ge=1, description="Documents per query.")
+    max_pairs: int = Field(
+        4000,
+        ge=1,
+        description="(query, document) pairs per request, over all its queries (`/v1/score` N:N, "
+        "`/v1/rerank/batch`).",
+    )
+    max_document_chars: int = Field(
+        20_000,
+        ge=1,
+        description="Characters per document: a longer one is cut to it when truncating (bounds memory; far "
+        "more than a window uses), refused naming its index when not.",
+    )
+    max_query_chars: int = Field(2_000, ge=1, description="Characters of the query (the same rule).")
     max_body_bytes: int = Field(10_000_000, ge=1024, description="Request body size.")
-    max_in_flight: int = Field(16, ge=1, description="Requests processed at once; more answer 429.")
+    max_in_flight: int = Field(
+        16,
+        ge=1,
+        description="Requests processed at once; more wait in the queue while their work can finish within "
+        "request_timeout_s (admission by queued tokens), else answer 429 with Retry-After.",
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Accepted API keys, comma-separated (empty: auth off)."
     )
@@ -122,11 +152,23 @@ class Settings(BaseSettings):
         5.0, gt=0, description="After a primary backend fails, seconds between readiness re-probes."
     )
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "served_model_names", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
             return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_validator("model_name")
+    @classmethod
+    def _folder_not_hub_id(cls, value: str) -> str:
+        if "/" in value:
+            raise ValueError(
+                f"names the cross-encoder's folder in the model repository (default 'reranker'), not a hub "
+                f"id: export {value} with `make export MODEL={value}` (or RERANKER_MODEL={value} for "
+                f"`make serve`), leave RERANKER_MODEL_NAME unset, and set RERANKER_SERVED_MODEL_NAMES={value} "
+                "to answer under that name"
+            )
         return value
 
     @field_validator("triton_url", "triton_model_name", mode="before")
@@ -202,14 +244,35 @@ def parse_endpoints(value: str) -> list[str]:
     return endpoints
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Read the environment; a bad value raises ConfigurationError naming the variable and the rule."""
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Read the environment; a bad value raises ConfigurationError naming the variable and the rule.
+
+    Seed 000's variable names (`SEED_ALIASES`) are read as aliases of ours; setting both names to
+    different values is an error that says which one to keep.
+    """
+    env = os.environ if environ is None else environ
+    aliased: dict[str, str] = {}  # field -> the seed variable it was read from
+    values: dict[str, object] = {}
+    for old, field in SEED_ALIASES.items():
+        if old not in env:
+            continue
+        ours = f"RERANKER_{field.upper()}"
+        if ours in env and env[ours] != env[old]:
+            raise ConfigurationError(
+                f"invalid configuration:\n  {old}: conflicts with {ours} (got {env[old]!r} and "
+                f"{env[ours]!r}); set only {ours}"
+            )
+        values[field] = env[old]
+        aliased[field] = old
+    values.update(overrides)
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(**values)  # type: ignore[arg-type]
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
             field = ".".join(str(part) for part in err["loc"]) or "settings"
-            env = f"RERANKER_{field.upper()}" if err["loc"] else "settings"
-            lines.append(f"  {env}: {err['msg']} (got {err.get('input')!r})")
+            name = f"RERANKER_{field.upper()}" if err["loc"] else "settings"
+            if field in aliased:
+                name = f"{aliased[field]} (= {name})"
+            lines.append(f"  {name}: {err['msg']} (got {err.get('input')!r})")
         raise ConfigurationError("invalid configuration:\n" + "\n".join(lines)) from None

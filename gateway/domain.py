@@ -19,7 +19,7 @@ Phase = Literal["tokenize", "lane_wait", "inference", "assemble"]
 PHASES: tuple[Phase, ...] = ("tokenize", "lane_wait", "inference", "assemble")
 
 # Limits of a query, one constant each (the settings, the wire models and the checks below use them).
-MAX_CHUNKS_PER_DOC = 64  # windows one document may be split into
+MAX_CHUNKS_PER_DOC = 64  # windows one document may be split into (more is clamped, with a warning)
 MIN_MAX_LENGTH = 8  # the shortest pair length a request may ask for
 
 
@@ -30,7 +30,9 @@ class RerankQuery:
     `keep`: how many prefilter survivors the cross-encoder rescores (None: the server default,
     0: no prefilter, single stage). `max_chunks_per_doc`: a document longer than the model's window
     is split into up to this many overlapping windows and scored by its best one (None: the server
-    default; 1: plain truncation). `truncate=False` turns an over-long pair into a validation error.
+    default; 1: plain truncation; above `MAX_CHUNKS_PER_DOC` it is clamped with a warning).
+    `truncate=False` turns an over-long input into an error naming it; with truncation on, a query or
+    document over the character limits is cut to them (reported in the outcome's warnings).
     """
 
     query: str
@@ -39,6 +41,7 @@ class RerankQuery:
     keep: int | None = None
     max_length: int | None = None
     max_chunks_per_doc: int | None = None
+    overlap_tokens: int | None = None  # between consecutive windows (None: the server default)
     truncate: bool = True
     truncation_direction: Literal["right", "left"] = "right"
 
@@ -51,10 +54,10 @@ def validate_query(q: RerankQuery) -> None:
         raise ValidationFailed(f"top_n must be at least 1 (got {q.top_n})")
     if q.keep is not None and q.keep < 0:
         raise ValidationFailed(f"keep must be 0 (single stage) or more (got {q.keep})")
-    if q.max_chunks_per_doc is not None and not 1 <= q.max_chunks_per_doc <= MAX_CHUNKS_PER_DOC:
-        raise ValidationFailed(
-            f"max_chunks_per_doc must be between 1 and {MAX_CHUNKS_PER_DOC} (got {q.max_chunks_per_doc})"
-        )
+    if q.max_chunks_per_doc is not None and q.max_chunks_per_doc < 1:
+        raise ValidationFailed(f"max_chunks_per_doc must be at least 1 (got {q.max_chunks_per_doc})")
+    if q.overlap_tokens is not None and q.overlap_tokens < 0:
+        raise ValidationFailed(f"overlap_tokens must be 0 or more (got {q.overlap_tokens})")
     if q.max_length is not None and q.max_length < MIN_MAX_LENGTH:
         raise ValidationFailed(f"max_length must be at least {MIN_MAX_LENGTH} (got {q.max_length})")
     if q.truncation_direction not in ("right", "left"):

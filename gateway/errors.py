@@ -24,6 +24,16 @@ class EmptyInput(ValidationFailed):
     answers it 400: gateway/api/errors.py OVERRIDES)."""
 
 
+class InputTooLong(ValidationFailed):
+    """A query or document longer than a limit while the request turned truncation off; the message names
+    the input (the document's index in the request) and the limit. One status on every route."""
+
+    def __init__(self, message: str, *, limit: str, value: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.value = value
+
+
 class LimitExceeded(RerankError):
     """A configured limit was crossed; the message names the limit and its value."""
 
@@ -43,6 +53,12 @@ class Overloaded(RerankError):
     def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class ClientDisconnected(RerankError):
+    """The client closed the connection before its answer was ready; its work was stopped."""
+
+    error_type = "client_closed"
 
 
 class RequestTimedOut(RerankError):

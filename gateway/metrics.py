@@ -19,7 +19,14 @@ REQUESTS = Counter(
 REQUEST_LATENCY = Histogram(
     "reranker_request_duration_seconds", "HTTP request latency", ["route", "status"], buckets=_LATENCY_BUCKETS
 )
-IN_FLIGHT = Gauge("reranker_in_flight_requests", "Rerank requests being processed")
+IN_FLIGHT = Gauge("reranker_in_flight_requests", "Rerank requests admitted and not yet answered")
+QUEUED_WORK = Gauge(
+    "reranker_queued_work_tokens", "Estimated tokens of the admitted requests not yet answered (admission)"
+)
+WORK_RATE = Gauge("reranker_work_rate_tokens_per_second", "Measured scoring throughput the admission uses")
+CANCELLED = Counter(
+    "reranker_cancelled_requests_total", "Requests whose work was stopped before it finished", ["reason"]
+)
 REJECTED = Counter("reranker_rejected_requests_total", "Requests refused before scoring", ["reason"])
 DOCUMENTS_PER_REQUEST = Histogram(
     "reranker_request_documents", "Documents per rerank query", buckets=_COUNT_BUCKETS
@@ -109,3 +116,25 @@ class _ProcessCollector(Collector):
 
 PROCESS = _ProcessCollector()
 REGISTRY.register(PROCESS)
+
+
+def json_snapshot() -> dict[str, object]:
+    """`GET /metrics` with `Accept: application/json` (seed 000's shape): the process figures at the top,
+    then every reranker_* sample (labelled ones as `name{label="value",...}`, histogram buckets left out)."""
+    mem = PROCESS._proc.memory_info()
+    samples: dict[str, float] = {}
+    for family in REGISTRY.collect():
+        for sample in family.samples:
+            if not sample.name.startswith("reranker_") or sample.name.endswith(("_bucket", "_created")):
+                continue
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return {
+        "rss_bytes": mem.rss,
+        "vms_bytes": mem.vms,
+        "rss_mb": round(mem.rss / 2**20, 1),
+        "vms_mb": round(mem.vms / 2**20, 1),
+        "cpu_percent": samples.get("reranker_process_cpu_percent", 0.0),
+        "num_threads": PROCESS._proc.num_threads(),
+        "metrics": samples,
+    }

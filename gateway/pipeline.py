@@ -22,6 +22,7 @@ from gateway import metrics
 from gateway.cache import CachedScore, PairScoreCache
 from gateway.config import Settings
 from gateway.domain import (
+    MAX_CHUNKS_PER_DOC,
     BatchScores,
     EncodedBatch,
     PhaseTimes,
@@ -32,6 +33,7 @@ from gateway.domain import (
     join_backends,
     validate_query,
 )
+from gateway.errors import InputTooLong
 from gateway.models import LoadedModels, ModelStage
 from gateway.tokenization import build_batch, plan_batches
 
@@ -49,12 +51,17 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
 
 @dataclass
 class _Job:
-    """One query's documents for one stage."""
+    """One query's documents for one stage. `origin[i]`: the request's index of `documents[i]` (errors name
+    it); `truncate`: the request's choice on the cross-encoder, always on for the prefilter (an internal
+    first cut whose window is narrower than the model's)."""
 
     query: RerankQuery
     documents: list[str]
+    origin: list[int]
     max_length: int
     max_chunks: int
+    overlap: int
+    truncate: bool
 
 
 @dataclass
@@ -81,6 +88,8 @@ class _Plan:
     doc_to_unique: list[int]
     keep: int
     use_prefilter: bool
+    notes: list[str]  # warnings from fitting the request to the limits
+    shift: dict[int, int]  # request index -> characters cut from a document's start (left truncation)
     survivors: list[int] = field(default_factory=list)
     prefilter: list[CachedScore] = field(default_factory=list)
 
@@ -176,15 +185,16 @@ class Reranker:
         """Rank every query; the batches of all queries are built and scored together."""
         for q in queries:
             validate_query(q)
-        models = await self.load()
         s = self.settings
+        fitted = [fit_to_limits(q, s) for q in queries]
+        models = await self.load()
         plans: list[_Plan] = []
-        for q in queries:
+        for q, notes, shift in fitted:
             index: dict[str, int] = {}
             doc_to_unique = [index.setdefault(doc, len(index)) for doc in q.documents]
             keep = s.keep if q.keep is None else q.keep
             use_pre = models.prefilter is not None and keep > 0 and len(index) > keep
-            plans.append(_Plan(q, list(index), doc_to_unique, keep, use_pre))
+            plans.append(_Plan(q, list(index), doc_to_unique, keep, use_pre, notes, shift))
 
         pre_plans = [p for p in plans if p.use_prefilter]
         pre_hits = dict.fromkeys(map(id, plans), 0)
@@ -192,7 +202,10 @@ class Reranker:
             assert models.prefilter is not None
             pre = await self._score_stage(
                 models.prefilter,
-                [_Job(p.query, p.unique, models.prefilter.max_length, 1) for p in pre_plans],
+                [
+                    _Job(p.query, p.unique, _first_index(p), models.prefilter.max_length, 1, 0, truncate=True)
+                    for p in pre_plans
+                ],
             )
             for p, scores, hits in zip(pre_plans, pre.per_job, pre.cache_hits, strict=True):
                 order = sorted(range(len(scores)), key=lambda u, sc=scores: (-sc[u].logit, u))  # type: ignore[misc]
@@ -211,8 +224,11 @@ class Reranker:
             _Job(
                 p.query,
                 [p.unique[u] for u in p.survivors],
+                [_first_index(p)[u] for u in p.survivors],
                 min(p.query.max_length or models.reranker.max_length, models.reranker.max_length),
-                p.query.max_chunks_per_doc or s.max_chunks_per_doc,
+                min(p.query.max_chunks_per_doc or s.max_chunks_per_doc, MAX_CHUNKS_PER_DOC),
+                s.chunk_overlap_tokens if p.query.overlap_tokens is None else p.query.overlap_tokens,
+                truncate=p.query.truncate,
             )
             for p in plans
         ]
@@ -262,7 +278,9 @@ class Reranker:
                 logit=float(logits[i]),
                 relevance_score=float(probs[i]),
                 stage="reranker" if rescored[i] else "prefilter",
-                chunk=by_unique[plan.doc_to_unique[i]].chunk if rescored[i] else None,
+                chunk=_shifted(by_unique[plan.doc_to_unique[i]].chunk, plan.shift.get(i, 0))
+                if rescored[i]
+                else None,
             )
             for i in top
         )
@@ -271,7 +289,7 @@ class Reranker:
         stages: tuple[Stage, ...] = ()
         if n:
             stages = ("prefilter", "reranker") if plan.use_prefilter else ("reranker",)
-        warnings: list[str] = []
+        warnings: list[str] = list(plan.notes)
         if query_truncated:
             warnings.append("the query was truncated to fit max_length")
         if truncated:
@@ -297,10 +315,9 @@ class Reranker:
     async def _score_stage(self, stage: ModelStage, jobs: list[_Job]) -> _StageScores:
         """Scores of every job's documents: cache first, then tokenize + batch + score the misses."""
         role = stage.spec.role
-        s = self.settings
         namespaces = [
-            f"{stage.spec.version}|{job.max_length}|{job.max_chunks}|{s.chunk_overlap_tokens}|"
-            f"{job.query.truncation_direction}|{job.query.truncate}"
+            f"{stage.spec.version}|{job.max_length}|{job.max_chunks}|{job.overlap}|"
+            f"{job.query.truncation_direction}|{job.truncate}"
             for job in jobs
         ]
         keys = [
@@ -379,9 +396,10 @@ class Reranker:
                 [job.documents[i] for i in miss],
                 max_length=job.max_length,
                 max_chunks=job.max_chunks,
-                overlap=s.chunk_overlap_tokens,
+                overlap=job.overlap,
                 direction=job.query.truncation_direction,
-                truncate=job.query.truncate,
+                truncate=job.truncate,
+                names=[job.origin[i] for i in miss],
             )
             query_truncated[j] = enc.query_truncated
             for k, i in enumerate(miss):
@@ -413,3 +431,70 @@ def _phase_times(
     metrics.PHASE_SECONDS.labels("lane_wait", role).observe(lane_wait)
     metrics.PHASE_SECONDS.labels("inference", role).observe(inference)
     return PhaseTimes(tokenize=tokenize, lane_wait=lane_wait, inference=inference)
+
+
+def fit_to_limits(q: RerankQuery, settings: Settings) -> tuple[RerankQuery, list[str], dict[int, int]]:
+    """Bring a request within the character limits and the chunk maximum.
+
+    The character limits bound memory (far above what a window can use): with truncation on, a longer
+    query or document is cut to them in the truncation direction and a warning says so; with truncation
+    off, InputTooLong names the document's index and the limit. Also returns, per document cut from its
+    start, how many characters were cut (to report chunk offsets in the document as sent).
+    """
+    notes: list[str] = []
+    shift: dict[int, int] = {}
+    left = q.truncation_direction == "left"
+    query = q.query
+    if len(query) > settings.max_query_chars:
+        if not q.truncate:
+            raise InputTooLong(
+                f"the query has {len(query)} characters; the limit max_query_chars is "
+                f"{settings.max_query_chars} (truncation is off)",
+                limit="max_query_chars",
+                value=settings.max_query_chars,
+            )
+        query = query[-settings.max_query_chars :] if left else query[: settings.max_query_chars]
+        notes.append(f"the query was cut to max_query_chars ({settings.max_query_chars} characters)")
+    limit = settings.max_document_chars
+    documents = list(q.documents)
+    for i, doc in enumerate(documents):
+        if len(doc) <= limit:
+            continue
+        if not q.truncate:
+            raise InputTooLong(
+                f"document {i} has {len(doc)} characters; the limit max_document_chars is {limit} "
+                "(truncation is off)",
+                limit="max_document_chars",
+                value=limit,
+            )
+        if left:
+            shift[i] = len(doc) - limit
+            documents[i] = doc[-limit:]
+        else:
+            documents[i] = doc[:limit]
+    cut = sum(1 for doc in q.documents if len(doc) > limit)
+    if cut:
+        notes.append(f"{cut} document(s) were cut to max_document_chars ({limit} characters)")
+    chunks = q.max_chunks_per_doc
+    if chunks is not None and chunks > MAX_CHUNKS_PER_DOC:
+        notes.append(
+            f"max_chunks_per_doc {chunks} is above the server's maximum {MAX_CHUNKS_PER_DOC}; "
+            f"{MAX_CHUNKS_PER_DOC} were used"
+        )
+        chunks = MAX_CHUNKS_PER_DOC
+    if query is q.query and not notes:
+        return q, notes, shift
+    return replace(q, query=query, documents=tuple(documents), max_chunks_per_doc=chunks), notes, shift
+
+
+def _first_index(plan: _Plan) -> list[int]:
+    """The request's index of each unique document (its first occurrence)."""
+    first = [-1] * len(plan.unique)
+    for i, u in enumerate(plan.doc_to_unique):
+        if first[u] < 0:
+            first[u] = i
+    return first
+
+
+def _shifted(chunk: tuple[int, int] | None, by: int) -> tuple[int, int] | None:
+    return chunk if chunk is None or not by else (chunk[0] + by, chunk[1] + by)

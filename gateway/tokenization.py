@@ -17,7 +17,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from gateway.domain import EncodedBatch
-from gateway.errors import ModelRepositoryError, ValidationFailed
+from gateway.errors import InputTooLong, ModelRepositoryError
 
 SUPPORTED_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids", "position_ids"})
 # A BERT word piece rarely spans more than this many characters: documents are cut to
@@ -103,8 +103,12 @@ class PairTokenizer:
         overlap: int = 32,
         direction: str = "right",
         truncate: bool = True,
+        names: Sequence[int] | None = None,
     ) -> EncodedPairs:
-        """Tokenize one query against its documents into windows that fit `max_length` tokens."""
+        """Tokenize one query against its documents into windows that fit `max_length` tokens.
+
+        `names`: each document's index in the client's request, for error messages (default: position).
+        """
         t = self._template
         max_length = min(max_length or self.max_length, self.max_length)
         q_ids = self._tok.encode(_valid_text(query), add_special_tokens=False).ids
@@ -113,9 +117,11 @@ class PairTokenizer:
         query_truncated = len(q_ids) > q_limit
         if query_truncated:
             if not truncate:
-                raise ValidationFailed(
+                raise InputTooLong(
                     f"the query has {len(q_ids)} tokens; with truncate=false at most {q_limit} fit "
-                    f"(max_length {max_length})"
+                    f"(max_length {max_length})",
+                    limit="max_length",
+                    value=max_length,
                 )
             q_ids = q_ids[:q_limit]
         room = max_length - t.specials - len(q_ids)
@@ -132,9 +138,12 @@ class PairTokenizer:
         for doc_index, (enc_ids, offsets, full_len) in enumerate(encodings):
             n = len(enc_ids)
             if full_len > room and not truncate:
-                raise ValidationFailed(
-                    f"document {doc_index} needs more than {room} tokens beside the query; with truncate=false "
-                    f"at most {room} fit (max_length {max_length})"
+                name = doc_index if names is None else names[doc_index]
+                raise InputTooLong(
+                    f"document {name} needs more than {room} tokens beside the query; with truncate=false "
+                    f"at most {room} fit (max_length {max_length})",
+                    limit="max_length",
+                    value=max_length,
                 )
             if n <= room:
                 spans = [(0, n)]

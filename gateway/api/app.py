@@ -69,6 +69,26 @@ class _BodyTooLarge(Exception):
     pass
 
 
+def normalized(scope: Scope) -> Scope:
+    """Two client habits answered instead of refused: a trailing slash (`POST /v1/rerank/` would be a 307,
+    which clients do not follow for a POST) and a JSON body sent without a JSON content type (`curl -d`
+    sends application/x-www-form-urlencoded): every route here takes JSON."""
+    path: str = scope.get("path", "")
+    if len(path) > 1 and path.endswith("/"):
+        scope = {**scope, "path": path.rstrip("/") or "/"}
+        raw = scope.get("raw_path")
+        if isinstance(raw, bytes | bytearray):
+            scope["raw_path"] = bytes(raw).rstrip(b"/") or b"/"
+    if scope.get("method") in ("POST", "PUT", "PATCH"):
+        headers = list(scope.get("headers") or [])
+        kinds = [v for k, v in headers if k == b"content-type"]
+        subtype = kinds[0].split(b";")[0].strip().lower() if kinds else b""
+        if not (subtype.endswith(b"/json") or subtype.endswith(b"+json")):
+            headers = [(k, v) for k, v in headers if k != b"content-type"]
+            scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+    return scope
+
+
 class RequestContext:
     """Pure ASGI middleware: request id in/out, body-size limit, one access-log line, HTTP metrics."""
 
@@ -81,6 +101,7 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        scope = normalized(scope)
         headers = dict(scope.get("headers") or [])
         raw_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128]
         request_id = raw_id if raw_id and raw_id.isprintable() else uuid.uuid4().hex
@@ -196,6 +217,8 @@ def create_http_app(settings: Settings, parts: Parts) -> FastAPI:
             "gpu": app.state.gpu,
             "models_loaded": [st.spec.name for st in models.stages()] if models else [],
             "backend": models.reranker.scorer.name if models else None,
+            # seed 001's field: the cross-encoder is loaded and runs on a GPU
+            "gpu_model_loaded": models is not None and "cuda" in models.reranker.scorer.name,
         }
 
     @app.get(
@@ -227,8 +250,11 @@ def create_http_app(settings: Settings, parts: Parts) -> FastAPI:
         out["auth"] = bool(settings.api_keys)
         return out
 
-    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
-    async def prometheus() -> Response:
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics (JSON with Accept: application/json)")
+    async def prometheus(request: Request) -> Response:
+        accept = request.headers.get("accept", "")
+        if "application/json" in accept and "text/plain" not in accept:
+            return JSONResponse(metrics.json_snapshot())
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(routes_native.router)

@@ -27,8 +27,10 @@ from gateway import errors
 STATUS: dict[type[errors.RerankError], int] = {
     errors.ValidationFailed: 422,
     errors.EmptyInput: 422,
+    errors.InputTooLong: 413,
     errors.LimitExceeded: 413,
     errors.Overloaded: 429,
+    errors.ClientDisconnected: 499,
     errors.RequestTimedOut: 504,
     errors.Unauthorized: 401,
     errors.NotReady: 503,
@@ -36,13 +38,20 @@ STATUS: dict[type[errors.RerankError], int] = {
     errors.BackendFailed: 424,
 }
 INTERNAL = 500  # anything that is not a RerankError: logged with its traceback, answered generically
+# Answered with the table's status on every route, whatever a dialect's overrides say: an over-long input
+# with truncation off was a 400 on one route, a 413 and a 422 on others.
+UNIFORM: frozenset[type[errors.RerankError]] = frozenset({errors.InputTooLong, errors.ClientDisconnected})
 
 # What each status means to a client, for the OpenAPI descriptions.
 DESCRIPTIONS: dict[type[errors.RerankError], str] = {
     errors.ValidationFailed: "Malformed or invalid request; the message names the field",
     errors.EmptyInput: "The request names no documents",
-    errors.LimitExceeded: "A limit was exceeded (documents, characters); the message names it",
-    errors.Overloaded: "Too many requests in flight; retry after Retry-After seconds",
+    errors.InputTooLong: "With truncation off, a query or document is over a length limit; the message "
+    "names the document's index and the limit",
+    errors.LimitExceeded: "A limit was exceeded (documents, pairs); the message names it",
+    errors.Overloaded: "The queued work could not finish within the request timeout; retry after Retry-After "
+    "seconds",
+    errors.ClientDisconnected: "The client closed the connection; its work was stopped (nothing is sent)",
     errors.RequestTimedOut: "The request ran longer than the request timeout",
     errors.Unauthorized: "Missing or invalid API key",
     errors.NotReady: "Models not loaded or no backend can score",
@@ -73,6 +82,9 @@ OVERRIDES: dict[str, dict[type[errors.RerankError], int]] = {
 def status_of(exc: errors.RerankError | type[errors.RerankError], dialect: str = "native") -> int:
     """The status `dialect` answers `exc` with: its override for the nearest class, else the table's."""
     cls = exc if isinstance(exc, type) else type(exc)
+    for base in cls.__mro__:
+        if base in UNIFORM:
+            return STATUS[base]
     overrides = OVERRIDES[dialect]
     for table in (overrides, STATUS):
         for base in cls.__mro__:
@@ -119,7 +131,7 @@ class ErrorBody(BaseModel):
 
 def native_error(status: int, exc: errors.RerankError) -> dict[str, Any]:
     body: dict[str, Any] = {"error": exc.message, "error_type": exc.error_type}
-    if isinstance(exc, errors.LimitExceeded):
+    if isinstance(exc, errors.LimitExceeded | errors.InputTooLong):
         body.update(limit=exc.limit, value=exc.value)
     return body
 

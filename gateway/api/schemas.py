@@ -30,8 +30,10 @@ def top_n_of(top_n: int | None, *, field: str = "top_n") -> int | None:
 
 
 def max_chunks_of(value: int | None, *, field: str = "max_chunks_per_doc") -> int | None:
-    if value is not None and not 1 <= value <= MAX_CHUNKS_PER_DOC:
-        raise ValidationFailed(f"{field} must be between 1 and {MAX_CHUNKS_PER_DOC}, got {value}")
+    """At least 1; above MAX_CHUNKS_PER_DOC the pipeline uses its maximum and says so in a warning
+    (RAGFlow's SiliconFlow provider sends 1024)."""
+    if value is not None and value < 1:
+        raise ValidationFailed(f"{field} must be at least 1, got {value}")
     return value
 
 
@@ -100,13 +102,19 @@ class PipelineOptions(BaseModel):
     max_chunks_per_doc: int | None = Field(
         None,
         ge=1,
-        le=MAX_CHUNKS_PER_DOC,
-        description="Split long documents into up to this many windows; the best wins.",
+        description=f"Split long documents into up to this many windows; the best wins (more than "
+        f"{MAX_CHUNKS_PER_DOC}: {MAX_CHUNKS_PER_DOC}, with a warning).",
+    )
+    overlap_tokens: int | None = Field(
+        None, ge=0, description="Tokens consecutive windows share (default: the server's)."
     )
     max_length: int | None = Field(
         None, ge=MIN_MAX_LENGTH, description="Pair length in tokens (at most the model's)."
     )
-    truncate: bool = Field(True, description="false: an over-long pair is a 422 instead of being truncated.")
+    truncate: bool = Field(
+        True,
+        description="false: an over-long query or document is a 413 naming it instead of being truncated.",
+    )
     truncation_direction: Literal["right", "left"] = "right"
 
 
@@ -114,16 +122,22 @@ class PipelineOptions(BaseModel):
 class RerankRequest(PipelineOptions):
     query: str = Field(..., min_length=1, description="The search query.")
     documents: list[Document] = Field(..., description="Candidates: strings or objects with `text`.")
-    top_k: int | None = Field(None, ge=1, description="Return only the best top_k (default: all).")
+    top_k: int | None = Field(None, ge=0, description="Return only the best top_k (default and 0: all).")
+    return_documents: bool | None = Field(
+        None,
+        description="Echo each document in `document` ({text} for a string; an object as sent, which is "
+        "always echoed).",
+    )
 
     def to_query(self) -> RerankQuery:
         return RerankQuery(
             query=self.query,
             documents=_texts(self.documents),
-            top_n=self.top_k,
+            top_n=top_n_of(self.top_k, field="top_k"),
             keep=self.keep,
             max_length=self.max_length,
-            max_chunks_per_doc=self.max_chunks_per_doc,
+            max_chunks_per_doc=max_chunks_of(self.max_chunks_per_doc),
+            overlap_tokens=self.overlap_tokens,
             truncate=self.truncate,
             truncation_direction=self.truncation_direction,
         )
@@ -140,8 +154,18 @@ class RerankResult(BaseModel):
     document: dict[str, Any] | None = Field(None, description="The document object as sent (object input).")
 
 
+class Ranking(BaseModel):
+    """Seed 000's `rankings` item."""
+
+    index: int
+    score: float
+
+
 class RerankResponse(BaseModel):
     results: list[RerankResult]
+    rankings: list[Ranking] = Field(
+        default_factory=list, description="Seed 000's shape: [{index, score}], in ranking order."
+    )
     model: str
     backend: str = Field(
         ..., description="Who scored the cross-encoder stage: onnx-cpu, onnx-cuda, triton-grpc..."
@@ -166,11 +190,12 @@ class RerankResponse(BaseModel):
                     text=d if isinstance(d, str) else d.text,
                     stage=r.stage,
                     chunk=r.chunk,
-                    document=None if isinstance(d, str) else d.model_dump(),
+                    document=_echo(d, request.return_documents),
                 )
                 for r in outcome.results
                 for d in (docs[r.index],)
             ],
+            rankings=[Ranking(index=r.index, score=r.relevance_score) for r in outcome.results],
             model=outcome.model,
             backend=outcome.backend,
             stages=list(outcome.stages),
@@ -182,11 +207,25 @@ class RerankResponse(BaseModel):
         )
 
 
+def _echo(document: Document, return_documents: bool | None) -> dict[str, Any] | None:
+    """An object document always comes back as sent; a string one as `{text}` when asked for (litellm's
+    hosted_vllm and together_ai providers read `document.text`, as vLLM answers it)."""
+    if not isinstance(document, str):
+        return document.model_dump()
+    return {"text": document} if return_documents else None
+
+
 def native_aliases(body: Any) -> Any:
-    """The native shape under a neighbour's name: vLLM's `/rerank` sends `top_n` (0: every document)."""
-    if not isinstance(body, dict) or "top_n" not in body or body.get("top_k") is not None:
+    """The native shape under a neighbour's name: vLLM's `/rerank` sends `top_n` (0: every document), TEI's
+    clients `return_text`."""
+    if not isinstance(body, dict):
         return body
-    out = {k: v for k, v in body.items() if k != "top_n"}
-    if body["top_n"]:
-        out["top_k"] = body["top_n"]
+    out = dict(body)
+    if "return_text" in out and out.get("return_documents") is None:
+        out["return_documents"] = out.pop("return_text")
+    if "top_n" not in out or out.get("top_k") is not None:
+        return out
+    top_n = out.pop("top_n")
+    if top_n:
+        out["top_k"] = top_n
     return out

@@ -13,12 +13,14 @@ from __future__ import annotations
 from fastapi import Depends, FastAPI
 
 from gateway.api.auth import require_api_key
-from gateway.api.dialects import batch, cohere, nim, vllm
+from gateway.api.dialects import batch, cohere, nim, reranking, vllm
 from gateway.config import Settings
 
 
 def include_dialects(app: FastAPI, settings: Settings) -> None:
     """Mount every dialect router behind the API-key dependency (`/v1/models` too)."""
     app.state.dialects_settings = settings
-    for router in (cohere.router, nim.router, vllm.router, batch.router):
+    for router in (cohere.router, cohere.v1_router, nim.router, vllm.router, batch.router):
         app.include_router(router, dependencies=[Depends(require_api_key)])
+    # Last: its `{base}/reranking` matches any path ending so; it checks the API key itself.
+    app.include_router(reranking.router)

@@ -101,11 +101,21 @@ class CohereErrorBody(BaseModel):
     message: str
 
 
+class JinaErrorBody(CohereErrorBody):
+    detail: str = Field(..., description="The same message, where Jina's clients read it.")
+
+
 def render_error(status: int, exc: RerankError) -> dict[str, Any]:
     return {"message": exc.message}
 
 
+def render_v1_error(status: int, exc: RerankError) -> dict[str, Any]:
+    """`/v1/rerank` is Jina's path too: LlamaIndex JinaRerank and Haystack JinaRanker raise `detail`."""
+    return {"message": exc.message, "detail": exc.message}
+
+
 STYLE = ErrorStyle("cohere", render_error, CohereErrorBody)
+V1_STYLE = ErrorStyle("cohere", render_v1_error, JinaErrorBody)
 CohereRoute = dialect_route_class(STYLE)
 
 
@@ -122,6 +132,7 @@ def to_query(req: CohereRerankRequest) -> RerankQuery:
         keep=req.keep,
         max_length=req.max_length,
         max_chunks_per_doc=max_chunks_of(req.max_chunks_per_doc),
+        overlap_tokens=req.overlap_tokens,
         truncate=req.truncate,
         truncation_direction=req.truncation_direction,
     )
@@ -183,11 +194,13 @@ async def rerank(
 
 
 router = APIRouter(route_class=CohereRoute, tags=["cohere"])
+v1_router = APIRouter(route_class=dialect_route_class(V1_STYLE), tags=["cohere"])
 ROUTE: dict[str, Any] = {
     "response_model": CohereRerankResponse,
     "response_model_exclude_unset": True,
     "responses": merge_responses(STYLE.responses(), body_responses()),
 }
+V1_ROUTE: dict[str, Any] = {**ROUTE, "responses": merge_responses(V1_STYLE.responses(), body_responses())}
 
 
 @router.post("/v2/rerank", summary="Cohere v2 rerank", **ROUTE)
@@ -196,7 +209,7 @@ async def rerank_v2(request: Request, body: CohereRerankRequest) -> dict[str, An
     return await rerank(request, body, version="2", default_return_documents=False)
 
 
-@router.post("/v1/rerank", summary="Cohere v1 / Jina rerank", **ROUTE)
+@v1_router.post("/v1/rerank", summary="Cohere v1 / Jina rerank", **V1_ROUTE)
 async def rerank_v1(request: Request, body: CohereRerankRequest) -> dict[str, Any]:
     """Cohere v1 / Jina: documents as strings or objects, `rank_fields`, `return_documents` (default
     false, as Cohere's), `max_chunks_per_doc`."""

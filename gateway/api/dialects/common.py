@@ -8,6 +8,7 @@ A dialect is parsing and rendering only: wire body -> `RerankQuery` objects ->
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 import uuid
@@ -22,9 +23,10 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway import metrics
 from gateway.api.errors import ErrorStyle, validation_failed
 from gateway.domain import RerankOutcome, RerankQuery
-from gateway.errors import RerankError, Unauthorized, ValidationFailed
+from gateway.errors import ClientDisconnected, RerankError, Unauthorized, ValidationFailed
 from gateway.repository import read_model_spec
 
 
@@ -61,11 +63,31 @@ def dialect_route_class(style: ErrorStyle) -> type[APIRoute]:
     return DialectRoute
 
 
+DISCONNECT_POLL_S = 0.25  # how often a running request checks that its client is still there
+
+
 async def run_queries(request: Request, queries: Sequence[RerankQuery]) -> list[RerankOutcome]:
-    """All inference goes through admission control: limits, the in-flight bound and the timeout."""
+    """All inference goes through admission control: limits, admission by queued work, the timeout.
+
+    While the work runs, the client's connection is watched (as vLLM does): when the client has gone (its
+    own timeout, a closed tab), the work is cancelled, which drops its queued batches, and counted in
+    `reranker_cancelled_requests_total`."""
     admission = request.app.state.admission
     request.state.documents = sum(len(q.documents) for q in queries)  # for the access log
-    outcomes = list(await admission.run(list(queries)))
+    work = asyncio.ensure_future(admission.run(list(queries)))
+    try:
+        while True:
+            done, _ = await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
+            if done:
+                break
+            if await request.is_disconnected():
+                work.cancel()
+                metrics.CANCELLED.labels("client_disconnected").inc()
+                raise ClientDisconnected("the client closed the connection; the request's work was stopped")
+    finally:
+        if not work.done():
+            work.cancel()  # this handler was cancelled itself (server shutdown)
+    outcomes = list(work.result())
     request.state.outcomes = outcomes  # the timing headers are written from them
     return outcomes
 

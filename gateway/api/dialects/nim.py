@@ -106,12 +106,21 @@ def render(outcome: RerankOutcome) -> NIMRankingResponse:
 router = APIRouter(route_class=NIMRoute, tags=["nvidia-nim"])
 
 
-@router.post(
-    "/v1/ranking",
-    summary="NVIDIA NIM ranking",
-    response_model=NIMRankingResponse,
-    responses=merge_responses(STYLE.responses(), body_responses()),
-)
+ROUTE: dict[str, Any] = {
+    "response_model": NIMRankingResponse,
+    "responses": merge_responses(STYLE.responses(), body_responses()),
+}
+
+
+@router.post("/v1/ranking", summary="NVIDIA NIM ranking", **ROUTE)
 async def ranking(request: Request, body: NIMRankingRequest) -> NIMRankingResponse:
+    [outcome] = await run_queries(request, [to_query(body)])
+    return render(outcome)
+
+
+@router.post("/v1/retrieval/{model:path}/reranking", summary="NVIDIA hosted-API ranking path", **ROUTE)
+async def hosted_ranking(request: Request, model: str, body: NIMRankingRequest) -> NIMRankingResponse:
+    """The path NVIDIA's hosted API serves each model on (litellm's `nvidia_nim/<model>` posts here; model
+    names contain slashes). The served model answers whatever the path names."""
     [outcome] = await run_queries(request, [to_query(body)])
     return render(outcome)

@@ -209,16 +209,23 @@ async def score(request: Request, body: ScoreRequest) -> ScoreResponse:
     responses=STYLE.responses([Unauthorized]),
 )
 async def models(request: Request) -> ModelList:
+    """The served model first, then each of RERANKER_SERVED_MODEL_NAMES (vLLM's --served-model-name), all
+    with the model as `root`: clients that check a name against this list (LlamaIndex NVIDIARerank) accept
+    the aliases."""
     served = served_model(request)
-    card = ModelCard(
-        id=served.id,
-        object="model",
-        created=served.created,
-        owned_by="reranker-service",
-        root=served.id,
-        parent=None,
-        permission=[],
-    )
-    if served.max_model_len is not None:
-        card.max_model_len = served.max_model_len
-    return ModelList(object="list", data=[card])
+    names = [served.id, *(n for n in request.app.state.settings.served_model_names if n != served.id)]
+    cards = []
+    for name in names:
+        card = ModelCard(
+            id=name,
+            object="model",
+            created=served.created,
+            owned_by="reranker-service",
+            root=served.id,
+            parent=None,
+            permission=[],
+        )
+        if served.max_model_len is not None:
+            card.max_model_len = served.max_model_len
+        cards.append(card)
+    return ModelList(object="list", data=cards)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -41,20 +42,22 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def gateway_url(real_model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextmanager
+def running_gateway(repository: Path, log_dir: Path, **env_overrides: str) -> Iterator[str]:
+    """Start `python -m gateway` on a free port with API keys on; yield its URL once /ready answers."""
     port = _free_port()
     env = {
         **os.environ,
-        "RERANKER_MODEL_REPOSITORY": str(real_model_repository),
+        "RERANKER_MODEL_REPOSITORY": str(repository),
         "RERANKER_HOST": "127.0.0.1",
         "RERANKER_PORT": str(port),
         "RERANKER_API_KEYS": ",".join(API_KEYS),
         "RERANKER_DEVICE": "cpu",
         "RERANKER_PRELOAD": "true",
         "RERANKER_LOG_LEVEL": "warning",
+        **env_overrides,
     }
-    log_path = tmp_path_factory.mktemp("gateway") / "server.log"
+    log_path = log_dir / f"server-{port}.log"
     url = f"http://127.0.0.1:{port}"
     with log_path.open("wb") as log:
         proc = processes.popen(
@@ -76,6 +79,24 @@ def gateway_url(real_model_repository: Path, tmp_path_factory: pytest.TempPathFa
             yield url
         finally:
             processes.stop(proc, 15)
+
+
+# Names clients send by default, served as aliases of the exported model (listed in /v1/models).
+SERVED_ALIASES = (
+    "nvidia/nv-rerankqa-mistral-4b-v3",
+    "BAAI/bge-reranker-v2-m3",
+    "jina-reranker-v2-base-multilingual",
+)
+
+
+@pytest.fixture(scope="session")
+def gateway_url(real_model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_gateway(
+        real_model_repository,
+        tmp_path_factory.mktemp("gateway"),
+        RERANKER_SERVED_MODEL_NAMES=",".join(SERVED_ALIASES),
+    ) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from conftest import PASSAGES, QUERY, RELEVANT
+from conftest import PASSAGES, QUERY, RELEVANT, SERVED_ALIASES
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_models, pytest.mark.clients]
 
@@ -89,7 +89,8 @@ def test_vllm_rerank_bodies_on_cohere_paths(gateway_url, api_key):
 def test_vllm_models_list(gateway_url, api_key):
     r = httpx.get(f"{gateway_url}/v1/models", headers={"Authorization": f"Bearer {api_key}"}, timeout=30)
     assert r.status_code == 200, r.text
-    [card] = r.json()["data"]
+    card, *aliases = r.json()["data"]  # the served model first, then RERANKER_SERVED_MODEL_NAMES
+    assert [a["id"] for a in aliases] == list(SERVED_ALIASES) and {a["root"] for a in aliases} == {card["id"]}
     info = httpx.get(f"{gateway_url}/info", headers={"Authorization": f"Bearer {api_key}"}, timeout=30).json()
     assert card["id"] == info["models"]["reranker"]["model_id"]
     assert card["max_model_len"] == info["models"]["reranker"]["max_length"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
@@ -92,8 +93,9 @@ def test_long_document_chunks_find_the_relevant_window(gateway_process):
         ({"query": QUERY, "documents": [{"title": "x"}]}, 422, "documents"),
         ({"query": QUERY, "documents": [BERLIN], "top_k": -1}, 422, "top_k"),
         ({"query": QUERY, "documents": ["d"] * 51}, 413, "max_documents is 50"),
-        ({"query": QUERY, "documents": ["x" * 5001]}, 413, "max_document_chars is 5000"),
-        ({"query": "q" * 201, "documents": [BERLIN]}, 413, "max_query_chars is 200"),
+        # with truncation on (the default) they are cut to the limits instead: test_long_inputs_are_cut
+        ({"query": QUERY, "documents": [BERLIN, "x" * 5001], "truncate": False}, 413, "document 1 has 5001"),
+        ({"query": "q" * 201, "documents": [BERLIN], "truncate": False}, 413, "max_query_chars is 200"),
         ({"query": QUERY, "documents": ["x" * 4500] * 49}, 413, "max_body_bytes"),
     ],
 )
@@ -101,6 +103,16 @@ def test_bad_input_matrix(gateway_process, payload, status, needle):
     r = httpx.post(gateway_process.url + "/rerank", json=payload, timeout=30)
     assert r.status_code == status, r.text
     assert needle in r.json()["error"]
+
+
+def test_long_inputs_are_cut_to_the_limits_when_truncating(gateway_process):
+    payload = {"query": QUERY + " " + "q" * 300, "documents": ["x" * 6000, BERLIN]}
+    r = httpx.post(gateway_process.url + "/rerank", json=payload, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["results"][0]["index"] == 1
+    assert "1 document(s) were cut to max_document_chars (5000 characters)" in body["warnings"]
+    assert "the query was cut to max_query_chars (200 characters)" in body["warnings"]
 
 
 def test_empty_documents_and_malformed_json(gateway_process):
@@ -124,7 +136,12 @@ def test_ops_routes_and_request_id_in_the_log(gateway_process):
         timeout=30,
     )
     assert r.headers["x-request-id"] == "it-req-42"
-    assert re.search(r"it-req-42 POST /rerank 200 [\d.]+ms docs=1", gateway_process.log_text())
+    line = r"it-req-42 POST /rerank 200 [\d.]+ms docs=1"
+    for _ in range(40):  # the access line is written after the response is sent (bounded: 2 s)
+        if re.search(line, gateway_process.log_text()):
+            break
+        time.sleep(0.05)
+    assert re.search(line, gateway_process.log_text())
     metrics = httpx.get(gateway_process.url + "/metrics").text
     assert 'reranker_requests_total{method="POST",route="/rerank",status="200"}' in metrics
     assert "reranker_process_rss_bytes" in metrics

@@ -23,7 +23,23 @@ def keyed() -> TestClient:
 
 CASES = [
     ("/v2/rerank", {"query": QUERY, "documents": DOCS}, lambda b: set(b) == {"message"}),
-    ("/v1/rerank", {"query": QUERY, "documents": DOCS}, lambda b: set(b) == {"message"}),
+    # Jina's path: `detail` beside `message` (Jina's clients raise `detail`)
+    (
+        "/v1/rerank",
+        {"query": QUERY, "documents": DOCS},
+        lambda b: b == {"message": b["detail"], "detail": b["detail"]},
+    ),
+    ("/v1/reranking", {"query": QUERY, "documents": DOCS}, lambda b: set(b) == {"message", "detail"}),
+    (
+        "/v1/retrieval/nvidia/llama-3.2-nv-rerankqa-1b-v2/reranking",
+        {"query": {"text": QUERY}, "passages": [{"text": d} for d in DOCS]},
+        lambda b: b["status"] == 401,
+    ),
+    (
+        "/reranking",
+        {"query": {"text": QUERY}, "passages": [{"text": d} for d in DOCS]},
+        lambda b: b["status"] == 401,
+    ),
     (
         "/v1/ranking",
         {"query": {"text": QUERY}, "passages": [{"text": d} for d in DOCS]},

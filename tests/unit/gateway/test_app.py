@@ -8,6 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
+from gateway.api.admission import WorkRate
 from gateway.api.schemas import RerankResponse
 from gateway.app import create_app
 from gateway.config import Settings
@@ -97,10 +98,14 @@ def test_empty_document_list_is_an_empty_result(client):
         ({"documents": DOCS}, 422, "query"),
         ({"query": QUERY, "documents": "nope"}, 422, "documents"),
         ({"query": QUERY, "documents": [{"title": "no text"}]}, 422, "documents"),
-        ({"query": QUERY, "documents": DOCS, "top_k": 0}, 422, "top_k"),
+        ({"query": QUERY, "documents": DOCS, "top_k": -1}, 422, "top_k"),
         ({"query": QUERY, "documents": ["d"] * 6}, 413, "max_documents is 5"),
-        ({"query": QUERY, "documents": ["x" * 101]}, 413, "max_document_chars is 100"),
-        ({"query": "q" * 51, "documents": DOCS}, 413, "max_query_chars is 50"),
+        (
+            {"query": QUERY, "documents": ["a", "x" * 101], "truncate": False},
+            413,
+            "document 1 has 101 characters; the limit max_document_chars is 100",
+        ),
+        ({"query": "q" * 51, "documents": DOCS, "truncate": False}, 413, "max_query_chars is 50"),
         ({"query": QUERY, "documents": ["x" * 90] * 5, "pad": "y" * 4000}, 413, "max_body_bytes (4096"),
     ],
 )
@@ -165,8 +170,11 @@ def test_preload_off_loads_on_first_request(tiny_model_repository):
         assert c.get("/ready").status_code == 200
 
 
-def test_overload_is_429_with_retry_after_and_timeout_is_504(make_reranker, tiny_model_repository):
-    reranker, ce, _ = make_reranker(keep=0, max_in_flight=1, request_timeout_s=0.5)
+def test_admission_queues_what_can_finish_in_time_and_refuses_the_rest(make_reranker):
+    """max_in_flight 1: a second request waits for the slot (no 429) while the queued work can finish within
+    the request timeout; when the measured rate says it cannot, 429 with Retry-After and a message saying
+    why; a request that runs past the timeout is a 504."""
+    reranker, ce, _ = make_reranker(keep=0, max_in_flight=1, request_timeout_s=1.0)
     release = threading.Event()
     original = ce.score
 
@@ -178,24 +186,51 @@ def test_overload_is_429_with_retry_after_and_timeout_is_504(make_reranker, tiny
     ce.score = slow_score
     assert isinstance(reranker, Reranker)
     with TestClient(create_app(reranker.settings, reranker)) as c:
+        admission = c.app.state.admission
         results: dict[str, int] = {}
 
-        def first():
-            results["first"] = c.post("/rerank", json={"query": QUERY, "documents": DOCS}).status_code
+        def post(name: str, docs: list[str]) -> threading.Thread:
+            def run() -> None:
+                results[name] = c.post("/rerank", json={"query": QUERY, "documents": docs}).status_code
 
-        t = threading.Thread(target=first)
-        t.start()
-        for _ in range(100):
-            if c.app.state.admission.in_flight:
-                break
-            threading.Event().wait(0.01)
-        second = c.post("/rerank", json={"query": QUERY, "documents": DOCS})
-        assert second.status_code == 429 and int(second.headers["retry-after"]) >= 1
-        assert "max_in_flight is 1" in second.json()["error"]
-        t.join(5)
-        assert results["first"] == 504
+            thread = threading.Thread(target=run)
+            thread.start()
+            return thread
+
+        def wait_in_flight(n: int) -> None:
+            for _ in range(200):
+                if admission.in_flight >= n:
+                    return
+                threading.Event().wait(0.01)
+            raise AssertionError(f"never {n} in flight")
+
+        first = post("first", DOCS)
+        wait_in_flight(1)
+        second = post("second", DOCS[:1])  # queued behind the first: nothing says it cannot finish
+        wait_in_flight(2)
+        release.set()
+        first.join(5)
+        second.join(5)
+        assert results == {"first": 200, "second": 200}
+
+        admission.rate = WorkRate(initial=10.0)  # 10 tokens a second: no queue can finish within 1 s
+        release.clear()
+        held = post("held", [f"{d} (not cached)" for d in DOCS])
+        wait_in_flight(1)
+        refused = c.post("/rerank", json={"query": QUERY, "documents": DOCS})
+        assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+        assert "would not finish within request_timeout_s (1.0s)" in refused.json()["error"]
+        held.join(5)
+        assert results["held"] == 504
         release.set()
         assert c.post("/rerank", json={"query": QUERY, "documents": DOCS[:1]}).status_code == 200
+
+
+def test_over_long_inputs_are_cut_when_truncating(client):
+    r = client.post("/rerank", json={"query": "q" * 60, "documents": ["a", "x" * 150]})
+    assert r.status_code == 200, r.text
+    assert "1 document(s) were cut to max_document_chars (100 characters)" in r.json()["warnings"]
+    assert "the query was cut to max_query_chars (50 characters)" in r.json()["warnings"]
 
 
 @pytest.mark.parametrize(
@@ -207,7 +242,7 @@ def test_overload_is_429_with_retry_after_and_timeout_is_504(make_reranker, tiny
         b'{"query": "q", "documents": [{"text": null}]}',
         b'{"query": "q", "documents": [1, 2]}',
         b'{"query": "q", "documents": ["a"], "keep": -1}',
-        b'{"query": "q", "documents": ["a"], "max_chunks_per_doc": 100}',
+        b'{"query": "q", "documents": ["a"], "max_chunks_per_doc": 0}',
         b'{"query": "q", "documents": ["a"], "top_k": "many"}',
         b'{"query": "q", "documents": ["a"], "truncation_direction": "middle"}',
     ],

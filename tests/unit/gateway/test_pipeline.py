@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gateway.domain import RerankQuery
-from gateway.errors import ValidationFailed
+from gateway.errors import InputTooLong, ValidationFailed
 from gateway.pipeline import sigmoid
 
 QUERY = "berlin population"
@@ -147,3 +147,64 @@ def test_info_and_ready(make_reranker):
 
     assert run(go())
     assert reranker.info()["models"]["prefilter"]["max_length"] == 128
+
+
+def test_over_long_inputs_are_cut_to_the_character_limits_when_truncating(make_reranker):
+    reranker, ce, _ = make_reranker(keep=0, max_document_chars=300, max_query_chars=40)
+    long_doc = "berlin population is large. " + "weather football " * 100
+    out = run(reranker.rerank(RerankQuery(QUERY + " in germany" * 10, (long_doc, "about trains"))))
+    assert out.results[0].index == 0 and ce.rows == 2
+    assert "the query was cut to max_query_chars (40 characters)" in out.warnings
+    assert "1 document(s) were cut to max_document_chars (300 characters)" in out.warnings
+
+
+def test_left_truncation_keeps_the_end_and_reports_chunks_in_the_document_as_sent(make_reranker):
+    reranker, *_ = make_reranker(keep=0, max_document_chars=600)
+    doc = "weather football " * 100 + "berlin population is large."
+    out = run(
+        reranker.rerank(
+            RerankQuery(QUERY, (doc,), truncation_direction="left", max_chunks_per_doc=4, max_length=48)
+        )
+    )
+    [r] = out.results
+    assert r.chunk is not None and r.chunk[0] >= len(doc) - 600
+    assert "berlin population" in doc[r.chunk[0] : r.chunk[1]]
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        (RerankQuery(QUERY, ("short", "x" * 301), truncate=False), "document 1 has 301 characters"),
+        (RerankQuery("q" * 41, ("short",), truncate=False), "the query has 41 characters"),
+    ],
+)
+def test_over_long_inputs_without_truncation_name_the_input_and_the_limit(make_reranker, query, message):
+    reranker, ce, _ = make_reranker(keep=0, max_document_chars=300, max_query_chars=40)
+    with pytest.raises(InputTooLong, match=message) as info:
+        run(reranker.rerank(query))
+    assert info.value.limit in ("max_document_chars", "max_query_chars") and ce.rows == 0
+
+
+def test_token_overflow_without_truncation_names_the_request_index(make_reranker):
+    reranker, *_ = make_reranker(keep=0)
+    documents = ("short", "short", "weather football " * 100)  # the duplicate is scored once
+    with pytest.raises(ValidationFailed, match="document 2 needs more than"):
+        run(reranker.rerank(RerankQuery(QUERY, documents, truncate=False, max_length=48)))
+
+
+def test_max_chunks_above_the_maximum_is_clamped_with_a_warning(make_reranker):
+    reranker, *_ = make_reranker(keep=0)
+    out = run(reranker.rerank(RerankQuery(QUERY, ("a", RELEVANT), max_chunks_per_doc=1024)))
+    assert out.results[0].index == 1
+    assert "max_chunks_per_doc 1024 is above the server's maximum 64; 64 were used" in out.warnings
+
+
+def test_overlap_tokens_per_request_change_the_windows(make_reranker):
+    reranker, ce, _ = make_reranker(keep=0, cache_size=0)
+    doc = "weather football " * 60
+    run(reranker.rerank(RerankQuery(QUERY, (doc,), max_chunks_per_doc=8, max_length=48, overlap_tokens=0)))
+    without = ce.rows
+    run(reranker.rerank(RerankQuery(QUERY, (doc,), max_chunks_per_doc=8, max_length=48, overlap_tokens=16)))
+    assert ce.rows - without > without  # more overlap, more windows for the same document
+    with pytest.raises(ValidationFailed, match="overlap_tokens"):
+        run(reranker.rerank(RerankQuery(QUERY, (doc,), overlap_tokens=-1)))

@@ -86,5 +86,5 @@ def test_responses_carry_tei_timing_headers(make_reranker):
         tei = client.post("/rerank", json={"query": QUERY, "texts": DOCS})
         assert tei.status_code == 200 and "x-queue-time" in tei.headers
         assert "x-total-time" not in client.get("/health").headers
-        bad = client.post("/rerank", json={"query": QUERY, "documents": DOCS, "top_k": 0})
+        bad = client.post("/rerank", json={"query": QUERY, "documents": DOCS, "top_k": -1})
         assert bad.status_code == 422 and "x-inference-time" not in bad.headers

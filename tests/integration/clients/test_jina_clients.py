@@ -1,0 +1,111 @@
+"""Jina's rerank shape on /v1/rerank through LlamaIndex's JinaRerank and Haystack's JinaRanker. Both read
+`detail` from an error body and raise it as the message, so 401 and 429 must carry `detail`."""
+
+from __future__ import annotations
+
+import re
+import threading
+
+import httpx
+import pytest
+from conftest import PASSAGES, QUERY, RELEVANT, need_client, running_gateway
+
+pytestmark = [pytest.mark.slow, pytest.mark.real_models, pytest.mark.clients]
+
+MODEL = "jina-reranker-v2-base-multilingual"
+
+
+def nodes():
+    from llama_index.core.schema import NodeWithScore, TextNode
+
+    return [NodeWithScore(node=TextNode(text=t, id_=f"n{i}"), score=0.5) for i, t in enumerate(PASSAGES)]
+
+
+def test_llamaindex_jina_rerank(gateway_url, api_key):
+    module = need_client("llama_index.postprocessor.jinaai_rerank")
+    # JinaRerank posts to f"{base_url}/rerank"
+    reranker = module.JinaRerank(api_key=api_key, base_url=f"{gateway_url}/v1", model=MODEL, top_n=2)
+    out = reranker.postprocess_nodes(nodes(), query_str=QUERY)
+    assert out[0].node.id_ == f"n{RELEVANT}"
+    assert len(out) == 2 and out[0].score > out[1].score
+
+
+def test_llamaindex_jina_rerank_shows_the_401_message(gateway_url):
+    module = need_client("llama_index.postprocessor.jinaai_rerank")
+    reranker = module.JinaRerank(api_key="not-a-key", base_url=f"{gateway_url}/v1", model=MODEL, top_n=2)
+    with pytest.raises(RuntimeError, match="invalid API key"):
+        reranker.postprocess_nodes(nodes(), query_str=QUERY)
+
+
+def test_llamaindex_jina_rerank_shows_the_429_message(real_model_repository, tmp_path, api_key):
+    """A gateway whose queue can hold 2 s of work: while a request of far more work runs, the next one is
+    refused with 429 + Retry-After, and JinaRerank raises the server's message."""
+    module = need_client("llama_index.postprocessor.jinaai_rerank")
+    heavy = {"query": QUERY, "documents": [f"{i} " + " ".join(PASSAGES) * 12 for i in range(400)]}
+    headers = {"Authorization": f"Bearer {api_key}"}
+    with running_gateway(
+        real_model_repository,
+        tmp_path,
+        RERANKER_REQUEST_TIMEOUT_S="2",
+        RERANKER_KEEP="0",
+        RERANKER_CACHE_SIZE="0",
+    ) as url:
+        # a few requests first, so the gateway has measured its own speed (half a second of work at least)
+        warm = {"query": QUERY, "documents": heavy["documents"][:6]}
+        for _ in range(8):
+            r = httpx.post(f"{url}/v1/rerank", json=warm, headers=headers, timeout=60)
+            assert r.status_code == 200, r.text
+            metrics = httpx.get(f"{url}/metrics", timeout=10).text
+            if float(re.search(r"^reranker_work_rate_tokens_per_second (\S+)$", metrics, re.M)[1]) > 0:
+                break
+            warm = {"query": QUERY, "documents": [d + " again" for d in warm["documents"]]}
+        statuses: list[int] = []
+        worker = threading.Thread(
+            target=lambda: statuses.append(
+                httpx.post(f"{url}/v1/rerank", json=heavy, headers=headers, timeout=60).status_code
+            )
+        )
+        worker.start()
+        try:
+            raw = None
+            for _ in range(40):  # until the heavy request is admitted and counted (bounded: 4 s)
+                metrics = httpx.get(f"{url}/metrics", timeout=10).text
+                if "reranker_in_flight_requests 1.0" in metrics:
+                    break
+                threading.Event().wait(0.1)
+            raw = httpx.post(
+                f"{url}/v1/rerank", json={"query": QUERY, "documents": PASSAGES}, headers=headers, timeout=60
+            )
+            assert raw.status_code == 429, raw.text
+            assert int(raw.headers["Retry-After"]) >= 1
+            assert raw.json()["detail"] == raw.json()["message"]
+            reranker = module.JinaRerank(api_key=api_key, base_url=f"{url}/v1", model=MODEL, top_n=2)
+            with pytest.raises(RuntimeError, match="request_timeout_s"):
+                reranker.postprocess_nodes(nodes(), query_str=QUERY)
+        finally:
+            worker.join(timeout=120)
+        assert statuses and statuses[0] in (200, 504)
+
+
+def test_haystack_jina_ranker(gateway_url, api_key, monkeypatch):
+    monkeypatch.setenv("HAYSTACK_TELEMETRY_ENABLED", "False")
+    jina = need_client("haystack_integrations.components.rankers.jina")
+    from haystack import Document
+    from haystack.utils import Secret
+
+    docs = [Document(content=text, meta={"n": i}) for i, text in enumerate(PASSAGES)]
+    # JinaRanker posts to base_url itself; without top_k it sends "top_n": null (all documents)
+    ranker = jina.JinaRanker(
+        model=MODEL, api_key=Secret.from_token(api_key), base_url=f"{gateway_url}/v1/rerank"
+    )
+    out = ranker.run(query=QUERY, documents=docs)
+    ranked = [d.meta["n"] for d in out["documents"]]
+    assert ranked[0] == RELEVANT and sorted(ranked) == list(range(len(PASSAGES)))
+    assert out["meta"]["usage"]["total_tokens"] > 0
+    out = ranker.run(query=QUERY, documents=docs, top_k=2)
+    assert out["documents"][0].meta["n"] == RELEVANT and len(out["documents"]) == 2
+    bad = jina.JinaRanker(
+        model=MODEL, api_key=Secret.from_token("wrong"), base_url=f"{gateway_url}/v1/rerank"
+    )
+    with pytest.raises(RuntimeError, match="invalid API key"):
+        bad.run(query=QUERY, documents=docs)
