@@ -19,13 +19,15 @@ class RerankQuery:
     `keep`: how many prefilter survivors the cross-encoder rescores (None: the server default,
     0: no prefilter, single stage). `max_chunks_per_doc`: a document longer than the model's window
     is split into up to this many overlapping windows and scored by its best one (None: the server
-    default; 1: plain truncation). `truncate=False` turns an over-long pair into a validation error.
+    default; 1: plain truncation). `ranked_input`: the documents arrive best first, so their order may
+    choose survivors (None: the server default). `truncate=False` turns an over-long pair into a validation error.
     """
 
     query: str
     documents: tuple[str, ...]
     top_n: int | None = None
     keep: int | None = None
+    ranked_input: bool | None = None
     max_length: int | None = None
     max_chunks_per_doc: int | None = None
     truncate: bool = True

@@ -33,6 +33,11 @@ class PipelineOptions(BaseModel):
     keep: int | None = Field(
         None, ge=0, description="Prefilter survivors the cross-encoder rescores; 0: cross-encoder only."
     )
+    ranked_input: bool | None = Field(
+        None,
+        description="true: the documents arrive best first (a retriever's order), which then helps choose "
+        "the prefilter's survivors; false: their order means nothing (default: RERANKER_CASCADE_INPUT_RANKED).",
+    )
     max_chunks_per_doc: int | None = Field(
         None, ge=1, le=64, description="Split long documents into up to this many windows; the best wins."
     )
@@ -53,6 +58,7 @@ class RerankRequest(PipelineOptions):
             documents=_texts(self.documents),
             top_n=self.top_k,
             keep=self.keep,
+            ranked_input=self.ranked_input,
             max_length=self.max_length,
             max_chunks_per_doc=self.max_chunks_per_doc,
             truncate=self.truncate,

@@ -80,6 +80,7 @@ def to_query(req: CohereRerankRequest) -> RerankQuery:
         documents=texts,
         top_n=check_top_n(req.top_n),
         keep=req.keep,
+        ranked_input=req.ranked_input,
         max_length=req.max_length,
         max_chunks_per_doc=check_max_chunks(req.max_chunks_per_doc),
         truncate=req.truncate,
