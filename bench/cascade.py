@@ -263,8 +263,10 @@ def write_report(results: dict[str, Any], cells: list[Cell], out: Path, *, plot:
         f"within the table). Fidelity: recall@10 of the cascade's top 10 against the single-stage top 10 "
         f"(what the gateway measures at run time), mean over the queries.",
         "",
-        "| rule | keep | " + " | ".join(f"nDCG@10 {s} (diff)" for s in names)
-        + " | " + " | ".join(f"recall@10 vs single {s}" for s in names)
+        "| rule | keep | "
+        + " | ".join(f"nDCG@10 {s} (diff)" for s in names)
+        + " | "
+        + " | ".join(f"recall@10 vs single {s}" for s in names)
         + " | docs/s | x single | within 0.005 |",
         "|---|---|" + "---|" * (2 * len(names) + 3),
     ]
@@ -345,18 +347,33 @@ def _plot(cells: list[Cell], single: Cell, d_cell: Cell, r_cell: Cell, path: Pat
     markers = {"prefilter": "o", "input": "s", "union": "^", "rrf": "D"}
     for ax, (name, first) in zip(axes, SETS, strict=True):
         for rule in RULES:
-            pts = [(c.docs_per_s / single.docs_per_s, c.ndcg[name]) for c in cells if c.rule == rule and c.keep]
+            pts = [
+                (c.docs_per_s / single.docs_per_s, c.ndcg[name]) for c in cells if c.rule == rule and c.keep
+            ]
             ax.plot(*zip(*pts, strict=True), marker=markers[rule], linestyle=":", label=rule, alpha=0.8)
         pts = [(c.docs_per_s / single.docs_per_s, c.ndcg[name]) for c in cells]
         front = _pareto(pts)
         ax.plot(*zip(*front, strict=True), color="black", linewidth=1, label="Pareto front")
-        ax.axhline(single.ndcg[name] - TOLERANCE, color="grey", linestyle="--", linewidth=0.8,
-                   label="single stage - 0.005")
-        ax.scatter([1.0], [single.ndcg[name]], color="black", marker="*", s=140, zorder=5, label="single stage")
+        ax.axhline(
+            single.ndcg[name] - TOLERANCE,
+            color="grey",
+            linestyle="--",
+            linewidth=0.8,
+            label="single stage - 0.005",
+        )
+        ax.scatter(
+            [1.0], [single.ndcg[name]], color="black", marker="*", s=140, zorder=5, label="single stage"
+        )
         for cell, text in ((d_cell, "default"), (r_cell, "ranked_input default")):
             x, y = cell.docs_per_s / single.docs_per_s, cell.ndcg[name]
-            ax.annotate(text, (x, y), xytext=(8, -14), textcoords="offset points", fontsize=8,
-                        arrowprops={"arrowstyle": "->", "lw": 0.6})
+            ax.annotate(
+                text,
+                (x, y),
+                xytext=(8, -14),
+                textcoords="offset points",
+                fontsize=8,
+                arrowprops={"arrowstyle": "->", "lw": 0.6},
+            )
             ax.scatter([x], [y], facecolors="none", edgecolors="red", s=160, zorder=6)
         ax.set_title(f"{name} first {first}")
         ax.set_xlabel("speed (x single stage, docs/s)")
@@ -406,7 +423,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.row_cost_requests:
         log("one-row batches: measuring the cost")
         results["row_cost"] = asyncio.run(
-            _row_cost(args.model_repository, load_set(data_root, "scifact"), args.row_cost_requests, args.threads)
+            _row_cost(
+                args.model_repository, load_set(data_root, "scifact"), args.row_cost_requests, args.threads
+            )
         )
     path = write_report(results, cells, args.out)
     log(f"wrote {path}")
