@@ -20,7 +20,7 @@ PYTEST_ARGS ?=
 RERANKER_TEST_MODELS ?= $(abspath ../shared/models)
 export RERANKER_TEST_MODELS
 
-.PHONY: install export serve triton triton-setup triton-stop triton-check test test-fast lint bench bench-gateway clean
+.PHONY: install export serve triton triton-setup triton-stop triton-check test test-fast lint bench bench-gateway bench-cascade clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -76,6 +76,13 @@ lint: install
 bench: install
 	@test -f "$(REPO)/reranker/manifest.json" || $(MAKE) export
 	$(PY) -m bench --model "$(MODEL)" --prefilter "$(PREFILTER)" --model-repository "$(REPO)" $(BENCH_ARGS)
+
+# The cascade section (bench/results/cascade.md + cascade.png): every BM25 top-100 pair scored once by both models
+# (cached in bench/.work/cascade, about 15 min on 2 shared cores), then every selection rule x keep offline, and
+# the speed of the shipped default against sentence-transformers side by side.
+bench-cascade: install
+	@test -f "$(REPO)/reranker/manifest.json" || $(MAKE) export
+	$(PY) -m bench.cascade --model-repository "$(REPO)" $(BENCH_ARGS)
 
 # The gateway's own targets (memory, overhead over bare session.run, bucketing, two-stage gain).
 bench-gateway: install
