@@ -256,6 +256,12 @@ class AdaptiveKeep:
     def enabled(self) -> bool:
         return self.target > 0
 
+    def start_at(self, keep: int) -> None:
+        """A calibrated starting keep (the bounds widen to hold it, as for a configured one)."""
+        self.low, self.high = min(self.low, keep), max(self.high, keep)
+        self.keep = keep
+        self._samples.clear()
+
     def observe(self, recall_at_10: float, keep: int) -> None:
         """One measurement; ignored unless it was taken at the current keep."""
         if not self.enabled or keep != self.keep:

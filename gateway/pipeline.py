@@ -134,6 +134,9 @@ class Reranker:
             if self._load_task is task:
                 self._load_task = None
             raise
+        calibrated = self._models.reranker.spec.cascade.get("keep")
+        if calibrated and "keep" not in self.settings.model_fields_set:
+            self.adaptive_keep.start_at(int(calibrated))  # RERANKER_KEEP, when set, wins
         return self._models
 
     async def ready(self) -> bool:
