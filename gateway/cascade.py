@@ -251,6 +251,7 @@ class AdaptiveKeep:
         self._samples: list[float] = []
         self._floor = self.low  # the smallest keep not known to fall short
         self.changes = 0
+        metrics.CASCADE_KEEP.set(self.keep)
 
     @property
     def enabled(self) -> bool:
@@ -261,6 +262,7 @@ class AdaptiveKeep:
         self.low, self.high = min(self.low, keep), max(self.high, keep)
         self.keep = keep
         self._samples.clear()
+        metrics.CASCADE_KEEP.set(self.keep)
 
     def observe(self, recall_at_10: float, keep: int) -> None:
         """One measurement; ignored unless it was taken at the current keep."""
