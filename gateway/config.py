@@ -40,7 +40,7 @@ class Settings(BaseSettings):
 
     # --- pipeline -----------------------------------------------------------------------------
     keep: int = Field(
-        50,
+        70,
         ge=0,
         description="Prefilter survivors the cross-encoder rescores (0: single stage). Per request: `keep`.",
     )
@@ -50,7 +50,7 @@ class Settings(BaseSettings):
         "(as retrievers send them), so their order helps choose the prefilter's survivors.",
     )
     cascade_rule: Literal["prefilter", "input", "union", "rrf"] = Field(
-        "input",
+        "rrf",
         description="How ranked input chooses its survivors: prefilter top-k, the caller's first k, their "
         "union, or reciprocal-rank fusion (unranked input always uses the prefilter's top-k).",
     )
@@ -67,7 +67,7 @@ class Settings(BaseSettings):
         "idle) to measure recall@10 against single stage (0: off).",
     )
     cascade_target_recall: float = Field(
-        0.9,
+        0.85,
         ge=0.0,
         le=1.0,
         description="Adaptive keep: grow keep when the measured recall@10 falls below this, shrink it when "
