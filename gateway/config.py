@@ -42,7 +42,8 @@ class Settings(BaseSettings):
     keep: int = Field(
         70,
         ge=0,
-        description="Prefilter survivors the cross-encoder rescores (0: single stage). Per request: `keep`.",
+        description="Prefilter survivors the cross-encoder rescores when the cascade runs (ranked input, or "
+        "RERANKER_CASCADE_UNRANKED=prefilter); the adaptive keep starts here (0: single stage). Per request: `keep`.",
     )
     cascade_input_ranked: bool = Field(
         False,
