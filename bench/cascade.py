@@ -279,6 +279,51 @@ async def _speed(
     }
 
 
+# --- 4. the shipped gateway over HTTP --------------------------------------------------------------------
+def _http_check(repository: Path, data: BeirSet, queries: int) -> dict[str, Any]:
+    """`python -m gateway` with default settings: /v1/rerank as a client sends it, with `keep: 0`, and with
+    `ranked_input: true`, on the first SciFact queries (100 BM25 candidates each); then /metrics."""
+    import re
+
+    import httpx
+
+    from bench.service import Gateway
+
+    env = {
+        "RERANKER_MODEL_REPOSITORY": str(repository),
+        "RERANKER_DEVICE": "cpu",
+        "RERANKER_REQUEST_TIMEOUT_S": "900",
+        "RERANKER_LOG_LEVEL": "warning",
+    }
+    variants: dict[str, dict[str, Any]] = {
+        "defaults": {},
+        "keep: 0": {"keep": 0},
+        "ranked_input": {"ranked_input": True},
+    }
+    runs: dict[str, dict[str, dict[str, float]]] = {name: {} for name in variants}
+    stages: dict[str, set[str]] = {name: set() for name in variants}
+    with Gateway(env, WORK / "http-check.log") as gw, httpx.Client(timeout=900) as client:
+        for cand in data.first(queries):
+            docs = data.texts(cand)
+            for name, extra in variants.items():
+                r = client.post(f"{gw.url}/v1/rerank", json={"query": cand.query, "documents": docs, **extra})
+                r.raise_for_status()
+                order = [res["index"] for res in r.json()["results"]]
+                runs[name][cand.query_id] = ranking_to_run(cand.doc_ids, order)
+                stages[name].add(" + ".join(r.json().get("stages") or []) or "?")
+        time.sleep(5)  # give a fidelity sample in flight the time to finish
+        metrics_text = client.get(f"{gw.url}/metrics").text
+        info = client.get(f"{gw.url}/info").json()["pipeline"]["cascade"]
+    count = re.search(r"^reranker_cascade_recall_at_10_count (\S+)$", metrics_text, re.M)
+    return {
+        "queries": queries,
+        "ndcg": {name: evaluate(data.qrels, run)["ndcg@10"] for name, run in runs.items()},
+        "stages": {name: sorted(v) for name, v in stages.items()},
+        "metrics_recall_samples": float(count.group(1)) if count else None,
+        "fidelity": info["fidelity"],
+    }
+
+
 # --- report ---------------------------------------------------------------------------------------------
 def shipped_default() -> dict[str, Any]:
     from gateway.config import Settings
@@ -406,6 +451,30 @@ def write_report(results: dict[str, Any], cells: list[Cell], out: Path, *, plot:
             f"The served top 10 of the default with `ranked_input` equalled the offline one (the table's scores) "
             f"on {speed['ranked_default_top10_as_offline']} of {speed['requests']} requests.",
         ]
+    http = results.get("http_check")
+    if http:
+        nd = http["ndcg"]
+        lines += [
+            "",
+            "## The gateway with default settings, over HTTP",
+            "",
+            f"`python -m gateway` with nothing but the repository set; `/v1/rerank` on SciFact's first "
+            f"{http['queries']} queries (100 BM25 candidates each), as a client sends them, then with `keep: 0`, then "
+            "with `ranked_input: true`.",
+            "",
+            "| request | nDCG@10 | diff to keep: 0 | stages |",
+            "|---|---|---|---|",
+        ]
+        for name, value in nd.items():
+            lines.append(
+                f"| {name} | {value:.4f} | {value - nd['keep: 0']:+.4f} | {', '.join(http['stages'][name])} |"
+            )
+        fid = http["fidelity"]
+        lines += [
+            "",
+            f"`/metrics` afterwards: `reranker_cascade_recall_at_10_count` {http['metrics_recall_samples']}; "
+            f"`/info` fidelity: {json.dumps(fid)}.",
+        ]
     if plot:
         lines += ["", "![quality against speed](cascade.png)"]
         _plot(cells, single, d_cell, r_cell, out / "cascade.png")
@@ -491,6 +560,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=REPO_ROOT.parent / "shared" / "data")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (the machine is shared)")
     parser.add_argument("--speed-requests", type=int, default=5, help="0: skip the side-by-side speed run")
+    parser.add_argument(
+        "--http-check", type=int, default=25, help="SciFact queries through the HTTP gateway (0: skip)"
+    )
     parser.add_argument("--score-only", action="store_true", help="only fill the score cache")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -513,6 +585,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         scifact = load_set(data_root, "scifact")
         results["speed"] = asyncio.run(
             _speed(args.model_repository, scifact, args.speed_requests, args.threads, scored["scifact"])
+        )
+    if args.http_check:
+        log("the gateway with default settings over HTTP")
+        results["http_check"] = _http_check(
+            args.model_repository, load_set(data_root, "scifact"), args.http_check
         )
     path = write_report(results, cells, args.out)
     log(f"wrote {path}")
