@@ -24,7 +24,7 @@ PYTEST_ARGS ?=
 RERANKER_TEST_MODELS ?= $(abspath ../shared/models)
 export RERANKER_TEST_MODELS
 
-.PHONY: install install-serve export serve triton triton-setup triton-stop triton-check test test-fast lint deploy-check bench bench-gateway bench-soak clean
+.PHONY: install install-serve export serve triton triton-setup triton-stop triton-check test test-fast lint deploy-check bench bench-gateway bench-cascade bench-soak clean
 
 # $(call venv_install,EXTRAS): the virtual environment with torch (CPU build from this machine's disk) and
 # the project's extras.
@@ -101,6 +101,13 @@ deploy-check: install
 bench: install
 	@test -f "$(REPO)/reranker/manifest.json" || $(MAKE) export
 	$(PY) -m bench --model "$(MODEL)" --prefilter "$(PREFILTER)" --model-repository "$(REPO)" $(BENCH_ARGS)
+
+# The cascade section (bench/results/cascade.md + cascade.png): every BM25 top-100 pair scored once by both models
+# (cached in bench/.work/cascade, about 15 min on 2 shared cores), then every selection rule x keep offline, and
+# the speed of the shipped default against sentence-transformers side by side.
+bench-cascade: install
+	@test -f "$(REPO)/reranker/manifest.json" || $(MAKE) export
+	$(PY) -m bench.cascade --model-repository "$(REPO)" $(BENCH_ARGS)
 
 # The gateway's own targets (memory, overhead over bare session.run, bucketing, two-stage gain).
 bench-gateway: install

@@ -265,7 +265,13 @@ def _runners(
     fr_cache = _flashrank_cache(models) if any(c.startswith("flashrank") for c in configs) else None
 
     def http_env(precision: str, two_stage: bool) -> dict[str, str]:
-        extra: dict[str, Any] = {"keep": keep} if two_stage else {"prefilter_name": ""}
+        # Two-stage: the prefilter cascade on plain (unranked) requests, which the gateway otherwise serves
+        # single stage by default; no fidelity sampling, so every configuration does only its own work.
+        extra: dict[str, Any] = (
+            {"keep": keep, "cascade_unranked": "prefilter", "cascade_sample_rate": 0}
+            if two_stage
+            else {"prefilter_name": ""}
+        )
         return gateway_env(models, cpu_precision=precision, cache_size=0, threads=threads, **extra)
 
     runners: dict[str, Runner] = {}

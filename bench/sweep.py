@@ -28,7 +28,11 @@ def sweep(models: Models, sizes: Sizes, data_root: Path, threads: int) -> dict[s
     two_stage = models.prefilter is not None
     env = gateway_env(
         models, cpu_precision="int8", cache_size=0, threads=threads, max_in_flight=256,
-        **({"keep": default_keep()} if two_stage else {"prefilter_name": ""}),
+        **(
+            {"keep": default_keep(), "cascade_unranked": "prefilter", "cascade_sample_rate": 0}
+            if two_stage
+            else {"prefilter_name": ""}
+        ),
     )  # fmt: skip
     levels = []
     with Gateway(env, WORK / "logs" / "sweep.log") as gw:

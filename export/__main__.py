@@ -43,6 +43,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # The flag's former spelling.
     parser.add_argument("--no-int8-reduce-range", dest="int8_full_range", action="store_true",
                         help=argparse.SUPPRESS)  # fmt: skip
+    parser.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        help="JSON lines of {query, documents[, ranked]}: calibrate the cascade's starting keep into manifest.json",
+    )
+    parser.add_argument(
+        "--calibration-target",
+        type=float,
+        default=None,
+        help="recall@10 the keep must reach (default: gateway's)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress output (CI)")
     return parser.parse_args(argv)
 
@@ -69,6 +81,21 @@ def main(argv: list[str] | None = None) -> int:
             revision=args.revision,
             int8=replace(INT8_SETTINGS, reduce_range=not args.int8_full_range),
         )
+        if args.calibration is not None:
+            from export.calibrate import calibrate
+
+            entry = calibrate(
+                args.output,
+                args.calibration,
+                target=args.calibration_target,
+                name=args.name,
+                prefilter_name=args.prefilter_name,
+            )
+            if not args.quiet:
+                print(
+                    f"calibrated cascade keep {entry['keep']} ({entry['recall_at_10_by_keep']})",
+                    file=sys.stderr,
+                )
     except ExportError as exc:
         print(f"export failed: {exc}", file=sys.stderr)
         return 1

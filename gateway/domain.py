@@ -31,14 +31,16 @@ class RerankQuery:
     0: no prefilter, single stage). `max_chunks_per_doc`: a document longer than the model's window
     is split into up to this many overlapping windows and scored by its best one (None: the server
     default; 1: plain truncation; above `MAX_CHUNKS_PER_DOC` it is clamped with a warning).
-    `truncate=False` turns an over-long input into an error naming it; with truncation on, a query or
-    document over the character limits is cut to them (reported in the outcome's warnings).
+    `ranked_input`: the documents arrive best first, so their order may choose survivors (None: the server
+    default). `truncate=False` turns an over-long input into an error naming it; with truncation on, a query
+    or document over the character limits is cut to them (reported in the outcome's warnings).
     """
 
     query: str
     documents: tuple[str, ...]
     top_n: int | None = None
     keep: int | None = None
+    ranked_input: bool | None = None
     max_length: int | None = None
     max_chunks_per_doc: int | None = None
     overlap_tokens: int | None = None  # between consecutive windows (None: the server default)

@@ -85,6 +85,29 @@ TRITON_ENDPOINT_IN_FLIGHT = Gauge(
 TRITON_ENDPOINT_UP = Gauge(
     "reranker_triton_endpoint_up", "1 while a Triton endpoint takes batches, 0 while it is out", ["endpoint"]
 )
+_SHARE_BUCKETS = (0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1)
+CASCADE_SAMPLES = Counter(
+    "reranker_cascade_samples_total",
+    "Cascaded requests picked for a fidelity measurement, by outcome",
+    ["outcome"],
+)
+CASCADE_RECALL = Histogram(
+    "reranker_cascade_recall_at_10",
+    "Share of the single-stage top 10 that a sampled cascaded request kept in its top 10",
+    buckets=_SHARE_BUCKETS,
+)
+CASCADE_RANK_AGREEMENT = Histogram(
+    "reranker_cascade_rank_agreement",
+    "Spearman correlation of a sampled cascaded ranking with the single-stage ranking",
+    buckets=_SHARE_BUCKETS,
+)
+CASCADE_RECALL_MEAN = Gauge(
+    "reranker_cascade_recall_at_10_mean", "Mean recall@10 against single stage over the recent samples"
+)
+CASCADE_AGREEMENT_MEAN = Gauge(
+    "reranker_cascade_rank_agreement_mean", "Mean rank agreement with single stage over the recent samples"
+)
+CASCADE_KEEP = Gauge("reranker_cascade_keep", "The default keep the cascade uses now (adaptive)")
 MODEL_LOAD_SECONDS = Gauge("reranker_model_load_seconds", "Seconds the last model load took")
 
 

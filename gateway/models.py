@@ -20,6 +20,7 @@ class ModelStage:
     max_length: int
     variant: str  # the ONNX variant the local runtime loaded ("int8", "fp32", "fp16", ...)
     token_budget: int = 512  # padded tokens per batch for this stage's runtime
+    one_row_batches: bool = False  # each pair alone: its score must not depend on its neighbours
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -34,6 +35,7 @@ class ModelStage:
             "backend": self.scorer.name,
             "token_budget": self.token_budget,
             "scorer": describe_scorer(self.scorer),
+            "one_row_batches": self.one_row_batches,
         }
 
 

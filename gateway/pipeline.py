@@ -20,6 +20,7 @@ import numpy as np
 
 from gateway import metrics
 from gateway.cache import CachedScore, PairScoreCache
+from gateway.cascade import AdaptiveKeep, CascadeSample, Fidelity, FidelitySampler, select_survivors
 from gateway.config import Settings
 from gateway.domain import (
     MAX_CHUNKS_PER_DOC,
@@ -90,8 +91,10 @@ class _Plan:
     use_prefilter: bool
     notes: list[str]  # warnings from fitting the request to the limits
     shift: dict[int, int]  # request index -> characters cut from a document's start (left truncation)
+    ranked: bool = False
     survivors: list[int] = field(default_factory=list)
     prefilter: list[CachedScore] = field(default_factory=list)
+    survivor_logits: dict[int, float] = field(default_factory=dict)  # cross-encoder, by unique index
 
 
 class Reranker:
@@ -108,6 +111,16 @@ class Reranker:
             max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="tokenize"
         )
         metrics.PROCESS.cache_ratio = lambda: self.cache.hit_ratio
+        self.adaptive_keep = AdaptiveKeep(  # the configured keep is honoured even outside the bounds
+            settings.keep,
+            target=settings.cascade_target_recall,
+            low=min(settings.cascade_keep_min, settings.keep),
+            high=max(settings.cascade_keep_max, settings.keep),
+        )
+        self._active = 0  # foreground rerank calls running; the fidelity sampler yields to them
+        self.sampler = FidelitySampler(
+            settings.cascade_sample_rate, busy=lambda: self._active > 0, on_result=self._on_fidelity
+        )
         metrics.PROCESS.cache_entries = lambda: len(self.cache)
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -138,6 +151,9 @@ class Reranker:
             if self._load_task is task:
                 self._load_task = None
             raise
+        calibrated = self._models.reranker.spec.cascade.get("keep")
+        if calibrated and "keep" not in self.settings.model_fields_set:
+            self.adaptive_keep.start_at(int(calibrated))  # RERANKER_KEEP, when set, wins
         return self._models
 
     async def ready(self) -> bool:
@@ -150,6 +166,8 @@ class Reranker:
         return True
 
     async def close(self) -> None:
+        self.sampler.cancel()
+        await self.sampler.wait()
         if self._models is not None:
             for stage in self._models.stages():
                 await stage.scorer.close()
@@ -165,7 +183,14 @@ class Reranker:
             "max_input_length": models.reranker.max_length if models else s.max_length,
             "device": models.device_report if models else {},
             "pipeline": {
-                "keep": s.keep if s.prefilter_name else 0,
+                "keep": self.adaptive_keep.keep if s.prefilter_name else 0,
+                "cascade": {
+                    "input_ranked_default": s.cascade_input_ranked,
+                    "rule": s.cascade_rule,
+                    "unranked": s.cascade_unranked,
+                    "adaptive_keep": self.adaptive_keep.summary(),
+                    "fidelity": self.sampler.summary(),
+                },
                 "max_chunks_per_doc": s.max_chunks_per_doc,
                 "chunk_overlap_tokens": s.chunk_overlap_tokens,
                 "token_budget": s.token_budget,
@@ -185,16 +210,35 @@ class Reranker:
         """Rank every query; the batches of all queries are built and scored together."""
         for q in queries:
             validate_query(q)
+        self._active += 1
+        try:
+            models = await self.load()
+            plans, outcomes = await self._rerank_plans(models, queries)
+        finally:
+            self._active -= 1
+        for plan in plans:
+            if plan.use_prefilter:
+                self._offer_sample(models, plan)
+        return outcomes
+
+    def _default_keep(self, ranked: bool) -> int:
+        if not ranked and self.settings.cascade_unranked == "single-stage":
+            return 0
+        return self.adaptive_keep.keep
+
+    async def _rerank_plans(
+        self, models: LoadedModels, queries: Sequence[RerankQuery]
+    ) -> tuple[list[_Plan], list[RerankOutcome]]:
         s = self.settings
         fitted = [fit_to_limits(q, s) for q in queries]
-        models = await self.load()
         plans: list[_Plan] = []
         for q, notes, shift in fitted:
             index: dict[str, int] = {}
             doc_to_unique = [index.setdefault(doc, len(index)) for doc in q.documents]
-            keep = s.keep if q.keep is None else q.keep
+            ranked = s.cascade_input_ranked if q.ranked_input is None else q.ranked_input
+            keep = self._default_keep(ranked) if q.keep is None else q.keep
             use_pre = models.prefilter is not None and keep > 0 and len(index) > keep
-            plans.append(_Plan(q, list(index), doc_to_unique, keep, use_pre, notes, shift))
+            plans.append(_Plan(q, list(index), doc_to_unique, keep, use_pre, notes, shift, ranked))
 
         pre_plans = [p for p in plans if p.use_prefilter]
         pre_hits = dict.fromkeys(map(id, plans), 0)
@@ -208,9 +252,10 @@ class Reranker:
                 ],
             )
             for p, scores, hits in zip(pre_plans, pre.per_job, pre.cache_hits, strict=True):
-                order = sorted(range(len(scores)), key=lambda u, sc=scores: (-sc[u].logit, u))  # type: ignore[misc]
                 p.prefilter = scores
-                p.survivors = sorted(order[: p.keep])
+                p.survivors = select_survivors(
+                    [sc.logit for sc in scores], p.keep, rule=s.cascade_rule, ranked=p.ranked
+                )
                 pre_hits[id(p)] = hits
                 dropped = len(scores) - len(p.survivors)
                 metrics.PREFILTER_DOCUMENTS.labels("kept").inc(len(p.survivors))
@@ -233,6 +278,8 @@ class Reranker:
             for p in plans
         ]
         ce = await self._score_stage(models.reranker, ce_jobs)
+        for p, scores in zip(plans, ce.per_job, strict=True):
+            p.survivor_logits = {u: sc.logit for u, sc in zip(p.survivors, scores, strict=True)}
         started = time.perf_counter()
         outcomes = [
             self._assemble(models, p, scores, hits + pre_hits[id(p)], ce.backends, qtrunc)
@@ -245,7 +292,50 @@ class Reranker:
         timings = ce.timings + PhaseTimes(assemble=assembled)
         if pre_plans:
             timings = timings + pre.timings
-        return [replace(o, timings=timings) for o in outcomes]
+        return plans, [replace(o, timings=timings) for o in outcomes]
+
+    # --- cascade fidelity ---------------------------------------------------------------------
+    def _on_fidelity(self, result: Fidelity) -> None:
+        self.adaptive_keep.observe(result.recall_at_10, result.keep)
+
+    def _offer_sample(self, models: LoadedModels, plan: _Plan) -> None:
+        """Hand a cascaded request to the fidelity sampler (which decides whether to measure it)."""
+        kept = plan.survivor_logits
+        cut = tuple(u for u in range(len(plan.unique)) if u not in kept)
+        if not cut or self.sampler.rate <= 0:
+            return
+        # The cascade's ranking, as _assemble orders it: rescored first, then the cut by prefilter score.
+        order = sorted(kept, key=lambda u: (-kept[u], u)) + sorted(
+            cut, key=lambda u: (-plan.prefilter[u].logit, u)
+        )
+        sample = CascadeSample(tuple(order), dict(kept), cut, plan.keep)
+        query = plan.query
+        job_length = min(query.max_length or models.reranker.max_length, models.reranker.max_length)
+        chunks = min(query.max_chunks_per_doc or self.settings.max_chunks_per_doc, MAX_CHUNKS_PER_DOC)
+        overlap = self.settings.chunk_overlap_tokens if query.overlap_tokens is None else query.overlap_tokens
+        origin = _first_index(plan)
+
+        async def score_cut(indices: Sequence[int]) -> list[float] | None:
+            logits: list[float] = []
+            step = 4  # a few pairs at a time: foreground work waits at most this long for the lane
+            for start in range(0, len(indices), step):
+                if self._active:
+                    return None
+                span = indices[start : start + step]
+                job = _Job(
+                    query,
+                    [plan.unique[u] for u in span],
+                    [origin[u] for u in span],
+                    job_length,
+                    chunks,
+                    overlap,
+                    truncate=query.truncate,
+                )
+                scored = await self._score_stage(models.reranker, [job])
+                logits.extend(sc.logit for sc in scored.per_job[0])
+            return logits
+
+        self.sampler.offer(sample, score_cut)
 
     def _assemble(
         self,
@@ -408,7 +498,9 @@ class Reranker:
             for w in enc.windows:
                 windows.append(w)
                 owners.append((j, miss[w.doc], w.chars, len(w.ids)))
-        max_rows = min(filter(None, [s.max_batch_size, stage.scorer.max_batch_size]))
+        max_rows = (
+            1 if stage.one_row_batches else min(filter(None, [s.max_batch_size, stage.scorer.max_batch_size]))
+        )
         plan = plan_batches([len(w.ids) for w in windows], token_budget=stage.token_budget, max_rows=max_rows)
         input_names = stage.scorer.input_names
         pad_id = stage.tokenizer.pad_id

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ class ModelSpec:
     tokenizer_dir: Path
     variants: dict[str, dict[str, Any]]
     version: str
+    cascade: dict[str, Any] = field(default_factory=dict)  # calibrated by `python -m export --calibration`
 
     def variant_path(self, variant: str) -> Path | None:
         entry = self.variants.get(variant)
@@ -62,6 +63,7 @@ def read_model_spec(repository: Path, name: str) -> ModelSpec:
             tokenizer_dir=folder / str(manifest.get("tokenizer_dir", "tokenizer")),
             variants=variants,
             version=version,
+            cascade=dict(manifest.get("cascade") or {}),
         )
     except (KeyError, TypeError, ValueError, StopIteration) as exc:
         raise ModelRepositoryError(f"{manifest_path} is malformed: {exc!r}") from exc

@@ -99,6 +99,11 @@ class PipelineOptions(BaseModel):
     keep: int | None = Field(
         None, ge=0, description="Prefilter survivors the cross-encoder rescores; 0: cross-encoder only."
     )
+    ranked_input: bool | None = Field(
+        None,
+        description="true: the documents arrive best first (a retriever's order), which then helps choose "
+        "the prefilter's survivors; false: their order means nothing (default: RERANKER_CASCADE_INPUT_RANKED).",
+    )
     max_chunks_per_doc: int | None = Field(
         None,
         ge=1,
@@ -135,6 +140,7 @@ class RerankRequest(PipelineOptions):
             documents=_texts(self.documents),
             top_n=top_n_of(self.top_k, field="top_k"),
             keep=self.keep,
+            ranked_input=self.ranked_input,
             max_length=self.max_length,
             max_chunks_per_doc=max_chunks_of(self.max_chunks_per_doc),
             overlap_tokens=self.overlap_tokens,

@@ -122,6 +122,7 @@ class ModelLoader:
             token_budget=s.gpu_token_budget
             if report.get("cuda") == "used" or s.triton_url
             else s.token_budget,
+            one_row_batches=s.int8_row_batches and variant == "int8" and not s.triton_url,
         )
         prefilter = self._prefilter(report) if s.prefilter_name else None
         elapsed = time.perf_counter() - started
@@ -200,6 +201,7 @@ class ModelLoader:
             max_length=max_length,
             variant=variant,
             token_budget=s.token_budget,
+            one_row_batches=s.int8_row_batches and variant == "int8",
         )
 
 

@@ -130,6 +130,7 @@ def to_query(req: CohereRerankRequest) -> RerankQuery:
         documents=texts,
         top_n=top_n_of(req.top_n),
         keep=req.keep,
+        ranked_input=req.ranked_input,
         max_length=req.max_length,
         max_chunks_per_doc=max_chunks_of(req.max_chunks_per_doc),
         overlap_tokens=req.overlap_tokens,

@@ -112,6 +112,7 @@ def gateway_process(
             "RERANKER_MAX_QUERY_CHARS": "200",
             "RERANKER_MAX_BODY_BYTES": "200000",
             "RERANKER_KEEP": "3",
+            "RERANKER_CASCADE_UNRANKED": "prefilter",
             "RERANKER_LOG_LEVEL": "info",
         },
         log,

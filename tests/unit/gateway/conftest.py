@@ -64,6 +64,8 @@ def make_reranker(tiny_model_repository: Path):
     from gateway.pipeline import Reranker
 
     def build(prefilter: bool = True, **overrides):
+        # The prefilter path on plain input, and no background fidelity samples unless a test asks.
+        overrides = {"cascade_unranked": "prefilter", "cascade_sample_rate": 0.0, **overrides}
         settings = Settings(model_repository=tiny_model_repository, **overrides)
         spec = read_model_spec(tiny_model_repository, "reranker")
         pspec = read_model_spec(tiny_model_repository, "prefilter")

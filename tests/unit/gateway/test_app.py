@@ -45,6 +45,8 @@ def settings(tiny_model_repository) -> Settings:
         max_query_chars=50,
         max_body_bytes=4096,
         keep=2,
+        cascade_unranked="prefilter",
+        cascade_sample_rate=0.0,
     )
 
 

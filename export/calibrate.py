@@ -1,0 +1,126 @@
+"""Calibrate the cascade's starting keep from queries with candidate lists (`python -m export ... --calibration F`).
+
+The calibration file is JSON lines, one query each: `{"query": "...", "documents": ["...", ...]}`, plus
+`"ranked": false` when the documents are not in retrieval order (default true). Both exported models score
+every pair through the gateway's own CPU path; the smallest keep whose mean recall@10 against single stage
+(the fidelity the gateway measures at run time) reaches the target is written into the cross-encoder's
+manifest.json as `cascade.keep`, which the gateway starts from when RERANKER_KEEP is not set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from export.errors import ExportError
+
+KEEPS = (10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 100)
+
+
+def read_calibration(path: Path) -> list[dict[str, Any]]:
+    """The calibration queries; a malformed line is an ExportError naming the line."""
+    items: list[dict[str, Any]] = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ExportError(f"cannot read the calibration file {path}: {exc}") from exc
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            query, docs = rec["query"], rec["documents"]
+            if not isinstance(query, str) or not isinstance(docs, list) or not docs:
+                raise ValueError("query must be a string and documents a non-empty list")
+            texts = [d if isinstance(d, str) else str(d["text"]) for d in docs]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ExportError(
+                f"{path}:{n}: expected {{'query': str, 'documents': [str, ...]}} ({exc})"
+            ) from exc
+        items.append({"query": query, "documents": texts, "ranked": bool(rec.get("ranked", True))})
+    if not items:
+        raise ExportError(f"{path} holds no calibration queries")
+    return items
+
+
+async def _logits(
+    repository: Path, model_name: str, items: list[dict[str, Any]], max_length: int | None
+) -> list[list[float]]:
+    from gateway.app import build_reranker
+    from gateway.config import Settings
+    from gateway.domain import RerankQuery
+
+    settings = Settings(  # type: ignore[call-arg]
+        model_repository=repository,
+        model_name=model_name,
+        prefilter_name="",
+        device="cpu",
+        cpu_precision="int8",
+        max_length=max_length,
+        cache_size=0,
+        cascade_sample_rate=0.0,
+    )
+    reranker = build_reranker(settings)
+    out: list[list[float]] = []
+    try:
+        for item in items:
+            res = await reranker.rerank(RerankQuery(item["query"], tuple(item["documents"]), keep=0))
+            by_index = {r.index: r.logit for r in res.results}
+            out.append([by_index[i] for i in range(len(item["documents"]))])
+    finally:
+        await reranker.close()
+    return out
+
+
+def calibrate(
+    repository: Path,
+    calibration: Path,
+    *,
+    target: float | None = None,
+    rule: str | None = None,
+    name: str = "reranker",
+    prefilter_name: str = "prefilter",
+    prefilter_max_length: int = 128,
+) -> dict[str, Any]:
+    """Find the starting keep and write it into `<repository>/<name>/manifest.json`; returns the entry."""
+    from gateway.cascade import recall_at, select_survivors
+    from gateway.config import Settings
+
+    defaults = Settings.model_fields  # what the gateway will run with, unless told otherwise
+    target = float(defaults["cascade_target_recall"].default) if target is None else target
+    rule = str(defaults["cascade_rule"].default) if rule is None else rule
+    items = read_calibration(calibration)
+    if not (repository / prefilter_name / "manifest.json").is_file():
+        raise ExportError("calibration needs a prefilter (the export was run with --prefilter none)")
+    ce = asyncio.run(_logits(repository, name, items, None))
+    pre = asyncio.run(_logits(repository, prefilter_name, items, prefilter_max_length))
+    recall_by_keep: dict[int, float] = {}
+    for keep in KEEPS:
+        recalls = []
+        for item, c, p in zip(items, ce, pre, strict=True):
+            n = len(c)
+            single = sorted(range(n), key=lambda i, c=c: (-c[i], i))  # type: ignore[misc]
+            kept = select_survivors(p, keep, rule=rule, ranked=item["ranked"])  # type: ignore[arg-type]
+            chosen = set(kept)
+            order = sorted(kept, key=lambda i, c=c: (-c[i], i)) + sorted(  # type: ignore[misc]
+                (i for i in range(n) if i not in chosen),
+                key=lambda i, p=p: (-p[i], i),  # type: ignore[misc]
+            )
+            recalls.append(recall_at(order, single, 10))
+        recall_by_keep[keep] = round(sum(recalls) / len(recalls), 4)
+    chosen_keep = next((k for k in KEEPS if recall_by_keep[k] >= target), KEEPS[-1])
+    entry = {
+        "keep": chosen_keep,
+        "target_recall_at_10": target,
+        "rule": rule,
+        "queries": len(items),
+        "recall_at_10_by_keep": {str(k): v for k, v in recall_by_keep.items()},
+        "source": calibration.name,
+    }
+    manifest_path = repository / name / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["cascade"] = entry
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return entry

@@ -1,0 +1,76 @@
+"""Calibrating the cascade's starting keep into manifest.json, and the gateway starting from it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from export.__main__ import parse_args
+from export.calibrate import KEEPS, calibrate, read_calibration
+from export.errors import ExportError
+from gateway.app import build_reranker
+from gateway.config import Settings
+
+
+def _copy_repository(source: Path, target: Path) -> Path:
+    """A writable copy whose ONNX files are links into the shared test cache (manifests are real copies)."""
+
+    def link_or_copy(src: str, dst: str) -> None:
+        if src.endswith(".onnx"):
+            os.symlink(src, dst)
+        else:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, target, copy_function=link_or_copy)
+    return target
+
+
+def _calibration_file(path: Path, queries: int = 3, docs: int = 30) -> Path:
+    words = ["berlin", "population", "trains", "spain", "museum", "art", "river", "city", "people", "live"]
+    lines = []
+    for q in range(queries):
+        documents = [
+            " ".join(words[(q + d * k) % len(words)] for k in range(1, 2 + d % 7)) for d in range(docs)
+        ]
+        lines.append(json.dumps({"query": f"{words[q]} {words[q + 1]}", "documents": documents}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_calibration_writes_the_smallest_keep_meeting_the_target(tiny_model_repository, tmp_path):
+    repo = _copy_repository(tiny_model_repository, tmp_path / "repo")
+    entry = calibrate(repo, _calibration_file(tmp_path / "cal.jsonl"), target=0.95, rule="prefilter")
+    manifest = json.loads((repo / "reranker" / "manifest.json").read_text())
+    assert manifest["cascade"] == entry and entry["queries"] == 3
+    by_keep = {int(k): v for k, v in entry["recall_at_10_by_keep"].items()}
+    assert by_keep[max(KEEPS)] == 1.0  # every document kept: the single-stage ranking itself
+    assert by_keep[entry["keep"]] >= 0.95
+    assert all(v < 0.95 for k, v in by_keep.items() if k < entry["keep"])
+
+    async def started_keep(**overrides) -> int:
+        reranker = build_reranker(Settings(model_repository=repo, threads=1, **overrides))
+        try:
+            await reranker.load()
+            return reranker.adaptive_keep.keep
+        finally:
+            await reranker.close()
+
+    assert asyncio.run(started_keep()) == entry["keep"]
+    assert asyncio.run(started_keep(keep=33)) == 33  # RERANKER_KEEP, when set, wins
+
+
+def test_a_bad_calibration_file_names_the_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "q", "documents": ["a"]}\n{"query": "q"}\n')
+    with pytest.raises(ExportError, match=r"bad.jsonl:2"):
+        read_calibration(bad)
+
+
+def test_cli_takes_a_calibration_file():
+    args = parse_args(["--calibration", "cal.jsonl", "--calibration-target", "0.8"])
+    assert args.calibration == Path("cal.jsonl") and args.calibration_target == 0.8
