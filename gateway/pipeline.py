@@ -221,10 +221,16 @@ class Reranker:
                 self._offer_sample(models, plan)
         return outcomes
 
-    def _default_keep(self, ranked: bool) -> int:
-        if not ranked and self.settings.cascade_unranked == "single-stage":
-            return 0
-        return self.adaptive_keep.keep
+    def keep_for(self, query: RerankQuery) -> tuple[int, bool]:
+        """The keep this query runs with (0: single stage) and whether its input counts as ranked: the
+        request's own choices, else the server's defaults (unranked input may be single stage)."""
+        s = self.settings
+        ranked = s.cascade_input_ranked if query.ranked_input is None else query.ranked_input
+        if query.keep is not None:
+            return query.keep, ranked
+        if not ranked and s.cascade_unranked == "single-stage":
+            return 0, ranked
+        return self.adaptive_keep.keep, ranked
 
     async def _rerank_plans(
         self, models: LoadedModels, queries: Sequence[RerankQuery]
@@ -235,8 +241,7 @@ class Reranker:
         for q, notes, shift in fitted:
             index: dict[str, int] = {}
             doc_to_unique = [index.setdefault(doc, len(index)) for doc in q.documents]
-            ranked = s.cascade_input_ranked if q.ranked_input is None else q.ranked_input
-            keep = self._default_keep(ranked) if q.keep is None else q.keep
+            keep, ranked = self.keep_for(q)
             use_pre = models.prefilter is not None and keep > 0 and len(index) > keep
             plans.append(_Plan(q, list(index), doc_to_unique, keep, use_pre, notes, shift, ranked))
 

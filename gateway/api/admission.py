@@ -118,7 +118,7 @@ class Admission:
                 min(query + min(len(d), s.max_document_chars) / CHARS_PER_TOKEN + SPECIAL_TOKENS, cap)
                 for d in q.documents
             ]
-            keep = s.keep if q.keep is None else q.keep
+            keep, _ = self.reranker.keep_for(q)
             if prefilter_window and keep and len(pairs) > keep:
                 total += PREFILTER_COST * sum(min(p, prefilter_window) for p in pairs)
                 pairs = sorted(pairs)[-keep:]
