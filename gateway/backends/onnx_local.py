@@ -23,6 +23,7 @@ import numpy as np
 
 from gateway import metrics
 from gateway.domain import BatchScores, EncodedBatch
+from gateway.errors import BackendFailed
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +49,12 @@ def _malloc_trim() -> Callable[[], None]:
 release_heap = _malloc_trim()
 
 
-class ScorerFailure(RuntimeError):
-    """A runtime error with a short machine-readable reason ("cuda_oom", "cuda_error", "runtime")."""
+class ScorerFailure(BackendFailed):
+    """An ONNX Runtime error, with a short machine-readable reason ("cuda_oom", "cuda_error", "runtime").
 
-    def __init__(self, message: str, *, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+    A backend failure like any other: the fallback serves it, and where none can, the client gets 424 with
+    this message; ONNX Runtime's own text goes to the log, not to the client.
+    """
 
 
 class SessionLike(Protocol):
@@ -188,7 +189,8 @@ class OnnxScorer:
         except Exception as exc:
             reason = classify_failure(exc, on_gpu=self.on_gpu)
             metrics.SCORER_CALLS.labels(self.name, "inproc", reason).inc()
-            raise ScorerFailure(f"{self.name}: {exc}", reason=reason) from exc
+            log.warning("%s failed on a batch of %d (%s): %s", self.name, batch.size, reason, exc)
+            raise ScorerFailure(f"{self.name} inference failed ({reason})", reason=reason) from exc
         metrics.SCORER_CALLS.labels(self.name, "inproc", "ok").inc()
         logits = np.asarray(out, dtype=np.float32)
         return logits.reshape(logits.shape[0], -1)[:, 0]
