@@ -10,32 +10,18 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from triton_gateway_harness import Gateway
+from triton_gateway_harness import READY_TIMEOUT_S, Gateway, running_triton
+from triton_gateway_harness import free_ports as loopback_ports
 
 from export.triton_local import TritonInstall, TritonServer, TritonSetupError, install
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 MODEL = "reranker"
-READY_TIMEOUT_S = 180.0
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -71,21 +57,8 @@ def triton_repository(real_model_repository: Path, tmp_path_factory: pytest.Temp
 def triton_server(
     triton_install: TritonInstall, triton_repository: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TritonServer]:
-    http_port, grpc_port, metrics_port = _free_ports(3)
-    server = TritonServer(
-        triton_install,
-        triton_repository,
-        http_port=http_port,
-        grpc_port=grpc_port,
-        metrics_port=metrics_port,
-        log_path=tmp_path_factory.mktemp("triton-log") / "tritonserver.log",
-    )
-    try:
-        server.start()
-        server.wait_ready(READY_TIMEOUT_S)
+    with running_triton(triton_install, triton_repository, tmp_path_factory.mktemp("triton-log")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -165,14 +138,14 @@ def triton_stopped(triton_server: TritonServer) -> Callable[[], contextlib.Abstr
 
 @pytest.fixture
 def free_port() -> int:
-    (port,) = _free_ports(1)
+    (port,) = loopback_ports(1)
     return port
 
 
 @pytest.fixture(name="free_ports")
 def free_ports_fixture() -> Callable[[int], list[int]]:
     """free_ports(n): n distinct free loopback ports."""
-    return _free_ports
+    return loopback_ports
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from triton_gateway_harness import READY_TIMEOUT_S, Gateway, free_ports, metric_value
+from triton_gateway_harness import READY_TIMEOUT_S, Gateway, free_ports, metric_value, running_triton
 
 from export.triton_local import TritonInstall, TritonServer
 from gateway.api.schemas import RerankResponse
@@ -31,21 +31,8 @@ RECOVERY_TIMEOUT_S = 60.0
 def second_triton(
     triton_install: TritonInstall, triton_repository: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TritonServer]:
-    http_port, grpc_port, metrics_port = free_ports(3)
-    server = TritonServer(
-        triton_install,
-        triton_repository,
-        http_port=http_port,
-        grpc_port=grpc_port,
-        metrics_port=metrics_port,
-        log_path=tmp_path_factory.mktemp("triton-b-log") / "tritonserver.log",
-    )
-    try:
-        server.start()
-        server.wait_ready(READY_TIMEOUT_S)
+    with running_triton(triton_install, triton_repository, tmp_path_factory.mktemp("triton-b-log")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 class Load:

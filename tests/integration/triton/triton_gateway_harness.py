@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from export.triton_local import TritonInstall, TritonServer
 
 START_TIMEOUT_S = 120.0
 READY_TIMEOUT_S = 180.0  # a tritonserver's start on shared cores
@@ -22,6 +27,26 @@ def free_ports(count: int) -> list[int]:
     finally:
         for sock in sockets:
             sock.close()
+
+
+@contextlib.contextmanager
+def running_triton(install: TritonInstall, repository: Path, log_dir: Path) -> Iterator[TritonServer]:
+    """A tritonserver over `repository` on free loopback ports, ready; always stopped on exit."""
+    http_port, grpc_port, metrics_port = free_ports(3)
+    server = TritonServer(
+        install,
+        repository,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        log_path=log_dir / "tritonserver.log",
+    )
+    try:
+        server.start()
+        server.wait_ready(READY_TIMEOUT_S)
+        yield server
+    finally:
+        server.stop()
 
 
 class Gateway:
