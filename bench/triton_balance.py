@@ -17,7 +17,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -31,6 +30,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.service import free_ports  # noqa: E402
 from export.triton_local import TritonServer, install  # noqa: E402
 
 QUERY = "Does vitamin D supplementation reduce the risk of fractures in older adults?"
@@ -41,17 +41,6 @@ SENTENCES = [
     "A recipe for sourdough bread needs flour, water, salt and a mature starter.",
     "Bone mineral density was unchanged after one year of vitamin D in healthy young men.",
 ]
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 class Gateway:

@@ -18,7 +18,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import statistics
 import sys
 import tempfile
@@ -28,6 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: bench/ is not installed
+
+from bench.service import free_ports
 from export.triton_local import TritonServer, install
 from gateway.backends.base import EncodedBatch
 from gateway.backends.triton import TritonScorer
@@ -81,17 +83,6 @@ def make_encoder(model_dir: Path, max_length: int) -> Callable[[str, list[str]],
     return encode
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 def _summary(samples: list[float]) -> dict[str, float]:
     ordered = sorted(samples)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
@@ -125,7 +116,7 @@ async def run(args: argparse.Namespace) -> dict:
     if args.triton_grpc_url and args.triton_http_url:
         grpc_url, http_url = args.triton_grpc_url, args.triton_http_url
     else:
-        http_port, grpc_port, metrics_port = _free_ports(3)
+        http_port, grpc_port, metrics_port = free_ports(3)
         log = Path(tempfile.gettempdir()) / f"triton-latency-{os.getpid()}.log"
         server = TritonServer(
             install(args.triton_root, quiet=True),
