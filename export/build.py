@@ -27,6 +27,9 @@ from export import onnx_export, quantize, triton_repo, validate
 from export.errors import ExportError, SourceError
 from export.sources import TOKENIZER_FILES, ModelSource, file_sha256, resolve_source
 
+# The gateway reads the same flags when it picks the int8 file to serve: one reader for both.
+from gateway.backends.onnx_local import cpu_flags as read_cpu_flags
+
 SAME_AS_MODEL = ("same", "reranker")
 NO_PREFILTER = ("", "none")
 # Measured on the build machine (see model_repository/README.md): the fused fp32 graph is faster on the CPU
@@ -76,7 +79,7 @@ def build_repository(
     thresholds: validate.Thresholds | None = None,
     revision: str | None = None,
     int8: quantize.Int8Settings = quantize.INT8_SETTINGS,
-    cpu_flags: Callable[[], frozenset[str]] = quantize.cpu_flags,
+    cpu_flags: Callable[[], frozenset[str]] = read_cpu_flags,
 ) -> dict[str, dict[str, Any]]:
     """Export, validate and install `name` (and `prefilter_name`) under output; returns the manifests.
 

@@ -60,19 +60,6 @@ VNNI_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 PORTABLE_INT8_VARIANT = "int8-7bit"
 
 
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
-    """The CPU's feature flags (empty where /proc/cpuinfo is unreadable, i.e. not Linux)."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
-
-
 def int8_requirement(settings: Int8Settings) -> dict[str, object]:
     """The manifest's `int8` entry: which CPUs the int8 file is accurate on."""
     if settings.reduce_range:
