@@ -69,11 +69,6 @@ def select_survivors(prefilter: Sequence[float], keep: int, *, rule: Rule, ranke
     raise ValueError(f"unknown selection rule {rule!r}")
 
 
-def needs_prefilter(rule: Rule, ranked: bool) -> bool:
-    """The input rule on ranked input never looks at the prefilter's scores."""
-    return not (ranked and rule == "input")
-
-
 # --- fidelity ----------------------------------------------------------------------------------------
 def recall_at(cascade_order: Sequence[int], single_order: Sequence[int], k: int = 10) -> float:
     """Share of the single-stage top k that the cascade's top k also holds."""

@@ -261,14 +261,18 @@ class Settings(BaseSettings):
 _SCHEMES = ("grpc://", "http://", "https://")
 
 
+def strip_scheme(url: str) -> str:
+    """`grpc://host:8001/` -> `host:8001`: Triton's clients take host:port."""
+    for scheme in _SCHEMES:
+        url = url.removeprefix(scheme)
+    return url.rstrip("/")
+
+
 def parse_endpoints(value: str) -> list[str]:
     """`a:8001, grpc://b:8001` -> ["a:8001", "b:8001"]; a missing or bad port raises ValueError."""
     endpoints = []
     for raw in value.split(","):
-        entry = raw.strip()
-        for scheme in _SCHEMES:
-            entry = entry.removeprefix(scheme)
-        entry = entry.rstrip("/")
+        entry = strip_scheme(raw.strip())
         if not entry:
             continue
         host, sep, port = entry.rpartition(":")

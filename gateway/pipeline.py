@@ -92,6 +92,7 @@ class _Plan:
     notes: list[str]  # warnings from fitting the request to the limits
     shift: dict[int, int]  # request index -> characters cut from a document's start (left truncation)
     ranked: bool = False
+    origin: list[int] = field(default_factory=list)  # unique index -> the request's index (first occurrence)
     survivors: list[int] = field(default_factory=list)
     prefilter: list[CachedScore] = field(default_factory=list)
     survivor_logits: dict[int, float] = field(default_factory=dict)  # cross-encoder, by unique index
@@ -243,7 +244,9 @@ class Reranker:
             doc_to_unique = [index.setdefault(doc, len(index)) for doc in q.documents]
             keep, ranked = self.keep_for(q)
             use_pre = models.prefilter is not None and keep > 0 and len(index) > keep
-            plans.append(_Plan(q, list(index), doc_to_unique, keep, use_pre, notes, shift, ranked))
+            plan = _Plan(q, list(index), doc_to_unique, keep, use_pre, notes, shift, ranked)
+            plan.origin = _first_index(plan)
+            plans.append(plan)
 
         pre_plans = [p for p in plans if p.use_prefilter]
         pre_hits = dict.fromkeys(map(id, plans), 0)
@@ -252,7 +255,7 @@ class Reranker:
             pre = await self._score_stage(
                 models.prefilter,
                 [
-                    _Job(p.query, p.unique, _first_index(p), models.prefilter.max_length, 1, 0, truncate=True)
+                    _Job(p.query, p.unique, p.origin, models.prefilter.max_length, 1, 0, truncate=True)
                     for p in pre_plans
                 ],
             )
@@ -270,19 +273,9 @@ class Reranker:
             if not p.use_prefilter:
                 p.survivors = list(range(len(p.unique)))
 
-        ce_jobs = [
-            _Job(
-                p.query,
-                [p.unique[u] for u in p.survivors],
-                [_first_index(p)[u] for u in p.survivors],
-                min(p.query.max_length or models.reranker.max_length, models.reranker.max_length),
-                min(p.query.max_chunks_per_doc or s.max_chunks_per_doc, MAX_CHUNKS_PER_DOC),
-                s.chunk_overlap_tokens if p.query.overlap_tokens is None else p.query.overlap_tokens,
-                truncate=p.query.truncate,
-            )
-            for p in plans
-        ]
-        ce = await self._score_stage(models.reranker, ce_jobs)
+        ce = await self._score_stage(
+            models.reranker, [self._reranker_job(models, p, p.survivors) for p in plans]
+        )
         for p, scores in zip(plans, ce.per_job, strict=True):
             p.survivor_logits = {u: sc.logit for u, sc in zip(p.survivors, scores, strict=True)}
         started = time.perf_counter()
@@ -314,11 +307,6 @@ class Reranker:
             cut, key=lambda u: (-plan.prefilter[u].logit, u)
         )
         sample = CascadeSample(tuple(order), dict(kept), cut, plan.keep)
-        query = plan.query
-        job_length = min(query.max_length or models.reranker.max_length, models.reranker.max_length)
-        chunks = min(query.max_chunks_per_doc or self.settings.max_chunks_per_doc, MAX_CHUNKS_PER_DOC)
-        overlap = self.settings.chunk_overlap_tokens if query.overlap_tokens is None else query.overlap_tokens
-        origin = _first_index(plan)
 
         async def score_cut(indices: Sequence[int]) -> list[float] | None:
             logits: list[float] = []
@@ -326,21 +314,26 @@ class Reranker:
             for start in range(0, len(indices), step):
                 if self._active:
                     return None
-                span = indices[start : start + step]
-                job = _Job(
-                    query,
-                    [plan.unique[u] for u in span],
-                    [origin[u] for u in span],
-                    job_length,
-                    chunks,
-                    overlap,
-                    truncate=query.truncate,
-                )
+                job = self._reranker_job(models, plan, indices[start : start + step])
                 scored = await self._score_stage(models.reranker, [job])
                 logits.extend(sc.logit for sc in scored.per_job[0])
             return logits
 
         self.sampler.offer(sample, score_cut)
+
+    def _reranker_job(self, models: LoadedModels, plan: _Plan, unique: Sequence[int]) -> _Job:
+        """The cross-encoder's job for these unique documents of a plan, with the request's pair settings
+        (the same ones for the foreground and the fidelity sampler, so both share the pair cache)."""
+        q, s = plan.query, self.settings
+        return _Job(
+            q,
+            [plan.unique[u] for u in unique],
+            [plan.origin[u] for u in unique],
+            min(q.max_length or models.reranker.max_length, models.reranker.max_length),
+            min(q.max_chunks_per_doc or s.max_chunks_per_doc, MAX_CHUNKS_PER_DOC),
+            s.chunk_overlap_tokens if q.overlap_tokens is None else q.overlap_tokens,
+            truncate=q.truncate,
+        )
 
     def _assemble(
         self,
@@ -554,6 +547,7 @@ def fit_to_limits(q: RerankQuery, settings: Settings) -> tuple[RerankQuery, list
         notes.append(f"the query was cut to max_query_chars ({settings.max_query_chars} characters)")
     limit = settings.max_document_chars
     documents = list(q.documents)
+    cut = 0
     for i, doc in enumerate(documents):
         if len(doc) <= limit:
             continue
@@ -564,12 +558,12 @@ def fit_to_limits(q: RerankQuery, settings: Settings) -> tuple[RerankQuery, list
                 limit="max_document_chars",
                 value=limit,
             )
+        cut += 1
         if left:
             shift[i] = len(doc) - limit
             documents[i] = doc[-limit:]
         else:
             documents[i] = doc[:limit]
-    cut = sum(1 for doc in q.documents if len(doc) > limit)
     if cut:
         notes.append(f"{cut} document(s) were cut to max_document_chars ({limit} characters)")
     chunks = q.max_chunks_per_doc

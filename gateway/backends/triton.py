@@ -20,19 +20,12 @@ import numpy as np
 
 from gateway import metrics
 from gateway.backends.base import BatchScores, EncodedBatch, cancelled_by_caller
+from gateway.config import strip_scheme
 from gateway.errors import BackendFailed
 
 log = logging.getLogger(__name__)
 
 Protocol = Literal["grpc", "http"]
-_SCHEMES = ("grpc://", "http://", "https://")
-
-
-def _strip_scheme(url: str) -> str:
-    for scheme in _SCHEMES:
-        if url.startswith(scheme):
-            url = url[len(scheme) :]
-    return url.rstrip("/")
 
 
 def _record(protocol: str, outcome: str) -> None:
@@ -81,7 +74,7 @@ class TritonScorer:
             raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
         if timeout_s <= 0:
             raise ValueError("timeout_s must be > 0")
-        self.url = _strip_scheme(url)
+        self.url = strip_scheme(url)
         self.protocol: Protocol = protocol
         self.model_name = model_name
         self.model_version = model_version
