@@ -42,6 +42,11 @@ def gpu_need_mb(spec: ModelSpec, variant: str) -> int:
     return 2 * (spec.variant_bytes(variant) >> 20) + GPU_WORKSPACE_MB
 
 
+def is_dynamic_int8(variant: str) -> bool:
+    """The dynamically quantized files (7-bit or full range): their activation scale is per batch tensor."""
+    return variant.startswith("int8")
+
+
 def cpu_variant(
     spec: ModelSpec, precision: str, flags: frozenset[str] | None = None
 ) -> tuple[str, str | None]:
@@ -122,7 +127,7 @@ class ModelLoader:
             token_budget=s.gpu_token_budget
             if report.get("cuda") == "used" or s.triton_url
             else s.token_budget,
-            one_row_batches=s.int8_row_batches and variant == "int8" and not s.triton_url,
+            one_row_batches=s.int8_row_batches and is_dynamic_int8(variant) and not s.triton_url,
         )
         prefilter = self._prefilter(report) if s.prefilter_name else None
         elapsed = time.perf_counter() - started
@@ -201,7 +206,7 @@ class ModelLoader:
             max_length=max_length,
             variant=variant,
             token_budget=s.token_budget,
-            one_row_batches=s.int8_row_batches and variant == "int8",
+            one_row_batches=s.int8_row_batches and is_dynamic_int8(variant),
         )
 
 

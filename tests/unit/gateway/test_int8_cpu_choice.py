@@ -58,6 +58,8 @@ def test_without_vnni_the_7bit_file_is_served_and_info_says_why(
     assert "serving int8-7bit (model.int8-7bit.onnx)" in reason
     assert set(loaded.device_report["cpu_variant"]) == {"reranker", "prefilter"}
     assert any("serving int8-7bit" in r.getMessage() for r in caplog.records)
+    # Dynamic int8 all the same: each pair in a batch of its own, so its score does not depend on neighbours.
+    assert loaded.reranker.one_row_batches and loaded.prefilter.one_row_batches
 
 
 def test_without_vnni_and_without_a_7bit_file_fp32_is_served(tiny_model_repository: Path, tmp_path: Path):
