@@ -22,7 +22,6 @@ import copy
 import re
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -591,12 +590,6 @@ def main(argv: list[str] | None = None) -> int:
         f"\nchart OK: linted, rendered, schema-validated (Kubernetes {' and '.join(KUBE_VERSIONS)}) and wired"
     )
     return 0
-
-
-def iter_objects(report: Report) -> Iterator[tuple[str, dict[str, Any]]]:
-    for r in report.renders:
-        for obj in r.objects:
-            yield r.scenario, obj
 
 
 if __name__ == "__main__":

@@ -427,11 +427,6 @@ def stop_servers(pid_file: Path, ports: Iterable[int], timeout_s: float = 20.0) 
     return targets
 
 
-def stop_recorded(root: Path = DEFAULT_ROOT, timeout_s: float = 20.0) -> bool:
-    """Stop a server that `serve` recorded in `<root>/tritonserver.pid`; True if one was running."""
-    return bool(stop_servers(_pid_file(root), (), timeout_s))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export.triton_local", description=__doc__.split("\n")[0])
     parser.add_argument(

@@ -158,12 +158,6 @@ def search_units(documents: int) -> int:
     return max(1, math.ceil(documents / 100))
 
 
-def chunk_span(chunk: tuple[int, int] | None) -> dict[str, int] | None:
-    if chunk is None:
-        return None
-    return {"start": chunk[0], "end": chunk[1]}
-
-
 @dataclass(frozen=True)
 class ServedModel:
     """What `/v1/models` lists: the cross-encoder's id (the manifest's `model_id`) and window."""
