@@ -1,6 +1,7 @@
 """The cascade section: which survivors, how many, at what quality and speed (issue 10).
 
-    python -m bench.cascade [--model-repository R] [--threads 1] [--skip-rowcost]
+    python -m bench.cascade [--model-repository R] [--threads 1] [--speed-requests N] [--http-check N]
+                            [--score-only]
 
 1. Scores every (query, document) pair of the BM25 top-100 lists (SciFact first 100, NFCorpus first 50) ONCE
    with the int8 cross-encoder and the prefilter, each pair in a batch of its own (the shipped CPU int8 path,
@@ -30,10 +31,12 @@ from typing import Any
 
 from bench.data import BeirSet, load_set
 from bench.metrics import evaluate, ranking_to_run
+from bench.settings import REPO_ROOT
+from bench.settings import WORK as BENCH_WORK
 from gateway.cascade import RULES, Rule, rank_agreement, recall_at, select_survivors
+from gateway.cascade import cascade_order as ranking_of
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-WORK = REPO_ROOT / "bench" / ".work" / "cascade"
+WORK = BENCH_WORK / "cascade"
 RESULTS = REPO_ROOT / "bench" / "results"
 SETS = (("scifact", 100), ("nfcorpus", 50))
 KEEPS = (10, 20, 30, 40, 50, 60, 70, 80, 90)
@@ -115,12 +118,8 @@ class Cell:
 def cascade_order(rec: dict[str, Any], rule: Rule, keep: int, *, ranked: bool = True) -> list[int]:
     """The pipeline's ranking for one query: survivors by cross-encoder, the cut by prefilter score."""
     n = len(rec["ce"])
-    if keep <= 0 or keep >= n:
-        return sorted(range(n), key=lambda i: (-rec["ce"][i], i))
-    kept = select_survivors(rec["pre"], keep, rule=rule, ranked=ranked)
-    chosen = set(kept)
-    cut = [i for i in range(n) if i not in chosen]
-    return sorted(kept, key=lambda i: (-rec["ce"][i], i)) + sorted(cut, key=lambda i: (-rec["pre"][i], i))
+    kept = list(range(n)) if keep <= 0 else select_survivors(rec["pre"], keep, rule=rule, ranked=ranked)
+    return ranking_of(rec["ce"], rec["pre"], kept)
 
 
 def evaluate_cells(
@@ -128,6 +127,7 @@ def evaluate_cells(
 ) -> list[Cell]:
     cells: list[Cell] = []
     configs: list[tuple[str, int]] = [("single-stage", 0)] + [(r, k) for r in RULES for k in KEEPS]
+    singles = {id(rec): cascade_order(rec, "prefilter", 0) for recs in scored.values() for rec in recs}
     for rule, keep in configs:
         ndcg: dict[str, float] = {}
         fid: dict[str, float] = {}
@@ -140,7 +140,7 @@ def evaluate_cells(
             agreements: list[float] = []
             for rec in recs:
                 order = cascade_order(rec, rule if rule != "single-stage" else "prefilter", keep)  # type: ignore[arg-type]
-                single = cascade_order(rec, "prefilter", 0)
+                single = singles[id(rec)]
                 run[rec["query_id"]] = ranking_to_run(rec["doc_ids"], order)
                 recalls.append(recall_at(order, single, 10))
                 agreements.append(rank_agreement(order, single))
@@ -568,8 +568,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     data_root = args.data
-    if not data_root.is_dir():
-        data_root = Path("/work/shared/data")
     scored = score_sets(args.model_repository, data_root, args.threads)
     if args.score_only:
         return 0
@@ -595,7 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = write_report(results, cells, args.out)
     log(f"wrote {path}")
     print(path.read_text())
-    return 0 if not math.isnan(cells[0].docs_per_s) else 1
+    return 0
 
 
 if __name__ == "__main__":

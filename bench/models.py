@@ -47,10 +47,16 @@ class Models:
         return bool(self.prefilter) and self.prefilter["source"].get("sha256") == PREFILTER_SHA256  # type: ignore[index]
 
     def variant_file(self, precision: str) -> Path:
-        """The file the gateway runs on the CPU for `precision` (gateway/backends/factory.py's preference)."""
-        variants = self.reranker["variants"]
-        name = "fp32-opt" if precision == "fp32" and "fp32-opt" in variants else precision
-        return self.reranker_dir / variants[name]["file"]
+        """The file the gateway runs on this CPU for `precision` (its own choice: gateway/backends/factory.py)."""
+        from gateway.backends.factory import cpu_variant
+        from gateway.backends.onnx_local import cpu_flags
+        from gateway.repository import read_model_spec
+
+        spec = read_model_spec(self.repository, self.reranker["name"])
+        variant, _ = cpu_variant(spec, precision, cpu_flags())
+        path = spec.variant_path(variant)
+        assert path is not None
+        return path
 
 
 def _same_source(manifest: dict[str, Any], wanted: str | None) -> bool:
@@ -100,6 +106,15 @@ def resolve_models(repository: Path, model: str | None, prefilter: str | None) -
     if found is None:
         raise SystemExit(f"export into {target} did not produce a repository for {model}")
     return found
+
+
+def two_stage_settings(keep: int | None) -> dict[str, Any]:
+    """Gateway settings of a two-stage configuration (`keep` survivors; None: single stage, no prefilter):
+    the prefilter cascade on plain (unranked) requests, which the gateway otherwise serves single stage, and
+    no fidelity sampling, so every configuration does only its own work."""
+    if keep is None:
+        return {"prefilter_name": ""}
+    return {"keep": keep, "cascade_unranked": "prefilter", "cascade_sample_rate": 0}
 
 
 def gateway_env(models: Models, **settings: Any) -> dict[str, str]:

@@ -138,12 +138,13 @@ def triton_server(repository: Path, log_path: Path, ready_timeout_s: float = 300
     from export import triton_local
 
     install = triton_local.install(quiet=True)
+    http_port, grpc_port, metrics_port = free_ports(3)
     server = triton_local.TritonServer(
         install=install,
         repository=repository,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
         log_path=log_path,
     )
     with server:
@@ -166,8 +167,6 @@ def _metric_value(metrics_text: str, name: str, **labels: str) -> float:
 
 def triton_served(url: str) -> dict[str, float]:
     """Did Triton really score, or did the fallback to local ONNX Runtime quietly take over?"""
-    import httpx
-
     text = httpx.get(f"{url}/metrics", timeout=10).text
     return {
         "triton_calls_ok": _metric_value(text, "reranker_scorer_calls_total", outcome="ok", backend="triton"),

@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
 import sys
 import time
 from collections import Counter
@@ -24,7 +22,8 @@ from typing import Any
 
 import httpx
 
-from bench.service import Gateway, free_port, triton_server
+from bench.service import Gateway, triton_server
+from export import processes
 
 QUERY = "Does vitamin D supplementation reduce the risk of fractures in older adults?"
 TOPICS = [
@@ -84,7 +83,7 @@ async def killer(server: Any, every_s: float, seconds: float, kills: list[float]
     while time.monotonic() - started + every_s < seconds:
         await asyncio.sleep(every_s)
         if server.process is not None:
-            os.killpg(server.process.pid, signal.SIGKILL)
+            processes.kill_group(server.process.pid)
             kills.append(round(time.monotonic() - started, 1))
         await asyncio.to_thread(server.stop)
         await asyncio.to_thread(server.start)
@@ -133,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             "RERANKER_FALLBACK_REPROBE_S": "1",
             "RERANKER_LOG_LEVEL": "warning",
         }
-        with Gateway(env=env, log_path=args.work / "gateway.log", port=free_port()) as gateway:
+        with Gateway(env=env, log_path=args.work / "gateway.log") as gateway:
             result = asyncio.run(soak(args, gateway, server))
     result["settings"] = {k: v for k, v in vars(args).items() if k not in ("work", "out")}
     result["settings"]["model_repository"] = str(args.model_repository)

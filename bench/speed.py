@@ -19,7 +19,7 @@ import numpy as np
 
 from bench.data import load_set
 from bench.flops import EncoderShape
-from bench.models import Models, gateway_env
+from bench.models import Models, gateway_env, two_stage_settings
 from bench.service import Gateway, ServiceError, rerank_body, triton_served, triton_server
 from bench.settings import (
     REPO_ROOT,
@@ -265,13 +265,7 @@ def _runners(
     fr_cache = _flashrank_cache(models) if any(c.startswith("flashrank") for c in configs) else None
 
     def http_env(precision: str, two_stage: bool) -> dict[str, str]:
-        # Two-stage: the prefilter cascade on plain (unranked) requests, which the gateway otherwise serves
-        # single stage by default; no fidelity sampling, so every configuration does only its own work.
-        extra: dict[str, Any] = (
-            {"keep": keep, "cascade_unranked": "prefilter", "cascade_sample_rate": 0}
-            if two_stage
-            else {"prefilter_name": ""}
-        )
+        extra = two_stage_settings(keep if two_stage else None)
         return gateway_env(models, cpu_precision=precision, cache_size=0, threads=threads, **extra)
 
     runners: dict[str, Runner] = {}

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from bench.data import load_set
-from bench.models import Models, gateway_env
+from bench.models import Models, gateway_env, two_stage_settings
 from bench.service import Gateway, drive, rerank_body
 from bench.settings import (
     WORK,
@@ -28,11 +28,7 @@ def sweep(models: Models, sizes: Sizes, data_root: Path, threads: int) -> dict[s
     two_stage = models.prefilter is not None
     env = gateway_env(
         models, cpu_precision="int8", cache_size=0, threads=threads, max_in_flight=256,
-        **(
-            {"keep": default_keep(), "cascade_unranked": "prefilter", "cascade_sample_rate": 0}
-            if two_stage
-            else {"prefilter_name": ""}
-        ),
+        **two_stage_settings(default_keep() if two_stage else None),
     )  # fmt: skip
     levels = []
     with Gateway(env, WORK / "logs" / "sweep.log") as gw:

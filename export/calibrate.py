@@ -12,9 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from export.errors import ExportError
+
+if TYPE_CHECKING:
+    from gateway.cascade import Rule
 
 KEEPS = (10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 100)
 
@@ -79,37 +82,32 @@ def calibrate(
     calibration: Path,
     *,
     target: float | None = None,
-    rule: str | None = None,
+    rule: Rule | None = None,
     name: str = "reranker",
     prefilter_name: str = "prefilter",
-    prefilter_max_length: int = 128,
+    prefilter_max_length: int | None = None,
 ) -> dict[str, Any]:
     """Find the starting keep and write it into `<repository>/<name>/manifest.json`; returns the entry."""
-    from gateway.cascade import recall_at, select_survivors
+    from gateway.cascade import cascade_order, recall_at, select_survivors
     from gateway.config import Settings
 
     defaults = Settings.model_fields  # what the gateway will run with, unless told otherwise
     target = float(defaults["cascade_target_recall"].default) if target is None else target
-    rule = str(defaults["cascade_rule"].default) if rule is None else rule
+    rule = defaults["cascade_rule"].default if rule is None else rule
+    if prefilter_max_length is None:
+        prefilter_max_length = defaults["prefilter_max_length"].default
     items = read_calibration(calibration)
     if not (repository / prefilter_name / "manifest.json").is_file():
         raise ExportError("calibration needs a prefilter (the export was run with --prefilter none)")
     ce = asyncio.run(_logits(repository, name, items, None))
     pre = asyncio.run(_logits(repository, prefilter_name, items, prefilter_max_length))
-    recall_by_keep: dict[int, float] = {}
-    for keep in KEEPS:
-        recalls = []
-        for item, c, p in zip(items, ce, pre, strict=True):
-            n = len(c)
-            single = sorted(range(n), key=lambda i, c=c: (-c[i], i))  # type: ignore[misc]
-            kept = select_survivors(p, keep, rule=rule, ranked=item["ranked"])  # type: ignore[arg-type]
-            chosen = set(kept)
-            order = sorted(kept, key=lambda i, c=c: (-c[i], i)) + sorted(  # type: ignore[misc]
-                (i for i in range(n) if i not in chosen),
-                key=lambda i, p=p: (-p[i], i),  # type: ignore[misc]
-            )
-            recalls.append(recall_at(order, single, 10))
-        recall_by_keep[keep] = round(sum(recalls) / len(recalls), 4)
+    recalls: dict[int, list[float]] = {keep: [] for keep in KEEPS}
+    for item, c, p in zip(items, ce, pre, strict=True):
+        single = cascade_order(c, p, range(len(c)))  # every document rescored: single stage
+        for keep in KEEPS:
+            kept = select_survivors(p, keep, rule=rule, ranked=item["ranked"])
+            recalls[keep].append(recall_at(cascade_order(c, p, kept), single, 10))
+    recall_by_keep = {keep: round(sum(r) / len(r), 4) for keep, r in recalls.items()}
     chosen_keep = next((k for k in KEEPS if recall_by_keep[k] >= target), KEEPS[-1])
     entry = {
         "keep": chosen_keep,

@@ -2,8 +2,8 @@
 
 The manifest writes a tensor's type as its numpy name ("int64", "float32"); Triton's config.pbtxt wants
 `TYPE_INT64`, its inference protocol `INT64`, and the ONNX graph says `TensorProto.INT64` (7). Every
-translation goes through `DTYPES`, so adding a type is one row. Import-light (numpy only): the gateway
-image and the tests load it without the export extra.
+translation goes through `DTYPES`, so adding a type is one row. Import-light (numpy only): the exporter
+and the tests load it.
 """
 
 from __future__ import annotations

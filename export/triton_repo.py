@@ -5,7 +5,7 @@ Three configs per model, selectable with tritonserver's --model-config-name:
                                 optimization profiles, warmup, ONNX Runtime memory parameters at model level
                                 (the backend resets anything not set there to its own defaults);
 - configs/cpu-onnxruntime.pbtxt onnxruntime_onnx on KIND_CPU running the int8 file (NGC image, no GPU);
-- configs/cpu.pbtxt             python backend running ONNX Runtime on the CPU (export.triton_cpu), for the
+- configs/cpu.pbtxt             python backend running ONNX Runtime on the CPU (`python_cpu_config`), for the
                                 local tritonserver that ships no onnxruntime backend.
 
 Each is built as a `tritonclient.grpc.model_config_pb2.ModelConfig` and printed with protobuf's text_format,

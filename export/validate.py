@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from export.errors import ParityError
+from export.quantize import PORTABLE_INT8_VARIANT
 
 _TOPICS = [
     ("vitamin D", "bone density", "older adults"),
@@ -253,7 +254,7 @@ def check_gate(name: str, figures: dict[str, dict[str, float]], thresholds: Thre
             f"fp32-opt ONNX vs PyTorch max |diff| {figures['fp32-opt']['max_abs_diff']:.3g} > "
             f"{thresholds.fp32_max_abs_diff:g}"
         )
-    for key in ("int8", "int8-7bit"):  # the int8 file and, beside a full-range one, the 7-bit file
+    for key in ("int8", PORTABLE_INT8_VARIANT):  # the int8 file and, beside a full-range one, the 7-bit file
         if key not in figures:
             continue
         int8 = figures[key]

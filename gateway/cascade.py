@@ -17,7 +17,7 @@ import logging
 import math
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -67,6 +67,17 @@ def select_survivors(prefilter: Sequence[float], keep: int, *, rule: Rule, ranke
         fused = sorted(range(n), key=lambda i: (-(1 / (RRF_K + i + 1) + 1 / (RRF_K + pre_rank[i])), i))
         return sorted(fused[:keep])
     raise ValueError(f"unknown selection rule {rule!r}")
+
+
+def cascade_order(cross_encoder: Sequence[float] | Mapping[int, float], prefilter: Sequence[float],
+                  survivors: Sequence[int]) -> list[int]:  # fmt: skip
+    """The cascade's ranking of documents 0..len(prefilter)-1: the survivors by their cross-encoder logit,
+    then the documents the prefilter cut by its score; ties go to the earlier document."""
+    chosen = set(survivors)
+    cut = (i for i in range(len(prefilter)) if i not in chosen)
+    return sorted(survivors, key=lambda i: (-cross_encoder[i], i)) + sorted(
+        cut, key=lambda i: (-prefilter[i], i)
+    )
 
 
 # --- fidelity ----------------------------------------------------------------------------------------

@@ -20,7 +20,14 @@ import numpy as np
 
 from gateway import metrics
 from gateway.cache import CachedScore, PairScoreCache
-from gateway.cascade import AdaptiveKeep, CascadeSample, Fidelity, FidelitySampler, select_survivors
+from gateway.cascade import (
+    AdaptiveKeep,
+    CascadeSample,
+    Fidelity,
+    FidelitySampler,
+    cascade_order,
+    select_survivors,
+)
 from gateway.config import Settings
 from gateway.domain import (
     MAX_CHUNKS_PER_DOC,
@@ -303,9 +310,7 @@ class Reranker:
         if not cut or self.sampler.rate <= 0:
             return
         # The cascade's ranking, as _assemble orders it: rescored first, then the cut by prefilter score.
-        order = sorted(kept, key=lambda u: (-kept[u], u)) + sorted(
-            cut, key=lambda u: (-plan.prefilter[u].logit, u)
-        )
+        order = cascade_order(kept, [sc.logit for sc in plan.prefilter], list(kept))
         sample = CascadeSample(tuple(order), dict(kept), cut, plan.keep)
 
         async def score_cut(indices: Sequence[int]) -> list[float] | None:
