@@ -49,11 +49,11 @@ def log(message: str) -> None:
 
 # --- 1. scoring ----------------------------------------------------------------------------------------
 def _load_models(repository: Path, threads: int) -> Any:
-    from gateway.backends.factory import ModelLoader
+    from gateway.loading import ModelLoader
     from gateway.config import Settings
 
     settings = Settings(model_repository=repository, device="cpu", threads=threads, cpu_precision="int8")  # type: ignore[call-arg]
-    return ModelLoader(settings)()
+    return ModelLoader.from_settings(settings)()
 
 
 def _score_each(stage: Any, query: str, documents: Sequence[str]) -> tuple[list[float], list[float]]:

@@ -48,7 +48,7 @@ class Models:
 
     def variant_file(self, precision: str) -> Path:
         """The file the gateway runs on this CPU for `precision` (its own choice: gateway/backends/factory.py)."""
-        from gateway.backends.factory import cpu_variant
+        from gateway.loading import cpu_variant
         from gateway.backends.onnx_local import cpu_flags
         from gateway.repository import read_model_spec
 

@@ -299,3 +299,102 @@ class AdaptiveKeep:
             "bounds": [self.low, self.high],
             "changes": self.changes,
         }
+
+
+# --- the cascade of one served model ----------------------------------------------------------------
+@dataclass(frozen=True)
+class CascadeConfig:
+    """The cascade's settings (a slice of `Settings`); `enabled` is False without a prefilter."""
+
+    enabled: bool = True
+    keep: int = 70
+    keep_configured: bool = False  # RERANKER_KEEP was set: it wins over a calibrated keep
+    input_ranked: bool = False
+    rule: Rule = "rrf"
+    unranked: Literal["single-stage", "prefilter"] = "single-stage"
+    sample_rate: float = 0.05
+    target_recall: float = 0.85
+    keep_min: int = 10
+    keep_max: int = 100
+
+    @classmethod
+    def from_settings(cls, s: Any) -> CascadeConfig:
+        return cls(
+            enabled=bool(s.prefilter_name),
+            keep=s.keep,
+            keep_configured="keep" in s.model_fields_set,
+            input_ranked=s.cascade_input_ranked,
+            rule=s.cascade_rule,
+            unranked=s.cascade_unranked,
+            sample_rate=s.cascade_sample_rate,
+            target_recall=s.cascade_target_recall,
+            keep_min=s.cascade_keep_min,
+            keep_max=s.cascade_keep_max,
+        )
+
+
+class Cascade:
+    """Decides, per query, the keep and whether the input counts as ranked; chooses the survivors; hands
+    cascaded requests to the fidelity sampler, whose measurements move the adaptive keep."""
+
+    def __init__(self, config: CascadeConfig, *, busy: Callable[[], bool]) -> None:
+        self.config = config
+        self.adaptive_keep = AdaptiveKeep(  # the configured keep is honoured even outside the bounds
+            config.keep,
+            target=config.target_recall,
+            low=min(config.keep_min, config.keep),
+            high=max(config.keep_max, config.keep),
+        )
+        self.sampler = FidelitySampler(config.sample_rate, busy=busy, on_result=self._on_fidelity)
+
+    def calibrated(self, keep: int | None) -> None:
+        """The manifest's calibrated keep, used unless RERANKER_KEEP was set."""
+        if keep and not self.config.keep_configured:
+            self.adaptive_keep.start_at(int(keep))
+
+    def keep_for(self, keep: int | None, ranked_input: bool | None) -> tuple[int, bool]:
+        """The keep a query runs with (0: single stage) and whether its input counts as ranked: the
+        request's own choices, else the server's defaults (unranked input may be single stage)."""
+        c = self.config
+        ranked = c.input_ranked if ranked_input is None else ranked_input
+        if keep is not None:
+            return keep, ranked
+        if not ranked and c.unranked == "single-stage":
+            return 0, ranked
+        return self.adaptive_keep.keep, ranked
+
+    def survivors(self, prefilter: Sequence[float], keep: int, *, ranked: bool) -> list[int]:
+        chosen = select_survivors(prefilter, keep, rule=self.config.rule, ranked=ranked)
+        dropped = len(prefilter) - len(chosen)
+        metrics.PREFILTER_DOCUMENTS.labels("kept").inc(len(chosen))
+        metrics.PREFILTER_DOCUMENTS.labels("dropped").inc(dropped)
+        metrics.PREFILTER_DROP_RATIO.observe(dropped / len(prefilter))
+        return chosen
+
+    def offer(
+        self, kept: Mapping[int, float], prefilter: Sequence[float], n_unique: int, keep: int, score: ScoreCut
+    ) -> None:
+        """A cascaded request for the sampler (which decides whether to measure it): its ranking as the
+        response ordered it (rescored first, then the cut by prefilter score) and the cut documents."""
+        cut = tuple(u for u in range(n_unique) if u not in kept)
+        if not cut or self.sampler.rate <= 0:
+            return
+        order = cascade_order(kept, prefilter, list(kept))
+        self.sampler.offer(CascadeSample(tuple(order), dict(kept), cut, keep), score)
+
+    def summary(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "input_ranked_default": c.input_ranked,
+            "rule": c.rule,
+            "unranked": c.unranked,
+            "adaptive_keep": self.adaptive_keep.summary(),
+            "fidelity": self.sampler.summary(),
+        }
+
+    async def close(self) -> None:
+        self.sampler.cancel()
+        await self.sampler.wait()
+
+    def _on_fidelity(self, result: Fidelity) -> None:
+        self.adaptive_keep.observe(result.recall_at_10, result.keep)

@@ -21,20 +21,17 @@ class ConfigurationError(Exception):
     """A bad setting at start-up; the message names the environment variable and the problem."""
 
 
-# The names seed 000 used for three of our settings: accepted as aliases of ours.
-SEED_ALIASES: dict[str, str] = {
+# The names the first version of this service used for three of our settings: accepted as aliases of ours.
+LEGACY_ALIASES: dict[str, str] = {
     "RERANKER_CACHE_TTL_SECONDS": "cache_ttl_s",
     "RERANKER_REQUEST_TIMEOUT_SECONDS": "request_timeout_s",
     "RERANKER_PRELOAD_MODEL": "preload",
 }
 
 
-class Settings(BaseSettings):
-    """Every knob of the gateway. Environment: `RERANKER_<FIELD>` (e.g. `RERANKER_KEEP=50`)."""
+class _ModelSettings(BaseSettings):
+    """Which models of the repository are served."""
 
-    model_config = SettingsConfigDict(env_prefix="RERANKER_", extra="ignore", validate_default=True)
-
-    # --- models -------------------------------------------------------------------------------
     model_repository: Path = Field(Path("model_repository"), description="Exported model repository.")
     model_name: str = Field("reranker", min_length=1, description="Cross-encoder folder in the repository.")
     served_model_names: Annotated[list[str], NoDecode] = Field(
@@ -43,18 +40,11 @@ class Settings(BaseSettings):
         "--served-model-name: clients that check the name (LlamaIndex NVIDIARerank) accept these.",
     )
     prefilter_name: str = Field("prefilter", description="Prefilter folder; empty disables the first stage.")
-    model: str = Field(
-        "cross-encoder/ms-marco-MiniLM-L-6-v2",
-        description="Export source of the cross-encoder (hub id or local folder), used by `make serve` "
-        "when the repository is missing.",
-    )
-    prefilter: str = Field(
-        "cross-encoder/ms-marco-TinyBERT-L-2-v2",
-        description="Export source of the prefilter (hub id, local folder, `same` or `none`), used by "
-        "`make serve` when the repository is missing.",
-    )
 
-    # --- pipeline -----------------------------------------------------------------------------
+
+class _PipelineSettings(BaseSettings):
+    """How a request is scored: the cascade, pair lengths, batches, precision, the cache."""
+
     keep: int = Field(
         70,
         ge=0,
@@ -131,7 +121,10 @@ class Settings(BaseSettings):
     cache_size: int = Field(50_000, ge=0, description="Pair scores kept in the cache (0: no cache).")
     cache_ttl_s: float = Field(3600.0, gt=0, description="Seconds a cached pair score stays valid.")
 
-    # --- serving ------------------------------------------------------------------------------
+
+class _ServingSettings(BaseSettings):
+    """The HTTP server, its limits and timeouts."""
+
     request_timeout_s: float = Field(30.0, gt=0, description="A request running longer answers 504.")
     preload: bool = Field(True, description="Load the models at start-up (False: the first request loads).")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
@@ -162,7 +155,10 @@ class Settings(BaseSettings):
         default_factory=list, description="Accepted API keys, comma-separated (empty: auth off)."
     )
 
-    # --- Triton (optional primary backend, local ONNX Runtime stays the fallback) --------------
+
+class _TritonSettings(BaseSettings):
+    """Triton as the primary backend (local ONNX Runtime stays the fallback)."""
+
     triton_url: str | None = Field(
         None,
         description="Triton endpoints, host:port, comma-separated (e.g. localhost:8001), or one DNS name "
@@ -188,6 +184,12 @@ class Settings(BaseSettings):
     fallback_reprobe_s: float = Field(
         5.0, gt=0, description="After a primary backend fails, seconds between readiness re-probes."
     )
+
+
+class Settings(_ModelSettings, _PipelineSettings, _ServingSettings, _TritonSettings):
+    """Every knob of the gateway. Environment: `RERANKER_<FIELD>` (e.g. `RERANKER_KEEP=50`)."""
+
+    model_config = SettingsConfigDict(env_prefix="RERANKER_", extra="ignore", validate_default=True)
 
     @field_validator("api_keys", "served_model_names", mode="before")
     @classmethod
@@ -290,13 +292,13 @@ def parse_endpoints(value: str) -> list[str]:
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
     """Read the environment; a bad value raises ConfigurationError naming the variable and the rule.
 
-    Seed 000's variable names (`SEED_ALIASES`) are read as aliases of ours; setting both names to
+    The first version's variable names (`LEGACY_ALIASES`) are read as aliases of ours; setting both names to
     different values is an error that says which one to keep.
     """
     env = os.environ if environ is None else environ
-    aliased: dict[str, str] = {}  # field -> the seed variable it was read from
+    aliased: dict[str, str] = {}  # field -> the legacy variable it was read from
     values: dict[str, object] = {}
-    for old, field in SEED_ALIASES.items():
+    for old, field in LEGACY_ALIASES.items():
         if old not in env:
             continue
         ours = f"RERANKER_{field.upper()}"

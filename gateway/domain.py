@@ -15,8 +15,6 @@ import numpy as np
 from gateway.errors import ValidationFailed
 
 Stage = Literal["prefilter", "reranker"]
-Phase = Literal["tokenize", "lane_wait", "inference", "assemble"]
-PHASES: tuple[Phase, ...] = ("tokenize", "lane_wait", "inference", "assemble")
 
 # Limits of a query, one constant each (the settings, the wire models and the checks below use them).
 MAX_CHUNKS_PER_DOC = 64  # windows one document may be split into (more is clamped, with a warning)
@@ -85,7 +83,8 @@ class RerankOutcome:
 
     results: tuple[ScoredDocument, ...]
     model: str
-    backend: str  # who scored the cross-encoder stage: "onnx-cpu", "onnx-cuda", "triton-grpc", ...
+    backend: str  # who scored the cross-encoder stage: "onnx-cpu", "onnx-cuda", "triton-grpc", ... (several
+    # joined by "+" for display: "onnx-cuda+onnx-cpu"; "cache" when every score came from the cache)
     stages: tuple[Stage, ...]
     top_n_applied: bool
     prompt_tokens: int  # tokens of every (query, document window) pair that was built
@@ -144,6 +143,11 @@ class BatchScores:
     logits: np.ndarray
     backend: str
     queued_s: float = 0.0
+    also: tuple[str, ...] = ()  # other backends that scored part of this batch (a fallback split it)
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        return (self.backend, *(b for b in self.also if b != self.backend))
 
 
 def join_backends(*names: str) -> str:

@@ -1,7 +1,9 @@
-"""What the pipeline holds once the models are loaded: per stage a tokenizer, a scorer and its spec."""
+"""What a load produces: per stage a tokenizer, a scorer and its spec, and where they run."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +24,11 @@ class ModelStage:
     token_budget: int = 512  # padded tokens per batch for this stage's runtime
     one_row_batches: bool = False  # each pair alone: its score must not depend on its neighbours
 
+    @property
+    def max_rows(self) -> int | None:
+        """Rows per batch this stage's scorer takes at most (1 with one-row batches; None: no bound)."""
+        return 1 if self.one_row_batches else self.scorer.max_batch_size
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.spec.name,
@@ -40,12 +47,83 @@ class ModelStage:
 
 
 @dataclass
+class DeviceReport:
+    """Where the stages run and why (`/info` -> "device"); `cuda_used` is what code steers by."""
+
+    gpu: dict[str, Any] = field(default_factory=dict)  # the GPU probe's answer
+    cuda_used: bool = False
+    cuda: str = ""  # "used", or "not used: <why>"
+    cpu_variant: dict[str, str] = field(default_factory=dict)  # model -> why a preferred file was passed over
+    triton: dict[str, Any] | None = None
+    load_seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"gpu": dict(self.gpu)}
+        if self.cuda:
+            out["cuda"] = self.cuda
+        if self.cpu_variant:
+            out["cpu_variant"] = dict(self.cpu_variant)
+        if self.triton is not None:
+            out["triton"] = dict(self.triton)
+        out["load_seconds"] = self.load_seconds
+        return out
+
+
+@dataclass
 class LoadedModels:
-    """The cross-encoder, the optional prefilter, and facts about the machine found while loading."""
+    """The cross-encoder, the optional prefilter, and where they run."""
 
     reranker: ModelStage
     prefilter: ModelStage | None
-    device_report: dict[str, Any] = field(default_factory=dict)
+    device: DeviceReport = field(default_factory=DeviceReport)
+
+    @property
+    def device_report(self) -> dict[str, Any]:
+        return self.device.as_dict()
 
     def stages(self) -> list[ModelStage]:
         return [self.reranker] + ([self.prefilter] if self.prefilter else [])
+
+
+class ModelSlot:
+    """The models of one served model, loaded once: concurrent callers share one load (in a worker thread),
+    a failed load is retried by the next caller."""
+
+    def __init__(self, loader: Callable[[], LoadedModels]) -> None:
+        self._loader = loader
+        self.models: LoadedModels | None = None
+        self._task: asyncio.Task[LoadedModels] | None = None
+
+    async def load(self) -> LoadedModels:
+        if self.models is not None:
+            return self.models
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(asyncio.to_thread(self._loader))
+        task = self._task
+        try:
+            self.models = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            if self._task is task:
+                self._task = None
+            raise
+        return self.models
+
+    def require(self) -> LoadedModels:
+        if self.models is None:
+            raise RuntimeError("the models are not loaded yet (await load() first)")
+        return self.models
+
+    async def ready(self) -> bool:
+        if self.models is None:
+            return False
+        for stage in self.models.stages():
+            if not await stage.scorer.ready():
+                return False
+        return True
+
+    async def close(self) -> None:
+        if self.models is not None:
+            for stage in self.models.stages():
+                await stage.scorer.close()

@@ -1,8 +1,8 @@
 """Admission control, the one door every dialect's route goes through: request limits, admission by the
 work already queued, the in-flight bound, the timeout.
 
-`await admission.run([RerankQuery, ...])` checks the request's limits (LimitExceeded: documents per query,
-pairs per request), estimates its work in tokens, and admits it while the work already admitted plus its own
+`await admission.run([RerankQuery, ...], reranker)` checks the request's limits (LimitExceeded: documents per
+query, pairs per request), plans the queries on the model (gateway/plan.py, which estimates their work in tokens), and admits it while the work already admitted plus its own
 can finish within `request_timeout_s` at the measured scoring rate; otherwise it says no at once
 (Overloaded -> 429 with Retry-After: when enough of the queue will have drained). Admitted requests run at
 most `max_in_flight` at once and the rest wait their turn; the wait counts against the timeout
@@ -16,16 +16,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from gateway import metrics
 from gateway.config import Settings
-from gateway.domain import MAX_CHUNKS_PER_DOC, RerankOutcome, RerankQuery
+from gateway.domain import RerankOutcome, RerankQuery
 from gateway.errors import LimitExceeded, Overloaded, RequestTimedOut
 from gateway.pipeline import Reranker
-
-CHARS_PER_TOKEN = 4.0  # the estimate before tokenizing: English text averages about 4 characters a token
-PREFILTER_COST = 0.3  # a prefilter token costs about a third of a cross-encoder one (2 layers against 6)
-SPECIAL_TOKENS = 3  # [CLS] query [SEP] document [SEP]
+from gateway.plan import RequestPlan
 
 
 class WorkRate:
@@ -73,71 +71,69 @@ class WorkRate:
         self._last = now
 
 
+@dataclass(frozen=True)
+class AdmissionConfig:
+    """Admission's limits (a slice of `Settings`)."""
+
+    max_documents: int = 1000
+    max_pairs: int = 4000
+    request_timeout_s: float = 30.0
+    max_in_flight: int = 16
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> AdmissionConfig:
+        return cls(s.max_documents, s.max_pairs, s.request_timeout_s, s.max_in_flight)
+
+
 class Admission:
     """Admits by queued work against the request timeout (a queue only as long as it can be served in time),
-    then runs at most `max_in_flight` requests at once."""
+    then runs at most `max_in_flight` requests at once. One per process, whichever model a request asks for:
+    the models share the cores."""
 
-    def __init__(self, reranker: Reranker, settings: Settings) -> None:
-        self.reranker = reranker
-        self.settings = settings
+    def __init__(self, reranker: Reranker, config: AdmissionConfig) -> None:
+        self.reranker = reranker  # the default model
+        self.config = config
         self.rate = WorkRate()
         self.in_flight = 0  # admitted and not yet answered (running or waiting for a slot)
         self.queued_tokens = 0.0  # their estimated work
         self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
 
     def check_limits(self, queries: Sequence[RerankQuery]) -> None:
-        s = self.settings
+        c = self.config
         for q in queries:
-            if len(q.documents) > s.max_documents:
+            if len(q.documents) > c.max_documents:
                 raise LimitExceeded(
-                    f"{len(q.documents)} documents; the limit max_documents is {s.max_documents}",
+                    f"{len(q.documents)} documents; the limit max_documents is {c.max_documents}",
                     limit="max_documents",
-                    value=s.max_documents,
+                    value=c.max_documents,
                 )
         pairs = sum(len(q.documents) for q in queries)
-        if pairs > s.max_pairs:
+        if pairs > c.max_pairs:
             raise LimitExceeded(
-                f"{pairs} (query, document) pairs in one request; the limit max_pairs is {s.max_pairs}",
+                f"{pairs} (query, document) pairs in one request; the limit max_pairs is {c.max_pairs}",
                 limit="max_pairs",
-                value=s.max_pairs,
+                value=c.max_pairs,
             )
 
-    def estimate_tokens(self, queries: Sequence[RerankQuery]) -> float:
-        """The request's work before tokenizing: characters / 4 per pair, capped at the scored windows; a
-        prefilter pass over every document plus the cross-encoder on the `keep` longest."""
-        s = self.settings
-        models = self.reranker.models
-        window = models.reranker.max_length if models else (s.max_length or 512)
-        prefilter_window = models.prefilter.max_length if models and models.prefilter else None
-        total = 0.0
-        for q in queries:
-            query = min(len(q.query), s.max_query_chars) / CHARS_PER_TOKEN
-            chunks = min(q.max_chunks_per_doc or s.max_chunks_per_doc, MAX_CHUNKS_PER_DOC)
-            cap = window * chunks
-            pairs = [
-                min(query + min(len(d), s.max_document_chars) / CHARS_PER_TOKEN + SPECIAL_TOKENS, cap)
-                for d in q.documents
-            ]
-            keep, _ = self.reranker.keep_for(q)
-            if prefilter_window and keep and len(pairs) > keep:
-                total += PREFILTER_COST * sum(min(p, prefilter_window) for p in pairs)
-                pairs = sorted(pairs)[-keep:]
-            total += sum(pairs)
-        return total
-
-    async def run(self, queries: Sequence[RerankQuery]) -> list[RerankOutcome]:
+    async def run(
+        self, queries: Sequence[RerankQuery], reranker: Reranker | None = None
+    ) -> list[RerankOutcome]:
+        """Check the limits, plan the queries on `reranker` (None: the default model), admit their estimated
+        work or refuse it, and run the plans."""
+        reranker = reranker or self.reranker
         self.check_limits(queries)
-        if not self.reranker.loaded:
-            await self.reranker.load()  # a first request's model load is not scoring time
-        tokens = self.estimate_tokens(queries)
+        if not reranker.loaded:
+            await reranker.load()  # a first request's model load is not scoring time
+        plans = reranker.plan(queries)
+        tokens = sum(p.estimated_tokens for p in plans)
         self._admit(tokens)
         self.in_flight += 1
         self.queued_tokens += tokens
         metrics.IN_FLIGHT.inc()
         metrics.QUEUED_WORK.set(self.queued_tokens)
-        timeout = self.settings.request_timeout_s
+        timeout = self.config.request_timeout_s
         try:
-            return await asyncio.wait_for(self._run(queries, tokens), timeout)
+            return await asyncio.wait_for(self._run(reranker, plans, tokens), timeout)
         except asyncio.TimeoutError:
             metrics.REJECTED.labels("timeout").inc()
             raise RequestTimedOut(f"the request took longer than request_timeout_s ({timeout}s)") from None
@@ -152,7 +148,7 @@ class Admission:
         rate = self.rate.per_second
         if rate is None or self.in_flight == 0:
             return  # nothing measured yet, or nothing queued: a lone request always runs
-        timeout = self.settings.request_timeout_s
+        timeout = self.config.request_timeout_s
         finish_s = (self.queued_tokens + tokens) / rate
         if finish_s <= timeout:
             return
@@ -164,12 +160,14 @@ class Admission:
             retry_after=finish_s - timeout,  # when enough of the queue has drained; the HTTP layer rounds up
         )
 
-    async def _run(self, queries: Sequence[RerankQuery], tokens: float) -> list[RerankOutcome]:
+    async def _run(
+        self, reranker: Reranker, plans: Sequence[RequestPlan], tokens: float
+    ) -> list[RerankOutcome]:
         async with self._semaphore():
             self.rate.started()
             completed = False
             try:
-                outcomes = await self.reranker.rerank_many(queries)
+                outcomes = await reranker.run(plans)
                 completed = True
                 return outcomes
             finally:
@@ -179,5 +177,5 @@ class Admission:
         """`max_in_flight` slots, made in the running loop (a test client may start several loops)."""
         loop = asyncio.get_running_loop()
         if self._slots is None or self._slots[0] is not loop:
-            self._slots = (loop, asyncio.Semaphore(self.settings.max_in_flight))
+            self._slots = (loop, asyncio.Semaphore(self.config.max_in_flight))
         return self._slots[1]

@@ -12,7 +12,7 @@ from gateway.api.errors import OVERRIDES, STATUS, retry_after, status_of, valida
 from gateway.app import create_app
 from gateway.backends.triton import TritonFailed
 from gateway.config import Settings
-from gateway.pipeline import Reranker
+from gateway.pipeline import PipelineConfig, Reranker
 
 # What each dialect answers, error type by error type (TEI: router/src/http/server.rs; Cohere/vLLM: 400 for
 # anything malformed or out of range).
@@ -97,7 +97,7 @@ ERRORS = [
 @pytest.fixture(scope="module")
 def app_and_executor():
     settings = Settings(model_repository="does-not-exist", preload=False, api_keys=["k"], max_body_bytes=4096)
-    app = create_app(settings, Reranker(settings, loader=lambda: (_ for _ in ()).throw(AssertionError)))
+    app = create_app(settings, Reranker(PipelineConfig.from_settings(settings), loader=lambda: (_ for _ in ()).throw(AssertionError)))
     executor = FakeExecutor()
     app.state.admission = executor  # the routes' only way to the pipeline
     return app, executor

@@ -56,7 +56,7 @@ def test_calibration_writes_the_smallest_keep_meeting_the_target(tiny_model_repo
         reranker = build_reranker(Settings(model_repository=repo, threads=1, **overrides))
         try:
             await reranker.load()
-            return reranker.adaptive_keep.keep
+            return reranker.cascade.adaptive_keep.keep
         finally:
             await reranker.close()
 

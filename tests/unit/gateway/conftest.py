@@ -61,7 +61,7 @@ def tiny_spec(tiny_model_repository: Path):
 @pytest.fixture()
 def make_reranker(tiny_model_repository: Path):
     """Build a Reranker whose stages use the tiny tokenizer and CountingScorers."""
-    from gateway.pipeline import Reranker
+    from gateway.pipeline import PipelineConfig, Reranker
 
     def build(prefilter: bool = True, **overrides):
         # The prefilter path on plain input, and no background fidelity samples unless a test asks.
@@ -94,6 +94,8 @@ def make_reranker(tiny_model_repository: Path):
                 else None,
             )
 
-        return Reranker(settings, loader), ce, pf
+        reranker = Reranker(PipelineConfig.from_settings(settings), loader)
+        reranker.settings = settings  # type: ignore[attr-defined]  # the tests build their app with these
+        return reranker, ce, pf
 
     return build

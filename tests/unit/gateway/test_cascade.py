@@ -182,7 +182,7 @@ def test_sampler_in_the_pipeline_scores_cut_documents_after_the_response(make_re
     async def go():
         out = await reranker.rerank(RerankQuery("berlin population", docs))
         rows_in_request = ce.rows
-        await reranker.sampler.wait()
+        await reranker.cascade.sampler.wait()
         return out, rows_in_request, ce.rows, reranker.info()
 
     out, rows_in_request, rows_after, info = asyncio.run(go())
@@ -237,8 +237,8 @@ def test_adaptive_keep_stays_within_bounds_ignores_stale_samples_and_can_be_off(
 
 def test_adaptive_keep_drives_the_pipelines_default_but_not_a_per_request_keep(make_reranker):
     reranker, _ce, _ = make_reranker(keep=3, cascade_keep_min=2, cascade_target_recall=0.9)
-    reranker.adaptive_keep.window = 1
-    reranker.adaptive_keep.observe(0.0, 3)  # measured far below target: grow
+    reranker.cascade.adaptive_keep.window = 1
+    reranker.cascade.adaptive_keep.observe(0.0, 3)  # measured far below target: grow
     docs = tuple(f"doc {i}" for i in range(20))
 
     async def go():
@@ -247,6 +247,6 @@ def test_adaptive_keep_drives_the_pipelines_default_but_not_a_per_request_keep(m
         return default, fixed
 
     default, fixed = asyncio.run(go())
-    assert reranker.adaptive_keep.keep == 4
+    assert reranker.cascade.adaptive_keep.keep == 4
     assert [r.stage for r in default.results].count("reranker") == 4
     assert [r.stage for r in fixed.results].count("reranker") == 3

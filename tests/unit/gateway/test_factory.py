@@ -6,12 +6,12 @@ import pytest
 from gateway_test_fakes import oom_session_factory, probe, silent_cpu_session_factory
 
 from gateway import metrics
-from gateway.backends.factory import ModelLoader
+from gateway.loading import ModelLoader
 from gateway.backends.fallback import FallbackScorer
 from gateway.config import Settings
 from gateway.domain import RerankQuery
 from gateway.errors import ModelRepositoryError
-from gateway.pipeline import Reranker
+from gateway.pipeline import PipelineConfig, Reranker
 
 QUERY = "How many people live in Berlin?"
 DOCS = ("Berlin has 3.5 million inhabitants.", "New York is famous for museums.", "Paris.", "Rome is old.")
@@ -22,20 +22,20 @@ def settings(repo, **kw) -> Settings:
 
 
 def test_cpu_loads_int8_and_the_prefilter(tiny_model_repository):
-    loaded = ModelLoader(settings(tiny_model_repository), gpu_probe=probe(0))()
+    loaded = ModelLoader.from_settings(settings(tiny_model_repository), gpu_probe=probe(0))()
     assert loaded.reranker.variant == "int8" and loaded.reranker.scorer.name == "onnx-cpu"
     assert loaded.prefilter is not None and loaded.prefilter.variant == "int8"
     assert "not used" in loaded.device_report["cuda"]
 
 
 def test_fp32_precision_loads_an_fp32_variant(tiny_model_repository):
-    loaded = ModelLoader(settings(tiny_model_repository, cpu_precision="fp32", prefilter_name=""))()
+    loaded = ModelLoader.from_settings(settings(tiny_model_repository, cpu_precision="fp32", prefilter_name=""))()
     assert loaded.reranker.variant in ("fp32", "fp32-opt") and loaded.prefilter is None
 
 
 def test_too_little_gpu_memory_stays_on_the_cpu(tiny_model_repository):
     sessions: list = []
-    loader = ModelLoader(
+    loader = ModelLoader.from_settings(
         settings(tiny_model_repository),
         gpu_probe=probe(100),
         session_factory=oom_session_factory(0, sessions),
@@ -46,7 +46,7 @@ def test_too_little_gpu_memory_stays_on_the_cpu(tiny_model_repository):
 
 
 def test_session_silently_on_cpu_is_not_taken_for_cuda(tiny_model_repository):
-    loader = ModelLoader(
+    loader = ModelLoader.from_settings(
         settings(tiny_model_repository), gpu_probe=probe(80_000), session_factory=silent_cpu_session_factory
     )
     loaded = loader()
@@ -56,12 +56,11 @@ def test_session_silently_on_cpu_is_not_taken_for_cuda(tiny_model_repository):
 
 def test_cuda_oom_halves_then_falls_back_to_cpu_and_keeps_serving(tiny_model_repository):
     sessions: list = []
-    loader = ModelLoader(
-        settings(tiny_model_repository, keep=0),
-        gpu_probe=probe(80_000),
-        session_factory=oom_session_factory(ok_rows=0, sessions=sessions),
+    s = settings(tiny_model_repository, keep=0)
+    loader = ModelLoader.from_settings(
+        s, gpu_probe=probe(80_000), session_factory=oom_session_factory(ok_rows=0, sessions=sessions)
     )
-    reranker = Reranker(loader.settings, loader)
+    reranker = Reranker(PipelineConfig.from_settings(s), loader)
     before = metrics.FALLBACKS.labels("onnx-cuda", "onnx-cpu", "cuda_oom")._value.get()
 
     async def go():
@@ -81,4 +80,4 @@ def test_cuda_oom_halves_then_falls_back_to_cpu_and_keeps_serving(tiny_model_rep
 
 def test_missing_repository_is_a_clear_error(tmp_path):
     with pytest.raises(ModelRepositoryError, match="make export"):
-        ModelLoader(settings(tmp_path))()
+        ModelLoader.from_settings(settings(tmp_path))()

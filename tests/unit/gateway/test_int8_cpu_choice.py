@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.backends.factory import ModelLoader, cpu_variant
+from gateway.loading import ModelLoader, cpu_variant
 from gateway.backends.onnx_local import cpu_flags
 from gateway.config import Settings
 from gateway.repository import read_model_spec
@@ -42,7 +42,7 @@ def full_range_repository(source: Path, target: Path, *, keep_7bit: bool) -> Pat
 
 def load(repository: Path, flags: frozenset[str]):
     settings = Settings(model_repository=repository, threads=1, device="cpu")
-    return ModelLoader(settings, cpu_flags_probe=lambda: flags)()
+    return ModelLoader.from_settings(settings, cpu_flags_probe=lambda: flags)()
 
 
 def test_without_vnni_the_7bit_file_is_served_and_info_says_why(

@@ -7,7 +7,7 @@ import pytest
 
 from gateway.domain import RerankQuery
 from gateway.errors import InputTooLong, ValidationFailed
-from gateway.pipeline import sigmoid
+from gateway.assembly import sigmoid
 
 QUERY = "berlin population"
 RELEVANT = "Berlin has a large population of people."

@@ -1,0 +1,339 @@
+"""Model loading, next to the composition root: reads the manifests, picks variant and device, builds the
+scorers, and hands the pipeline typed stages (`LoadedModels`).
+
+Decision for the cross-encoder (the prefilter always runs on the CPU, int8 when exported):
+- device "cpu", or no usable GPU, or NVML's free memory below the model's need + margin: CPU provider,
+  variant per `cpu_precision` (int8 by default; fp32 reproduces the reference scores); an int8 file that
+  needs CPU flags this CPU lacks (full-range int8 needs VNNI, manifest `requires_cpu_flags`) is passed
+  over for the 7-bit file beside it, else fp32, and the report (`/info` "device") says why;
+- otherwise the CUDA provider (fp16 variant when exported, else fp32), checked with
+  `session.get_providers()[0]` because onnxruntime-gpu silently falls back to the CPU, composed with a
+  CPU scorer that takes the batches a CUDA OOM/CUDA error breaks;
+- Triton configured: a TritonPool (one TritonScorer per endpoint, balanced) as the primary with that local
+  scorer as the fallback.
+
+The loader takes `LoadOptions`, the slice of the settings it uses (`LoadOptions.from_settings`), so the
+same loader can be built once per served model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from gateway import metrics
+from gateway.backends.base import Scorer
+from gateway.backends.fallback import FallbackScorer
+from gateway.backends.gpu_probe import GpuProbe, GpuStatus, NvmlProbe
+from gateway.backends.onnx_local import Lane, OnnxScorer, SessionLike, cpu_flags, make_session
+from gateway.backends.triton_pool import TritonPool
+from gateway.config import Settings
+from gateway.errors import ModelRepositoryError
+from gateway.models import DeviceReport, LoadedModels, ModelStage
+from gateway.repository import ModelSpec, read_model_spec
+from gateway.tokenization import PairTokenizer, check_inputs
+
+log = logging.getLogger(__name__)
+
+SessionFactory = Callable[..., SessionLike]  # (path, *, device, threads) -> session
+# GPU memory a model needs beyond its weights file: CUDA context, cuBLAS workspace, activations.
+GPU_WORKSPACE_MB = 512
+# A Triton endpoint's readiness probe must answer within this, below the fallback's own readiness bound
+# (gateway.backends.fallback), so one slow endpoint cannot hide the others' answers.
+TRITON_PROBE_TIMEOUT_S = 1.5
+
+
+@dataclass(frozen=True)
+class TritonOptions:
+    endpoints: tuple[str, ...]
+    url: str
+    protocol: Literal["grpc", "http"]
+    balance: Literal["least_outstanding", "round_robin"]
+    model_name: str
+    timeout_s: float
+    resolve_s: float
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What loading one served model depends on (a slice of `Settings`)."""
+
+    repository: Path
+    model_name: str
+    prefilter_name: str = ""
+    device: str = "auto"
+    cpu_precision: str = "int8"
+    gpu_memory_margin_mb: int = 1024
+    threads: int = 1
+    max_length: int | None = None
+    prefilter_max_length: int | None = 128
+    token_budget: int = 512
+    gpu_token_budget: int = 16384
+    int8_row_batches: bool = True
+    reprobe_s: float = 5.0
+    triton: TritonOptions | None = None
+
+    @classmethod
+    def from_settings(cls, s: Settings, model_name: str | None = None) -> LoadOptions:
+        name = model_name or s.model_name
+        triton = None
+        if s.triton_url:
+            triton = TritonOptions(
+                endpoints=tuple(s.triton_endpoints),
+                url=s.triton_url,
+                protocol=s.triton_protocol,
+                balance=s.triton_balance,
+                model_name=s.triton_model_name if name == s.model_name and s.triton_model_name else name,
+                timeout_s=s.triton_timeout_s,
+                resolve_s=s.triton_resolve_s,
+            )
+        return cls(
+            repository=s.model_repository,
+            model_name=name,
+            prefilter_name=s.prefilter_name,
+            device=s.device,
+            cpu_precision=s.cpu_precision,
+            gpu_memory_margin_mb=s.gpu_memory_margin_mb,
+            threads=s.intra_op_threads,
+            max_length=s.max_length,
+            prefilter_max_length=s.prefilter_max_length,
+            token_budget=s.token_budget,
+            gpu_token_budget=s.gpu_token_budget,
+            int8_row_batches=s.int8_row_batches,
+            reprobe_s=s.fallback_reprobe_s,
+            triton=triton,
+        )
+
+
+def gpu_need_mb(spec: ModelSpec, variant: str) -> int:
+    return 2 * (spec.variant_bytes(variant) >> 20) + GPU_WORKSPACE_MB
+
+
+def is_dynamic_int8(variant: str) -> bool:
+    """The dynamically quantized files (7-bit or full range): their activation scale is per batch tensor."""
+    return variant.startswith("int8")
+
+
+def cpu_variant(
+    spec: ModelSpec, precision: str, flags: frozenset[str] | None = None
+) -> tuple[str, str | None]:
+    """The CPU variant to load, and why a preferred one was passed over (None when none was).
+
+    `flags` are this CPU's feature flags (None: not checked). An int8 variant whose manifest entry lists
+    `requires_cpu_flags` is skipped unless the CPU has one of them: full-range int8 loses accuracy silently
+    on AVX2 without VNNI. A variant the export left out (failed its gate) is simply absent.
+    """
+    order = ["int8", "int8-7bit", "fp32-opt", "fp32"] if precision == "int8" else ["fp32-opt", "fp32"]
+    passed_over: list[str] = []
+    for variant in order:
+        path = spec.variant_path(variant)
+        if not path:
+            continue
+        required = spec.variants[variant].get("requires_cpu_flags") or []
+        if flags is not None and required and not flags & set(required):
+            passed_over.append(f"{path.name} needs one of the CPU flags {', '.join(required)}")
+            continue
+        if passed_over:
+            return variant, f"{'; '.join(passed_over)}, which this CPU lacks: serving {variant} ({path.name})"
+        return variant, None
+    raise ModelRepositoryError(
+        f"{spec.folder}: no CPU variant among {order} exists"
+        + (f" ({'; '.join(passed_over)})" if passed_over else "")
+    )
+
+
+class ModelLoader:
+    """Callable the pipeline runs (in a worker thread) to load every stage of one served model."""
+
+    def __init__(
+        self,
+        options: LoadOptions,
+        *,
+        gpu_probe: GpuProbe | None = None,
+        session_factory: SessionFactory | None = None,
+        cpu_session_factory: SessionFactory | None = None,
+        cpu_flags_probe: Callable[[], frozenset[str]] = cpu_flags,
+        cpu_lane: Lane | None = None,
+    ) -> None:
+        self.options = options
+        self.gpu_probe = gpu_probe or NvmlProbe()
+        self.session_factory = session_factory or make_session
+        self.cpu_session_factory = cpu_session_factory or make_session
+        self.cpu_flags_probe = cpu_flags_probe
+        # One CPU lane for every CPU session of the process: two models never fight over the cores.
+        self._cpu_lane = cpu_lane or Lane("ort-cpu", trim_when_idle=True)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> ModelLoader:
+        return cls(LoadOptions.from_settings(settings), **kwargs)
+
+    def probe(self) -> GpuStatus:
+        if self.options.device == "cpu":
+            return GpuStatus(False, reason="RERANKER_DEVICE=cpu")
+        return self.gpu_probe.probe()
+
+    def __call__(self) -> LoadedModels:
+        started = time.perf_counter()
+        o = self.options
+        spec = read_model_spec(o.repository, o.model_name)
+        check_inputs(spec.input_names)
+        gpu = self.probe()
+        report = DeviceReport(gpu=gpu.as_dict())
+        local, variant = self._local_reranker(spec, gpu, report)
+        scorer: Scorer = local
+        if o.triton is not None:
+            triton = triton_pool(o.triton, spec.input_names, reprobe_s=o.reprobe_s)
+            scorer = FallbackScorer(triton, local, mark_down=True, reprobe_s=o.reprobe_s)
+            report.triton = {
+                "url": o.triton.url,
+                "endpoints": list(o.triton.endpoints),
+                "protocol": o.triton.protocol,
+                "balance": o.triton.balance,
+            }
+        max_length = min(o.max_length or spec.max_length, spec.max_length)
+        on_gpu = report.cuda_used or o.triton is not None
+        reranker = ModelStage(
+            spec=spec,
+            tokenizer=PairTokenizer.from_dir(spec.tokenizer_dir, max_length=max_length),
+            scorer=scorer,
+            max_length=max_length,
+            variant=variant,
+            token_budget=o.gpu_token_budget if on_gpu else o.token_budget,
+            one_row_batches=o.int8_row_batches and is_dynamic_int8(variant) and o.triton is None,
+        )
+        prefilter = self._prefilter(report) if o.prefilter_name else None
+        elapsed = time.perf_counter() - started
+        metrics.MODEL_LOAD_SECONDS.set(elapsed)
+        report.load_seconds = round(elapsed, 3)
+        log.info(
+            "loaded %s (%s, %s)%s in %.2fs",
+            spec.name,
+            variant,
+            scorer.name,
+            f" and {prefilter.spec.name} ({prefilter.variant})" if prefilter else "",
+            elapsed,
+        )
+        return LoadedModels(reranker=reranker, prefilter=prefilter, device=report)
+
+    def _cpu_scorer(self, spec: ModelSpec, variant: str) -> OnnxScorer:
+        path = spec.variant_path(variant)
+        assert path is not None
+        session = self.cpu_session_factory(path, device="cpu", threads=self.options.threads)
+        return OnnxScorer(session, name="onnx-cpu", lane=self._cpu_lane)
+
+    def _local_reranker(self, spec: ModelSpec, gpu: GpuStatus, report: DeviceReport) -> tuple[Scorer, str]:
+        o = self.options
+        cpu_var = self._cpu_variant(spec, o.cpu_precision, report)
+        if o.device != "cpu":
+            gpu_var = "fp16" if spec.variant_path("fp16") else "fp32"
+            need = gpu_need_mb(spec, gpu_var) + o.gpu_memory_margin_mb
+            if not gpu.available:
+                report.cuda = f"not used: {gpu.reason}"
+            elif gpu.free_mb is not None and gpu.free_mb < need and o.device == "auto":
+                report.cuda = f"not used: {gpu.free_mb} MiB free < {need} MiB needed (model + margin)"
+            else:
+                cuda = self._cuda_scorer(spec, gpu_var, report)
+                if cuda is not None:
+                    fallback = self._cpu_scorer(spec, cpu_var)
+                    composed = FallbackScorer(cuda, fallback, split_on_failure=True, mark_down=False)
+                    report.cuda, report.cuda_used = "used", True
+                    return composed, gpu_var
+            if o.device == "cuda":
+                log.warning("RERANKER_DEVICE=cuda but %s; serving on the CPU", report.cuda)
+            else:
+                log.info("cross-encoder on the CPU: %s", report.cuda)
+        return self._cpu_scorer(spec, cpu_var), cpu_var
+
+    def _cuda_scorer(self, spec: ModelSpec, variant: str, report: DeviceReport) -> OnnxScorer | None:
+        path = spec.variant_path(variant)
+        assert path is not None
+        try:
+            session = self.session_factory(path, device="cuda", threads=self.options.threads)
+        except Exception as exc:
+            report.cuda = f"not used: session creation failed: {exc}"
+            return None
+        provider = session.get_providers()[0]
+        if provider != "CUDAExecutionProvider":  # onnxruntime-gpu falls back silently without CUDA libs
+            report.cuda = f"not used: the session runs on {provider} (CUDA libraries missing?)"
+            return None
+        return OnnxScorer(session, name="onnx-cuda")
+
+    def _cpu_variant(self, spec: ModelSpec, precision: str, report: DeviceReport) -> str:
+        variant, passed_over = cpu_variant(spec, precision, self.cpu_flags_probe())
+        if passed_over:
+            log.warning("%s: %s", spec.name, passed_over)
+            report.cpu_variant[spec.name] = passed_over
+        return variant
+
+    def _prefilter(self, report: DeviceReport) -> ModelStage:
+        o = self.options
+        spec = read_model_spec(o.repository, o.prefilter_name)
+        check_inputs(spec.input_names)
+        variant = self._cpu_variant(spec, "int8", report)
+        max_length = min(o.prefilter_max_length or spec.max_length, spec.max_length)
+        return ModelStage(
+            spec=spec,
+            tokenizer=PairTokenizer.from_dir(spec.tokenizer_dir, max_length=max_length),
+            scorer=self._cpu_scorer(spec, variant),
+            max_length=max_length,
+            variant=variant,
+            token_budget=o.token_budget,
+            one_row_batches=o.int8_row_batches and is_dynamic_int8(variant),
+        )
+
+    def for_model(self, model_name: str) -> ModelLoader:
+        """The same runtimes (probe, session factories, CPU lane) for another served model."""
+        clone = ModelLoader(
+            replace(self.options, model_name=model_name),
+            gpu_probe=self.gpu_probe,
+            session_factory=self.session_factory,
+            cpu_session_factory=self.cpu_session_factory,
+            cpu_flags_probe=self.cpu_flags_probe,
+            cpu_lane=self._cpu_lane,
+        )
+        return clone
+
+
+def triton_pool(options: TritonOptions, input_names: tuple[str, ...], *, reprobe_s: float) -> TritonPool:
+    """One TritonScorer per Triton endpoint (a DNS name stands for all its addresses), balanced by a pool."""
+    from gateway.backends.triton import TritonScorer  # only module importing tritonclient
+
+    def connect(address: str) -> Scorer:
+        return TritonScorer(
+            url=address,
+            protocol=options.protocol,
+            model_name=options.model_name,
+            input_names=input_names,
+            timeout_s=options.timeout_s,
+        )
+
+    return TritonPool(
+        list(options.endpoints),
+        connect,
+        name=f"triton-{options.protocol}",
+        input_names=input_names,
+        balance=options.balance,
+        reprobe_s=reprobe_s,
+        probe_timeout_s=TRITON_PROBE_TIMEOUT_S,
+        resolve_s=options.resolve_s,
+    )
+
+
+def describe_repository(repository: Path, names: list[str]) -> dict[str, Any]:
+    """Manifest facts for /info before anything is loaded (reads JSON only)."""
+    out: dict[str, Any] = {}
+    for name in filter(None, names):
+        try:
+            spec = read_model_spec(repository, name)
+            out[name] = {
+                "model_id": spec.model_id,
+                "max_length": spec.max_length,
+                "variants": sorted(spec.variants),
+            }
+        except ModelRepositoryError as exc:
+            out[name] = {"error": exc.message}
+    return out

@@ -1,0 +1,205 @@
+"""Scoring one stage (prefilter or cross-encoder) for many queries at once: the pair cache first, then the
+misses tokenized in a worker thread, cut into length buckets, scored by the stage's scorer, and each
+document reduced to its best window.
+
+Typed records carry the work: a `PairJob` per query, a `WindowOwner` per scored window, a `BestWindow`
+per document while its windows come back, a `StageResult` for the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gateway import metrics
+from gateway.cache import CachedScore, PairScoreCache
+from gateway.domain import BatchScores, EncodedBatch, PhaseTimes
+from gateway.models import ModelStage
+from gateway.plan import PairOptions
+from gateway.tokenization import Window, build_batch, plan_batches
+
+
+@dataclass(frozen=True)
+class PairJob:
+    """One query's documents for one stage. `origin[i]`: the request's index of `documents[i]` (errors
+    name it)."""
+
+    query: str
+    documents: Sequence[str]
+    origin: Sequence[int]
+    pairs: PairOptions
+
+
+@dataclass(frozen=True)
+class WindowOwner:
+    """Whose window a batch row is: job `job`, document `doc` of that job."""
+
+    job: int
+    doc: int
+    chars: tuple[int, int]
+    tokens: int
+
+
+@dataclass
+class BestWindow:
+    """A document's windows folded as their logits come back: the best one wins, tokens add up."""
+
+    logit: float
+    chars: tuple[int, int]
+    tokens: int
+
+    def add(self, logit: float, chars: tuple[int, int], tokens: int) -> None:
+        if logit > self.logit:
+            self.logit, self.chars = logit, chars
+        self.tokens += tokens
+
+
+@dataclass
+class StageResult:
+    per_job: list[list[CachedScore]]  # per job, per document
+    backends: tuple[str, ...]  # who scored the batches, in order, once each (empty: all from the cache)
+    cache_hits: list[int]
+    query_truncated: list[bool]
+    timings: PhaseTimes = field(default_factory=PhaseTimes)
+
+
+@dataclass
+class _Prepared:
+    batches: list[tuple[EncodedBatch, list[WindowOwner]]]
+    chunked: dict[tuple[int, int], bool]
+    truncated: dict[tuple[int, int], bool]
+    query_truncated: list[bool]
+
+
+class StageScorer:
+    """Scores pairs on one loaded stage, through the shared pair cache."""
+
+    def __init__(
+        self, stage: ModelStage, cache: PairScoreCache, pool: Executor, *, role: str, max_batch_size: int
+    ):
+        self.stage = stage
+        self.role = role  # "reranker" or "prefilter": this stage's place in the pipeline (metric label)
+        self.cache = cache
+        self._pool = pool
+        self.max_rows = min(filter(None, [max_batch_size, stage.max_rows]))
+
+    async def score(self, jobs: Sequence[PairJob]) -> StageResult:
+        """Every job's documents scored: cached scores where present, the rest tokenized and run."""
+        keys = [
+            [
+                self.cache.key(job.pairs.cache_namespace(self.stage.spec.version), job.query, d)
+                for d in job.documents
+            ]
+            for job in jobs
+        ]
+        found = [self.cache.get_many(k) for k in keys]
+        hits = [sum(1 for f in fs if f is not None) for fs in found]
+        misses = [[i for i, f in enumerate(fs) if f is None] for fs in found]
+        self._count_lookups(sum(hits), sum(map(len, misses)))
+        result = StageResult(per_job=[], backends=(), cache_hits=hits, query_truncated=[False] * len(jobs))
+        if any(misses):
+            started = time.perf_counter()
+            loop = asyncio.get_running_loop()
+            prepared = await loop.run_in_executor(self._pool, self._prepare, jobs, misses)
+            tokenized = time.perf_counter()
+            scored = await asyncio.gather(*(self.stage.scorer.score(batch) for batch, _ in prepared.batches))
+            result.timings = _phase_times(self.role, started, tokenized, time.perf_counter(), scored)
+            result.query_truncated = prepared.query_truncated
+            best, result.backends = self._fold(prepared, scored)
+            new_entries: list[tuple[bytes, CachedScore]] = []
+            for j, miss in enumerate(misses):
+                for i in miss:
+                    window = best[(j, i)]
+                    score = CachedScore(
+                        logit=float(np.float32(window.logit)),
+                        chunk=window.chars if prepared.chunked[(j, i)] else None,
+                        tokens=window.tokens,
+                        truncated=prepared.truncated[(j, i)],
+                    )
+                    found[j][i] = score
+                    new_entries.append((keys[j][i], score))
+            self.cache.put_many(new_entries)
+        result.per_job = [[f for f in fs if f is not None] for fs in found]
+        return result
+
+    def _count_lookups(self, hits: int, misses: int) -> None:
+        if hits:
+            metrics.CACHE_LOOKUPS.labels(self.role, "hit").inc(hits)
+        if misses:
+            metrics.CACHE_LOOKUPS.labels(self.role, "miss").inc(misses)
+
+    def _fold(
+        self, prepared: _Prepared, scored: Sequence[BatchScores]
+    ) -> tuple[dict[tuple[int, int], BestWindow], tuple[str, ...]]:
+        """Each document's best window over the batches' logits, and who scored them."""
+        best: dict[tuple[int, int], BestWindow] = {}
+        backends: list[str] = []
+        for (batch, owners), result in zip(prepared.batches, scored, strict=True):
+            metrics.BATCH_SIZE.labels(self.role).observe(batch.size)
+            metrics.BATCH_TOKENS.labels(self.role).observe(batch.size * batch.seq_len)
+            backends.extend(b for b in result.backends if b not in backends)
+            for owner, logit in zip(owners, result.logits.tolist(), strict=True):
+                key = (owner.job, owner.doc)
+                if key in best:
+                    best[key].add(logit, owner.chars, owner.tokens)
+                else:
+                    best[key] = BestWindow(logit, owner.chars, owner.tokens)
+        return best, tuple(backends)
+
+    def _prepare(self, jobs: Sequence[PairJob], misses: list[list[int]]) -> _Prepared:
+        """Worker thread: tokenize the missing pairs, cut length buckets, pad each batch to its longest."""
+        windows: list[Window] = []
+        owners: list[WindowOwner] = []
+        chunked: dict[tuple[int, int], bool] = {}
+        truncated: dict[tuple[int, int], bool] = {}
+        query_truncated = [False] * len(jobs)
+        tokenizer = self.stage.tokenizer
+        for j, (job, miss) in enumerate(zip(jobs, misses, strict=True)):
+            if not miss:
+                continue
+            opts = job.pairs
+            enc = tokenizer.encode_pairs(
+                job.query,
+                [job.documents[i] for i in miss],
+                max_length=opts.max_length,
+                max_chunks=opts.max_chunks,
+                overlap=opts.overlap,
+                direction=opts.direction,
+                truncate=opts.truncate,
+                names=[job.origin[i] for i in miss],
+            )
+            query_truncated[j] = enc.query_truncated
+            for k, i in enumerate(miss):
+                chunked[(j, i)] = enc.chunked[k]
+                truncated[(j, i)] = enc.truncated[k]
+            for w in enc.windows:
+                windows.append(w)
+                owners.append(WindowOwner(j, miss[w.doc], w.chars, len(w.ids)))
+        plan = plan_batches(
+            [len(w.ids) for w in windows], token_budget=self.stage.token_budget, max_rows=self.max_rows
+        )
+        names, pad_id = self.stage.scorer.input_names, tokenizer.pad_id
+        batches = [
+            (build_batch([windows[k] for k in rows], names, pad_id), [owners[k] for k in rows])
+            for rows in plan
+        ]
+        return _Prepared(batches, chunked, truncated, query_truncated)
+
+
+def _phase_times(
+    role: str, started: float, tokenized: float, scored: float, results: Sequence[BatchScores]
+) -> PhaseTimes:
+    """One stage's phases, observed in the histograms. The batches run concurrently (or queue in one lane
+    behind each other): lane_wait is the wait before the first of them started, inference the rest."""
+    tokenize = tokenized - started
+    lane_wait = min((r.queued_s for r in results), default=0.0)
+    inference = max(0.0, scored - tokenized - lane_wait)
+    metrics.PHASE_SECONDS.labels("tokenize", role).observe(tokenize)
+    metrics.PHASE_SECONDS.labels("lane_wait", role).observe(lane_wait)
+    metrics.PHASE_SECONDS.labels("inference", role).observe(inference)
+    return PhaseTimes(tokenize=tokenize, lane_wait=lane_wait, inference=inference)
