@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway.domain import MAX_CHUNKS_PER_DOC, MIN_MAX_LENGTH
+from gateway.endpoints import parse_endpoints
 
 
 class ConfigurationError(Exception):
@@ -258,35 +259,6 @@ class Settings(_ModelSettings, _PipelineSettings, _ServingSettings, _TritonSetti
     @property
     def effective_triton_model_name(self) -> str:
         return self.triton_model_name or self.model_name
-
-
-_SCHEMES = ("grpc://", "http://", "https://")
-
-
-def strip_scheme(url: str) -> str:
-    """`grpc://host:8001/` -> `host:8001`: Triton's clients take host:port."""
-    for scheme in _SCHEMES:
-        url = url.removeprefix(scheme)
-    return url.rstrip("/")
-
-
-def parse_endpoints(value: str) -> list[str]:
-    """`a:8001, grpc://b:8001` -> ["a:8001", "b:8001"]; a missing or bad port raises ValueError."""
-    endpoints = []
-    for raw in value.split(","):
-        entry = strip_scheme(raw.strip())
-        if not entry:
-            continue
-        host, sep, port = entry.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"Triton endpoint {raw.strip()!r} must be host:port (e.g. triton:8001)")
-        if host.startswith("[") != host.endswith("]") or (":" in host and not host.startswith("[")):
-            raise ValueError(f"Triton endpoint {raw.strip()!r}: write an IPv6 address as [addr]:port")
-        if entry not in endpoints:
-            endpoints.append(entry)
-    if not endpoints:
-        raise ValueError("no Triton endpoint given (leave it unset to turn Triton off)")
-    return endpoints
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

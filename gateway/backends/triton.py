@@ -20,7 +20,7 @@ import numpy as np
 
 from gateway import metrics
 from gateway.backends.base import BatchScores, EncodedBatch, cancelled_by_caller
-from gateway.config import strip_scheme
+from gateway.endpoints import strip_scheme
 from gateway.errors import BackendFailed
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,13 @@ class _Connection:
     checked: bool = False
     users: int = 0
     retired: bool = False
+
+
+async def _close_client(connection: _Connection) -> None:
+    try:
+        await asyncio.wait_for(connection.client.close(), timeout=2.0)
+    except Exception:  # closing a broken client may fail in many ways; it is gone either way
+        log.debug("closing the Triton client failed", exc_info=True)
 
 
 class TritonScorer:
@@ -122,14 +129,7 @@ class TritonScorer:
         finally:
             connection.users -= 1
             if connection.retired and connection.users == 0:
-                await self._close_client(connection)
-
-    @staticmethod
-    async def _close_client(connection: _Connection) -> None:
-        try:
-            await asyncio.wait_for(connection.client.close(), timeout=2.0)
-        except Exception:  # closing a broken client may fail in many ways; it is gone either way
-            log.debug("closing the Triton client failed", exc_info=True)
+                await _close_client(connection)
 
     async def _call(self, awaitable: Any, what: str) -> Any:
         """Await one tritonclient call within the timeout, translating every failure to BackendFailed."""
@@ -149,49 +149,21 @@ class TritonScorer:
 
     # --- metadata ---------------------------------------------------------------------------------
     async def _check_model(self, connection: _Connection) -> None:
-        client = connection.client
+        client, name, version = connection.client, self.model_name, self.model_version
         if self.protocol == "grpc":
-            metadata = await self._call(
-                client.get_model_metadata(self.model_name, self.model_version, as_json=True), "metadata"
-            )
-            config = (
-                await self._call(
-                    client.get_model_config(self.model_name, self.model_version, as_json=True), "config"
-                )
-            ).get("config", {})
+            metadata = await self._call(client.get_model_metadata(name, version, as_json=True), "metadata")
+            reply = await self._call(client.get_model_config(name, version, as_json=True), "config")
+            config = reply.get("config", {})
         else:
-            metadata = await self._call(
-                client.get_model_metadata(self.model_name, self.model_version), "metadata"
-            )
-            config = await self._call(client.get_model_config(self.model_name, self.model_version), "config")
-
-        served = {tensor["name"]: tensor.get("datatype") for tensor in metadata.get("inputs", [])}
-        problems = []
-        if set(served) != set(self.input_names):
-            problems.append(f"inputs {sorted(served)} != tokenizer inputs {sorted(self.input_names)}")
-        wrong_types = sorted(
-            name for name, dtype in served.items() if name in self.input_names and dtype != "INT64"
-        )
-        if wrong_types:
-            problems.append(f"inputs {wrong_types} are not INT64")
-        outputs = {tensor["name"]: tensor.get("datatype") for tensor in metadata.get("outputs", [])}
-        if outputs.get(self.output_name) != "FP32":
-            problems.append(f"no FP32 output {self.output_name!r} (outputs: {outputs})")
-        max_batch_size = int(config.get("max_batch_size", 0) or 0)
-        if max_batch_size <= 0:
-            problems.append("max_batch_size is 0: the model must accept a batch dimension")
+            metadata = await self._call(client.get_model_metadata(name, version), "metadata")
+            config = await self._call(client.get_model_config(name, version), "config")
+        problems, max_batch_size = served_model_problems(metadata, config, self.input_names, self.output_name)
         if problems:
-            raise _Failure(
-                "mismatch", f"{self.name} model {self.model_name!r} does not match: " + "; ".join(problems)
-            )
+            raise _Failure("mismatch", f"{self.name} model {name!r} does not match: " + "; ".join(problems))
         self.max_batch_size = max_batch_size
         connection.checked = True
         log.info(
-            "Triton model %r at %s (%s): max_batch_size %d",
-            self.model_name,
-            self.url,
-            self.protocol,
-            max_batch_size,
+            "Triton model %r at %s (%s): max_batch_size %d", name, self.url, self.protocol, max_batch_size
         )
 
     # --- Scorer -----------------------------------------------------------------------------------
@@ -227,16 +199,7 @@ class TritonScorer:
         return BatchScores(logits=logits, backend=self.name)
 
     async def _infer(self, connection: _Connection, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        if self.protocol == "grpc":
-            import tritonclient.grpc.aio as module
-        else:
-            import tritonclient.http.aio as module
-        tensors = []
-        for name, array in inputs.items():
-            tensor = module.InferInput(name, list(array.shape), "INT64")
-            tensor.set_data_from_numpy(array)
-            tensors.append(tensor)
-        outputs = [module.InferRequestedOutput(self.output_name)]
+        tensors, outputs = _request(self.protocol, inputs, self.output_name)
         if self.protocol == "grpc":
             call = connection.client.infer(
                 self.model_name,
@@ -283,7 +246,43 @@ class TritonScorer:
         if connection is not None and connection.loop is asyncio.get_running_loop():
             connection.retired = True
             if connection.users == 0:
-                await self._close_client(connection)
+                await _close_client(connection)
+
+
+def _request(
+    protocol: Protocol, inputs: dict[str, np.ndarray], output_name: str
+) -> tuple[list[Any], list[Any]]:
+    """tritonclient's input tensors (INT64) and requested output for one call."""
+    if protocol == "grpc":
+        import tritonclient.grpc.aio as module
+    else:
+        import tritonclient.http.aio as module
+    tensors = []
+    for name, array in inputs.items():
+        tensor = module.InferInput(name, list(array.shape), "INT64")
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    return tensors, [module.InferRequestedOutput(output_name)]
+
+
+def served_model_problems(
+    metadata: dict[str, Any], config: dict[str, Any], input_names: tuple[str, ...], output_name: str
+) -> tuple[list[str], int]:
+    """What keeps a served model from taking our batches (empty when nothing), and its max_batch_size."""
+    served = {tensor["name"]: tensor.get("datatype") for tensor in metadata.get("inputs", [])}
+    problems = []
+    if set(served) != set(input_names):
+        problems.append(f"inputs {sorted(served)} != tokenizer inputs {sorted(input_names)}")
+    wrong_types = sorted(name for name, dtype in served.items() if name in input_names and dtype != "INT64")
+    if wrong_types:
+        problems.append(f"inputs {wrong_types} are not INT64")
+    outputs = {tensor["name"]: tensor.get("datatype") for tensor in metadata.get("outputs", [])}
+    if outputs.get(output_name) != "FP32":
+        problems.append(f"no FP32 output {output_name!r} (outputs: {outputs})")
+    max_batch_size = int(config.get("max_batch_size", 0) or 0)
+    if max_batch_size <= 0:
+        problems.append("max_batch_size is 0: the model must accept a batch dimension")
+    return problems, max_batch_size
 
 
 class _Failure(Exception):
