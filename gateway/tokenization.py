@@ -9,6 +9,11 @@ windows ("chunks") that are scored separately, the best one winning.
 Decoder rerankers (Qwen3-Reranker, mxbai-rerank-v2) have no pair template in their tokenizer: the manifest's
 prompt template gives it instead (prefix, query part, document part, suffix, each tokenized alone as the
 model cards do), and their batches are padded on the left, so the last position is every row's last token.
+Tokenizing part by part equals the model cards' ids wherever the card's own pieces meet or the tokenizer's
+pre-tokenizer always splits: Qwen3-Reranker tokenizes "<Instruct>: ..\n<Query>: ..\n<Document>: .." as one
+text, and Qwen's split regex always breaks between that newline and "<Document>", so the query part ends
+with the newline; mxbai-rerank-v2's separators are newlines before a letter, their own pre-token. The tests
+check this against both cards' code on a Qwen-style tokenizer, boundary cases and random texts included.
 """
 
 from __future__ import annotations
@@ -117,8 +122,9 @@ class PairTokenizer:
             )
             text, start, end = _render(template.document, {"document": ""}, "document")
             self._doc_frame = (text[:start], text[end:])
-            # Tokens of the document part around an empty document: the estimate of its frame's cost (a real
-            # document may merge a frame character into its first token, so its own frame is never longer).
+            # Tokens of the document part around an empty document: the estimate of its frame's cost. A real
+            # document may take a frame character into its first token (" Berlin"), so its frame may cost a
+            # token less; each document's windows are sized by its own frame, this only sizes the reading.
             self._doc_static = len(self._plain_ids(text))
 
     @classmethod
@@ -185,10 +191,10 @@ class PairTokenizer:
         used = None
         if self.prompt is None:
             q_ids = self._tok.encode(_valid_text(query), add_special_tokens=False).ids
-            q_tail: list[int] = []
+            q_body, q_tail = len(q_ids), []
         else:
             used = instruction if instruction is not None else self.prompt.default_instruction
-            q_ids, q_tail = self._query_part(query, used)
+            q_ids, q_body, q_tail = self._query_part(query, used)
         fixed = t.specials + self._doc_static
         budget = max_length - fixed  # tokens for the query and the document text
         if budget < 2:
@@ -200,7 +206,7 @@ class PairTokenizer:
             )
         min_room = min(max(8, max_length // 4), budget // 2)
         q_limit = budget - min_room
-        q_len = len(q_ids) + len(q_tail)
+        q_len = len(q_ids)
         query_truncated = q_len > q_limit
         if query_truncated:
             if not truncate:
@@ -210,9 +216,15 @@ class PairTokenizer:
                     limit="max_length",
                     value=max_length,
                 )
-            q_ids = q_ids[: max(0, q_limit - len(q_tail))]
-        q_ids = [*q_ids, *q_tail]
+            q_ids = [*q_ids[: min(q_body, max(0, q_limit - len(q_tail)))], *q_tail]
         room = max_length - fixed - len(q_ids)
+        if room < 1:
+            raise InputTooLong(
+                f"max_length {max_length} leaves no room for a document beside the query part's "
+                f"{len(q_ids)} tokens and the model's {fixed} template tokens",
+                limit="max_length",
+                value=max_length,
+            )
         step = room - min(overlap, room // 2)
         # A decoder document's own frame may cost a few tokens less than the estimate: read that many more.
         slack = 4 if self.prompt is not None else 0
@@ -255,8 +267,13 @@ class PairTokenizer:
     def _plain_ids(self, text: str) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=False).ids)
 
-    def _query_part(self, query: str, instruction: str | None) -> tuple[list[int], list[int]]:
-        """The template's query part as (ids that may be cut, ids after the query text that stay)."""
+    def _query_part(self, query: str, instruction: str | None) -> tuple[list[int], int, list[int]]:
+        """The template's query part: (its ids, how many of them precede the text after the query, and
+        that text's ids alone, which replace the tail when the query is cut).
+
+        The tail is tokenized alone only when the query is cut: whole, a token may straddle the query's end
+        and the template's text after it (Qwen merges "?" and the newline that follows into one token).
+        """
         assert self.prompt is not None
         p = self.prompt
         values = {"query": _valid_text(query), "instruction": _valid_text(instruction or "")}
@@ -265,8 +282,8 @@ class PairTokenizer:
             lead = p.instruction.format(instruction=values["instruction"])
             text, end = lead + text, end + len(lead)
         enc = self._tok.encode(text, add_special_tokens=False)
-        cut = next((k for k, (a, _) in enumerate(enc.offsets) if a >= end), len(enc.ids))
-        return list(enc.ids[:cut]), list(enc.ids[cut:])
+        body = next((k for k, (a, _) in enumerate(enc.offsets) if a >= end), len(enc.ids))
+        return list(enc.ids), body, self._plain_ids(text[end:]) if end < len(text) else []
 
     def _encode_documents(self, documents: Sequence[str], need: int, direction: str) -> list[_DocTokens]:
         """Each document's text tokens (ids, char offsets, full count); only `need` tokens matter downstream.

@@ -219,8 +219,10 @@ def test_truncate_false_names_the_document(qwen):
     assert len(qwen.encode_pairs(QUERY, [BERLIN], max_length=160, truncate=False).windows) == 1
 
 
-def test_overlong_query_is_cut_but_the_template_survives(qwen, hf):
-    enc = qwen.encode_pairs("berlin " * 500, [BERLIN], max_length=128)
+@pytest.mark.parametrize("query", ["berlin " * 500, "Where is Berlin?" * 200, "Berlin.\n" * 300])
+def test_overlong_query_is_cut_but_the_template_survives(qwen, hf, query):
+    # "?" or "." and the template's newline after the query are one token when whole: cut, the newline stays.
+    enc = qwen.encode_pairs(query, [BERLIN], max_length=128)
     [window] = enc.windows
     prefix = hf.encode(QWEN3.prefix, add_special_tokens=False)
     suffix = hf.encode(QWEN3.suffix, add_special_tokens=False)
@@ -230,7 +232,7 @@ def test_overlong_query_is_cut_but_the_template_survives(qwen, hf):
     text = hf.decode(window.ids)
     assert "\n<Document>: Berlin has" in text  # the query part's closing newline and the document's start
     with pytest.raises(InputTooLong, match="the query has"):
-        qwen.encode_pairs("berlin " * 500, [BERLIN], max_length=128, truncate=False)
+        qwen.encode_pairs(query, [BERLIN], max_length=128, truncate=False)
 
 
 def test_max_length_below_the_template_is_refused(qwen):
@@ -310,3 +312,10 @@ def test_models_without_a_template_ignore_an_instruction(tmp_path):
     asked = tok.encode_pairs(QUERY, [BERLIN], instruction="Find the answer")
     assert asked.instruction is None and plain.instruction is None
     assert asked.windows[0].ids == plain.windows[0].ids
+
+
+def test_lone_surrogates_are_replaced_keeping_offsets(qwen):
+    doc = "Berlin \udfff population"
+    enc = qwen.encode_pairs("berlin \ud800", [doc, "plain"])
+    assert len(enc.windows) == 2
+    assert enc.windows[0].chars == (0, len(doc))
