@@ -189,9 +189,10 @@ class PairTokenizer:
         t = self._template
         max_length = min(max_length or self.max_length, self.max_length)
         used = None
+        q_tail: list[int] = []
         if self.prompt is None:
             q_ids = self._tok.encode(_valid_text(query), add_special_tokens=False).ids
-            q_body, q_tail = len(q_ids), []
+            q_body = len(q_ids)
         else:
             used = instruction if instruction is not None else self.prompt.default_instruction
             q_ids, q_body, q_tail = self._query_part(query, used)
