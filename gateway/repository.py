@@ -1,18 +1,117 @@
-"""Reads one model folder of the exported repository (manifest.json): what the gateway needs to serve it."""
+"""Reads one model folder of the exported repository (manifest.json): what the gateway needs to serve it.
+
+A model family is data here, not a code path: the manifest says the family, the padding side, the score's
+activation and, for decoder rerankers, the prompt template the tokenizer wraps each pair in. Manifests
+written before those fields existed read with the defaults of the families they could hold (a classifier
+scored through a sigmoid, right padding, no template).
+"""
 
 from __future__ import annotations
 
 import json
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from gateway.errors import ModelRepositoryError
+
+Family = Literal["bert", "xlm-roberta", "modernbert", "st-crossencoder", "decoder"]
+FAMILIES: tuple[Family, ...] = ("bert", "xlm-roberta", "modernbert", "st-crossencoder", "decoder")
+PaddingSide = Literal["right", "left"]
+PADDING_SIDES: tuple[PaddingSide, ...] = ("right", "left")
+Activation = Literal["sigmoid", "identity"]
+ACTIVATIONS: tuple[Activation, ...] = ("sigmoid", "identity")
+
+
+class ManifestFieldError(ValueError):
+    """One field of manifest.json holds a value the gateway cannot use; `field` is its dotted name."""
+
+    def __init__(self, field_name: str, problem: str) -> None:
+        super().__init__(f"field {field_name!r}: {problem}")
+        self.field = field_name
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """A decoder reranker's prompt: prefix + query part + document part + suffix, each tokenized alone.
+
+    `query` is a format with `{query}` (and optionally `{instruction}`), `document` one with `{document}`;
+    prefix and suffix are plain text (special tokens written as text). `instruction`, when set, is a format
+    with `{instruction}` put before the query part only when there is an instruction (mxbai-rerank-v2 writes
+    an `instruction: ...` line only then); `default_instruction` is used when a request brings none.
+    """
+
+    name: str
+    prefix: str
+    query: str
+    document: str
+    suffix: str
+    default_instruction: str | None = None
+    instruction: str | None = None
+    positive_token: str | None = None
+    negative_token: str | None = None
+
+    @classmethod
+    def from_manifest(cls, raw: Any) -> PromptTemplate:
+        """Parse the manifest's `template` object; a wrong value raises ManifestFieldError naming it."""
+        if not isinstance(raw, dict):
+            raise ManifestFieldError("template", f"must be an object or null, not {type(raw).__name__}")
+
+        def text(key: str, *, required: bool = True) -> str | None:
+            value = raw.get(key)
+            if value is None and not required:
+                return None
+            if not isinstance(value, str):
+                raise ManifestFieldError(f"template.{key}", f"must be a string, not {value!r}")
+            return value
+
+        query, document = text("query"), text("document")
+        instruction = text("instruction", required=False)
+        assert query is not None and document is not None
+        _check_format("template.query", query, required={"query"}, allowed={"query", "instruction"})
+        _check_format("template.document", document, required={"document"}, allowed={"document"})
+        if instruction is not None:
+            _check_format(
+                "template.instruction", instruction, required={"instruction"}, allowed={"instruction"}
+            )
+        return cls(
+            name=str(text("name")),
+            prefix=str(text("prefix")),
+            query=query,
+            document=document,
+            suffix=str(text("suffix")),
+            default_instruction=text("default_instruction", required=False),
+            instruction=instruction,
+            positive_token=text("positive_token", required=False),
+            negative_token=text("negative_token", required=False),
+        )
+
+
+def _check_format(name: str, fmt: str, *, required: set[str], allowed: set[str]) -> None:
+    """Each required field exactly once, no other field, no stray brace: the tokenizer splits on them."""
+    try:
+        parsed = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(fmt) if f is not None]
+    except ValueError as exc:
+        raise ManifestFieldError(name, f"is not a valid format string ({exc}): {fmt!r}") from exc
+    if any(spec or conv for _, spec, conv in parsed):
+        raise ManifestFieldError(name, f"fields take no conversion or format spec: {fmt!r}")
+    fields = [f for f, _, _ in parsed]
+    unknown = sorted({str(f) for f in fields} - allowed)
+    if unknown:
+        raise ManifestFieldError(name, f"has unknown fields {unknown} (allowed: {sorted(allowed)}): {fmt!r}")
+    for key in required:
+        if fields.count(key) != 1:
+            raise ManifestFieldError(name, f"must hold {{{key}}} exactly once: {fmt!r}")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model folder as the manifest describes it. `version` (the fp32 sha256) keys the score cache."""
+    """A model folder as the manifest describes it. `version` (the fp32 sha256) keys the score cache.
+
+    `score_activation` turns the graph's one logit per pair into `relevance_score`; `template` is set for
+    decoder rerankers only; `variants_skipped` maps a precision left out at export to the reason.
+    """
 
     name: str
     role: str
@@ -24,6 +123,14 @@ class ModelSpec:
     variants: dict[str, dict[str, Any]]
     version: str
     cascade: dict[str, Any] = field(default_factory=dict)  # calibrated by `python -m export --calibration`
+    family: Family = "bert"
+    architecture: str = ""
+    padding_side: PaddingSide = "right"
+    pooling: str = "cls"
+    score_activation: Activation = "sigmoid"
+    score_formula: str = ""
+    template: PromptTemplate | None = None
+    variants_skipped: dict[str, str] = field(default_factory=dict)
 
     def variant_path(self, variant: str) -> Path | None:
         entry = self.variants.get(variant)
@@ -35,6 +142,77 @@ class ModelSpec:
     def variant_bytes(self, variant: str) -> int:
         path = self.variant_path(variant)
         return path.stat().st_size if path else 0
+
+
+def family_of_architecture(architecture: str, model_type: str = "") -> Family:
+    """The family an older manifest (no `family`) implies: it could only hold a classifier."""
+    if architecture.startswith("ModernBert") or model_type == "modernbert":
+        return "modernbert"
+    if architecture.startswith(("XLMRoberta", "Roberta", "Camembert")) or model_type in (
+        "xlm-roberta",
+        "roberta",
+        "camembert",
+    ):
+        return "xlm-roberta"
+    if architecture.endswith("ForCausalLM"):
+        return "decoder"
+    return "bert"
+
+
+def _choice(value: Any, key: str, allowed: tuple[str, ...], default: str) -> str:
+    if value is None:
+        return default
+    if value not in allowed:
+        raise ManifestFieldError(key, f"{value!r} is not one of {list(allowed)}")
+    return str(value)
+
+
+def read_families(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The family fields of a manifest as ModelSpec keyword arguments, defaults for older manifests.
+
+    Raises ManifestFieldError naming the first field whose value is wrong.
+    """
+    architecture = manifest.get("architecture") or ""
+    if not isinstance(architecture, str):
+        raise ManifestFieldError("architecture", f"must be a string, not {architecture!r}")
+    implied = family_of_architecture(architecture, str(manifest.get("model_type") or ""))
+    family = _choice(manifest.get("family"), "family", FAMILIES, implied)
+    padding_side = _choice(manifest.get("padding_side"), "padding_side", PADDING_SIDES, "right")
+    pooling = manifest.get("pooling")
+    if pooling is None:
+        pooling = "last-token" if family == "decoder" else "cls"
+    if not isinstance(pooling, str):
+        raise ManifestFieldError("pooling", f"must be a string, not {pooling!r}")
+    score = manifest.get("score")
+    if score is None:
+        score = {}
+    if not isinstance(score, dict):
+        raise ManifestFieldError("score", f"must be an object, not {score!r}")
+    activation = _choice(score.get("activation"), "score.activation", ACTIVATIONS, "sigmoid")
+    formula = score.get("formula") or ""
+    if not isinstance(formula, str):
+        raise ManifestFieldError("score.formula", f"must be a string, not {formula!r}")
+    raw_template = manifest.get("template")
+    template = None if raw_template is None else PromptTemplate.from_manifest(raw_template)
+    if family == "decoder" and template is None:
+        raise ManifestFieldError("template", "a decoder reranker needs its prompt template (got null)")
+    skipped = manifest.get("variants_skipped")
+    if skipped is None:
+        skipped = {}
+    if not isinstance(skipped, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in skipped.items()
+    ):
+        raise ManifestFieldError("variants_skipped", f"must map variant names to reasons, not {skipped!r}")
+    return {
+        "family": family,
+        "architecture": architecture,
+        "padding_side": padding_side,
+        "pooling": pooling,
+        "score_activation": activation,
+        "score_formula": formula,
+        "template": template,
+        "variants_skipped": dict(skipped),
+    }
 
 
 def read_model_spec(repository: Path, name: str) -> ModelSpec:
@@ -64,7 +242,10 @@ def read_model_spec(repository: Path, name: str) -> ModelSpec:
             variants=variants,
             version=version,
             cascade=dict(manifest.get("cascade") or {}),
+            **read_families(manifest),
         )
+    except ManifestFieldError as exc:
+        raise ModelRepositoryError(f"{manifest_path} is malformed: {exc}") from exc
     except (KeyError, TypeError, ValueError, StopIteration) as exc:
         raise ModelRepositoryError(f"{manifest_path} is malformed: {exc!r}") from exc
     if not (spec.tokenizer_dir / "tokenizer.json").is_file():

@@ -5,12 +5,23 @@ model's own special-token template (learnt from the tokenizer's post-processor, 
 `[CLS] q [SEP] d [SEP]` with segment ids and XLM-R's `<s> q </s></s> d </s>` both come out right).
 Only the document is truncated; a document longer than its window may be split into overlapping
 windows ("chunks") that are scored separately, the best one winning.
+
+Decoder rerankers (Qwen3-Reranker, mxbai-rerank-v2) have no pair template in their tokenizer: the manifest's
+prompt template gives it instead (prefix, query part, document part, suffix, each tokenized alone as the
+model cards do), and their batches are padded on the left, so the last position is every row's last token.
+Tokenizing part by part equals the model cards' ids wherever the card's own pieces meet or the tokenizer's
+pre-tokenizer always splits: Qwen3-Reranker tokenizes "<Instruct>: ..\n<Query>: ..\n<Document>: .." as one
+text, and Qwen's split regex always breaks between that newline and "<Document>", so the query part ends
+with the newline; mxbai-rerank-v2's separators are newlines before a letter, their own pre-token. The tests
+check this against both cards' code on a Qwen-style tokenizer, boundary cases and random texts included.
 """
 
 from __future__ import annotations
 
+import json
+import string
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +29,15 @@ from tokenizers import Tokenizer
 
 from gateway.domain import EncodedBatch
 from gateway.errors import InputTooLong, ModelRepositoryError
+from gateway.repository import ModelSpec, PromptTemplate
 
 SUPPORTED_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids", "position_ids"})
 # A BERT word piece rarely spans more than this many characters: documents are cut to
 # `tokens_needed * CHARS_PER_TOKEN_BOUND` characters before tokenizing (and re-tokenized whole if
 # the cut turned out too short), so a 20k-character document costs the tokens it can use.
 CHARS_PER_TOKEN_BOUND = 12
+# Pad tokens by name, for a folder whose tokenizer_config.json names none (BERT, XLM-R, GPT-style, Qwen).
+PAD_TOKEN_NAMES = ("[PAD]", "<pad>", "<|pad|>", "<|endoftext|>")
 
 
 @dataclass(frozen=True)
@@ -60,38 +74,97 @@ class EncodedPairs:
     chunked: list[bool]  # per document: split into more than one window
     truncated: list[bool]  # per document: some of its tokens were scored by no window
     query_truncated: bool
+    instruction: str | None = None  # the one the prompt template applied; None: the model has no template
 
 
 class PairTokenizer:
-    """Builds model inputs for (query, document) pairs from a folder holding `tokenizer.json`."""
+    """Builds model inputs for (query, document) pairs from a folder holding `tokenizer.json`.
 
-    def __init__(self, tokenizer: Tokenizer, *, max_length: int) -> None:
+    Without a prompt template (encoder cross-encoders) a pair is the tokenizer's own pair encoding. With one
+    (decoder rerankers) a pair is prefix + query part + document part + suffix, each part tokenized alone
+    without special tokens; the document part is cut first, then the query part, never prefix or suffix.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        *,
+        max_length: int,
+        template: PromptTemplate | None = None,
+        padding_side: str = "right",
+        pad_token: str | None = None,
+    ) -> None:
+        if padding_side not in ("right", "left"):
+            raise ModelRepositoryError(f"padding_side must be 'right' or 'left', not {padding_side!r}")
+        declared_pad = (tokenizer.padding or {}).get("pad_id")
         tokenizer.no_truncation()
         tokenizer.no_padding()
         self._tok = tokenizer
         self.max_length = max_length
-        self._template = _learn_template(tokenizer)
-        self.pad_id = next(
-            (
-                tid
-                for name in ("[PAD]", "<pad>", "<|pad|>")
-                if (tid := tokenizer.token_to_id(name)) is not None
-            ),
-            0,
-        )
+        self.padding_side = padding_side
+        self.prompt = template
+        self.pad_id = _pad_id(tokenizer, pad_token, declared_pad)
+        if template is None:
+            self._template = _learn_template(tokenizer)
+            self._doc_frame = ("", "")
+            self._doc_static = 0
+        else:
+            prefix, suffix = self._plain_ids(template.prefix), self._plain_ids(template.suffix)
+            self._template = _Template(
+                prefix=tuple(prefix),
+                prefix_types=(0,) * len(prefix),
+                query_type=0,
+                middle=(),
+                middle_types=(),
+                doc_type=0,
+                suffix=tuple(suffix),
+                suffix_types=(0,) * len(suffix),
+            )
+            text, start, end = _render(template.document, {"document": ""}, "document")
+            self._doc_frame = (text[:start], text[end:])
+            # Tokens of the document part around an empty document: the estimate of its frame's cost. A real
+            # document may take a frame character into its first token (" Berlin"), so its frame may cost a
+            # token less; each document's windows are sized by its own frame, this only sizes the reading.
+            self._doc_static = len(self._plain_ids(text))
 
     @classmethod
-    def from_dir(cls, folder: Path, *, max_length: int) -> PairTokenizer:
+    def from_dir(
+        cls,
+        folder: Path,
+        *,
+        max_length: int,
+        template: PromptTemplate | None = None,
+        padding_side: str = "right",
+    ) -> PairTokenizer:
+        """Load `tokenizer.json`; the pad token is the one `tokenizer_config.json` names, when it names one."""
         path = folder / "tokenizer.json"
         try:
             tokenizer = Tokenizer.from_file(str(path))
         except Exception as exc:  # tokenizers raises plain Exception subclasses for bad files
             raise ModelRepositoryError(f"cannot load {path}: {exc}") from exc
-        return cls(tokenizer, max_length=max_length)
+        return cls(
+            tokenizer,
+            max_length=max_length,
+            template=template,
+            padding_side=padding_side,
+            pad_token=_configured_pad_token(folder),
+        )
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec, *, max_length: int | None = None) -> PairTokenizer:
+        """The tokenizer a served model needs: its template and padding side from the manifest.
+
+        `max_length` may lower the model's own limit, never raise it.
+        """
+        limit = spec.max_length if max_length is None else min(max_length, spec.max_length)
+        return cls.from_dir(
+            spec.tokenizer_dir, max_length=limit, template=spec.template, padding_side=spec.padding_side
+        )
 
     @property
     def special_tokens(self) -> int:
-        return self._template.specials
+        """Tokens of a pair that are neither query nor document text (the template's, for decoders)."""
+        return self._template.specials + self._doc_static
 
     def encode_pairs(
         self,
@@ -104,30 +177,59 @@ class PairTokenizer:
         direction: str = "right",
         truncate: bool = True,
         names: Sequence[int] | None = None,
+        instruction: str | None = None,
     ) -> EncodedPairs:
         """Tokenize one query against its documents into windows that fit `max_length` tokens.
 
         `names`: each document's index in the client's request, for error messages (default: position).
+        `instruction`: for a model with a prompt template, the task instruction (None: the template's
+        default); a model without a template has no place for one and ignores it, which the result's
+        `instruction` (None) tells the caller.
         """
         t = self._template
         max_length = min(max_length or self.max_length, self.max_length)
-        q_ids = self._tok.encode(_valid_text(query), add_special_tokens=False).ids
-        min_room = max(8, max_length // 4)
-        q_limit = max_length - t.specials - min_room
-        query_truncated = len(q_ids) > q_limit
+        used = None
+        q_tail: list[int] = []
+        if self.prompt is None:
+            q_ids = self._tok.encode(_valid_text(query), add_special_tokens=False).ids
+            q_body = len(q_ids)
+        else:
+            used = instruction if instruction is not None else self.prompt.default_instruction
+            q_ids, q_body, q_tail = self._query_part(query, used)
+        fixed = t.specials + self._doc_static
+        budget = max_length - fixed  # tokens for the query and the document text
+        if budget < 2:
+            raise InputTooLong(
+                f"max_length {max_length} leaves no room for a query and a document beside the model's "
+                f"{fixed} template tokens",
+                limit="max_length",
+                value=max_length,
+            )
+        min_room = min(max(8, max_length // 4), budget // 2)
+        q_limit = budget - min_room
+        q_len = len(q_ids)
+        query_truncated = q_len > q_limit
         if query_truncated:
             if not truncate:
                 raise InputTooLong(
-                    f"the query has {len(q_ids)} tokens; with truncate=false at most {q_limit} fit "
+                    f"the query has {q_len} tokens; with truncate=false at most {q_limit} fit "
                     f"(max_length {max_length})",
                     limit="max_length",
                     value=max_length,
                 )
-            q_ids = q_ids[:q_limit]
-        room = max_length - t.specials - len(q_ids)
-        overlap = min(overlap, room // 2)
-        stride = room - overlap
-        need = room if max_chunks == 1 else room + stride * (max_chunks - 1)
+            q_ids = [*q_ids[: min(q_body, max(0, q_limit - len(q_tail)))], *q_tail]
+        room = max_length - fixed - len(q_ids)
+        if room < 1:
+            raise InputTooLong(
+                f"max_length {max_length} leaves no room for a document beside the query part's "
+                f"{len(q_ids)} tokens and the model's {fixed} template tokens",
+                limit="max_length",
+                value=max_length,
+            )
+        step = room - min(overlap, room // 2)
+        # A decoder document's own frame may cost a few tokens less than the estimate: read that many more.
+        slack = 4 if self.prompt is not None else 0
+        need = (room if max_chunks == 1 else room + step * (max_chunks - 1)) + slack
 
         head = t.prefix + tuple(q_ids) + t.middle
         head_types = t.prefix_types + (t.query_type,) * len(q_ids) + t.middle_types
@@ -135,35 +237,24 @@ class PairTokenizer:
         windows: list[Window] = []
         chunked: list[bool] = []
         truncated: list[bool] = []
-        for doc_index, (enc_ids, offsets, full_len) in enumerate(encodings):
-            n = len(enc_ids)
-            if full_len > room and not truncate:
+        for doc_index, doc in enumerate(encodings):
+            n = len(doc.ids)
+            doc_room = room + self._doc_static - len(doc.frame_head) - len(doc.frame_tail)
+            if doc.full_len > doc_room and not truncate:
                 name = doc_index if names is None else names[doc_index]
                 raise InputTooLong(
-                    f"document {name} needs more than {room} tokens beside the query; with truncate=false "
-                    f"at most {room} fit (max_length {max_length})",
+                    f"document {name} needs more than {doc_room} tokens beside the query; with truncate=false "
+                    f"at most {doc_room} fit (max_length {max_length})",
                     limit="max_length",
                     value=max_length,
                 )
-            if n <= room:
-                spans = [(0, n)]
-            elif max_chunks == 1:
-                spans = [(n - room, n)] if direction == "left" else [(0, room)]
-            else:
-                spans = []
-                start = 0
-                while len(spans) < max_chunks:
-                    end = min(start + room, n)
-                    spans.append((start, end))
-                    if end >= n:
-                        break
-                    start += stride
+            spans = _spans(n, doc_room, max_chunks, min(overlap, doc_room // 2), direction)
             covered = spans[-1][1] - spans[0][0]
-            truncated.append(full_len > covered)
+            truncated.append(doc.full_len > covered)
             chunked.append(len(spans) > 1)
             for start, end in spans:
-                piece = enc_ids[start:end]
-                chars = (offsets[start][0], offsets[end - 1][1]) if end > start else (0, 0)
+                piece = [*doc.frame_head, *doc.ids[start:end], *doc.frame_tail]
+                chars = (doc.offsets[start][0], doc.offsets[end - 1][1]) if end > start else (0, 0)
                 windows.append(
                     Window(
                         doc=doc_index,
@@ -172,39 +263,169 @@ class PairTokenizer:
                         chars=chars,
                     )
                 )
-        return EncodedPairs(windows, chunked, truncated, query_truncated)
+        return EncodedPairs(windows, chunked, truncated, query_truncated, used)
 
-    def _encode_documents(
-        self, documents: Sequence[str], need: int, direction: str
-    ) -> list[tuple[list[int], list[tuple[int, int]], int]]:
-        """(ids, char offsets, full token count) per document; only `need` tokens matter downstream."""
+    def _plain_ids(self, text: str) -> list[int]:
+        return list(self._tok.encode(text, add_special_tokens=False).ids)
+
+    def _query_part(self, query: str, instruction: str | None) -> tuple[list[int], int, list[int]]:
+        """The template's query part: (its ids, how many of them precede the text after the query, and
+        that text's ids alone, which replace the tail when the query is cut).
+
+        The tail is tokenized alone only when the query is cut: whole, a token may straddle the query's end
+        and the template's text after it (Qwen merges "?" and the newline that follows into one token).
+        """
+        assert self.prompt is not None
+        p = self.prompt
+        values = {"query": _valid_text(query), "instruction": _valid_text(instruction or "")}
+        text, _, end = _render(p.query, values, "query")
+        if instruction and p.instruction is not None:
+            lead = p.instruction.format(instruction=values["instruction"])
+            text, end = lead + text, end + len(lead)
+        enc = self._tok.encode(text, add_special_tokens=False)
+        body = next((k for k, (a, _) in enumerate(enc.offsets) if a >= end), len(enc.ids))
+        return list(enc.ids), body, self._plain_ids(text[end:]) if end < len(text) else []
+
+    def _encode_documents(self, documents: Sequence[str], need: int, direction: str) -> list[_DocTokens]:
+        """Each document's text tokens (ids, char offsets, full count); only `need` tokens matter downstream.
+
+        With a prompt template the document is tokenized inside its frame (`<Document>: {document}`), as the
+        model card does, and the frame's tokens are kept apart from the text's.
+        """
         limit = need * CHARS_PER_TOKEN_BOUND
         cut = [
             doc if len(doc) <= limit else (doc[-limit:] if direction == "left" else doc[:limit])
             for doc in documents
         ]
         try:
-            encoded = self._tok.encode_batch(cut, add_special_tokens=False)
+            encoded = self._encode_framed(cut)
         except Exception:  # texts the Rust side cannot take (lone surrogates from JSON "\ud800")
             cut = [_valid_text(piece) for piece in cut]
             documents = [_valid_text(doc) for doc in documents]
-            encoded = self._tok.encode_batch(cut, add_special_tokens=False)
-        out: list[tuple[list[int], list[tuple[int, int]], int]] = []
+            encoded = self._encode_framed(cut)
+        out: list[_DocTokens] = []
         for doc, piece, enc in zip(documents, cut, encoded, strict=True):
-            ids, offsets = enc.ids, enc.offsets
             if piece is not doc:
-                if len(ids) <= need + 2:  # the cut was too short to be sure: tokenize the whole document
-                    enc = self._tok.encode(doc, add_special_tokens=False)
-                    ids, offsets = enc.ids, enc.offsets
+                if len(enc.ids) <= need + 2:  # the cut was too short to be sure: tokenize the whole document
+                    [enc] = self._encode_framed([doc])
                 elif direction == "left":
                     shift = len(doc) - len(piece)
-                    offsets = [(a + shift, b + shift) for a, b in offsets]
+                    enc = replace(enc, offsets=[(a + shift, b + shift) for a, b in enc.offsets])
+            ids, offsets = enc.ids, enc.offsets
             full = len(ids) if piece is doc or len(ids) <= need + 2 else len(ids) + 1  # +1: more existed
             if direction == "left" and len(ids) > need:
-                out.append((ids[-need:], offsets[-need:], full))
+                ids, offsets = ids[-need:], offsets[-need:]
             else:
-                out.append((ids[:need], offsets[:need], full))
+                ids, offsets = ids[:need], offsets[:need]
+            out.append(_DocTokens(ids, offsets, full, enc.frame_head, enc.frame_tail))
         return out
+
+    def _encode_framed(self, texts: list[str]) -> list[_DocTokens]:
+        head, tail = self._doc_frame
+        if not head and not tail:
+            return [
+                _DocTokens(enc.ids, enc.offsets, len(enc.ids))
+                for enc in self._tok.encode_batch(texts, add_special_tokens=False)
+            ]
+        encoded = self._tok.encode_batch([head + text + tail for text in texts], add_special_tokens=False)
+        return [
+            _unframe(enc.ids, enc.offsets, len(head), len(text))
+            for text, enc in zip(texts, encoded, strict=True)
+        ]
+
+
+@dataclass(frozen=True)
+class _DocTokens:
+    """One document's text tokens (offsets into the document) and, for a template, its frame's tokens."""
+
+    ids: list[int]
+    offsets: list[tuple[int, int]]
+    full_len: int
+    frame_head: tuple[int, ...] = ()
+    frame_tail: tuple[int, ...] = ()
+
+
+def _unframe(ids: list[int], offsets: list[tuple[int, int]], head_chars: int, text_chars: int) -> _DocTokens:
+    """Split a framed document's tokens: those wholly inside the frame's text before/after it, and the rest.
+
+    A token that straddles the boundary (ByteLevel's " Berlin" takes the frame's space) counts as text.
+    """
+    end = head_chars + text_chars
+    lo = 0
+    while lo < len(ids) and offsets[lo][1] <= head_chars:
+        lo += 1
+    hi = len(ids)
+    while hi > lo and offsets[hi - 1][0] >= end:
+        hi -= 1
+    text_offsets = [
+        (min(max(a - head_chars, 0), text_chars), min(max(b - head_chars, 0), text_chars))
+        for a, b in offsets[lo:hi]
+    ]
+    return _DocTokens(list(ids[lo:hi]), text_offsets, hi - lo, tuple(ids[:lo]), tuple(ids[hi:]))
+
+
+def _spans(n: int, room: int, max_chunks: int, overlap: int, direction: str) -> list[tuple[int, int]]:
+    """The token ranges of a document's windows: one, cut on `direction`'s side, or overlapping chunks."""
+    if n <= room:
+        return [(0, n)]
+    if max_chunks == 1:
+        return [(n - room, n)] if direction == "left" else [(0, room)]
+    spans: list[tuple[int, int]] = []
+    start = 0
+    while len(spans) < max_chunks:
+        end = min(start + room, n)
+        spans.append((start, end))
+        if end >= n:
+            break
+        start += room - overlap
+    return spans
+
+
+def _render(fmt: str, values: dict[str, str], slot: str) -> tuple[str, int, int]:
+    """`fmt.format(**values)` and the character span where `slot`'s value landed."""
+    parts: list[str] = []
+    span = (0, 0)
+    size = 0
+    for literal, name, _, _ in string.Formatter().parse(fmt):
+        parts.append(literal)
+        size += len(literal)
+        if name is not None:
+            value = values[name]
+            if name == slot:
+                span = (size, size + len(value))
+            parts.append(value)
+            size += len(value)
+    return "".join(parts), span[0], span[1]
+
+
+def _configured_pad_token(folder: Path) -> str | None:
+    """`pad_token` of the folder's tokenizer_config.json (a string or an AddedToken object), if any."""
+    path = folder / "tokenizer_config.json"
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text()).get("pad_token")
+    except (ValueError, AttributeError) as exc:
+        raise ModelRepositoryError(f"cannot read {path}: {exc}") from exc
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) and value else None
+
+
+def _pad_id(tokenizer: Tokenizer, pad_token: str | None, declared: int | None) -> int:
+    """The configured pad token, else tokenizer.json's padding, else a known name; 0 as a last resort.
+
+    Qwen's tokenizers pad with `<|endoftext|>` (their tokenizer_config.json says so); the pad id only fills
+    masked positions, but a wrong one (an id past the vocabulary) would still fail the graph's gather.
+    """
+    if pad_token is not None and (tid := tokenizer.token_to_id(pad_token)) is not None:
+        return tid
+    if declared is not None:
+        return int(declared)
+    for name in PAD_TOKEN_NAMES:
+        if (tid := tokenizer.token_to_id(name)) is not None:
+            return tid
+    return 0
 
 
 def _valid_text(text: str) -> str:
@@ -261,19 +482,27 @@ def plan_batches(lengths: Sequence[int], *, token_budget: int, max_rows: int) ->
     return batches
 
 
-def build_batch(windows: Sequence[Window], input_names: Sequence[str], pad_id: int) -> EncodedBatch:
-    """Pad the windows to the longest of them and lay out the model's declared inputs (int64)."""
+def build_batch(
+    windows: Sequence[Window], input_names: Sequence[str], pad_id: int, *, padding_side: str = "right"
+) -> EncodedBatch:
+    """Pad the windows to the longest of them and lay out the model's declared inputs (int64).
+
+    `padding_side="left"` (decoders) puts the pads, with attention 0, before each row's tokens; position ids
+    then count from each row's first real token, as an unpadded row's would.
+    """
     rows = len(windows)
     width = max(len(w.ids) for w in windows)
+    left = padding_side == "left"
     ids = np.full((rows, width), pad_id, dtype=np.int64)
     mask = np.zeros((rows, width), dtype=np.int64)
     types = np.zeros((rows, width), dtype=np.int64) if "token_type_ids" in input_names else None
     for r, w in enumerate(windows):
         n = len(w.ids)
-        ids[r, :n] = w.ids
-        mask[r, :n] = 1
+        cols = slice(width - n, width) if left else slice(0, n)
+        ids[r, cols] = w.ids
+        mask[r, cols] = 1
         if types is not None:
-            types[r, :n] = w.type_ids
+            types[r, cols] = w.type_ids
     inputs: dict[str, np.ndarray] = {}
     for name in input_names:
         if name == "input_ids":
@@ -284,7 +513,10 @@ def build_batch(windows: Sequence[Window], input_names: Sequence[str], pad_id: i
             assert types is not None
             inputs[name] = types
         elif name == "position_ids":
-            inputs[name] = np.broadcast_to(np.arange(width, dtype=np.int64), (rows, width)).copy()
+            if left:
+                inputs[name] = np.maximum(mask.cumsum(axis=1) - 1, 0)
+            else:
+                inputs[name] = np.broadcast_to(np.arange(width, dtype=np.int64), (rows, width)).copy()
         else:
             raise ModelRepositoryError(f"the model declares input {name!r}, which the gateway cannot build")
     return EncodedBatch(inputs)
