@@ -44,6 +44,7 @@ class RerankQuery:
     overlap_tokens: int | None = None  # between consecutive windows (None: the server default)
     truncate: bool = True
     truncation_direction: Literal["right", "left"] = "right"
+    instruction: str | None = None  # a decoder reranker's task instruction (None: the model's default)
 
 
 def validate_query(q: RerankQuery) -> None:

@@ -198,7 +198,7 @@ class ModelLoader:
         on_gpu = report.cuda_used or o.triton is not None
         reranker = ModelStage(
             spec=spec,
-            tokenizer=PairTokenizer.from_dir(spec.tokenizer_dir, max_length=max_length),
+            tokenizer=PairTokenizer.from_spec(spec, max_length=max_length),
             scorer=scorer,
             max_length=max_length,
             variant=variant,
@@ -277,7 +277,7 @@ class ModelLoader:
         max_length = min(o.prefilter_max_length or spec.max_length, spec.max_length)
         return ModelStage(
             spec=spec,
-            tokenizer=PairTokenizer.from_dir(spec.tokenizer_dir, max_length=max_length),
+            tokenizer=PairTokenizer.from_spec(spec, max_length=max_length),
             scorer=self._cpu_scorer(spec, variant),
             max_length=max_length,
             variant=variant,

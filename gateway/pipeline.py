@@ -102,7 +102,9 @@ class Reranker:
         """Each query checked and resolved against the loaded model (raises for a query that breaks a rule)."""
         models = self.slot.require()
         windows = StageWindows(
-            models.reranker.max_length, models.prefilter.max_length if models.prefilter else None
+            models.reranker.max_length,
+            models.prefilter.max_length if models.prefilter else None,
+            takes_instruction=models.reranker.spec.template is not None,
         )
         limits, keep_for = self.config.limits, self.cascade.keep_for
         return [plan_request(q, limits, windows, keep_for(q.keep, q.ranked_input)) for q in queries]
@@ -147,7 +149,8 @@ class Reranker:
             prefilter, pre_hits = pre_of.get(id(p), ([], 0))
             backend = scored_by or ("cache" if p.unique else models.reranker.scorer.name)
             scores = StageScores(kept, prefilter, backend, ce.cache_hits[k] + pre_hits, ce.query_truncated[k])
-            outcomes.append(assemble(p, scores, model=models.reranker.spec.model_id))
+            spec = models.reranker.spec
+            outcomes.append(assemble(p, scores, model=spec.model_id, activation=spec.score_activation))
             if p.use_prefilter:
                 self._offer_sample(p, kept, prefilter)
         assembled = time.perf_counter() - started

@@ -44,11 +44,12 @@ class PairOptions:
     overlap: int
     truncate: bool
     direction: Literal["right", "left"]
+    instruction: str | None = None  # a decoder's task instruction (None: the model's default)
 
     def cache_namespace(self, model_version: str) -> str:
         return (
             f"{model_version}|{self.max_length}|{self.max_chunks}|{self.overlap}|"
-            f"{self.direction}|{self.truncate}"
+            f"{self.direction}|{self.truncate}|{self.instruction}"
         )
 
 
@@ -58,6 +59,7 @@ class StageWindows:
 
     reranker: int
     prefilter: int | None
+    takes_instruction: bool = False  # the cross-encoder has a prompt template (a decoder reranker)
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,9 @@ def plan_request(
     for i, u in enumerate(doc_to_unique):
         if origin[u] < 0:
             origin[u] = i
+    if fitted.instruction is not None and not windows.takes_instruction:
+        notes.append("instruction was ignored: this model has no prompt template")
+        fitted = replace(fitted, instruction=None)
     n_keep, ranked = keep
     use_prefilter = windows.prefilter is not None and n_keep > 0 and len(index) > n_keep
     reranker_pairs = PairOptions(
@@ -104,6 +109,7 @@ def plan_request(
         overlap=limits.chunk_overlap_tokens if fitted.overlap_tokens is None else fitted.overlap_tokens,
         truncate=fitted.truncate,
         direction=fitted.truncation_direction,
+        instruction=fitted.instruction,
     )
     prefilter_pairs = None
     if use_prefilter:

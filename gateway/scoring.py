@@ -172,6 +172,7 @@ class StageScorer:
                 direction=opts.direction,
                 truncate=opts.truncate,
                 names=[job.origin[i] for i in miss],
+                instruction=opts.instruction,
             )
             query_truncated[j] = enc.query_truncated
             for k, i in enumerate(miss):
@@ -183,9 +184,12 @@ class StageScorer:
         plan = plan_batches(
             [len(w.ids) for w in windows], token_budget=self.stage.token_budget, max_rows=self.max_rows
         )
-        names, pad_id = self.stage.scorer.input_names, tokenizer.pad_id
+        names, pad_id, side = self.stage.scorer.input_names, tokenizer.pad_id, tokenizer.padding_side
         batches = [
-            (build_batch([windows[k] for k in rows], names, pad_id), [owners[k] for k in rows])
+            (
+                build_batch([windows[k] for k in rows], names, pad_id, padding_side=side),
+                [owners[k] for k in rows],
+            )
             for rows in plan
         ]
         return _Prepared(batches, chunked, truncated, query_truncated)
