@@ -40,6 +40,12 @@ class _ModelSettings(BaseSettings):
         description="Extra names the model answers to and /v1/models lists (comma-separated), like vLLM's "
         "--served-model-name: clients that check the name (LlamaIndex NVIDIARerank) accept these.",
     )
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Cross-encoder folders served by this one service (comma-separated), the first the default; "
+        "`all`: every cross-encoder in the repository; empty: RERANKER_MODEL_NAME alone. A request's `model` "
+        "picks one by folder name, manifest model_id or alias.",
+    )
     prefilter_name: str = Field("prefilter", description="Prefilter folder; empty disables the first stage.")
 
 
@@ -192,7 +198,7 @@ class Settings(_ModelSettings, _PipelineSettings, _ServingSettings, _TritonSetti
 
     model_config = SettingsConfigDict(env_prefix="RERANKER_", extra="ignore", validate_default=True)
 
-    @field_validator("api_keys", "served_model_names", mode="before")
+    @field_validator("api_keys", "served_model_names", "models", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
@@ -238,8 +244,15 @@ class Settings(_ModelSettings, _PipelineSettings, _ServingSettings, _TritonSetti
             raise ValueError("chunk_overlap_tokens must be below half of max_length")
         if self.cascade_keep_min > self.cascade_keep_max:
             raise ValueError("cascade_keep_min must not exceed cascade_keep_max")
-        if self.prefilter_name and self.prefilter_name == self.model_name:
-            raise ValueError("prefilter_name must differ from model_name")
+        if self.prefilter_name and self.prefilter_name in (self.model_name, *self.models):
+            raise ValueError("prefilter_name must differ from the served models' folders")
+        if "all" in self.models and len(self.models) > 1:
+            raise ValueError(
+                "models: `all` serves every cross-encoder of the repository; name no others beside it"
+            )
+        for name in self.models:
+            if "/" in name:
+                raise ValueError(f"models names folders of the model repository, not hub ids ({name!r})")
         return self
 
     @property

@@ -18,7 +18,9 @@ same loader can be built once per served model.
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -158,6 +160,7 @@ class ModelLoader:
         cpu_session_factory: SessionFactory | None = None,
         cpu_flags_probe: Callable[[], frozenset[str]] = cpu_flags,
         cpu_lane: Lane | None = None,
+        shared_prefilter: _SharedStage | None = None,
     ) -> None:
         self.options = options
         self.gpu_probe = gpu_probe or NvmlProbe()
@@ -166,6 +169,8 @@ class ModelLoader:
         self.cpu_flags_probe = cpu_flags_probe
         # One CPU lane for every CPU session of the process: two models never fight over the cores.
         self._cpu_lane = cpu_lane or Lane("ort-cpu", trim_when_idle=True)
+        # The prefilter is loaded once and shared by every served model's pipeline.
+        self._prefilter_stage = shared_prefilter or _SharedStage()
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> ModelLoader:
@@ -205,7 +210,7 @@ class ModelLoader:
             token_budget=o.gpu_token_budget if on_gpu else o.token_budget,
             one_row_batches=o.int8_row_batches and is_dynamic_int8(variant) and o.triton is None,
         )
-        prefilter = self._prefilter(report) if o.prefilter_name else None
+        prefilter = self._prefilter_stage.get(lambda: self._prefilter(report)) if o.prefilter_name else None
         elapsed = time.perf_counter() - started
         metrics.MODEL_LOAD_SECONDS.set(elapsed)
         report.load_seconds = round(elapsed, 3)
@@ -294,8 +299,47 @@ class ModelLoader:
             cpu_session_factory=self.cpu_session_factory,
             cpu_flags_probe=self.cpu_flags_probe,
             cpu_lane=self._cpu_lane,
+            shared_prefilter=self._prefilter_stage,
         )
         return clone
+
+
+class _SharedStage:
+    """One stage built once (under a lock: served models load in parallel threads) and then shared."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stage: ModelStage | None = None
+
+    def get(self, build: Callable[[], ModelStage]) -> ModelStage:
+        with self._lock:
+            if self._stage is None:
+                self._stage = build()
+            return self._stage
+
+
+def served_model_names(
+    repository: Path, models: list[str], model_name: str, prefilter_name: str
+) -> list[str]:
+    """The folders served, the default first: RERANKER_MODELS as given, `all` for every cross-encoder of the
+    repository (folders with a manifest, the prefilter's and prefilter-role ones left out, default first),
+    else RERANKER_MODEL_NAME alone."""
+    if models != ["all"]:
+        return list(models) or [model_name]
+    found = []
+    for manifest in sorted(repository.glob("*/manifest.json")):
+        folder = manifest.parent.name
+        try:
+            role = json.loads(manifest.read_text()).get("role", "reranker")
+        except (OSError, ValueError):
+            role = "reranker"  # a broken manifest is reported when that model loads
+        if folder != prefilter_name and role != "prefilter":
+            found.append(folder)
+    if not found:
+        raise ModelRepositoryError(
+            f"RERANKER_MODELS=all: no cross-encoder in {repository} (run `make export`)"
+        )
+    return sorted(found, key=lambda name: name != model_name)
 
 
 def triton_pool(options: TritonOptions, input_names: tuple[str, ...], *, reprobe_s: float) -> TritonPool:
