@@ -42,6 +42,7 @@ import argparse
 import ctypes
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -233,6 +234,25 @@ def installed_version(python: str, dist: str) -> str | None:
     return done.stdout.strip() or None
 
 
+def cublas_requirement(python: str) -> str | None:
+    """`nvidia-cublas~=N.0` for the CUDA major version onnxruntime-gpu's `cuda` extra names (None when the
+    extra already brings cuBLAS, or names no CUDA runtime)."""
+    code = (
+        "import importlib.metadata as m\n"
+        "print('\\n'.join(r for r in (m.requires('onnxruntime-gpu') or []) if 'extra == \"cuda\"' in r))"
+    )
+    done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60)
+    lines = done.stdout.splitlines()
+    if any("cublas" in line for line in lines):
+        return None
+    for line in lines:
+        match = re.match(r"nvidia-cuda-runtime(-cu\d+)?\s*~=\s*(\d+)", line)
+        if match:
+            suffix = match.group(1) or ""
+            return f"nvidia-cublas{suffix}~={match.group(2)}.0" if not suffix else f"nvidia-cublas{suffix}"
+    return None
+
+
 def ensure_gpu_packages(python: str, wheels: Path | None) -> dict[str, Any]:
     """Install what the CUDA provider and the torch baseline need; the record says what was done."""
     record: dict[str, Any] = {"wheels": str(wheels) if wheels else None, "steps": []}
@@ -246,6 +266,10 @@ def ensure_gpu_packages(python: str, wheels: Path | None) -> dict[str, Any]:
             record["steps"].append("uninstalled onnxruntime (CPU), which shadows onnxruntime-gpu")
         pip(python, wheels, spec)
         record["steps"].append(f"installed {spec}")
+        cublas = cublas_requirement(python)
+        if cublas:  # the CUDA provider links cuBLAS, which the `cuda` extra does not list
+            pip(python, wheels, cublas)
+            record["steps"].append(f"installed {cublas}")
         state = probe_runtimes(python)
     if not state.get("torch_cuda"):
         torch_version = (installed_version(python, "torch") or "").split("+")[0]
@@ -284,6 +308,10 @@ def _fmt(value: Any, digits: int = 1) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
 
 
 def write_markdown(results: dict[str, Any]) -> str:
@@ -353,7 +381,7 @@ def write_markdown(results: dict[str, Any]) -> str:
                 continue
             lines.append(
                 f"| {name} | {_fmt(row['p50_ms'])} | {_fmt(row['p99_ms'])} | {_fmt(row['pairs_per_s'])} | "
-                f"{_fmt(row.get('vs_torch_fp16'), 2)}x | {_fmt(row.get('gpu_memory_mb'), 0)} |"
+                f"{_ratio(row.get('vs_torch_fp16'))} | {_fmt(row.get('gpu_memory_mb'), 0)} |"
             )
         lines.append("")
     bare = results.get("bare_512")
@@ -369,7 +397,7 @@ def write_markdown(results: dict[str, Any]) -> str:
                 lines.append(f"| {name} | not measured: {row['error']} | | |")
                 continue
             lines.append(
-                f"| {name} | {_fmt(row['pairs_per_s'])} | {row['batch']} | {_fmt(row.get('vs_torch_fp16'), 2)}x |"
+                f"| {name} | {_fmt(row['pairs_per_s'])} | {row['batch']} | {_ratio(row.get('vs_torch_fp16'))} |"
             )
         lines.append("")
     triton = results.get("triton")

@@ -34,6 +34,14 @@ MiB = 1 << 20
 GPU_BUDGETS = (4096, 16384)  # the gateway's gpu_token_budget default is the second
 BARE_BATCHES = (32, 64, 128)
 BARE_TOKENS = 512
+# Every session and pipeline a section times must really run on CUDA (onnxruntime-gpu falls back to the CPU
+# silently): a CPU figure under a GPU heading is worse than none. Only a CPU smoke run of this module sets it off.
+REQUIRE_CUDA = True
+
+
+def check_on_cuda(what: str, provider: str) -> None:
+    if REQUIRE_CUDA and provider != "CUDAExecutionProvider":
+        raise RuntimeError(f"{what} runs on {provider}, not on CUDA: not measured")
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -98,7 +106,9 @@ def cuda_session(path: Path, *, threads: int, mem_limit_bytes: int | None = None
     from gateway.backends.onnx_local import make_session
 
     if mem_limit_bytes is None:
-        return make_session(path, device="cuda", threads=threads)
+        session = make_session(path, device="cuda", threads=threads)
+        check_on_cuda(f"the session of {path.name}", session.get_providers()[0])
+        return session
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -114,9 +124,11 @@ def cuda_session(path: Path, *, threads: int, mem_limit_bytes: int | None = None
         "arena_extend_strategy": "kSameAsRequested",
         "gpu_mem_limit": str(mem_limit_bytes),
     }
-    return ort.InferenceSession(
+    limited = ort.InferenceSession(
         str(path), sess_options=opts, providers=[("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
     )
+    check_on_cuda(f"the memory-limited session of {path.name}", limited.get_providers()[0])
+    return limited
 
 
 def settings_for(repository: Path, **overrides: Any) -> Any:
@@ -132,7 +144,7 @@ def settings_for(repository: Path, **overrides: Any) -> Any:
         "request_timeout_s": 600,
     }
     base.update(overrides)
-    return Settings(**base)
+    return Settings.model_validate(base)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -211,6 +223,9 @@ async def section_provider(repository: Path, results: dict[str, Any]) -> Any:
         "session_providers": session.get_providers() if session is not None else None,
         **versions,
     }
+    if REQUIRE_CUDA and models.device_report.get("cuda") != "used":
+        await reranker.close()
+        raise RuntimeError(f"the gateway's loader did not take the GPU: {models.device_report.get('cuda')}")
     return reranker
 
 
@@ -311,6 +326,10 @@ def section_oom(repository: Path, requests: Sequence[tuple[str, list[str]]], res
     documents = long_documents(docs)
     statuses: list[int] = []
     with TestClient(create_app(settings, reranker)) as client:
+        assert reranker.models is not None
+        cuda = reranker.models.device_report.get("cuda")
+        if REQUIRE_CUDA and cuda != "used":
+            raise RuntimeError(f"the memory-limited CUDA session was not taken: {cuda}")
         backend = None
         for _ in range(2):
             r = client.post("/rerank", json={"query": query, "documents": documents})
@@ -456,7 +475,11 @@ def section_bare_512(
             continue
         session = cuda_session(path, threads=threads)
         feeds = {b: build_batch(windows[:b], bare.names, bare.tok.pad_id).inputs for b in BARE_BATCHES}
-        contenders[f"onnx-cuda {variant}"] = best_of(lambda b, s=session, f=feeds: s.run(["logits"], f[b]))
+
+        def ort_run(b: int, session: Any = session, feeds: dict[int, Any] = feeds) -> None:
+            session.run(["logits"], feeds[b])
+
+        contenders[f"onnx-cuda {variant}"] = best_of(ort_run)
         del session
     try:
         import torch
@@ -669,7 +692,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             async def build() -> Contender:
                 reranker = Reranker(settings, ModelLoader(settings, **loader_args))
                 closers.append(reranker.close)
-                await reranker.load()
+                models = await reranker.load()
+                if REQUIRE_CUDA and not settings.triton_url and models.device_report.get("cuda") != "used":
+                    raise RuntimeError(f"not on the GPU: {models.device_report.get('cuda')}")
 
                 async def run(query: str, docs: list[str]) -> None:
                     await reranker.rerank(RerankQuery(query, tuple(docs)))

@@ -192,15 +192,17 @@ def measure_phases(
     requests = [(c.query, scifact.texts(c, docs)) for c in scifact.first(queries)]
     out: dict[str, Any] = {}
     for precision in precisions:
-        settings = Settings(
-            model_repository=repository,
-            model_name=model_name,
-            prefilter_name="",
-            keep=0,
-            cache_size=0,
-            device="cpu",
-            cpu_precision=precision,  # type: ignore[arg-type]
-            threads=threads,
+        settings = Settings.model_validate(
+            {
+                "model_repository": repository,
+                "model_name": model_name,
+                "prefilter_name": "",
+                "keep": 0,
+                "cache_size": 0,
+                "device": "cpu",
+                "cpu_precision": precision,
+                "threads": threads,
+            }
         )
         out[precision] = asyncio.run(_phase_run(settings, requests))
         log(f"phases {precision}: non-inference {100 * out[precision]['non_inference_share']:.1f}%")
@@ -212,8 +214,11 @@ def write_markdown(results: dict[str, Any]) -> str:
     lines = [
         "# Padded vs unpadded batches, and the pipeline's phase shares (CPU)",
         "",
-        f"Run {results.get('started', '?')} on {results.get('cpus', '?')} CPUs (load average "
-        f"{results.get('loadavg_start', '?')}), `{results.get('command', '?')}`.",
+        f"Run {results.get('started', '?')} on {results.get('cpus', '?')} CPUs, {results.get('threads', '?')} "
+        f"threads, load average {results.get('loadavg_start', '?')} at the start and "
+        f"{results.get('loadavg_end', '?')} at the end, {results.get('seconds', '?')} s: "
+        f"`{results.get('command', '?')}`. Where other work shares the cores, read the ratios, not the absolute "
+        "figures.",
         "",
     ]
     pad = results.get("padding")

@@ -26,7 +26,9 @@ needs_no_cuda = pytest.mark.skipif(
 )
 
 
-def run(command: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess[str], float]:
+def run(
+    command: list[str], env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], float]:
     started = time.monotonic()
     done = subprocess.run(
         command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, env=env or dict(os.environ)
@@ -123,16 +125,22 @@ def synthetic_results() -> dict:
             "docs_per_request": 100,
             "contenders": {
                 "onnx-cuda fp16 (gateway pipeline)": {
-                    "p50_ms": 21.5, "p99_ms": 30.25, "pairs_per_s": 4500.0, "vs_torch_fp16": 1.2,
+                    "p50_ms": 21.5,
+                    "p99_ms": 30.25,
+                    "pairs_per_s": 4500.0,
+                    "vs_torch_fp16": 1.2,
                     "gpu_memory_mb": 612,
                 },
                 "torch fp16 CrossEncoder": {
-                    "p50_ms": 26.0, "p99_ms": 40.0, "pairs_per_s": 3750.0, "vs_torch_fp16": 1.0,
+                    "p50_ms": 26.0,
+                    "p99_ms": 40.0,
+                    "pairs_per_s": 3750.0,
+                    "vs_torch_fp16": 1.0,
                     "gpu_memory_mb": 800,
                 },
                 "Triton GPU (CUDA, dynamic batching)": {"error": "no onnxruntime backend"},
             },
-        },  # fmt: skip
+        },
         "bare_512": {
             "tokens": 512,
             "batches_tried": [32, 64, 128],
@@ -141,20 +149,27 @@ def synthetic_results() -> dict:
                 "torch fp16 CrossEncoder": {"error": "RuntimeError: torch 2.13.0+cpu has no CUDA"},
             },
         },
-        "triton": {"backends": {"/x/tritonserver": ["python"]}, "notes": ["only the python backend: not measured"]},
+        "triton": {
+            "backends": {"/x/tritonserver": ["python"]},
+            "notes": ["only the python backend: not measured"],
+        },
         "padding": {
             "pairs": 1000,
             "strategies": {
                 "budget_16384": {
-                    "batches": 40, "padded_tokens_per_real_token": 1.05, "pairs_per_s": 9000.0,
+                    "batches": 40,
+                    "padded_tokens_per_real_token": 1.05,
+                    "pairs_per_s": 9000.0,
                     "speed_vs_unpadded": 14.2,
                 },
                 "unpadded": {
-                    "batches": 1000, "padded_tokens_per_real_token": 1.0, "pairs_per_s": 634.0,
+                    "batches": 1000,
+                    "padded_tokens_per_real_token": 1.0,
+                    "pairs_per_s": 634.0,
                     "speed_vs_unpadded": 1.0,
                 },
             },
-        },  # fmt: skip
+        },
         "errors": {"padding": "RuntimeError: boom"},
         "notes": ["make_session takes no provider options"],
     }

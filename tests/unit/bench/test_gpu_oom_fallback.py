@@ -71,8 +71,15 @@ class ArenaLimitedSession:
 
 @pytest.fixture
 def oom_app(tiny_model_repository: Path):
-    settings = Settings(
-        model_repository=tiny_model_repository, prefilter_name="", keep=0, cache_size=0, threads=1, device="cuda"
+    settings = Settings.model_validate(
+        {
+            "model_repository": tiny_model_repository,
+            "prefilter_name": "",
+            "keep": 0,
+            "cache_size": 0,
+            "threads": 1,
+            "device": "cuda",
+        }
     )
     fp32 = read_model_spec(tiny_model_repository, "reranker").variant_path("fp32")
     assert fp32 is not None
@@ -122,4 +129,9 @@ def test_the_gpu_stays_in_service_after_an_oom(oom_app) -> None:
 def test_oom_evidence_without_a_fallback_says_so() -> None:
     calls = [{"rows": 4, "width": 16, "outcome": "ok"}]
     evidence = oom_evidence(calls, "reranker_requests_total 3.0\n")
-    assert evidence == {"halved": False, "gpu_calls_failed": 0, "fallbacks_cuda_oom": 0.0, "metrics_line": None}
+    assert evidence == {
+        "halved": False,
+        "gpu_calls_failed": 0,
+        "fallbacks_cuda_oom": 0.0,
+        "metrics_line": None,
+    }
