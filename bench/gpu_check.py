@@ -451,6 +451,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(no_cuda_message(p), file=sys.stderr)
         return EXIT_NO_CUDA
     python = sys.executable
+    if not (Path(args.data) / "scifact" / "bm25_top100.jsonl").exists():
+        print(
+            f"gpu-check: the SciFact requests are missing: {args.data}/scifact (pass --data)", file=sys.stderr
+        )
+        return 2
     wheels = Path(args.wheels).resolve() if args.wheels else None
     install = ensure_gpu_packages(python, wheels)
     if not ort_on_cuda(install["after"]):
