@@ -34,6 +34,7 @@ MiB = 1 << 20
 GPU_BUDGETS = (4096, 16384)  # the gateway's gpu_token_budget default is the second
 BARE_BATCHES = (32, 64, 128)
 BARE_TOKENS = 512
+BARE_SECONDS = 2.0  # timed per batch size and contender
 # Every session and pipeline a section times must really run on CUDA (onnxruntime-gpu falls back to the CPU
 # silently): a CPU figure under a GPU heading is worse than none. Only a CPU smoke run of this module sets it off.
 REQUIRE_CUDA = True
@@ -417,11 +418,19 @@ async def section_speed(
     for i, (query, docs) in enumerate(requests):
         order = names[i % len(names) :] + names[: i % len(names)] if names else []
         for name in order:
+            if "error" in rows[name]:
+                continue
             started = time.perf_counter()
-            await built[name](query, docs)
+            try:
+                await built[name](query, docs)
+            except Exception as exc:
+                rows[name] = {"error": f"request {i}: {type(exc).__name__}: {str(exc)[:300]}"}
+                continue
             latencies[name].append(time.perf_counter() - started)
     pairs = sum(len(d) for _, d in requests)
     for name, values in latencies.items():
+        if "error" in rows[name] or not values:
+            continue
         rows[name].update(
             {
                 "p50_ms": 1000 * statistics.median(values),
@@ -460,7 +469,7 @@ def section_bare_512(
         for b in BARE_BATCHES:
             run(b)  # warm-up at this shape
             n, started = 0, time.perf_counter()
-            while time.perf_counter() - started < 2.0:
+            while time.perf_counter() - started < BARE_SECONDS:
                 run(b)
                 n += b
             rate = n / (time.perf_counter() - started)
@@ -696,8 +705,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if REQUIRE_CUDA and not settings.triton_url and models.device_report.get("cuda") != "used":
                     raise RuntimeError(f"not on the GPU: {models.device_report.get('cuda')}")
 
+                expected = "triton" if settings.triton_url else "onnx-cuda"
+
                 async def run(query: str, docs: list[str]) -> None:
-                    await reranker.rerank(RerankQuery(query, tuple(docs)))
+                    outcome = await reranker.rerank(RerankQuery(query, tuple(docs)))
+                    if REQUIRE_CUDA and not outcome.backend.startswith(expected):
+                        # a fallback served it: these would be another backend's figures
+                        raise RuntimeError(f"scored by {outcome.backend}, not {expected}")
 
                 return run
 

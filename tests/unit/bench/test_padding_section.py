@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from bench_test_data import tiny_scifact
 
 from bench.padding import padded_tokens, padding_plans, run, write_markdown
 
@@ -24,26 +25,11 @@ def test_every_strategy_scores_every_pair_once() -> None:
     assert all(len(b) * max(LENGTHS[i] for i in b) <= 512 or len(b) == 1 for b in plans["budget_512"])
 
 
-def _scifact(root: Path) -> Path:
-    folder = root / "scifact"
-    (folder / "qrels").mkdir(parents=True)
-    docs = {f"d{i}": f"document {i} about berlin and its population " * (1 + i) for i in range(8)}
-    (folder / "corpus.jsonl").write_text(
-        "".join(json.dumps({"_id": k, "title": "", "text": v}) + "\n" for k, v in docs.items())
-    )
-    (folder / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "berlin population"}) + "\n")
-    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\r\nq1\td1\t1\r\n")
-    (folder / "bm25_top100.jsonl").write_text(
-        json.dumps({"query_id": "q1", "doc_ids": list(docs), "scores": [8.0 - i for i in range(8)]}) + "\n"
-    )
-    return root
-
-
 def test_a_tiny_run_writes_both_sections(tiny_model_repository: Path, tmp_path: Path) -> None:
     out = tmp_path / "results"
     results = run(
         tiny_model_repository,
-        _scifact(tmp_path / "data"),
+        tiny_scifact(tmp_path / "data"),
         out,
         queries=1,
         docs=8,
