@@ -24,7 +24,7 @@ PYTEST_ARGS ?=
 RERANKER_TEST_MODELS ?= $(abspath ../shared/models)
 export RERANKER_TEST_MODELS
 
-.PHONY: install install-serve export serve triton triton-setup triton-stop triton-check test test-fast lint deploy-check bench bench-gateway bench-cascade bench-soak clean
+.PHONY: install install-serve export serve triton triton-setup triton-stop triton-check test test-fast lint deploy-check bench bench-gateway bench-cascade bench-soak gpu-check clean
 
 # $(call venv_install,EXTRAS): the virtual environment with torch (CPU build from this machine's disk) and
 # the project's extras.
@@ -119,6 +119,21 @@ bench-soak: install
 	$(MAKE) triton-setup
 	@test -f "$(REPO)/reranker/manifest.json" || $(MAKE) export
 	$(PY) -m bench.soak --model-repository "$(REPO)" --out bench/results/soak.json $(SOAK_ARGS)
+
+# The GPU path in one command (bench/gpu_check.py): on a machine without an NVIDIA GPU and its driver it exits 3
+# at once, before installing anything, saying what is missing. On a GPU machine: the venv, onnxruntime-gpu's
+# CUDA/cuDNN wheels and torch's CUDA build (GPU_WHEELS=DIR: from a folder of wheels, no registry), the export
+# (MODEL/PREFILTER given on the command line, else the ../shared stand-ins when present), then
+# bench/results/gpu.{json,md}: provider, fp16/fp32 parity, the forced CUDA OOM fallback, speed against
+# sentence-transformers torch fp16, GPU memory, padded vs unpadded.
+GPU_WHEELS ?=
+gpu-check:
+	$(PYTHON) -m bench.gpu_check preflight
+	$(MAKE) install
+	$(PY) -m bench.gpu_check run --model-repository "$(REPO)" \
+		$(if $(filter command line environment,$(origin MODEL)),--model "$(MODEL)") \
+		$(if $(filter command line environment,$(origin PREFILTER)),--prefilter "$(PREFILTER)") \
+		$(if $(GPU_WHEELS),--wheels "$(GPU_WHEELS)")
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .cache/test-repos

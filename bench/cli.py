@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=REPO_ROOT.parent / "shared" / "data")
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "bench" / "results")
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
-    parser.add_argument("--sections", default="quality,speed,sweep", help="comma-separated subset")
+    parser.add_argument("--sections", default="quality,speed,sweep,padding", help="comma-separated subset")
     parser.add_argument("--speed-configs", default=",".join(SPEED_CONFIGS))
     parser.add_argument("--quality-configs", default=",".join(QUALITY_CONFIGS))
     parser.add_argument("--speed-requests", type=int, default=None, help="override the size's timed requests")
@@ -172,6 +172,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             except Exception as exc:
                 log(f"sweep FAILED: {exc}")
                 results["sweep"] = {"error": f"{type(exc).__name__}: {exc}"}
+    if "padding" in sections:
+        # padded vs unpadded batches and the pipeline's phase shares: bench/results/padding.{json,md}
+        from bench.padding import PADDING_SIZES
+        from bench.padding import run as run_padding
+
+        queries, docs, phase_queries = PADDING_SIZES[args.size]
+        with timed(results, "padding"):
+            results["padding"] = run_padding(
+                models.repository, args.data, args.output, queries=queries, docs=docs,
+                phase_queries=phase_queries, threads=args.threads, command=results["command"],
+                model_name=models.reranker["name"],
+            )  # fmt: skip
     results["peak_end"] = measure_fp32_peak(args.threads, n=sizes.peak_n)
     results["loadavg_end"] = os.getloadavg()
     results["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

@@ -38,15 +38,18 @@ def test_llamaindex_jina_rerank_shows_the_401_message(gateway_url):
 
 
 def test_llamaindex_jina_rerank_shows_the_429_message(real_model_repository, tmp_path, api_key):
-    """A gateway whose queue can hold 2 s of work: while a request of far more work runs, the next one is
-    refused with 429 + Retry-After, and JinaRerank raises the server's message."""
+    """A gateway whose queue can hold 5 s of work: while a request of far more work runs (two 512-token
+    windows per document, 600 documents), the next ones are refused with 429 + Retry-After, and JinaRerank
+    raises the server's message. The heavy request stays in flight for the whole 5 s timeout, which leaves
+    the two refused requests room on a loaded machine (it was 2 s)."""
     module = need_client("llama_index.postprocessor.jinaai_rerank")
-    heavy = {"query": QUERY, "documents": [f"{i} " + " ".join(PASSAGES) * 12 for i in range(400)]}
+    heavy = {"query": QUERY, "documents": [f"{i} " + " ".join(PASSAGES) * 24 for i in range(600)]}
     headers = {"Authorization": f"Bearer {api_key}"}
     with running_gateway(
         real_model_repository,
         tmp_path,
-        RERANKER_REQUEST_TIMEOUT_S="2",
+        RERANKER_REQUEST_TIMEOUT_S="5",
+        RERANKER_MAX_CHUNKS_PER_DOC="2",
         RERANKER_KEEP="0",
         RERANKER_CACHE_SIZE="0",
     ) as url:

@@ -4,7 +4,7 @@ written by the HTTP layer as TEI's `x-*-time` headers."""
 from __future__ import annotations
 
 import asyncio
-import time
+import threading
 
 import numpy as np
 from fastapi.testclient import TestClient
@@ -26,21 +26,39 @@ def phase_count(phase: str, stage: str) -> float:
 
 
 def test_lane_reports_how_long_a_batch_waited_for_its_thread():
+    """The first batch takes the idle thread; the second waits until the first lets go. Event-based: the
+    first holds the thread until the second is queued and then 0.3 s more, so a loaded machine's slow
+    thread pick-up cannot make the figures cross."""
     lane = Lane("test-lane", trim_when_idle=False)
     batch = EncodedBatch({"input_ids": np.zeros((1, 4), dtype=np.int64)})
+    running, release = threading.Event(), threading.Event()
+    held_s = 0.3
 
-    def slow(_: EncodedBatch) -> np.ndarray:
-        time.sleep(0.1)
+    def holding(_: EncodedBatch) -> np.ndarray:
+        running.set()
+        release.wait(30)
+        return np.zeros(1, dtype=np.float32)
+
+    def quick(_: EncodedBatch) -> np.ndarray:
         return np.zeros(1, dtype=np.float32)
 
     async def two_at_once():
-        return await asyncio.gather(lane.run_timed(slow, batch), lane.run_timed(slow, batch))
+        first = asyncio.ensure_future(lane.run_timed(holding, batch))
+        assert await asyncio.to_thread(running.wait, 30), "the lane never ran the first batch"
+        second = asyncio.ensure_future(lane.run_timed(quick, batch))
+        while lane.pending < 2:  # the second is submitted (its wait is being measured)
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(held_s)
+        release.set()
+        return await asyncio.gather(first, second)
 
     try:
         (_, first), (_, second) = asyncio.run(two_at_once())
     finally:
+        release.set()
         lane.close()
-    assert first < 0.05 and second >= 0.08  # the second queued behind the first's 0.1 s
+    assert second >= held_s  # the second queued behind the first for at least the time it was held
+    assert first < second  # the first found the thread free
 
 
 def test_pipeline_times_its_phases_and_observes_them(make_reranker):

@@ -9,6 +9,7 @@ driven the same way in tests/integration/triton/test_triton_failures.py.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -109,6 +110,16 @@ class ConstantScorer:
         return None
 
 
+async def until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    """Wait for `condition` (polled every millisecond): an event, not a guess at how long it takes."""
+
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.001)
+
+    await asyncio.wait_for(poll(), timeout_s)
+
+
 def triton_with(client: ChannelClient, timeout_s: float) -> TritonScorer:
     scorer = TritonScorer("127.0.0.1:1", "grpc", "reranker", NAMES, timeout_s=timeout_s)
     scorer._new_client = lambda: client  # type: ignore[method-assign]
@@ -116,14 +127,20 @@ def triton_with(client: ChannelClient, timeout_s: float) -> TritonScorer:
 
 
 def test_a_timed_out_call_does_not_cancel_its_siblings_on_the_channel() -> None:
+    timeout_s = 2.0
+    stagger_s = 1.0  # the siblings start this much later, so their deadlines fall 1 s after the first's
+
     async def run() -> list[object]:
         client = ChannelClient(hang_first=1)
-        scorer = triton_with(client, timeout_s=1.0)
+        scorer = triton_with(client, timeout_s=timeout_s)
         await scorer.ready()  # metadata checked: the first infer below is the hung one
         calls = [asyncio.ensure_future(scorer.score(batch(2)))]
-        await asyncio.sleep(0.5)
+        await until(lambda: client.calls == 1)
+        await asyncio.sleep(stagger_s)
         calls += [asyncio.ensure_future(scorer.score(batch(2))) for _ in range(7)]
-        await asyncio.sleep(0.7)  # the first call timed out at 1.0 s; the siblings (deadline 1.5 s) wait on
+        await until(lambda: len(client.in_flight) == 8)
+        # the first call times out (at 2 s); its siblings (deadlines about 1 s later) are still waiting
+        await asyncio.wait({calls[0]}, timeout=timeout_s + 30)
         assert calls[0].done() and not any(call.done() for call in calls[1:])
         assert not client.closed, "a channel with calls in flight is not closed"
         client.gate.set()
@@ -143,8 +160,7 @@ def test_calls_the_client_library_cancels_are_served_by_the_fallback() -> None:
         scorer = FallbackScorer(triton_with(client, timeout_s=5), fallback, reprobe_s=60)
         await scorer.ready()
         calls = [asyncio.ensure_future(scorer.score(batch(3))) for _ in range(8)]
-        await asyncio.sleep(0.1)
-        assert len(client.in_flight) == 8
+        await until(lambda: len(client.in_flight) == 8)
         client.cancel_all()  # the channel went away under every call at once
         return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 5), fallback
 

@@ -1,0 +1,522 @@
+"""`make gpu-check`: the GPU path proven in one command on a machine with an NVIDIA GPU and its driver.
+
+    python -m bench.gpu_check preflight          # stdlib only: is there CUDA here? (exit 3 with what is missing)
+    python -m bench.gpu_check run [--model M] [--prefilter P] [--wheels DIR]   # preflight, install, export, measure
+    python -m bench.gpu_check report             # re-render bench/results/gpu.md from gpu.json
+
+1. **Preflight** (standard library only, a few seconds): `nvidia-smi -L` answers, NVML
+   (`libnvidia-ml.so.1`) initialises and counts a GPU. Without them it exits 3 at once naming what is
+   missing, before anything is installed: never a silent CPU run. It also says whether onnxruntime (in
+   the project's venv) offers the CUDAExecutionProvider.
+2. **Install** what the GPU run needs: onnxruntime-gpu with its CUDA/cuDNN wheels (`onnxruntime-gpu[cuda,
+   cudnn]` at the version the venv has), and torch's CUDA build when the venv's torch has no CUDA (for the
+   sentence-transformers baseline). `--wheels DIR` (`GPU_WHEELS=DIR`) installs from a folder of wheels
+   brought along (`pip install --no-index --find-links DIR`) on a box without a registry. Then
+   `onnxruntime.preload_dlls()` must make a CUDA session really run on `CUDAExecutionProvider`, or it exits 4.
+3. **Export** MODEL/PREFILTER like `make export` (default: the ../shared stand-ins when present) into
+   bench/.work/repositories/ (bench.models.resolve_models).
+4. **Measure** in a child process (the freshly installed packages, nothing imported before) and write
+   bench/results/gpu.json and gpu.md (`write_markdown`, a pure function of the JSON):
+   - the provider the gateway's own loader really got (`session.get_providers()`), and its device report;
+   - fp16 vs fp32 parity on SciFact requests: max/mean |diff| of the logits, top-10 and top-1 agreement;
+     logits leave the graph as float32 and the gateway's sigmoid runs in float32: ties counted against a
+     sigmoid computed in float16;
+   - the CUDA OOM path forced with a small `gpu_mem_limit` on the CUDA provider, through the real app
+     (`gateway.app.create_app`): every batch call on the GPU recorded (the halving), the request answers
+     200, and `reranker_fallbacks_total{from_backend="onnx-cuda",to_backend="onnx-cpu",reason="cuda_oom"}`
+     read back from /metrics;
+   - speed: 100-document SciFact requests (p50/p99 latency, pairs/s) through the in-process pipeline on
+     the CUDA provider fp16 and fp32, Triton's GPU config (dynamic batching) and with TensorRT where the
+     server has an onnxruntime backend (said so, not faked, when it has not), each against
+     sentence-transformers `CrossEncoder` torch fp16 on the same GPU, interleaved request by request; and
+     bare pairs/s with every pair at the 512-token cap (the published figures' setting), best of a few
+     batch sizes;
+   - GPU memory (NVML, the device's used memory after each contender was loaded and warmed);
+   - padded vs unpadded on the GPU (bare fp16 session, the same strategies as bench/padding.py).
+   Sized to finish in well under 8 minutes on an H200 (each section also stops at its own time bound).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS = REPO_ROOT / "bench" / "results"
+SHARED_MODELS = REPO_ROOT.parent / "shared" / "models"
+STANDIN_MODEL = SHARED_MODELS / "minilm-l6-rerank-standin"
+STANDIN_PREFILTER = SHARED_MODELS / "minilm-l2-prefilter-standin"
+HUB_MODEL = "cross-encoder/ms-marco-MiniLM-L-6-v2"
+EXIT_NO_CUDA = 3
+EXIT_CUDA_UNUSABLE = 4
+
+
+def log(message: str) -> None:
+    print(f"[gpu-check {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- 1. preflight: standard library only ----------------------------------------------------------
+
+
+@dataclass
+class Preflight:
+    """What the machine has for CUDA: `missing` is empty when a GPU and its driver answer."""
+
+    missing: list[str] = field(default_factory=list)
+    found: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing
+
+
+def check_nvidia_smi(timeout_s: float = 20.0) -> tuple[bool, str]:
+    binary = shutil.which("nvidia-smi")
+    if binary is None:
+        return False, "nvidia-smi: not found on PATH (no NVIDIA driver installed?)"
+    try:
+        done = subprocess.run([binary, "-L"], capture_output=True, text=True, timeout=timeout_s)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, f"nvidia-smi: could not run ({exc})"
+    gpus = [line for line in done.stdout.splitlines() if line.startswith("GPU ")]
+    if done.returncode != 0 or not gpus:
+        text = (done.stderr or done.stdout).strip().splitlines()
+        return False, f"nvidia-smi: lists no GPU ({text[0] if text else f'exit {done.returncode}'})"
+    return True, "nvidia-smi: " + "; ".join(gpus)
+
+
+def check_nvml() -> tuple[bool, str]:
+    """NVML through ctypes (nvidia-ml-py needs the venv; this must work before anything is installed)."""
+    try:
+        lib = ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError as exc:
+        return False, f"NVML: libnvidia-ml.so.1 cannot be loaded ({exc})"
+    try:
+        rc = lib.nvmlInit_v2()
+        if rc != 0:
+            return False, f"NVML: nvmlInit failed (NVML error {rc})"
+        count = ctypes.c_uint(0)
+        rc = lib.nvmlDeviceGetCount_v2(ctypes.byref(count))
+        lib.nvmlShutdown()
+    except AttributeError as exc:
+        return False, f"NVML: the library lacks a symbol ({exc})"
+    if rc != 0 or count.value == 0:
+        return False, f"NVML: no GPU visible (count {count.value}, NVML error {rc})"
+    return True, f"NVML: {count.value} GPU(s) visible"
+
+
+def check_onnxruntime(python: str, timeout_s: float = 45.0) -> tuple[bool, str]:
+    """Whether `python`'s onnxruntime offers the CUDA provider (a listing only: running is checked later)."""
+    code = (
+        "import importlib.metadata as m\n"
+        "def has(d):\n"
+        "    try:\n        return m.version(d)\n    except m.PackageNotFoundError:\n        return None\n"
+        "import onnxruntime as o\n"
+        "v = [f'{d} {has(d)}' for d in ('onnxruntime-gpu', 'onnxruntime') if has(d)]\n"
+        "print(', '.join(v) + '|' + ','.join(o.get_available_providers()))\n"
+    )
+    if not Path(python).exists() and shutil.which(python) is None:
+        return False, f"onnxruntime: no Python at {python} (the venv is built by `make install`)"
+    try:
+        done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=timeout_s)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, f"onnxruntime: could not ask {python} ({exc})"
+    if done.returncode != 0:
+        return False, f"onnxruntime: not importable in {python}"
+    versions, _, providers = done.stdout.strip().rpartition("\n")[2].partition("|")
+    if "CUDAExecutionProvider" in providers.split(","):
+        return True, f"onnxruntime: {versions} offers CUDAExecutionProvider"
+    return (
+        False,
+        f"onnxruntime: {versions or 'installed'} has no CUDAExecutionProvider (providers: {providers})",
+    )
+
+
+def venv_python() -> str:
+    venv = Path(os.environ.get("VENV", REPO_ROOT / ".venv"))
+    return str(venv / "bin" / "python")
+
+
+def preflight(python: str | None = None) -> Preflight:
+    """The driver checks decide; onnxruntime's listing is reported beside them (install fixes it)."""
+    result = Preflight()
+    for ok, text in (check_nvidia_smi(), check_nvml()):
+        (result.found if ok else result.missing).append(text)
+    ok, text = check_onnxruntime(python or venv_python())
+    (result.found if ok else result.notes).append(text)
+    return result
+
+
+def no_cuda_message(p: Preflight) -> str:
+    lines = ["gpu-check: no CUDA on this machine, so nothing was installed or measured (it never runs on the CPU "
+             "instead). Missing:"]  # fmt: skip
+    lines += [f"  - {m}" for m in p.missing]
+    if p.found or p.notes:
+        lines.append("Found:")
+        lines += [f"  - {f}" for f in p.found + p.notes]
+    lines.append(
+        "Run `make gpu-check` on a machine with an NVIDIA GPU and its driver (nvidia-smi must list it)."
+    )
+    return "\n".join(lines)
+
+
+# --- 2. install ---------------------------------------------------------------------------------
+
+PROBE_CODE = r"""
+import json, sys
+out = {}
+try:
+    import onnxruntime as ort
+    out["onnxruntime"] = ort.__version__
+    if hasattr(ort, "preload_dlls"):
+        try:
+            ort.preload_dlls()
+        except Exception as exc:
+            out["preload_dlls"] = str(exc)
+    import numpy as np, onnx
+    from onnx import helper, TensorProto
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    s = ort.InferenceSession(m.SerializeToString(), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    s.run(None, {"x": np.ones((2, 2), dtype=np.float32)})
+    out["ort_providers"] = s.get_providers()
+except Exception as exc:
+    out["ort_error"] = f"{type(exc).__name__}: {exc}"
+try:
+    import torch
+    out["torch"] = torch.__version__
+    out["torch_cuda"] = bool(torch.cuda.is_available())
+except Exception as exc:
+    out["torch_error"] = f"{type(exc).__name__}: {exc}"
+print(json.dumps(out))
+"""
+
+
+def probe_runtimes(python: str) -> dict[str, Any]:
+    done = subprocess.run([python, "-c", PROBE_CODE], capture_output=True, text=True, timeout=300)
+    try:
+        return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    except (IndexError, json.JSONDecodeError):
+        return {"probe_error": (done.stderr or done.stdout).strip()[-2000:]}
+
+
+def ort_on_cuda(state: dict[str, Any]) -> bool:
+    return (state.get("ort_providers") or [""])[0] == "CUDAExecutionProvider"
+
+
+def pip(python: str, wheels: Path | None, *requirements: str, extra: Sequence[str] = ()) -> None:
+    command = [python, "-m", "pip", "install", "--disable-pip-version-check", *extra]
+    if wheels is not None:
+        command += ["--no-index", "--find-links", str(wheels)]
+    command += list(requirements)
+    log("$ " + " ".join(command))
+    subprocess.run(command, check=True)
+
+
+def installed_version(python: str, dist: str) -> str | None:
+    code = f"import importlib.metadata as m\ntry:\n print(m.version({dist!r}))\nexcept Exception:\n print('')"
+    done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60)
+    return done.stdout.strip() or None
+
+
+def cublas_requirement(python: str) -> str | None:
+    """`nvidia-cublas~=N.0` for the CUDA major version onnxruntime-gpu's `cuda` extra names (None when the
+    extra already brings cuBLAS, or names no CUDA runtime)."""
+    code = (
+        "import importlib.metadata as m\n"
+        "print('\\n'.join(r for r in (m.requires('onnxruntime-gpu') or []) if 'extra == \"cuda\"' in r))"
+    )
+    done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60)
+    lines = done.stdout.splitlines()
+    if any("cublas" in line for line in lines):
+        return None
+    for line in lines:
+        match = re.match(r"nvidia-cuda-runtime(-cu\d+)?\s*~=\s*(\d+)", line)
+        if match:
+            suffix = match.group(1) or ""
+            return f"nvidia-cublas{suffix}~={match.group(2)}.0" if not suffix else f"nvidia-cublas{suffix}"
+    return None
+
+
+def ensure_gpu_packages(python: str, wheels: Path | None) -> dict[str, Any]:
+    """Install what the CUDA provider and the torch baseline need; the record says what was done."""
+    record: dict[str, Any] = {"wheels": str(wheels) if wheels else None, "steps": []}
+    state = probe_runtimes(python)
+    record["before"] = state
+    if not ort_on_cuda(state):
+        version = installed_version(python, "onnxruntime-gpu")
+        spec = f"onnxruntime-gpu[cuda,cudnn]=={version}" if version else "onnxruntime-gpu[cuda,cudnn]"
+        if installed_version(python, "onnxruntime"):  # the CPU package owns the same module: it must go
+            subprocess.run([python, "-m", "pip", "uninstall", "-y", "onnxruntime"], check=False)
+            record["steps"].append("uninstalled onnxruntime (CPU), which shadows onnxruntime-gpu")
+        pip(python, wheels, spec)
+        record["steps"].append(f"installed {spec}")
+        cublas = cublas_requirement(python)
+        if cublas:  # the CUDA provider links cuBLAS, which the `cuda` extra does not list
+            pip(python, wheels, cublas)
+            record["steps"].append(f"installed {cublas}")
+        state = probe_runtimes(python)
+    if not state.get("torch_cuda"):
+        torch_version = (installed_version(python, "torch") or "").split("+")[0]
+        spec = f"torch=={torch_version}" if torch_version else "torch"
+        try:
+            # PyPI's Linux torch wheel is the CUDA build (the venv may hold the CPU build from a local disk)
+            pip(python, wheels, spec, extra=("--force-reinstall",))
+            record["steps"].append(f"installed {spec} (CUDA build)")
+        except subprocess.CalledProcessError as exc:
+            record["steps"].append(f"torch's CUDA build could not be installed ({exc}): no torch baseline")
+        state = probe_runtimes(python)
+    record["after"] = state
+    return record
+
+
+# --- 3. what to export ---------------------------------------------------------------------------
+
+
+def default_sources(model: str | None, prefilter: str | None) -> tuple[str, str]:
+    """MODEL/PREFILTER as given (or RERANKER_MODEL/RERANKER_PREFILTER), else the stand-ins when present."""
+    model = model or os.environ.get("RERANKER_MODEL") or None
+    prefilter = prefilter or os.environ.get("RERANKER_PREFILTER") or None
+    if model is None:
+        model = str(STANDIN_MODEL) if (STANDIN_MODEL / "config.json").exists() else HUB_MODEL
+    if prefilter is None:
+        prefilter = str(STANDIN_PREFILTER) if (STANDIN_PREFILTER / "config.json").exists() else "none"
+    return model, prefilter
+
+
+# --- 5. the report: a pure function of the results -------------------------------------------------
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def write_markdown(results: dict[str, Any]) -> str:
+    """gpu.md from gpu.json: no I/O, no clock (the unit tests feed it a synthetic dict)."""
+    lines = ["# GPU check (`make gpu-check`)", ""]
+    machine = results.get("machine", {})
+    lines.append(
+        f"Run {results.get('started', '?')} on {machine.get('gpu', '?')} (driver {machine.get('driver', '?')}), "
+        f"model `{results.get('model', '?')}`; `{results.get('command', 'make gpu-check')}` "
+        f"took {_fmt(results.get('seconds'), 0)} s."
+    )
+    lines.append("")
+    errors = results.get("errors", {})
+    provider = results.get("provider")
+    if provider:
+        lines += [
+            "## Provider",
+            "",
+            f"- the gateway's loader: `{provider.get('device_report', {}).get('cuda', '?')}`; the CUDA session's "
+            f"`get_providers()`: `{provider.get('session_providers')}`; variant `{provider.get('variant')}`",
+            f"- onnxruntime {provider.get('onnxruntime', '?')}, torch {provider.get('torch', '?')}",
+            "",
+        ]
+    parity = results.get("parity")
+    if parity:
+        lines += [
+            f"## fp16 vs fp32 on the CUDA provider ({parity['queries']} SciFact queries x "
+            f"{parity['docs_per_query']} documents)",
+            "",
+            "| max \\|diff\\| of logits | mean \\|diff\\| | top-10 agreement | top-1 agreement | logits dtype | "
+            "ties (sigmoid in fp32) | ties (sigmoid in fp16, for contrast) |",
+            "|---:|---:|---:|---:|---|---:|---:|",
+            f"| {parity['max_abs_diff']:.4g} | {parity['mean_abs_diff']:.3g} | "
+            f"{100 * parity['top10_agreement']:.1f}% | {100 * parity['top1_agreement']:.1f}% | "
+            f"{parity['logits_dtype']} | {parity['ties_fp32_sigmoid']} | {parity['ties_fp16_sigmoid']} |",
+            "",
+            "Ties: pairs in a request whose relevance_score equals another's (the gateway's sigmoid runs in "
+            "float32 on float32 logits; the fp16 column is what an fp16 sigmoid would have collapsed).",
+            "",
+        ]
+    oom = results.get("oom")
+    if oom:
+        calls = ", ".join(f"{c['rows']}x{c['width']} {c['outcome']}" for c in oom.get("gpu_calls", [])[:12])
+        lines += [
+            "## CUDA out of memory, forced",
+            "",
+            f"- CUDA provider `gpu_mem_limit` = {oom.get('gpu_mem_limit_mb')} MiB; request of "
+            f"{oom.get('documents')} documents: HTTP {oom.get('status')}, backend `{oom.get('backend')}`",
+            f"- GPU batch calls (rows x tokens): {calls or 'none'}",
+            f"- halved after an OOM: {oom.get('halved')}; batches scored on the CPU: "
+            f'`reranker_fallbacks_total{{from_backend="onnx-cuda",to_backend="onnx-cpu",reason="cuda_oom"}}` '
+            f"= {_fmt(oom.get('fallbacks_cuda_oom'), 0)}; failed requests: {oom.get('failed_requests')}",
+            "",
+        ]
+    speed = results.get("speed")
+    if speed:
+        lines += [
+            f"## Speed: {speed['requests']} requests of {speed['docs_per_request']} SciFact documents "
+            "(512-token cap), interleaved",
+            "",
+            "| contender | p50 ms | p99 ms | pairs/s | vs torch fp16 | GPU memory MiB |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for name, row in speed["contenders"].items():
+            if row.get("error"):
+                lines.append(f"| {name} | not measured: {row['error']} | | | | |")
+                continue
+            lines.append(
+                f"| {name} | {_fmt(row['p50_ms'])} | {_fmt(row['p99_ms'])} | {_fmt(row['pairs_per_s'])} | "
+                f"{_ratio(row.get('vs_torch_fp16'))} | {_fmt(row.get('gpu_memory_mb'), 0)} |"
+            )
+        lines.append("")
+    bare = results.get("bare_512")
+    if bare:
+        lines += [
+            f"## Bare throughput, every pair at {bare['tokens']} tokens (best batch of {bare['batches_tried']})",
+            "",
+            "| contender | pairs/s | best batch | vs torch fp16 |",
+            "|---|---:|---:|---:|",
+        ]
+        for name, row in bare["contenders"].items():
+            if row.get("error"):
+                lines.append(f"| {name} | not measured: {row['error']} | | |")
+                continue
+            lines.append(
+                f"| {name} | {_fmt(row['pairs_per_s'])} | {row['batch']} | {_ratio(row.get('vs_torch_fp16'))} |"
+            )
+        lines.append("")
+    triton = results.get("triton")
+    if triton:
+        lines += ["## Triton", ""]
+        lines.append(
+            f"- backends found: {triton.get('backends') or 'none'} ({triton.get('server') or 'no server'})"
+        )
+        for note in triton.get("notes", []):
+            lines.append(f"- {note}")
+        lines.append("")
+    padding = results.get("padding")
+    if padding:
+        lines += [
+            f"## Padded vs unpadded on the GPU (bare fp16 session, {padding['pairs']} pairs)",
+            "",
+            "| strategy | batches | padded / real tokens | pairs/s | speed vs unpadded |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, s in padding["strategies"].items():
+            lines.append(
+                f"| {name} | {s['batches']} | {s['padded_tokens_per_real_token']:.3f} | {s['pairs_per_s']:.1f} | "
+                f"{s['speed_vs_unpadded']:.2f}x |"
+            )
+        lines.append("")
+    if errors:
+        lines += ["## Sections that failed", ""]
+        lines += [f"- {section}: {text}" for section, text in errors.items()]
+        lines.append("")
+    for note in results.get("notes", []):
+        lines.append(f"- {note}")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def cmd_preflight(_: argparse.Namespace) -> int:
+    started = time.monotonic()
+    p = preflight()
+    if not p.ok:
+        print(no_cuda_message(p), file=sys.stderr)
+        return EXIT_NO_CUDA
+    log(f"CUDA found in {time.monotonic() - started:.1f}s: " + "; ".join(p.found + p.notes))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    p = preflight()
+    if not p.ok:
+        print(no_cuda_message(p), file=sys.stderr)
+        return EXIT_NO_CUDA
+    python = sys.executable
+    if not (Path(args.data) / "scifact" / "bm25_top100.jsonl").exists():
+        print(
+            f"gpu-check: the SciFact requests are missing: {args.data}/scifact (pass --data)", file=sys.stderr
+        )
+        return 2
+    wheels = Path(args.wheels).resolve() if args.wheels else None
+    install = ensure_gpu_packages(python, wheels)
+    if not ort_on_cuda(install["after"]):
+        print(
+            "gpu-check: a GPU is here but onnxruntime cannot run on it: "
+            f"{install['after'].get('ort_error') or install['after'].get('ort_providers')}. "
+            "Nothing was measured.",
+            file=sys.stderr,
+        )
+        return EXIT_CUDA_UNUSABLE
+    model, prefilter = default_sources(args.model, args.prefilter)
+    from bench.models import resolve_models
+
+    models = resolve_models(Path(args.model_repository), model, None if prefilter == "none" else prefilter)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    scratch = out / "gpu.partial.json"
+    context = {"install": install, "preflight": {"found": p.found, "notes": p.notes}, "model": model}
+    command = [
+        python, "-m", "bench.gpu_measure", "--model-repository", str(models.repository),
+        "--data", str(args.data), "--out", str(scratch), "--context", json.dumps(context),
+        "--requests", str(args.requests),
+    ]  # fmt: skip
+    log("measuring: " + " ".join(command[:4]))
+    done = subprocess.run(command, cwd=REPO_ROOT)
+    if not scratch.exists():
+        print(f"gpu-check: the measurement wrote nothing (exit {done.returncode})", file=sys.stderr)
+        return done.returncode or 1
+    results = json.loads(scratch.read_text())
+    results["command"] = "make gpu-check"
+    (out / "gpu.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "gpu.md").write_text(write_markdown(results))
+    scratch.unlink()
+    log(f"report: {out / 'gpu.md'}")
+    return 0 if not results.get("errors") else 5
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    (out / "gpu.md").write_text(write_markdown(json.loads((out / "gpu.json").read_text())))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    sub.add_parser("preflight", help="is there CUDA here? (standard library only)")
+    run = sub.add_parser("run", help="preflight, install, export, measure, report")
+    run.add_argument("--model", default=None, help="export source (default: the stand-in when present)")
+    run.add_argument("--prefilter", default=None, help="'none' for none (default: the stand-in when present)")
+    run.add_argument("--model-repository", default=str(REPO_ROOT / "model_repository"))
+    run.add_argument("--wheels", default=os.environ.get("GPU_WHEELS") or None)
+    run.add_argument("--data", default=str(REPO_ROOT.parent / "shared" / "data"))
+    run.add_argument("--requests", type=int, default=30, help="timed 100-document requests per contender")
+    run.add_argument("--out", default=str(RESULTS))
+    report = sub.add_parser("report", help="re-render gpu.md from gpu.json")
+    report.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args(argv)
+    handlers = {"preflight": cmd_preflight, "run": cmd_run, "report": cmd_report}
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
