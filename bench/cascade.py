@@ -49,8 +49,8 @@ def log(message: str) -> None:
 
 # --- 1. scoring ----------------------------------------------------------------------------------------
 def _load_models(repository: Path, threads: int) -> Any:
-    from gateway.loading import ModelLoader
     from gateway.config import Settings
+    from gateway.loading import ModelLoader
 
     settings = Settings(model_repository=repository, device="cpu", threads=threads, cpu_precision="int8")  # type: ignore[call-arg]
     return ModelLoader.from_settings(settings)()

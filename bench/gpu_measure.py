@@ -1,6 +1,6 @@
 """The measuring half of `make gpu-check`: run by `bench.gpu_check run` in a fresh process after the install.
 
-Drives the gateway through its public pieces only: `gateway.backends.factory.ModelLoader` (with a session
+Drives the gateway through its public pieces only: `gateway.loading.ModelLoader` (with a session
 factory where a section needs other CUDA provider options), `gateway.pipeline.Reranker`,
 `gateway.app.create_app`, `gateway.tokenization`. Every section records its own failure in `errors` and the
 next one runs; the JSON is written even when some fail. See bench/gpu_check.py for what each section shows.
@@ -170,7 +170,7 @@ class Bare:
         from gateway.tokenization import PairTokenizer
 
         self.spec = read_model_spec(repository, "reranker")
-        self.tok = PairTokenizer.from_dir(self.spec.tokenizer_dir, max_length=self.spec.max_length)
+        self.tok = PairTokenizer.from_spec(self.spec)
         self.names = tuple(self.spec.input_names)
 
     def windows(self, query: str, docs: Sequence[str]) -> list[Any]:
@@ -199,11 +199,11 @@ class Bare:
 
 
 async def section_provider(repository: Path, results: dict[str, Any]) -> Any:
-    from gateway.backends.factory import ModelLoader
-    from gateway.pipeline import Reranker
+    from gateway.loading import ModelLoader
+    from gateway.pipeline import PipelineConfig, Reranker
 
     settings = settings_for(repository)
-    reranker = Reranker(settings, ModelLoader(settings))
+    reranker = Reranker(PipelineConfig.from_settings(settings), ModelLoader.from_settings(settings))
     models = await reranker.load()
     scorer = models.reranker.scorer
     primary = getattr(scorer, "primary", scorer)
@@ -231,7 +231,7 @@ async def section_provider(repository: Path, results: dict[str, Any]) -> Any:
 
 
 def section_parity(bare: Bare, requests: Sequence[tuple[str, list[str]]], results: dict[str, Any]) -> None:
-    from gateway.pipeline import sigmoid
+    from gateway.assembly import sigmoid
 
     fp16_path, fp32_path = bare.spec.variant_path("fp16"), bare.spec.variant_path("fp32")
     if fp16_path is None or fp32_path is None:
@@ -279,8 +279,8 @@ def section_oom(repository: Path, requests: Sequence[tuple[str, list[str]]], res
     from prometheus_client import REGISTRY
 
     from gateway.app import create_app
-    from gateway.backends.factory import ModelLoader
-    from gateway.pipeline import Reranker
+    from gateway.loading import ModelLoader
+    from gateway.pipeline import PipelineConfig, Reranker
     from gateway.repository import read_model_spec
 
     spec = read_model_spec(repository, "reranker")
@@ -322,7 +322,9 @@ def section_oom(repository: Path, requests: Sequence[tuple[str, list[str]]], res
     labels = {"from_backend": "onnx-cuda", "to_backend": "onnx-cpu", "reason": "cuda_oom"}
     before = REGISTRY.get_sample_value("reranker_fallbacks_total", labels) or 0.0
     settings = settings_for(repository, preload=True)
-    reranker = Reranker(settings, ModelLoader(settings, session_factory=limited))
+    reranker = Reranker(
+        PipelineConfig.from_settings(settings), ModelLoader.from_settings(settings, session_factory=limited)
+    )
     query, docs = requests[0]
     documents = long_documents(docs)
     statuses: list[int] = []
@@ -690,16 +692,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["triton"] = triton_notes
 
     async def speed() -> None:
-        from gateway.backends.factory import ModelLoader
         from gateway.backends.onnx_local import make_session
         from gateway.domain import RerankQuery
-        from gateway.pipeline import Reranker
+        from gateway.loading import ModelLoader
+        from gateway.pipeline import PipelineConfig, Reranker
 
         closers: list[Callable[[], Awaitable[None]]] = []
 
         def pipeline(settings: Any, **loader_args: Any) -> Callable[[], Awaitable[Contender]]:
             async def build() -> Contender:
-                reranker = Reranker(settings, ModelLoader(settings, **loader_args))
+                reranker = Reranker(
+                    PipelineConfig.from_settings(settings), ModelLoader.from_settings(settings, **loader_args)
+                )
                 closers.append(reranker.close)
                 models = await reranker.load()
                 if REQUIRE_CUDA and not settings.triton_url and models.device_report.get("cuda") != "used":

@@ -140,11 +140,11 @@ def measure_padding(
 
 
 async def _phase_run(settings: Any, requests: list[tuple[str, list[str]]]) -> dict[str, Any]:
-    from gateway.backends.factory import ModelLoader
     from gateway.domain import RerankQuery
-    from gateway.pipeline import Reranker
+    from gateway.loading import ModelLoader
+    from gateway.pipeline import PipelineConfig, Reranker
 
-    reranker = Reranker(settings, ModelLoader(settings))
+    reranker = Reranker(PipelineConfig.from_settings(settings), ModelLoader.from_settings(settings))
     try:
         models = await reranker.load()
         await reranker.rerank(RerankQuery(requests[0][0], tuple(requests[0][1][:8])))  # warm-up

@@ -11,8 +11,8 @@ from gateway_test_fakes import oom_session_factory, probe
 
 from gateway.api.schemas import RerankResponse
 from gateway.app import create_app
-from gateway.loading import ModelLoader
 from gateway.config import Settings
+from gateway.loading import ModelLoader
 from gateway.pipeline import PipelineConfig, Reranker
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_models]
@@ -29,8 +29,12 @@ def build(repo, gpu_free_mb: int) -> tuple[object, list]:
     settings = Settings(model_repository=repo, threads=2, prefilter_name="", keep=0)
     sessions: list = []
     gpu = probe(gpu_free_mb)
-    loader = ModelLoader.from_settings(settings, gpu_probe=gpu, session_factory=oom_session_factory(0, sessions))
-    return create_app(settings, Reranker(PipelineConfig.from_settings(settings), loader), gpu_probe=gpu), sessions
+    loader = ModelLoader.from_settings(
+        settings, gpu_probe=gpu, session_factory=oom_session_factory(0, sessions)
+    )
+    return create_app(
+        settings, Reranker(PipelineConfig.from_settings(settings), loader), gpu_probe=gpu
+    ), sessions
 
 
 def fallbacks(metrics_text: str) -> float:

@@ -18,12 +18,12 @@ from prometheus_client import REGISTRY
 
 from bench.gpu_measure import RecordingSession, oom_evidence
 from gateway.app import create_app
-from gateway.backends.factory import ModelLoader
 from gateway.backends.fallback import FallbackScorer
 from gateway.backends.gpu_probe import FixedProbe, GpuStatus
 from gateway.backends.onnx_local import make_session
 from gateway.config import Settings
-from gateway.pipeline import Reranker
+from gateway.loading import ModelLoader
+from gateway.pipeline import PipelineConfig, Reranker
 from gateway.repository import read_model_spec
 
 QUERY = "How many people live in Berlin?"
@@ -91,8 +91,11 @@ def oom_app(tiny_model_repository: Path):
         return sessions[-1]
 
     probe = FixedProbe(GpuStatus(True, free_mb=140_000, total_mb=143_771, name="Injected H200"))
-    reranker = Reranker(settings, ModelLoader(settings, gpu_probe=probe, session_factory=factory))
-    with TestClient(create_app(settings, reranker)) as client:
+    reranker = Reranker(
+        PipelineConfig.from_settings(settings),
+        ModelLoader.from_settings(settings, gpu_probe=probe, session_factory=factory),
+    )
+    with TestClient(create_app(settings, reranker, gpu_probe=probe)) as client:
         yield client, reranker, sessions
 
 

@@ -97,7 +97,12 @@ ERRORS = [
 @pytest.fixture(scope="module")
 def app_and_executor():
     settings = Settings(model_repository="does-not-exist", preload=False, api_keys=["k"], max_body_bytes=4096)
-    app = create_app(settings, Reranker(PipelineConfig.from_settings(settings), loader=lambda: (_ for _ in ()).throw(AssertionError)))
+    app = create_app(
+        settings,
+        Reranker(
+            PipelineConfig.from_settings(settings), loader=lambda: (_ for _ in ()).throw(AssertionError)
+        ),
+    )
     executor = FakeExecutor()
     app.state.admission = executor  # the routes' only way to the pipeline
     return app, executor

@@ -6,11 +6,11 @@ import pytest
 from gateway_test_fakes import oom_session_factory, probe, silent_cpu_session_factory
 
 from gateway import metrics
-from gateway.loading import ModelLoader
 from gateway.backends.fallback import FallbackScorer
 from gateway.config import Settings
 from gateway.domain import RerankQuery
 from gateway.errors import ModelRepositoryError
+from gateway.loading import ModelLoader
 from gateway.pipeline import PipelineConfig, Reranker
 
 QUERY = "How many people live in Berlin?"
@@ -29,7 +29,9 @@ def test_cpu_loads_int8_and_the_prefilter(tiny_model_repository):
 
 
 def test_fp32_precision_loads_an_fp32_variant(tiny_model_repository):
-    loaded = ModelLoader.from_settings(settings(tiny_model_repository, cpu_precision="fp32", prefilter_name=""))()
+    loaded = ModelLoader.from_settings(
+        settings(tiny_model_repository, cpu_precision="fp32", prefilter_name="")
+    )()
     assert loaded.reranker.variant in ("fp32", "fp32-opt") and loaded.prefilter is None
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.loading import ModelLoader, cpu_variant
 from gateway.backends.onnx_local import cpu_flags
 from gateway.config import Settings
+from gateway.loading import ModelLoader, cpu_variant
 from gateway.repository import read_model_spec
 
 VNNI = ["avx512_vnni", "avx_vnni", "amx_int8"]
@@ -49,7 +49,7 @@ def test_without_vnni_the_7bit_file_is_served_and_info_says_why(
     tiny_model_repository: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):
     repository = full_range_repository(tiny_model_repository, tmp_path / "repo", keep_7bit=True)
-    with caplog.at_level(logging.WARNING, logger="gateway.backends.factory"):
+    with caplog.at_level(logging.WARNING, logger="gateway.loading"):
         loaded = load(repository, AVX2_ONLY)
     assert loaded.reranker.variant == "int8-7bit" and loaded.prefilter is not None
     assert loaded.prefilter.variant == "int8-7bit"

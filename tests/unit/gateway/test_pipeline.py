@@ -5,9 +5,9 @@ import asyncio
 import numpy as np
 import pytest
 
+from gateway.assembly import sigmoid
 from gateway.domain import RerankQuery
 from gateway.errors import InputTooLong, ValidationFailed
-from gateway.assembly import sigmoid
 
 QUERY = "berlin population"
 RELEVANT = "Berlin has a large population of people."
