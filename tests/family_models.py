@@ -376,3 +376,56 @@ def _mxbai_v2_scores(folder: Path, pairs: Sequence[tuple[str, str]], instruction
             diff = logits[:, -1, yes_loc] - logits[:, -1, no_loc]
         scores += [1.0 / (1.0 + math.exp(-float(x))) for x in diff]
     return scores
+
+
+def exported_scores(
+    model_folder: Path, pairs: Sequence[tuple[str, str]], *, variant: str = "fp32", instruction: str | None = None
+) -> list[float]:
+    """Relevance scores of an exported model folder (manifest.json + tokenizer/ + ONNX), computed the way the
+    manifest contract says the gateway does: template parts tokenized separately without special tokens
+    (decoders, left padding) or the tokenizer's pair encoding (encoders), then activation(logits[:, 0])."""
+    import numpy as np
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    model_folder = Path(model_folder)
+    manifest = json.loads((model_folder / "manifest.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(model_folder / manifest["tokenizer_dir"])
+    names = [i["name"] for i in manifest["inputs"]]
+    template = manifest.get("template")
+    rows: list[dict[str, list[int]]] = []
+    for query, document in pairs:
+        if template is None:
+            enc = tokenizer(query, document, truncation="only_second", max_length=manifest["max_length"])
+            rows.append({n: list(enc[n]) for n in names})
+            continue
+        instr = instruction or template["default_instruction"]
+        query_format = template["query"]
+        if instr and template.get("query_with_instruction"):
+            query_format = template["query_with_instruction"]
+        parts = [
+            template["prefix"],
+            query_format.format(instruction=instr or "", query=query),
+            template["document"].format(document=document),
+            template["suffix"],
+        ]
+        ids = [i for part in parts for i in tokenizer(part, add_special_tokens=False)["input_ids"]]
+        rows.append({"input_ids": ids, "attention_mask": [1] * len(ids)})
+    width = max(len(r["input_ids"]) for r in rows)
+    feed = {}
+    for name in names:
+        fill = tokenizer.pad_token_id if name == "input_ids" else 0
+        arr = np.full((len(rows), width), fill, dtype=np.int64)
+        for i, row in enumerate(rows):
+            seq = row.get(name, [0] * len(row["input_ids"]))
+            if manifest.get("padding_side", "right") == "left":
+                arr[i, width - len(seq) :] = seq
+            else:
+                arr[i, : len(seq)] = seq
+        feed[name] = arr
+    path = model_folder / manifest["variants"][variant]["file"]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logits = session.run(["logits"], feed)[0][:, 0].astype(np.float64)
+    if manifest.get("score", {}).get("activation", "sigmoid") == "sigmoid":
+        return [float(x) for x in 1.0 / (1.0 + np.exp(-logits))]
+    return [float(x) for x in logits]
