@@ -8,6 +8,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from export.families import template_names
+
 DEFAULT_MODEL = "cross-encoder/ms-marco-MiniLM-L-6-v2"
 DEFAULT_PREFILTER = "cross-encoder/ms-marco-TinyBERT-L-2-v2"
 
@@ -34,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--template",
         default=None,
-        choices=("qwen3-reranker", "mxbai-rerank-v2"),
+        choices=template_names(),
         help="prompt template of a decoder reranker (Qwen3ForCausalLM / Qwen2ForCausalLM) whose folder does "
         "not say which it is",
     )

@@ -171,7 +171,7 @@ def _tiny_modernbert_config(tokenizer: Any, **overrides: object) -> Any:
         "initializer_range": 0.1,
     }
     values.update(overrides)
-    return ModernBertConfig(**values)
+    return ModernBertConfig(**values)  # type: ignore[arg-type]
 
 
 def build_modernbert(target: Path, *, seed: int = 0) -> Path:
@@ -379,7 +379,11 @@ def _mxbai_v2_scores(folder: Path, pairs: Sequence[tuple[str, str]], instruction
 
 
 def exported_scores(
-    model_folder: Path, pairs: Sequence[tuple[str, str]], *, variant: str = "fp32", instruction: str | None = None
+    model_folder: Path,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    variant: str = "fp32",
+    instruction: str | None = None,
 ) -> list[float]:
     """Relevance scores of an exported model folder (manifest.json + tokenizer/ + ONNX), computed the way the
     manifest contract says the gateway does: template parts tokenized separately without special tokens
