@@ -8,6 +8,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from export.families import template_names
+
 DEFAULT_MODEL = "cross-encoder/ms-marco-MiniLM-L-6-v2"
 DEFAULT_PREFILTER = "cross-encoder/ms-marco-TinyBERT-L-2-v2"
 
@@ -30,6 +32,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prefilter-name", default="prefilter", help="Triton model name of the prefilter")
     parser.add_argument(
         "--max-length", type=int, default=None, help="max tokens per pair (default: the model's)"
+    )
+    parser.add_argument(
+        "--template",
+        default=None,
+        choices=template_names(),
+        help="prompt template of a decoder reranker (Qwen3ForCausalLM / Qwen2ForCausalLM) whose folder does "
+        "not say which it is",
     )
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
     parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit) of --model")
@@ -80,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             opset=args.opset,
             revision=args.revision,
             int8=replace(INT8_SETTINGS, reduce_range=not args.int8_full_range),
+            template=args.template,
         )
         if args.calibration is not None:
             from export.calibrate import calibrate
@@ -101,14 +111,22 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if not args.quiet:
         for name, manifest in manifests.items():
-            figures = manifest["parity"]["figures"]
-            print(
-                f"{name}: fp32 max|diff| {figures['fp32']['max_abs_diff']:.2e}, "
-                f"int8 Spearman {figures['int8']['spearman']:.4f}, "
-                f"int8 top-1 {figures['int8']['top1_agreement']:.0%}",
-                file=sys.stderr,
-            )
+            print(summary(name, manifest), file=sys.stderr)
     return 0
+
+
+def summary(name: str, manifest: dict) -> str:
+    """One line per model: family, fp32 parity, the variants written and the ones left out (with why)."""
+    figures = manifest["parity"]["figures"]
+    parts = [f"{name} ({manifest.get('family', '?')}): fp32 max|diff| {figures['fp32']['max_abs_diff']:.2e}"]
+    for key in manifest["variants"]:
+        if key.startswith("int8") and key in figures:
+            parts.append(
+                f"{key} Spearman {figures[key]['spearman']:.4f} top-1 {figures[key]['top1_agreement']:.0%}"
+            )
+    for key, reason in manifest.get("variants_skipped", {}).items():
+        parts.append(f"{key} left out ({reason})")
+    return "; ".join(parts)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Build a validated Triton model repository from one or two cross-encoders.
 
 Everything is written into a staging folder beside the output; the model folders replace their old versions
-only after every variant of every model passed the parity gate, so a failed export leaves the previous
-repository (or none) untouched.
+only after the fp32 graph of every model matched PyTorch, so a failed export leaves the previous repository
+(or none) untouched. A reduced-precision or fused variant (int8, fp16, fp32-opt) that cannot be built or
+misses its bound is left out of the folder, its reason printed and recorded in `variants_skipped`.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from export import onnx_export, quantize, triton_repo, validate
-from export.errors import ExportError, SourceError
+from export.errors import ExportError, ParityError, SourceError
+from export.families import Family
 from export.sources import TOKENIZER_FILES, ModelSource, file_sha256, resolve_source
 
 # The gateway reads the same flags when it picks the int8 file to serve: one reader for both.
@@ -80,12 +84,14 @@ def build_repository(
     revision: str | None = None,
     int8: quantize.Int8Settings = quantize.INT8_SETTINGS,
     cpu_flags: Callable[[], frozenset[str]] = read_cpu_flags,
+    template: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Export, validate and install `name` (and `prefilter_name`) under output; returns the manifests.
 
     prefilter: a hub id or folder; "same" uses the cross-encoder itself (its int8 file on the CPU);
     None / "none" builds no prefilter. `cpu_flags` (this CPU's /proc/cpuinfo flags; injectable for tests)
-    decides whether a requested full-range int8 file can be validated here.
+    decides whether a requested full-range int8 file can be validated here. `template` names a decoder
+    reranker's prompt (export.families.TEMPLATES) where the model folder does not say it.
     """
     started = time.perf_counter()
     output = Path(output).resolve()
@@ -98,7 +104,7 @@ def build_repository(
     if prefilter is not None and name == prefilter_name:
         raise ExportError(f"the model and the prefilter need different names (both are {name!r})")
 
-    source = resolve_source(model, revision=revision, quiet=quiet)
+    source = resolve_source(model, revision=revision, quiet=quiet, template=template)
     prefilter_source: ModelSource | None = None
     same = prefilter is not None and prefilter.strip().lower() in SAME_AS_MODEL
     if prefilter is not None and not same:
@@ -165,58 +171,94 @@ def _build_model(
     int8: quantize.Int8Settings,
     cpu_flags: frozenset[str],
 ) -> dict[str, Any]:
+    """Export, gate and lay out one model folder.
+
+    The fp32 graph must match PyTorch (else ParityError: nothing is written); each reduced-precision or
+    fused variant that fails to build or misses its bound is left out, its reason in `variants_skipped`.
+    """
     from transformers import AutoConfig, AutoTokenizer
 
+    family = source.family
     version_dir = folder / "1"
     version_dir.mkdir(parents=True)
     config = AutoConfig.from_pretrained(source.folder)
     tokenizer = AutoTokenizer.from_pretrained(source.folder, use_fast=True)
-    length = _max_length(tokenizer, config, max_length, source.spec)
+    length = _max_length(tokenizer, config, max_length, source.spec, family)
+    token_ids = _template_token_ids(tokenizer, family, source.spec)
     _copy_tokenizer(source.folder, folder / "tokenizer", tokenizer)
 
     fp32 = version_dir / "model.onnx"
-    with progress.step(f"export fp32 ONNX (opset {opset})"):
-        onnx_export.export_fp32(source.folder, fp32, opset=opset, quiet=quiet)
+    with progress.step(f"export fp32 ONNX ({family.family}, opset {opset})"):
+        if family.exporter == "optimum":
+            onnx_export.export_fp32(source.folder, fp32, opset=opset, quiet=quiet)
+        else:
+            from export import torch_export
+
+            torch_export.export_fp32(
+                family, source.folder, fp32, opset=opset,
+                positive_id=token_ids[0] if token_ids else None,
+                negative_id=token_ids[1] if token_ids else None,
+            )  # fmt: skip
     inputs, outputs = onnx_export.graph_io(fp32)
     if [o["name"] for o in outputs] != ["logits"]:
         raise ExportError(f"{source.spec}: expected one output named 'logits', the graph has {outputs}")
 
-    files: dict[str, Path] = {"fp32": fp32}
+    skipped: dict[str, str] = {}
+    files: dict[str, Path] = {}
+
+    def build(key: str, path: Path, message: str, make: Callable[[], None]) -> None:
+        with progress.step(message):
+            try:
+                make()
+            except ExportError as exc:
+                skipped[key] = str(exc)
+                return
+        files[key] = path
+
     fused = version_dir / "model.opt.onnx"
-    with progress.step("optimize (ORT attention fusion)"):
-        has_fused = quantize.optimize_fp32(
-            fp32,
-            fused,
-            source.model_type,
+    no_fusion = quantize.fusion_unsupported(source.model_type)
+    if no_fusion is not None:
+        skipped["fp32-opt"] = no_fusion
+    else:
+        build("fp32-opt", fused, "optimize (ORT attention fusion)", lambda: quantize.optimize_fp32(
+            fp32, fused, source.model_type,
             num_heads=int(getattr(config, "num_attention_heads", 0) or 0),
             hidden_size=int(getattr(config, "hidden_size", 0) or 0),
-        )
-    int8_source = fused if (has_fused and int8.from_fused_graph) else fp32
+        ))  # fmt: skip
     int8, int8_entry = _int8_plan(name, int8, cpu_flags, progress)
-    with progress.step("quantize int8 (dynamic, CPU)"):
-        quantize.quantize_int8(int8_source, version_dir / "model.int8.onnx", int8)
-    files["int8"] = version_dir / "model.int8.onnx"
+    int8_source = fused if ("fp32-opt" in files and int8.from_fused_graph) else fp32
+    int8_path = version_dir / "model.int8.onnx"
+    build("int8", int8_path, "quantize int8 (dynamic, CPU)",
+          lambda: quantize.quantize_int8(int8_source, int8_path, int8))  # fmt: skip
     if not int8.reduce_range:
         portable = version_dir / f"model.{quantize.PORTABLE_INT8_VARIANT}.onnx"
-        with progress.step("quantize int8 7-bit (for CPUs without VNNI)"):
-            quantize.quantize_int8(int8_source, portable, replace(int8, reduce_range=True))
-        files[quantize.PORTABLE_INT8_VARIANT] = portable
-    if has_fused and KEEP_FUSED_FP32:
-        files["fp32-opt"] = fused
-    elif has_fused:
-        fused.unlink()
+        build(quantize.PORTABLE_INT8_VARIANT, portable, "quantize int8 7-bit (for CPUs without VNNI)",
+              lambda: quantize.quantize_int8(int8_source, portable, replace(int8, reduce_range=True)))  # fmt: skip
     if BUILD_FP16:
-        with progress.step("convert fp16 (GPU)"):
-            quantize.convert_fp16(fp32, version_dir / "model.fp16.onnx")
-        files["fp16"] = version_dir / "model.fp16.onnx"
+        fp16 = version_dir / "model.fp16.onnx"
+        build("fp16", fp16, "convert fp16 (GPU)", lambda: quantize.convert_fp16(fp32, fp16))
 
     with progress.step("validate against PyTorch"):
-        parity = _parity(source, tokenizer, files, inputs, length, thresholds)
-    validate.check_gate(name, parity["figures"], thresholds)
+        parity = _parity(source, tokenizer, {"fp32": fp32, **files}, inputs, length, thresholds, token_ids)
+    figures = parity["figures"]
+    fp32_problems = validate.variant_problems("fp32", figures["fp32"], thresholds)
+    if fp32_problems:
+        raise ParityError(
+            f"{name}: parity gate failed: " + "; ".join(fp32_problems) + "; no repository was written"
+        )
+    for key in list(files):
+        problems = validate.variant_problems(key, figures[key], thresholds)
+        if problems:
+            skipped[key] = "; ".join(problems)
+    for key in [k for k in files if k in skipped or (k == "fp32-opt" and not KEEP_FUSED_FP32)]:
+        _remove_graph(files.pop(key))
+    for key, reason in skipped.items():
+        progress.warn(f"{name}: {key} left out: {reason}")
 
-    _write_triton_files(folder, name, inputs, outputs, length)
+    files = {"fp32": fp32, **files}
+    _write_triton_files(folder, name, inputs, outputs, length, cpu_file=_cpu_file(files))
     variants = {key: _variant(key, path, folder) for key, path in files.items()}
-    if int8_entry.get("requires_cpu_flags"):
+    if int8_entry.get("requires_cpu_flags") and "int8" in variants:
         variants["int8"]["requires_cpu_flags"] = int8_entry["requires_cpu_flags"]
     return {
         "name": name,
@@ -225,12 +267,14 @@ def _build_model(
         "source": source.manifest_entry(),
         "architecture": source.architecture,
         "model_type": source.model_type,
+        **family.manifest_fields(),
         "opset": onnx_export.opset_of(fp32),
         "max_length": length,
         "inputs": inputs,
         "outputs": outputs,
         "tokenizer_dir": "tokenizer",
         "variants": variants,
+        "variants_skipped": skipped,
         "int8_settings": {**quantize.settings_dict(int8), "graph": int8_source.name},
         "int8": int8_entry,
         "parity": parity,
@@ -238,6 +282,36 @@ def _build_model(
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": _versions(),
     }
+
+
+def _cpu_file(files: dict[str, Path]) -> str:
+    """The file the CPU onnxruntime config serves: int8 where it passed the gate, else the best fp32 file."""
+    for key in ("int8", quantize.PORTABLE_INT8_VARIANT, "fp32-opt", "fp32"):
+        if key in files:
+            return files[key].name
+    raise ExportError("no graph to serve")
+
+
+def _remove_graph(path: Path) -> None:
+    for data in onnx_export.external_files(path):
+        data.unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
+
+
+def _template_token_ids(tokenizer: Any, family: Family, spec: str) -> tuple[int, int] | None:
+    """A decoder's (positive, negative) token ids; each must be one token of the tokenizer."""
+    if family.template is None:
+        return None
+    ids = []
+    for token in (family.template.positive_token, family.template.negative_token):
+        encoded = tokenizer(token, add_special_tokens=False)["input_ids"]
+        if len(encoded) != 1:
+            raise ExportError(
+                f"{spec}: the {family.template.name} template scores the token {token!r}, which this "
+                f"tokenizer splits into {len(encoded)} tokens: not a {family.template.name} model?"
+            )
+        ids.append(int(encoded[0]))
+    return ids[0], ids[1]
 
 
 def _int8_plan(
@@ -276,13 +350,20 @@ _PRECISION = {
 
 def _variant(key: str, path: Path, folder: Path) -> dict[str, Any]:
     precision, target = _PRECISION[key]
-    return {
+    entry: dict[str, Any] = {
         "file": path.relative_to(folder).as_posix(),
         "sha256": file_sha256(path),
         "bytes": path.stat().st_size,
         "precision": precision,
         "target": target,
     }
+    data = onnx_export.external_files(path)
+    if data:  # weights over the protobuf limit: the files ONNX Runtime loads beside the graph
+        entry["external_data"] = [
+            {"file": d.relative_to(folder).as_posix(), "sha256": file_sha256(d), "bytes": d.stat().st_size}
+            for d in data
+        ]
+    return entry
 
 
 def _parity(
@@ -292,14 +373,27 @@ def _parity(
     inputs: list[dict[str, str]],
     length: int,
     thresholds: validate.Thresholds,
+    token_ids: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
+    family = source.family
     pairs = validate.build_parity_set()
     input_names = [i["name"] for i in inputs]
-    encodings = validate.tokenize_pairs(tokenizer, pairs.pairs, length)
+    if family.template is not None:
+        encodings = validate.template_encodings(family.template, tokenizer, pairs.pairs, length)
+    else:
+        encodings = validate.tokenize_pairs(tokenizer, pairs.pairs, length)
     pad_id = tokenizer.pad_token_id or 0
-    reference = validate.pytorch_scores(source.folder, encodings, input_names, pad_id)
-    scores = {key: validate.onnx_scores(path, encodings, input_names, pad_id) for key, path in files.items()}
+    side = family.padding_side
+    reference = validate.reference_logits(family, source.folder, encodings, input_names, pad_id, token_ids)
+    scores = {
+        key: validate.onnx_scores(path, encodings, input_names, pad_id, padding_side=side)
+        for key, path in files.items()
+    }
     figures = {"fp32": validate.compare(reference, scores["fp32"], pairs.groups)}
+    # the relevance score the gateway returns: activation(logit)
+    if family.activation == "sigmoid":
+        probabilities = np.abs(_sigmoid(reference) - _sigmoid(scores["fp32"]))
+        figures["fp32"]["max_abs_diff_after_sigmoid"] = float(probabilities.max())
     if "fp32-opt" in scores:
         figures["fp32-opt"] = validate.compare(reference, scores["fp32-opt"], pairs.groups)
     # int8 and fp16 are judged against the fp32 ONNX scores (their own baseline)
@@ -315,15 +409,34 @@ def _parity(
         "pairs_at_max_length": sum(n == length for n in lengths),
         "min_tokens": min(lengths),
         "max_tokens": max(lengths),
-        "reference": "PyTorch fp32, separately loaded",
+        "reference": _REFERENCE[family.family],
+        "padding_side": side,
         "figures": figures,
         "thresholds": validate.thresholds_dict(thresholds),
         "reference_logits_head": [round(float(x), 6) for x in reference[:8]],
     }
 
 
-def _max_length(tokenizer: Any, config: Any, requested: int | None, spec: str) -> int:
+_REFERENCE = {
+    "bert": "PyTorch fp32 AutoModelForSequenceClassification, separately loaded",
+    "xlm-roberta": "PyTorch fp32 AutoModelForSequenceClassification, separately loaded",
+    "modernbert": "PyTorch fp32 AutoModelForSequenceClassification, separately loaded",
+    "st-crossencoder": "PyTorch fp32 sentence-transformers CrossEncoder module stack ('scores'), separately loaded",
+    "decoder": "PyTorch fp32 AutoModelForCausalLM: logit(positive) - logit(negative) of the full vocabulary "
+    "logits at the last position, left padding (the model card's formula before its softmax/sigmoid)",
+}
+# Decoder rerankers: the model cards' max_length (Qwen3-Reranker 8192; positions allow more).
+DECODER_MAX_LENGTH = 8192
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _max_length(tokenizer: Any, config: Any, requested: int | None, spec: str, family: Family) -> int:
     positions = int(getattr(config, "max_position_embeddings", 512) or 512)
+    if family.family == "decoder":
+        positions = min(positions, DECODER_MAX_LENGTH)
     if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
         positions -= int(getattr(config, "pad_token_id", 1) or 1) + 1  # position ids start after padding_idx
     limit = min(int(tokenizer.model_max_length), positions) if tokenizer.model_max_length < 1e6 else positions
@@ -347,7 +460,12 @@ def _copy_tokenizer(source: Path, target: Path, tokenizer: Any) -> None:
 
 
 def _write_triton_files(
-    folder: Path, name: str, inputs: list[dict[str, str]], outputs: list[dict[str, str]], length: int
+    folder: Path,
+    name: str,
+    inputs: list[dict[str, str]],
+    outputs: list[dict[str, str]],
+    length: int,
+    cpu_file: str = "model.int8.onnx",
 ) -> None:
     settings = triton_repo.TritonSettings()
     trt_outputs = [{"name": o["name"], "dtype": o["dtype"]} for o in outputs]
@@ -357,7 +475,9 @@ def _write_triton_files(
     configs = folder / "configs"
     configs.mkdir(exist_ok=True)
     (configs / "cpu-onnxruntime.pbtxt").write_text(
-        triton_repo.render_cpu_onnxruntime_config(name, inputs, trt_outputs, settings=settings)
+        triton_repo.render_cpu_onnxruntime_config(
+            name, inputs, trt_outputs, onnx_file=cpu_file, settings=settings
+        )
     )
     try:
         from export.triton_cpu import render_python_cpu_config
@@ -380,7 +500,11 @@ def _copy_as(source: Path, target: Path, name: str, manifest: dict[str, Any]) ->
     """The prefilter folder as a copy of the cross-encoder's, renamed (configs and manifest)."""
     shutil.copytree(source, target)
     manifest = {**manifest, "name": name, "role": "prefilter", "same_as": manifest["name"]}
-    _write_triton_files(target, name, manifest["inputs"], manifest["outputs"], manifest["max_length"])
+    variants = manifest["variants"]
+    cpu_file = _cpu_file({k: target / v["file"] for k, v in variants.items()})
+    _write_triton_files(
+        target, name, manifest["inputs"], manifest["outputs"], manifest["max_length"], cpu_file=cpu_file
+    )
     return manifest
 
 

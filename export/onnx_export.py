@@ -17,6 +17,10 @@ from export import dtypes
 from export.errors import ExportError
 
 DEFAULT_OPSET = 17
+# Above this many bytes of weights a graph is saved with its tensors in one external data file
+# (`<file>.data` beside it): a protobuf message cannot exceed 2 GiB (bge-reranker-v2-m3 fp32 does).
+# Module-level so tests can force it on a tiny model.
+EXTERNAL_DATA_THRESHOLD_BYTES = 1_800_000_000
 
 
 def export_fp32(model_dir: Path, output: Path, *, opset: int = DEFAULT_OPSET, quiet: bool = False) -> None:
@@ -40,13 +44,53 @@ def export_fp32(model_dir: Path, output: Path, *, opset: int = DEFAULT_OPSET, qu
         produced = Path(tmp) / "model.onnx"
         if not produced.is_file():
             raise ExportError(f"optimum produced no model.onnx for {model_dir}")
-        if any(p.name.endswith((".onnx_data", ".data")) for p in Path(tmp).iterdir()):
-            # > 2 GB models keep weights outside the proto; re-save them as one file beside model.onnx
-            model = onnx.load(str(produced), load_external_data=True)
-            onnx.save(model, str(output), save_as_external_data=True, location=output.name + ".data")
-        else:
-            shutil.move(str(produced), output)
+        save_from(produced, output)
     check_plain(output)
+
+
+def weights_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of the graph's initializers (inline or external)."""
+    total = 0
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            total += int({e.key: e.value for e in tensor.external_data}.get("length", 0))
+        else:
+            total += len(tensor.raw_data) or tensor.ByteSize()
+    return total
+
+
+def save_model(model: onnx.ModelProto, output: Path) -> None:
+    """Save `model` as output, with one external data file `<output>.data` when its weights are larger than
+    EXTERNAL_DATA_THRESHOLD_BYTES (a stale data file from an earlier save is removed)."""
+    data = output.with_name(output.name + ".data")
+    data.unlink(missing_ok=True)
+    if weights_bytes(model) > EXTERNAL_DATA_THRESHOLD_BYTES:
+        onnx.save(model, str(output), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=data.name, size_threshold=1024)  # fmt: skip
+    else:
+        onnx.save(model, str(output))
+
+
+def save_from(source: Path, output: Path) -> None:
+    """Re-save the graph at `source` (any external data beside it loaded) as output, see save_model."""
+    if not external_files(source) and source.stat().st_size <= EXTERNAL_DATA_THRESHOLD_BYTES:
+        output.with_name(output.name + ".data").unlink(missing_ok=True)
+        shutil.move(str(source), output)
+        return
+    save_model(onnx.load(str(source), load_external_data=True), output)
+
+
+def external_files(path: Path) -> list[Path]:
+    """The external data files the graph at `path` refers to (none for a self-contained file)."""
+    model = onnx.load(str(path), load_external_data=False)
+    locations = {
+        e.value
+        for t in model.graph.initializer
+        if t.data_location == onnx.TensorProto.EXTERNAL
+        for e in t.external_data
+        if e.key == "location"
+    }
+    return [path.parent / loc for loc in sorted(locations)]
 
 
 def check_plain(path: Path) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import onnx
 
+from export import onnx_export
 from export.errors import ExportError
 
 # ORT's transformer optimizer knows these encoder families (BERT-like attention subgraphs).
@@ -26,6 +27,7 @@ _ORT_MODEL_TYPES = {
     "electra": "bert",
     "camembert": "bert",
     "deberta-v2": "bert",
+    "qwen3": "qwen3",
 }
 
 
@@ -67,24 +69,33 @@ def int8_requirement(settings: Int8Settings) -> dict[str, object]:
     return {"reduce_range": False, "requires": "vnni", "requires_cpu_flags": list(VNNI_CPU_FLAGS)}
 
 
-def optimize_fp32(source: Path, output: Path, model_type: str, *, num_heads: int, hidden_size: int) -> bool:
-    """Write an ORT-fused fp32 graph (Attention, SkipLayerNorm, BiasGelu); False if the family is unknown."""
-    ort_type = _ORT_MODEL_TYPES.get(model_type)
-    if ort_type is None:
-        return False
+def fusion_unsupported(model_type: str) -> str | None:
+    """Why no fused graph is built for this model type (None: ORT's optimizer knows it)."""
+    if model_type in _ORT_MODEL_TYPES:
+        return None
+    return f"ONNX Runtime's transformer optimizer has no fusion for model_type {model_type!r}"
+
+
+def optimize_fp32(source: Path, output: Path, model_type: str, *, num_heads: int, hidden_size: int) -> None:
+    """Write an ORT-fused fp32 graph (Attention, SkipLayerNorm, BiasGelu); ExportError if that fails."""
+    reason = fusion_unsupported(model_type)
+    if reason is not None:
+        raise ExportError(reason)
     from onnxruntime.transformers.optimizer import optimize_model
 
-    with _quiet_ort():
-        optimized = optimize_model(
-            str(source),
-            model_type=ort_type,
-            num_heads=num_heads,
-            hidden_size=hidden_size,
-            opt_level=1,
-            use_gpu=False,
-        )
-    optimized.save_model_to_file(str(output))
-    return True
+    try:
+        with _quiet_ort():
+            optimized = optimize_model(
+                str(source),
+                model_type=_ORT_MODEL_TYPES[model_type],
+                num_heads=num_heads,
+                hidden_size=hidden_size,
+                opt_level=1,
+                use_gpu=False,
+            )
+            onnx_export.save_model(optimized.model, output)
+    except Exception as exc:
+        raise ExportError(f"ORT fusion of {source.name} failed: {type(exc).__name__}: {exc}") from exc
 
 
 def quantize_int8(source: Path, output: Path, settings: Int8Settings = INT8_SETTINGS) -> None:
@@ -99,6 +110,7 @@ def quantize_int8(source: Path, output: Path, settings: Int8Settings = INT8_SETT
                 reduce_range=settings.reduce_range,
                 weight_type=getattr(QuantType, settings.weight_type),
                 op_types_to_quantize=list(settings.op_types),
+                use_external_data_format=bool(onnx_export.external_files(source)),
                 # fused com.microsoft ops defeat ONNX shape inference: their outputs are float32
                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
             )
@@ -108,16 +120,25 @@ def quantize_int8(source: Path, output: Path, settings: Int8Settings = INT8_SETT
             ) from exc
     if not output.is_file():
         raise ExportError(f"int8 quantization wrote no {output.name}")
+    written = onnx_export.external_files(output)
+    if written:  # one data file named after the graph, or none when the int8 weights fit inline
+        model = onnx.load(str(output), load_external_data=True)
+        for stale in written:
+            stale.unlink(missing_ok=True)
+        onnx_export.save_model(model, output)
 
 
 def convert_fp16(source: Path, output: Path) -> None:
     """fp16 weights and math with int64 inputs and float32 logits kept, so the same client works."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = onnx.load(str(source))
-    with _quiet_ort():
-        converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=None)
-    onnx.save(converted, str(output))
+    model = onnx.load(str(source), load_external_data=True)
+    try:
+        with _quiet_ort():
+            converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=None)
+    except Exception as exc:
+        raise ExportError(f"fp16 conversion of {source.name} failed: {type(exc).__name__}: {exc}") from exc
+    onnx_export.save_model(converted, output)
 
 
 def settings_dict(settings: Int8Settings) -> dict[str, object]:

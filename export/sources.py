@@ -13,9 +13,9 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from export.errors import SourceError
+from export.families import Family, detect_family
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -30,6 +30,9 @@ TOKENIZER_FILES = (
     "vocab.json",
     "added_tokens.json",
 )
+# sentence-transformers files at the top of a CrossEncoder folder (its head modules sit in N_Name/ folders)
+ST_FILES = ("modules.json", "config_sentence_transformers.json", "sentence_bert_config.json")
+_ST_MODULE_DIR = re.compile(r"^\d+_[A-Za-z]\w*/[^/]+$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -42,6 +45,7 @@ class ModelSource:
     model_id: str
     architecture: str
     model_type: str
+    family: Family
     hub_id: str | None = None
     revision: str | None = None
     weights_sha256: str | None = None
@@ -62,29 +66,36 @@ def looks_like_path(spec: str) -> bool:
     )
 
 
-def resolve_source(spec: str, *, revision: str | None = None, quiet: bool = False) -> ModelSource:
-    """Check a source and return where its files are; raise SourceError naming the problem."""
+def resolve_source(
+    spec: str, *, revision: str | None = None, quiet: bool = False, template: str | None = None
+) -> ModelSource:
+    """Check a source and return where its files are and its family; raise SourceError naming the problem.
+
+    template: the decoder prompt template (--template) where the folder does not say it.
+    """
     if looks_like_path(spec):
         folder = Path(spec).expanduser().resolve()
         if not folder.is_dir():
             raise SourceError(f"model folder not found: {folder} (from {spec!r})")
-        config = _check_folder(folder, spec)
+        family = _check_folder(folder, spec, template, (spec, folder.name))
         return ModelSource(
             spec=spec,
             folder=folder,
             model_id=folder.name,
-            architecture=config["architectures"][0],
-            model_type=str(config.get("model_type", "")),
+            architecture=family.architecture,
+            model_type=family.model_type,
+            family=family,
             weights_sha256=weights_sha256(folder),
         )
     folder, commit = _download(spec, revision, quiet)
-    config = _check_folder(folder, spec)
+    family = _check_folder(folder, spec, template, (spec,))
     return ModelSource(
         spec=spec,
         folder=folder,
         model_id=spec,
-        architecture=config["architectures"][0],
-        model_type=str(config.get("model_type", "")),
+        architecture=family.architecture,
+        model_type=family.model_type,
+        family=family,
         hub_id=spec,
         revision=commit,
     )
@@ -113,7 +124,9 @@ def hub_files_to_fetch(files: list[str]) -> list[str]:
     """Top-level config, tokenizer and ONE weights format (safetensors first): hub repos of cross-encoders
     also carry onnx/ and openvino/ folders and both weight formats, none of which the export needs."""
     top = [f for f in files if "/" not in f]
-    wanted = [f for f in top if f == "config.json" or f in TOKENIZER_FILES]
+    wanted = [f for f in top if f == "config.json" or f in TOKENIZER_FILES or f in ST_FILES]
+    if "modules.json" in top:  # a sentence-transformers head: its module folders' configs and weights
+        wanted += [f for f in files if _ST_MODULE_DIR.match(f)]
     for index_name, single, prefix, suffix in (
         ("model.safetensors.index.json", "model.safetensors", "model-", ".safetensors"),
         ("pytorch_model.bin.index.json", "pytorch_model.bin", "pytorch_model-", ".bin"),
@@ -126,7 +139,7 @@ def hub_files_to_fetch(files: list[str]) -> list[str]:
     return wanted  # no weights: _check_folder reports it
 
 
-def _check_folder(folder: Path, spec: str) -> dict[str, Any]:
+def _check_folder(folder: Path, spec: str, template: str | None, hints: tuple[str, ...]) -> Family:
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise SourceError(f"{spec!r}: no config.json in {folder}; not a Hugging Face model folder")
@@ -134,32 +147,13 @@ def _check_folder(folder: Path, spec: str) -> dict[str, Any]:
         config = json.loads(config_path.read_text())
     except (OSError, ValueError) as exc:
         raise SourceError(f"{spec!r}: config.json is not valid JSON ({exc})") from exc
-    architectures = config.get("architectures") or []
-    if not architectures or not str(architectures[0]).endswith("ForSequenceClassification"):
-        raise SourceError(
-            f"{spec!r} is not a sequence-classification model (architectures: {architectures or 'none'}); "
-            "a reranker must be a cross-encoder such as BertForSequenceClassification"
-        )
-    num_labels = _num_labels(config)
-    if num_labels != 1:
-        raise SourceError(
-            f"{spec!r} has {num_labels} output logits; a cross-encoder reranker must have exactly 1 "
-            "(one relevance score per query/document pair)"
-        )
+    family = detect_family(folder, config, spec, template=template, hints=hints)
     _check_weights(folder, spec)
     if not any(
         (folder / name).is_file() for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
     ):
         raise SourceError(f"{spec!r}: no tokenizer files (tokenizer.json / vocab.txt) in {folder}")
-    return config
-
-
-def _num_labels(config: dict[str, Any]) -> int:
-    if "num_labels" in config:
-        return int(config["num_labels"])
-    if "id2label" in config:
-        return len(config["id2label"])
-    return 2  # transformers' default for a classification head
+    return family
 
 
 def _weight_files(folder: Path) -> list[Path]:

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from export.errors import ParityError
+from export.errors import ExportError, ParityError
+from export.families import Family, Template
 from export.quantize import PORTABLE_INT8_VARIANT
 
 _TOPICS = [
@@ -148,10 +149,39 @@ def tokenize_pairs(
     return [{k: encoded[k][i] for k in keys} for i in range(len(pairs))]
 
 
+def template_encodings(
+    template: Template, tokenizer: Any, pairs: Sequence[tuple[str, str]], max_length: int
+) -> list[dict[str, list[int]]]:
+    """Decoder pairs as the model cards build them: the prefix's ids, the formatted query + document
+    (truncated from its end so that prefix and suffix always fit), the suffix's ids; no special tokens added."""
+
+    def ids(text: str, limit: int | None = None) -> list[int]:
+        kwargs = {"truncation": True, "max_length": limit} if limit is not None else {}
+        return list(tokenizer(text, add_special_tokens=False, **kwargs)["input_ids"])
+
+    prefix, suffix = ids(template.prefix), ids(template.suffix)
+    room = max_length - len(prefix) - len(suffix)
+    if room < 8:
+        raise ExportError(
+            f"max length {max_length} leaves no room for a pair inside the {template.name} prompt"
+        )
+    out = []
+    for query, document in pairs:
+        body = ids(template.format_query(query) + template.document.format(document=document), room)
+        input_ids = prefix + body + suffix
+        out.append({"input_ids": input_ids, "attention_mask": [1] * len(input_ids)})
+    return out
+
+
 def batches(
-    encodings: list[dict[str, list[int]]], input_names: Sequence[str], pad_id: int, batch_size: int = 16
+    encodings: list[dict[str, list[int]]],
+    input_names: Sequence[str],
+    pad_id: int,
+    batch_size: int = 16,
+    padding_side: str = "right",
 ):
-    """Length-sorted, padded int64 batches; yields (indices, {name: array})."""
+    """Length-sorted, padded int64 batches; yields (indices, {name: array}). Decoders pad on the left, so
+    that the last position of every row is its last real token."""
     order = sorted(range(len(encodings)), key=lambda i: len(encodings[i]["input_ids"]))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
@@ -162,7 +192,10 @@ def batches(
             arr = np.full((len(idx), width), fill, dtype=np.int64)
             for row, i in enumerate(idx):
                 seq = encodings[i][name]
-                arr[row, : len(seq)] = seq
+                if padding_side == "left":
+                    arr[row, width - len(seq) :] = seq
+                else:
+                    arr[row, : len(seq)] = seq
             feed[name] = arr
         yield idx, feed
 
@@ -172,9 +205,10 @@ def score_all(
     encodings: list[dict[str, list[int]]],
     input_names: Sequence[str],
     pad_id: int,
+    padding_side: str = "right",
 ) -> np.ndarray:
     out = np.zeros(len(encodings), dtype=np.float64)
-    for idx, feed in batches(encodings, input_names, pad_id):
+    for idx, feed in batches(encodings, input_names, pad_id, padding_side=padding_side):
         out[idx] = np.asarray(run(feed), dtype=np.float64).reshape(len(idx), -1)[:, 0]
     return out
 
@@ -194,7 +228,50 @@ def pytorch_scores(model_dir: Path, encodings, input_names, pad_id: int) -> np.n
     return score_all(run, encodings, input_names, pad_id)
 
 
-def onnx_scores(onnx_path: Path, encodings, input_names, pad_id: int, threads: int = 2) -> np.ndarray:
+def reference_logits(
+    family: Family,
+    model_dir: Path,
+    encodings: list[dict[str, list[int]]],
+    input_names: Sequence[str],
+    pad_id: int,
+    token_ids: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """What the graph must output, computed by a separately loaded PyTorch model the family's own way:
+    the classifier's logit; the CrossEncoder module stack's "scores"; for a decoder the model card's formula
+    on the full causal LM: logit(positive) - logit(negative) of the vocabulary logits at the last position of
+    a left-padded batch (sigmoid of it = softmax([negative, positive])[positive])."""
+    import torch
+
+    if family.family in ("bert", "xlm-roberta", "modernbert"):
+        return pytorch_scores(model_dir, encodings, input_names, pad_id)
+    if family.family == "st-crossencoder":
+        from export.torch_export import load_st_crossencoder, st_scores
+
+        stack = load_st_crossencoder(model_dir)
+
+        def run_stack(feed: dict[str, np.ndarray]) -> np.ndarray:
+            with torch.inference_mode():
+                return st_scores(stack, {k: torch.from_numpy(v) for k, v in feed.items()}).numpy()
+
+        return score_all(run_stack, encodings, input_names, pad_id)
+    if family.family == "decoder" and token_ids is not None:
+        from transformers import AutoModelForCausalLM
+
+        lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        positive, negative = token_ids
+
+        def run_lm(feed: dict[str, np.ndarray]) -> np.ndarray:
+            with torch.inference_mode():
+                last = lm(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits[:, -1, :]
+                return (last[:, positive] - last[:, negative]).unsqueeze(1).numpy()
+
+        return score_all(run_lm, encodings, input_names, pad_id, padding_side="left")
+    raise ExportError(f"no PyTorch reference for family {family.family!r}")
+
+
+def onnx_scores(
+    onnx_path: Path, encodings, input_names, pad_id: int, threads: int = 2, padding_side: str = "right"
+) -> np.ndarray:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -202,7 +279,9 @@ def onnx_scores(onnx_path: Path, encodings, input_names, pad_id: int, threads: i
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    return score_all(lambda feed: session.run(["logits"], feed)[0], encodings, input_names, pad_id)
+    return score_all(
+        lambda feed: session.run(["logits"], feed)[0], encodings, input_names, pad_id, padding_side
+    )
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -241,36 +320,38 @@ def compare(reference: np.ndarray, candidate: np.ndarray, groups: Sequence[int])
     }
 
 
-def check_gate(name: str, figures: dict[str, dict[str, float]], thresholds: Thresholds) -> None:
-    """Raise ParityError listing every bound that a variant misses."""
+def variant_problems(key: str, figures: dict[str, float], thresholds: Thresholds) -> list[str]:
+    """The bounds that one variant's figures miss ([] when it passes the gate)."""
     problems = []
-    fp32 = figures["fp32"]
-    if not fp32["max_abs_diff"] <= thresholds.fp32_max_abs_diff:
-        problems.append(
-            f"fp32 ONNX vs PyTorch max |diff| {fp32['max_abs_diff']:.3g} > {thresholds.fp32_max_abs_diff:g}"
-        )
-    if "fp32-opt" in figures and not figures["fp32-opt"]["max_abs_diff"] <= thresholds.fp32_max_abs_diff:
-        problems.append(
-            f"fp32-opt ONNX vs PyTorch max |diff| {figures['fp32-opt']['max_abs_diff']:.3g} > "
-            f"{thresholds.fp32_max_abs_diff:g}"
-        )
-    for key in ("int8", PORTABLE_INT8_VARIANT):  # the int8 file and, beside a full-range one, the 7-bit file
-        if key not in figures:
-            continue
-        int8 = figures[key]
-        if not int8["spearman"] >= thresholds.int8_min_spearman:
-            problems.append(f"{key} Spearman vs fp32 {int8['spearman']:.4f} < {thresholds.int8_min_spearman}")
-        if not int8["top1_agreement"] >= thresholds.int8_min_top1_agreement:
+    if key in ("fp32", "fp32-opt"):
+        if not figures["max_abs_diff"] <= thresholds.fp32_max_abs_diff:
             problems.append(
-                f"{key} picks the fp32 best document on {int8['top1_agreement']:.1%} of queries "
+                f"{key} ONNX vs PyTorch max |diff| {figures['max_abs_diff']:.3g} > "
+                f"{thresholds.fp32_max_abs_diff:g}"
+            )
+    elif key in ("int8", PORTABLE_INT8_VARIANT):  # the int8 file and, beside a full-range one, the 7-bit file
+        if not figures["spearman"] >= thresholds.int8_min_spearman:
+            problems.append(
+                f"{key} Spearman vs fp32 {figures['spearman']:.4f} < {thresholds.int8_min_spearman}"
+            )
+        if not figures["top1_agreement"] >= thresholds.int8_min_top1_agreement:
+            problems.append(
+                f"{key} picks the fp32 best document on {figures['top1_agreement']:.1%} of queries "
                 f"< {thresholds.int8_min_top1_agreement:.0%}"
             )
-    if "fp16" in figures:
-        fp16 = figures["fp16"]
-        if not fp16["max_abs_diff"] <= thresholds.fp16_max_abs_diff:
-            problems.append(f"fp16 max |diff| {fp16['max_abs_diff']:.3g} > {thresholds.fp16_max_abs_diff:g}")
-        if not fp16["spearman"] >= thresholds.fp16_min_spearman:
-            problems.append(f"fp16 Spearman {fp16['spearman']:.4f} < {thresholds.fp16_min_spearman}")
+    elif key == "fp16":
+        if not figures["max_abs_diff"] <= thresholds.fp16_max_abs_diff:
+            problems.append(
+                f"fp16 max |diff| {figures['max_abs_diff']:.3g} > {thresholds.fp16_max_abs_diff:g}"
+            )
+        if not figures["spearman"] >= thresholds.fp16_min_spearman:
+            problems.append(f"fp16 Spearman {figures['spearman']:.4f} < {thresholds.fp16_min_spearman}")
+    return problems
+
+
+def check_gate(name: str, figures: dict[str, dict[str, float]], thresholds: Thresholds) -> None:
+    """Raise ParityError listing every bound that a variant misses."""
+    problems = [p for key, fig in figures.items() for p in variant_problems(key, fig, thresholds)]
     if problems:
         raise ParityError(
             f"{name}: parity gate failed: " + "; ".join(problems) + "; no repository was written"

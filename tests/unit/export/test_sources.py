@@ -73,11 +73,11 @@ def test_folder_without_config(tmp_path: Path):
     assert_fails(tmp_path / "empty", "no config.json", tmp_path=tmp_path)
 
 
-def test_not_a_sequence_classification_model(tmp_path: Path):
+def test_encoder_without_head_is_refused(tmp_path: Path):
     folder = tmp_path / "encoder-only"
     BertModel(BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=32)).save_pretrained(folder)  # fmt: skip
-    assert_fails(folder, "not a sequence-classification model", "BertModel", tmp_path=tmp_path)
+    assert_fails(folder, "encoder without a relevance head", "BertModel", tmp_path=tmp_path)
 
 
 def test_more_than_one_logit(good_model: Path, tmp_path: Path):
@@ -92,6 +92,15 @@ def test_truncated_weights(good_model: Path, tmp_path: Path):
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
     assert_fails(folder, "model.safetensors is truncated", f"{len(data) // 2:,} bytes", tmp_path=tmp_path)
+
+
+def test_hub_files_of_a_sentence_transformers_head():
+    files = ["config.json", "model.safetensors", "tokenizer.json", "modules.json",
+             "config_sentence_transformers.json", "1_Pooling/config.json", "2_Dense/config.json",
+             "2_Dense/model.safetensors", "onnx/model.onnx", "README.md"]  # fmt: skip
+    assert sorted(hub_files_to_fetch(files)) == sorted(
+        [f for f in files if f not in ("onnx/model.onnx", "README.md")]
+    )
 
 
 def test_config_and_tokenizer_without_weights(real_models_dir: Path, tmp_path: Path):

@@ -1,0 +1,435 @@
+"""Tiny, deterministic models of every exported family, and their PyTorch reference scorers.
+
+Each `build_*` saves a small model built from the real transformers / sentence-transformers classes with
+random weights (fixed seeds) and a small tokenizer trained here with `tokenizers` (the hub is out of reach),
+in a few seconds. `reference_scores(folder, pairs)` scores query/document pairs the way the model's own
+card or library does (CrossEncoder.predict, the Qwen3-Reranker card's code, mxbai-rerank's
+`MxbaiRerankV2.prepare_inputs/forward`) and returns relevance scores after the default activation: what the
+gateway's `relevance_score` must equal within 1e-4.
+
+Every builder writes `family_models.json` (the family and, for decoders, the template) for
+`reference_scores`; the exporter never reads it (the decoder folders do not say their template:
+`python -m export ... --template NAME`, or a folder name that says it).
+
+Used by tests/unit/export (parity of the export) and reusable by the gateway and Triton parity tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+MARKER = "family_models.json"
+
+# The words the tiny tokenizers are trained on: the exporter's parity set and the templates' text, so that
+# the test pairs tokenize into real sub-words rather than [UNK].
+_EXTRA_TEXT = [
+    "what is the capital of France? Paris is the capital and largest city of France.",
+    "how do plants make food? Plants use photosynthesis to turn light, water and CO2 into sugar.",
+    "the weather is nice today. a railway timetable for the harbour.",
+]
+
+QWEN3_PREFIX = (
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
+    'Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
+)
+QWEN3_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+QWEN3_TASK = "Given a web search query, retrieve relevant passages that answer the query"
+MXBAI_PREFIX = (
+    "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+    "<|im_start|>user\n"
+)
+MXBAI_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n"
+MXBAI_TASK = (
+    "You are a search relevance expert who evaluates how well documents match search queries. For each "
+    "query-document pair, carefully analyze the semantic relationship between them, then provide your binary "
+    "relevance judgment (0 for not relevant, 1 for relevant).\nRelevance:"
+)
+
+
+def _corpus() -> list[str]:
+    from export.validate import build_parity_set
+
+    parity = build_parity_set()
+    texts = [*_EXTRA_TEXT, *parity.queries, *(d for _, d in parity.pairs[:80])]
+    texts += [
+        QWEN3_PREFIX,
+        QWEN3_SUFFIX,
+        QWEN3_TASK,
+        MXBAI_PREFIX,
+        MXBAI_TASK,
+        "<Instruct>: <Query>: <Document>:",
+    ]
+    texts += ["instruction: query: document:"] * 5
+    return texts
+
+
+def _wordpiece_tokenizer(target: Path, model_max_length: int = 512, token_types: bool = True) -> Any:
+    """A BERT-style WordPiece tokenizer ([CLS] a [SEP] b [SEP]) saved into target; ModernBERT's real
+    tokenizer returns no token_type_ids (`token_types=False`)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(_corpus(), trainers.WordPieceTrainer(vocab_size=700, special_tokens=specials))
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=model_max_length,
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"]
+        if token_types
+        else ["input_ids", "attention_mask"],
+    )
+    fast.save_pretrained(target)
+    return fast
+
+
+def _bpe_tokenizer(target: Path, model_max_length: int = 512) -> Any:
+    """A Qwen-style byte-level BPE with the chat tokens; "yes", "no", "0", "1" are single tokens."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=900, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator([*_corpus(), *(["yes", "no", "yes no", "no yes"] * 40)], trainer)
+    tok.add_tokens([AddedToken("<think>", normalized=False), AddedToken("</think>", normalized=False)])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        model_max_length=model_max_length,
+    )
+    for word in ("yes", "no", "0", "1"):
+        ids = fast(word, add_special_tokens=False)["input_ids"]
+        assert len(ids) == 1 and fast.convert_tokens_to_ids(word) == ids[0], f"{word!r} is not one token"
+    fast.save_pretrained(target)
+    return fast
+
+
+def _mark(target: Path, **data: object) -> None:
+    (target / MARKER).write_text(json.dumps(data) + "\n")
+
+
+def build_bert(target: Path, *, seed: int = 0) -> Path:
+    """BertForSequenceClassification, 1 logit, hidden 128 (spread logits: int8 keeps the ranking)."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    target.mkdir(parents=True, exist_ok=True)
+    tokenizer = _wordpiece_tokenizer(target)
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=256, max_position_embeddings=512, num_labels=1, initializer_range=0.1,
+        pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    BertForSequenceClassification(config).eval().save_pretrained(target)
+    _mark(target, family="bert")
+    return target
+
+
+def _tiny_modernbert_config(tokenizer: Any, **overrides: object) -> Any:
+    from transformers import ModernBertConfig
+
+    values: dict[str, object] = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 512,
+        "global_attn_every_n_layers": 3,  # layer 0 global, layers 1-2 local (sliding window)
+        "local_attention": 16,  # a window shorter than the parity set's long pairs: the mask is exercised
+        "pad_token_id": tokenizer.pad_token_id,
+        "cls_token_id": tokenizer.cls_token_id,
+        "sep_token_id": tokenizer.sep_token_id,
+        "bos_token_id": tokenizer.cls_token_id,
+        "eos_token_id": tokenizer.sep_token_id,
+        "num_labels": 1,
+        "initializer_range": 0.1,
+    }
+    values.update(overrides)
+    return ModernBertConfig(**values)  # type: ignore[arg-type]
+
+
+def build_modernbert(target: Path, *, seed: int = 0) -> Path:
+    """ModernBertForSequenceClassification (gte-reranker-modernbert-base layout), 1 logit."""
+    import torch
+    from transformers import ModernBertForSequenceClassification
+
+    target.mkdir(parents=True, exist_ok=True)
+    tokenizer = _wordpiece_tokenizer(target, token_types=False)
+    torch.manual_seed(seed)
+    model = ModernBertForSequenceClassification(_tiny_modernbert_config(tokenizer, classifier_pooling="mean"))
+    model.eval().save_pretrained(target)
+    _mark(target, family="modernbert")
+    return target
+
+
+def build_modernbert_encoder_only(target: Path, *, seed: int = 0) -> Path:
+    """A bare ModernBertModel (no head): the layout of the encoder-only ONNX published beside Ettin."""
+    import torch
+    from transformers import ModernBertModel
+
+    target.mkdir(parents=True, exist_ok=True)
+    tokenizer = _wordpiece_tokenizer(target, token_types=False)
+    torch.manual_seed(seed)
+    ModernBertModel(_tiny_modernbert_config(tokenizer)).eval().save_pretrained(target)
+    _mark(target, family="encoder-only")
+    return target
+
+
+def build_st_crossencoder(target: Path, *, seed: int = 0, pooling: str = "cls") -> Path:
+    """A sentence-transformers CrossEncoder with the Ettin module stack (sentence-transformers >= 5.4):
+    Transformer(feature-extraction, ModernBertModel) -> Pooling -> Dense(h, h, GELU) -> LayerNorm(h)
+    -> Dense(h, 1, identity, module_output_name="scores")."""
+    import torch
+    from sentence_transformers import CrossEncoder
+    from sentence_transformers.base.modules import Dense, Transformer
+    from sentence_transformers.sentence_transformer.modules import LayerNorm, Pooling
+
+    target.mkdir(parents=True, exist_ok=True)
+    encoder = target.parent / f".{target.name}-encoder"
+    build_modernbert_encoder_only(encoder, seed=seed)
+    torch.manual_seed(seed + 1)
+    transformer = Transformer(str(encoder), transformer_task="feature-extraction", max_seq_length=512)
+    hidden = transformer.get_embedding_dimension()
+    modules = [
+        transformer,
+        Pooling(hidden, pooling_mode=pooling),
+        Dense(hidden, hidden, activation_function=torch.nn.GELU()),
+        LayerNorm(hidden),
+        Dense(hidden, 1, activation_function=None, module_output_name="scores"),
+    ]
+    with torch.no_grad():  # spread the random head so that scores differ visibly between pairs
+        modules[2].linear.weight.normal_(0, 0.3)
+        modules[4].linear.weight.normal_(0, 0.5)
+    model = CrossEncoder(modules=modules)
+    model.save_pretrained(str(target))
+    import shutil
+
+    shutil.rmtree(encoder)
+    (target / MARKER).unlink(missing_ok=True)
+    _mark(target, family="st-crossencoder")
+    return target
+
+
+def _tiny_decoder(target: Path, config_cls: Any, model_cls: Any, seed: int, **overrides: object) -> Path:
+    import torch
+
+    target.mkdir(parents=True, exist_ok=True)
+    tokenizer = _bpe_tokenizer(target)
+    torch.manual_seed(seed)
+    values: dict[str, object] = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "tie_word_embeddings": True,
+        "initializer_range": 0.1,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "bos_token_id": tokenizer.pad_token_id,
+    }
+    values.update(overrides)
+    model_cls(config_cls(**values)).eval().save_pretrained(target)
+    return target
+
+
+def build_qwen3_reranker(target: Path, *, seed: int = 0) -> Path:
+    """Qwen3ForCausalLM in the Qwen3-Reranker layout (yes/no at the last token). The folder does not say
+    "reranker" unless its name does: export it with --template qwen3-reranker."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    _tiny_decoder(target, Qwen3Config, Qwen3ForCausalLM, seed, head_dim=16)
+    _mark(target, family="decoder", template="qwen3-reranker")
+    return target
+
+
+def build_mxbai_v2(target: Path, *, seed: int = 0) -> Path:
+    """Qwen2ForCausalLM in the mxbai-rerank-v2 layout ("1"/"0" at the last token): --template mxbai-rerank-v2."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    _tiny_decoder(target, Qwen2Config, Qwen2ForCausalLM, seed)
+    _mark(target, family="decoder", template="mxbai-rerank-v2")
+    return target
+
+
+def family_of(folder: Path) -> dict[str, str]:
+    return json.loads((Path(folder) / MARKER).read_text())
+
+
+def reference_scores(
+    folder: Path, pairs: Sequence[tuple[str, str]], *, instruction: str | None = None
+) -> list[float]:
+    """Relevance scores as the model's own library computes them (after its default activation)."""
+    folder = Path(folder)
+    kind = family_of(folder)
+    if kind["family"] == "decoder" and kind["template"] == "qwen3-reranker":
+        return _qwen3_card_scores(folder, pairs, instruction)
+    if kind["family"] == "decoder":
+        return _mxbai_v2_scores(folder, pairs, instruction)
+    from sentence_transformers import CrossEncoder
+
+    model = CrossEncoder(str(folder), device="cpu")  # Sigmoid for one label (CrossEncoder's default)
+    return [float(s) for s in model.predict(list(pairs), batch_size=16, convert_to_numpy=True)]
+
+
+def _qwen3_card_scores(
+    folder: Path, pairs: Sequence[tuple[str, str]], instruction: str | None, max_length: int = 8192
+) -> list[float]:
+    """The Qwen3-Reranker model card's code (transformers usage), verbatim in substance."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    token_false_id = tokenizer.convert_tokens_to_ids("no")
+    token_true_id = tokenizer.convert_tokens_to_ids("yes")
+    prefix_tokens = tokenizer.encode(QWEN3_PREFIX, add_special_tokens=False)
+    suffix_tokens = tokenizer.encode(QWEN3_SUFFIX, add_special_tokens=False)
+    task = instruction or QWEN3_TASK
+    texts = [f"<Instruct>: {task}\n<Query>: {q}\n<Document>: {d}" for q, d in pairs]
+    scores: list[float] = []
+    for start in range(0, len(texts), 16):
+        inputs = tokenizer(
+            texts[start : start + 16], padding=False, truncation="longest_first",
+            return_attention_mask=False, max_length=max_length - len(prefix_tokens) - len(suffix_tokens),
+        )  # fmt: skip
+        for i, ele in enumerate(inputs["input_ids"]):
+            inputs["input_ids"][i] = prefix_tokens + ele + suffix_tokens
+        batch = tokenizer.pad(inputs, padding=True, return_tensors="pt", max_length=max_length)
+        with torch.no_grad():
+            last = model(**batch).logits[:, -1, :]
+            pair = torch.stack([last[:, token_false_id], last[:, token_true_id]], dim=1)
+            scores += torch.nn.functional.log_softmax(pair, dim=1)[:, 1].exp().tolist()
+    return scores
+
+
+def _mxbai_v2_scores(folder: Path, pairs: Sequence[tuple[str, str]], instruction: str | None) -> list[float]:
+    """mxbai_rerank.MxbaiRerankV2.prepare_inputs + forward (mixedbread-ai/mxbai-rerank @ 8e709dc, v0.1.6),
+    then its sigmoid normalisation's core: sigmoid(logit("1") - logit("0"))."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    model_max_length = AutoConfig.from_pretrained(folder).max_position_embeddings
+    max_length = 8192
+
+    def ids(text: str) -> list[int]:
+        return tokenizer(text, return_tensors=None, add_special_tokens=False)["input_ids"]
+
+    yes_loc, no_loc = ids("1")[0], ids("0")[0]
+    task, sep = ids(MXBAI_TASK), ids("\n")
+    prefix, suffix = ids(MXBAI_PREFIX), ids(MXBAI_SUFFIX)
+    predefined = len(prefix) + len(task) + len(suffix) + len(sep)
+    if max_length + predefined > model_max_length:
+        max_length = model_max_length - predefined
+    items = []
+    for query, document in pairs:
+        query_prompt = f"query: {query}"
+        if instruction:
+            query_prompt = f"instruction: {instruction}\n{query_prompt}"
+        q = tokenizer(query_prompt, add_special_tokens=False, max_length=max_length * 3 // 4, truncation=True)
+        doc_max = min(model_max_length - len(q["input_ids"]) - predefined, max_length)
+        d = tokenizer(f"document: {document}", add_special_tokens=False, max_length=doc_max, truncation=True)
+        item = tokenizer.prepare_for_model(
+            q["input_ids"], sep + d["input_ids"], truncation="only_second", max_length=max_length,
+            padding=False, return_attention_mask=False, return_token_type_ids=False, add_special_tokens=False,
+        )  # fmt: skip
+        input_ids = prefix + item["input_ids"] + sep + task + suffix
+        items.append({"input_ids": input_ids, "attention_mask": [1] * len(input_ids)})
+    scores: list[float] = []
+    for start in range(0, len(items), 16):
+        batch = tokenizer.pad(
+            items[start : start + 16], padding="longest", pad_to_multiple_of=8, return_tensors="pt"
+        )
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            diff = logits[:, -1, yes_loc] - logits[:, -1, no_loc]
+        scores += [1.0 / (1.0 + math.exp(-float(x))) for x in diff]
+    return scores
+
+
+def exported_scores(
+    model_folder: Path,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    variant: str = "fp32",
+    instruction: str | None = None,
+) -> list[float]:
+    """Relevance scores of an exported model folder (manifest.json + tokenizer/ + ONNX), computed the way the
+    manifest contract says the gateway does: template parts tokenized separately without special tokens
+    (decoders, left padding) or the tokenizer's pair encoding (encoders), then activation(logits[:, 0])."""
+    import numpy as np
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    model_folder = Path(model_folder)
+    manifest = json.loads((model_folder / "manifest.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(model_folder / manifest["tokenizer_dir"])
+    names = [i["name"] for i in manifest["inputs"]]
+    template = manifest.get("template")
+    rows: list[dict[str, list[int]]] = []
+    for query, document in pairs:
+        if template is None:
+            enc = tokenizer(query, document, truncation="only_second", max_length=manifest["max_length"])
+            rows.append({n: list(enc[n]) for n in names})
+            continue
+        instr = instruction or template["default_instruction"]
+        query_format = template["query"]
+        if instr and template.get("query_with_instruction"):
+            query_format = template["query_with_instruction"]
+        parts = [
+            template["prefix"],
+            query_format.format(instruction=instr or "", query=query),
+            template["document"].format(document=document),
+            template["suffix"],
+        ]
+        ids = [i for part in parts for i in tokenizer(part, add_special_tokens=False)["input_ids"]]
+        rows.append({"input_ids": ids, "attention_mask": [1] * len(ids)})
+    width = max(len(r["input_ids"]) for r in rows)
+    feed = {}
+    for name in names:
+        fill = tokenizer.pad_token_id if name == "input_ids" else 0
+        arr = np.full((len(rows), width), fill, dtype=np.int64)
+        for i, row in enumerate(rows):
+            seq = row.get(name, [0] * len(row["input_ids"]))
+            if manifest.get("padding_side", "right") == "left":
+                arr[i, width - len(seq) :] = seq
+            else:
+                arr[i, : len(seq)] = seq
+        feed[name] = arr
+    path = model_folder / manifest["variants"][variant]["file"]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logits = session.run(["logits"], feed)[0][:, 0].astype(np.float64)
+    if manifest.get("score", {}).get("activation", "sigmoid") == "sigmoid":
+        return [float(x) for x in 1.0 / (1.0 + np.exp(-logits))]
+    return [float(x) for x in logits]
