@@ -69,6 +69,15 @@ class PromptTemplate:
         query, document = text("query"), text("document")
         instruction = text("instruction", required=False)
         assert query is not None and document is not None
+        with_instruction = text("query_with_instruction", required=False)
+        if instruction is None and with_instruction is not None:
+            # The exporter's form (mxbai-rerank-v2): the query part as written when an instruction is given,
+            # i.e. an instruction line before the plain query part.
+            if not with_instruction.endswith(query):
+                raise ManifestFieldError(
+                    "template.query_with_instruction", f"must end with the query part {query!r}"
+                )
+            instruction = with_instruction[: -len(query)]
         _check_format("template.query", query, required={"query"}, allowed={"query", "instruction"})
         _check_format("template.document", document, required={"document"}, allowed={"document"})
         if instruction is not None:
