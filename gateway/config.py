@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from gateway.addresses import strip_scheme
 from gateway.domain import MAX_CHUNKS_PER_DOC, MIN_MAX_LENGTH
 
 
@@ -256,16 +257,6 @@ class Settings(BaseSettings):
     @property
     def effective_triton_model_name(self) -> str:
         return self.triton_model_name or self.model_name
-
-
-_SCHEMES = ("grpc://", "http://", "https://")
-
-
-def strip_scheme(url: str) -> str:
-    """`grpc://host:8001/` -> `host:8001`: Triton's clients take host:port."""
-    for scheme in _SCHEMES:
-        url = url.removeprefix(scheme)
-    return url.rstrip("/")
 
 
 def parse_endpoints(value: str) -> list[str]:

@@ -19,8 +19,8 @@ from typing import Any, Literal
 import numpy as np
 
 from gateway import metrics
+from gateway.addresses import strip_scheme
 from gateway.backends.base import BatchScores, EncodedBatch, cancelled_by_caller
-from gateway.config import strip_scheme
 from gateway.errors import BackendFailed
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ Protocol = Literal["grpc", "http"]
 
 
 def _record(protocol: str, outcome: str) -> None:
-    metrics.SCORER_CALLS.labels(backend="triton", protocol=protocol, outcome=outcome).inc()
+    metrics.SCORER_CALLS.labels(backend=f"triton-{protocol}", protocol=protocol, outcome=outcome).inc()
 
 
 class TritonFailed(BackendFailed):
