@@ -100,7 +100,8 @@ class FallbackScorer(ABC):
 
 
 class SplittingFallback(FallbackScorer):
-    """CUDA -> CPU: a failed batch is halved once on the primary; the halves that still fail go to the fallback."""
+    """CUDA -> CPU: a failed batch is halved once on the primary; a half that still fails goes to the fallback.
+    The primary is never marked down (an OOM on one big batch says nothing about the next)."""
 
     def __init__(
         self, primary: Scorer, fallback: Scorer, *, probe_timeout_s: float = PRIMARY_PROBE_TIMEOUT_S
