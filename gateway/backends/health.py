@@ -108,8 +108,8 @@ class Health:
                 self._on_change(True)
 
     async def check(self) -> bool:
-        """One readiness call bounded by `probe_timeout_s`. Never raises (a failure is kept in `last_error`)
-        and changes no state."""
+        """One readiness call bounded by `probe_timeout_s`. Never raises (a failure is kept in `last_error`);
+        leaves up/down and the probe schedule alone."""
         try:
             return bool(await asyncio.wait_for(self._ready(), self.probe_timeout_s))
         except Exception as exc:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -56,6 +56,53 @@ class _Connection:
     retired: bool = False
 
 
+class _Clients:
+    """The scorer's current connection (one per event loop), retired after a failure, closed when unused."""
+
+    def __init__(self, new_client: Callable[[], Any]) -> None:
+        self._new_client = new_client
+        self._connection: _Connection | None = None
+
+    def _current(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        if self._connection is None or self._connection.loop is not loop:
+            # A connection made on another (finished) loop cannot be closed from here; drop it.
+            self._connection = _Connection(loop=loop, client=self._new_client())
+        return self._connection
+
+    def retire(self, connection: _Connection) -> None:
+        """Forget a client after a failure: the next call opens a fresh channel, which reconnects at once
+        instead of backing off; the old one closes when its last call ends (`use`)."""
+        if self._connection is connection:
+            self._connection = None
+        connection.retired = True
+
+    @contextlib.asynccontextmanager
+    async def use(self) -> AsyncIterator[_Connection]:
+        connection = self._current()
+        connection.users += 1
+        try:
+            yield connection
+        finally:
+            connection.users -= 1
+            if connection.retired and connection.users == 0:
+                await _close_client(connection)
+
+    async def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None and connection.loop is asyncio.get_running_loop():
+            connection.retired = True
+            if connection.users == 0:
+                await _close_client(connection)
+
+
+async def _close_client(connection: _Connection) -> None:
+    try:
+        await asyncio.wait_for(connection.client.close(), timeout=2.0)
+    except Exception:  # closing a broken client may fail in many ways; it is gone either way
+        log.debug("closing the Triton client failed", exc_info=True)
+
+
 class TritonScorer:
     """A `Scorer` for one model served by Triton."""
 
@@ -84,7 +131,7 @@ class TritonScorer:
         self.name = f"triton-{protocol}"
         # Learned from the served model's config on first connect (None until then).
         self.max_batch_size: int | None = None
-        self._connection: _Connection | None = None
+        self._clients = _Clients(lambda: self._new_client())  # late-bound: tests replace _new_client
 
     def __repr__(self) -> str:
         return f"TritonScorer({self.protocol}://{self.url}, model={self.model_name!r})"
@@ -98,38 +145,6 @@ class TritonScorer:
         import tritonclient.http.aio as http_aio
 
         return http_aio.InferenceServerClient(self.url, conn_timeout=self.timeout_s)
-
-    def _current(self) -> _Connection:
-        loop = asyncio.get_running_loop()
-        if self._connection is None or self._connection.loop is not loop:
-            # A connection made on another (finished) loop cannot be closed from here; drop it.
-            self._connection = _Connection(loop=loop, client=self._new_client())
-        return self._connection
-
-    def _retire(self, connection: _Connection) -> None:
-        """Forget a client after a failure: the next call opens a fresh channel, which reconnects at once
-        instead of backing off; the old one closes when its last call ends (`_release`)."""
-        if self._connection is connection:
-            self._connection = None
-        connection.retired = True
-
-    @contextlib.asynccontextmanager
-    async def _use(self) -> AsyncIterator[_Connection]:
-        connection = self._current()
-        connection.users += 1
-        try:
-            yield connection
-        finally:
-            connection.users -= 1
-            if connection.retired and connection.users == 0:
-                await self._close_client(connection)
-
-    @staticmethod
-    async def _close_client(connection: _Connection) -> None:
-        try:
-            await asyncio.wait_for(connection.client.close(), timeout=2.0)
-        except Exception:  # closing a broken client may fail in many ways; it is gone either way
-            log.debug("closing the Triton client failed", exc_info=True)
 
     async def _call(self, awaitable: Any, what: str) -> Any:
         """Await one tritonclient call within the timeout, translating every failure to BackendFailed."""
@@ -199,7 +214,7 @@ class TritonScorer:
         missing = [name for name in self.input_names if name not in batch.inputs]
         if missing:
             raise BackendFailed(f"{self.name}: batch lacks inputs {missing}")
-        async with self._use() as connection:
+        async with self._clients.use() as connection:
             try:
                 if not connection.checked:
                     async with connection.lock:
@@ -215,7 +230,7 @@ class TritonScorer:
             except _Failure as failure:
                 _record(self.protocol, failure.outcome)
                 if failure.outcome in ("unavailable", "timeout"):
-                    self._retire(connection)
+                    self._clients.retire(connection)
                 raise TritonFailed(failure.message, reason=failure.outcome) from None
         logits = np.concatenate(results).astype(np.float32, copy=False)
         if logits.shape != (batch.size,):
@@ -261,7 +276,7 @@ class TritonScorer:
 
     async def ready(self) -> bool:
         """True when the server and the model answer ready and the model matches the tokenizer; never raises."""
-        async with self._use() as connection:
+        async with self._clients.use() as connection:
             try:
                 server_ready = await self._call(connection.client.is_server_ready(), "server readiness")
                 model_ready = server_ready and await self._call(
@@ -274,16 +289,12 @@ class TritonScorer:
             except _Failure as failure:
                 log.debug("Triton not ready: %s", failure.message)
                 if failure.outcome != "mismatch":
-                    self._retire(connection)
+                    self._clients.retire(connection)
                 return False
         return bool(model_ready)
 
     async def close(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None and connection.loop is asyncio.get_running_loop():
-            connection.retired = True
-            if connection.users == 0:
-                await self._close_client(connection)
+        await self._clients.close()
 
 
 class _Failure(Exception):
