@@ -47,9 +47,8 @@ class Models:
         return bool(self.prefilter) and self.prefilter["source"].get("sha256") == PREFILTER_SHA256  # type: ignore[index]
 
     def variant_file(self, precision: str) -> Path:
-        """The file the gateway runs on this CPU for `precision` (its own choice: gateway/loading.py)."""
-        from gateway.backends.onnx_local import cpu_flags
-        from gateway.loading import cpu_variant
+        """The file the gateway runs on this CPU for `precision` (its own choice: gateway/cpu_features.py)."""
+        from gateway.cpu_features import cpu_flags, cpu_variant
         from gateway.repository import read_model_spec
 
         spec = read_model_spec(self.repository, self.reranker["name"])

@@ -169,7 +169,10 @@ def triton_served(url: str) -> dict[str, float]:
     """Did Triton really score, or did the fallback to local ONNX Runtime quietly take over?"""
     text = httpx.get(f"{url}/metrics", timeout=10).text
     return {
-        "triton_calls_ok": _metric_value(text, "reranker_scorer_calls_total", outcome="ok", backend="triton"),
+        "triton_calls_ok": sum(
+            _metric_value(text, "reranker_scorer_calls_total", outcome="ok", backend=f"triton-{protocol}")
+            for protocol in ("grpc", "http")
+        ),
         "fallbacks": _metric_value(text, "reranker_fallbacks_total"),
     }
 

@@ -1,6 +1,6 @@
 """`make export`: Hugging Face cross-encoders -> a validated Triton model repository.
 
-Kept import-light (no torch here) so that `export.triton_cpu` and friends load without the export extra.
+Kept import-light (no torch here) so that `export.triton_repo` and friends load without the export extra.
 """
 
 from __future__ import annotations

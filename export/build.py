@@ -15,7 +15,6 @@ import shutil
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import replace
@@ -32,7 +31,7 @@ from export.families import Family
 from export.sources import TOKENIZER_FILES, ModelSource, file_sha256, resolve_source
 
 # The gateway reads the same flags when it picks the int8 file to serve: one reader for both.
-from gateway.backends.onnx_local import cpu_flags as read_cpu_flags
+from gateway.cpu_features import cpu_flags as read_cpu_flags
 
 SAME_AS_MODEL = ("same", "reranker")
 NO_PREFILTER = ("", "none")
@@ -479,21 +478,10 @@ def _write_triton_files(
             name, inputs, trt_outputs, onnx_file=cpu_file, settings=settings
         )
     )
-    try:
-        from export.triton_cpu import render_python_cpu_config
-    except ModuleNotFoundError as exc:
-        if exc.name != "export.triton_cpu":
-            raise
-        warnings.warn("export/triton_cpu.py is missing: no configs/cpu.pbtxt written", stacklevel=2)
-    else:
-        (configs / "cpu.pbtxt").write_text(
-            render_python_cpu_config(name, inputs, trt_outputs, settings.max_batch_size)
-        )
-    template = Path(__file__).with_name("triton_python_model.py")
-    if template.is_file():
-        shutil.copy2(template, folder / "1" / "model.py")
-    else:
-        warnings.warn(f"{template} is missing: no 1/model.py written", stacklevel=2)
+    (configs / "cpu.pbtxt").write_text(
+        triton_repo.render_python_cpu_config(name, inputs, trt_outputs, settings.max_batch_size)
+    )
+    shutil.copy2(triton_repo.PYTHON_MODEL_SOURCE, folder / "1" / "model.py")
 
 
 def _copy_as(source: Path, target: Path, name: str, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -2,14 +2,13 @@
 
 The calibration file is JSON lines, one query each: `{"query": "...", "documents": ["...", ...]}`, plus
 `"ranked": false` when the documents are not in retrieval order (default true). Both exported models score
-every pair through the gateway's own CPU path; the smallest keep whose mean recall@10 against single stage
-(the fidelity the gateway measures at run time) reaches the target is written into the cross-encoder's
-manifest.json as `cascade.keep`, which the gateway starts from when RERANKER_KEEP is not set.
+every pair the way the gateway's CPU path does (`cpu_logits`); the smallest keep whose mean recall@10 against
+single stage (the fidelity the gateway measures at run time) reaches the target is written into the
+cross-encoder's manifest.json as `cascade.keep`, which the gateway starts from when RERANKER_KEEP is not set.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,32 +47,58 @@ def read_calibration(path: Path) -> list[dict[str, Any]]:
     return items
 
 
-async def _logits(
+def cpu_logits(
     repository: Path, model_name: str, items: list[dict[str, Any]], max_length: int | None
 ) -> list[list[float]]:
-    from gateway.app import build_reranker
-    from gateway.config import Settings
-    from gateway.domain import RerankQuery
+    """Every (query, document) logit of `items`, per query in document order, computed the way the gateway
+    serves the model on this CPU (`RERANKER_DEVICE=cpu`, int8): the variant it would load, its windows,
+    its batches (one row each for dynamic int8). Reads the manifest and runs ONNX Runtime directly: the
+    build step imports no gateway runtime or server module."""
+    import numpy as np
+    import onnxruntime as ort
 
-    settings = Settings(  # type: ignore[call-arg]
+    from gateway.config import Settings
+    from gateway.cpu_features import cpu_flags, cpu_variant, is_dynamic_int8
+    from gateway.repository import read_model_spec
+    from gateway.tokenization import PairTokenizer, build_batch, check_inputs, plan_batches
+
+    s = Settings(  # type: ignore[call-arg]
         model_repository=repository,
         model_name=model_name,
         prefilter_name="",
         device="cpu",
         cpu_precision="int8",
         max_length=max_length,
-        cache_size=0,
-        cascade_sample_rate=0.0,
     )
-    reranker = build_reranker(settings)
+    spec = read_model_spec(repository, model_name)
+    check_inputs(spec.input_names)
+    variant, _ = cpu_variant(spec, s.cpu_precision, cpu_flags())
+    path = spec.variant_path(variant)
+    assert path is not None  # cpu_variant picks only files that exist
+    length = min(s.max_length or spec.max_length, spec.max_length)
+    tokenizer = PairTokenizer.from_dir(spec.tokenizer_dir, max_length=length)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = s.intra_op_threads
+    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    input_names = [i.name for i in session.get_inputs()]
+    outputs = [o.name for o in session.get_outputs()]
+    output = "logits" if "logits" in outputs else outputs[0]
+    max_rows = 1 if s.int8_row_batches and is_dynamic_int8(variant) else s.max_batch_size
     out: list[list[float]] = []
-    try:
-        for item in items:
-            res = await reranker.rerank(RerankQuery(item["query"], tuple(item["documents"]), keep=0))
-            by_index = {r.index: r.logit for r in res.results}
-            out.append([by_index[i] for i in range(len(item["documents"]))])
-    finally:
-        await reranker.close()
+    for item in items:
+        encoded = tokenizer.encode_pairs(
+            item["query"], item["documents"], max_chunks=s.max_chunks_per_doc, overlap=s.chunk_overlap_tokens
+        )
+        windows = encoded.windows
+        best = [-np.inf] * len(item["documents"])  # a long document's best window wins, as in the gateway
+        for rows in plan_batches(
+            [len(w.ids) for w in windows], token_budget=s.token_budget, max_rows=max_rows
+        ):
+            batch = build_batch([windows[k] for k in rows], input_names, tokenizer.pad_id)
+            logits = np.asarray(session.run([output], batch.inputs)[0], dtype=np.float32)
+            for k, logit in zip(rows, logits.reshape(batch.size, -1)[:, 0].tolist(), strict=True):
+                best[windows[k].doc] = max(best[windows[k].doc], logit)
+        out.append([float(x) for x in best])
     return out
 
 
@@ -99,8 +124,8 @@ def calibrate(
     items = read_calibration(calibration)
     if not (repository / prefilter_name / "manifest.json").is_file():
         raise ExportError("calibration needs a prefilter (the export was run with --prefilter none)")
-    ce = asyncio.run(_logits(repository, name, items, None))
-    pre = asyncio.run(_logits(repository, prefilter_name, items, prefilter_max_length))
+    ce = cpu_logits(repository, name, items, None)
+    pre = cpu_logits(repository, prefilter_name, items, prefilter_max_length)
     recalls: dict[int, list[float]] = {keep: [] for keep in KEEPS}
     for item, c, p in zip(items, ce, pre, strict=True):
         single = cascade_order(c, p, range(len(c)))  # every document rescored: single stage

@@ -2,7 +2,7 @@
 
 The PyPI wheel `nvidia-pytriton` carries a complete `tritonserver` (2.51 for wheel 0.7.0, the NGC 24.10
 server) with the python backend and python-backend stubs for several Python versions, but no onnxruntime
-backend. So the model repository's `configs/cpu.pbtxt` (export/triton_cpu.py) serves `model.onnx` through
+backend. So the model repository's `configs/cpu.pbtxt` (export/triton_repo.py) serves `model.onnx` through
 the python backend, and this module:
 
 1. downloads the wheel with pip (no dependencies) into `.triton/` and unpacks it;

@@ -29,11 +29,12 @@ from typing import Any, Literal
 
 from gateway import metrics
 from gateway.backends.base import Scorer
-from gateway.backends.fallback import FallbackScorer
+from gateway.backends.fallback import MarkDownFallback, SplittingFallback
 from gateway.backends.gpu_probe import GpuProbe, GpuStatus, NvmlProbe
-from gateway.backends.onnx_local import Lane, OnnxScorer, SessionLike, cpu_flags, make_session
+from gateway.backends.onnx_local import Lane, OnnxScorer, SessionLike, make_session
 from gateway.backends.triton_pool import TritonPool
 from gateway.config import Settings
+from gateway.cpu_features import cpu_flags, cpu_variant, is_dynamic_int8
 from gateway.errors import ModelRepositoryError
 from gateway.models import DeviceReport, LoadedModels, ModelStage
 from gateway.repository import ModelSpec, read_model_spec
@@ -44,9 +45,6 @@ log = logging.getLogger(__name__)
 SessionFactory = Callable[..., SessionLike]  # (path, *, device, threads) -> session
 # GPU memory a model needs beyond its weights file: CUDA context, cuBLAS workspace, activations.
 GPU_WORKSPACE_MB = 512
-# A Triton endpoint's readiness probe must answer within this, below the fallback's own readiness bound
-# (gateway.backends.fallback), so one slow endpoint cannot hide the others' answers.
-TRITON_PROBE_TIMEOUT_S = 1.5
 
 
 @dataclass(frozen=True)
@@ -115,39 +113,6 @@ def gpu_need_mb(spec: ModelSpec, variant: str) -> int:
     return 2 * (spec.variant_bytes(variant) >> 20) + GPU_WORKSPACE_MB
 
 
-def is_dynamic_int8(variant: str) -> bool:
-    """The dynamically quantized files (7-bit or full range): their activation scale is per batch tensor."""
-    return variant.startswith("int8")
-
-
-def cpu_variant(
-    spec: ModelSpec, precision: str, flags: frozenset[str] | None = None
-) -> tuple[str, str | None]:
-    """The CPU variant to load, and why a preferred one was passed over (None when none was).
-
-    `flags` are this CPU's feature flags (None: not checked). An int8 variant whose manifest entry lists
-    `requires_cpu_flags` is skipped unless the CPU has one of them: full-range int8 loses accuracy silently
-    on AVX2 without VNNI. A variant the export left out (failed its gate) is simply absent.
-    """
-    order = ["int8", "int8-7bit", "fp32-opt", "fp32"] if precision == "int8" else ["fp32-opt", "fp32"]
-    passed_over: list[str] = []
-    for variant in order:
-        path = spec.variant_path(variant)
-        if not path:
-            continue
-        required = spec.variants[variant].get("requires_cpu_flags") or []
-        if flags is not None and required and not flags & set(required):
-            passed_over.append(f"{path.name} needs one of the CPU flags {', '.join(required)}")
-            continue
-        if passed_over:
-            return variant, f"{'; '.join(passed_over)}, which this CPU lacks: serving {variant} ({path.name})"
-        return variant, None
-    raise ModelRepositoryError(
-        f"{spec.folder}: no CPU variant among {order} exists"
-        + (f" ({'; '.join(passed_over)})" if passed_over else "")
-    )
-
-
 class ModelLoader:
     """Callable the pipeline runs (in a worker thread) to load every stage of one served model."""
 
@@ -192,7 +157,7 @@ class ModelLoader:
         scorer: Scorer = local
         if o.triton is not None:
             triton = triton_pool(o.triton, spec.input_names, reprobe_s=o.reprobe_s)
-            scorer = FallbackScorer(triton, local, mark_down=True, reprobe_s=o.reprobe_s)
+            scorer = MarkDownFallback(triton, local, reprobe_s=o.reprobe_s)
             report.triton = {
                 "url": o.triton.url,
                 "endpoints": list(o.triton.endpoints),
@@ -244,7 +209,7 @@ class ModelLoader:
                 cuda = self._cuda_scorer(spec, gpu_var, report)
                 if cuda is not None:
                     fallback = self._cpu_scorer(spec, cpu_var)
-                    composed = FallbackScorer(cuda, fallback, split_on_failure=True, mark_down=False)
+                    composed = SplittingFallback(cuda, fallback)
                     report.cuda, report.cuda_used = "used", True
                     return composed, gpu_var
             if o.device == "cuda":
@@ -362,7 +327,6 @@ def triton_pool(options: TritonOptions, input_names: tuple[str, ...], *, reprobe
         input_names=input_names,
         balance=options.balance,
         reprobe_s=reprobe_s,
-        probe_timeout_s=TRITON_PROBE_TIMEOUT_S,
         resolve_s=options.resolve_s,
     )
 

@@ -60,8 +60,13 @@ CACHE_LOOKUPS = Counter("reranker_cache_lookups_total", "Pair score cache lookup
 FALLBACKS = Counter(
     "reranker_fallbacks_total", "Batches a fallback backend scored", ["from_backend", "to_backend", "reason"]
 )
+# `backend` is the scorer's name, the one the response's `backend` field and reranker_fallbacks_total use:
+# onnx-cpu, onnx-cuda (in process), triton-grpc, triton-http; `protocol` is how it is reached (inproc, grpc,
+# http); `outcome` is "ok" or the failure's reason (cuda_oom, runtime, unavailable, timeout, ...).
 SCORER_CALLS = Counter(
-    "reranker_scorer_calls_total", "Scorer batch calls", ["backend", "protocol", "outcome"]
+    "reranker_scorer_calls_total",
+    "Batch calls per scorer (backend: the scorer's name, as in the response) by protocol and outcome",
+    ["backend", "protocol", "outcome"],
 )
 PHASE_SECONDS = Histogram(
     "reranker_phase_duration_seconds",

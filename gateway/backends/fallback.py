@@ -1,55 +1,31 @@
-"""Primary -> fallback composition of two scorers (CUDA -> CPU, Triton -> local ONNX Runtime).
+"""Primary -> fallback compositions of two scorers, one class per policy.
 
-`split_on_failure` (the GPU case): a failing batch is halved once and retried on the primary; a half that
-still fails is scored by the fallback. `mark_down` (the remote case): after a failure the primary is
-skipped (no time wasted on a dead server) and its `ready()` is re-probed every `reprobe_s` seconds in the
-background; once it answers ready it takes the traffic again. Every batch the fallback scores is counted
-in `reranker_fallbacks_total{from_backend,to_backend,reason}`.
+- `SplittingFallback` (CUDA -> CPU): a failing batch is halved once and each half retried on the primary; a
+  half that still fails is scored by the fallback. The primary stays in service (a CUDA OOM on one big batch
+  says nothing about the next one).
+- `MarkDownFallback` (Triton -> local ONNX Runtime): after a failure the primary is marked down and skipped,
+  and re-probed in the background until it answers ready (`gateway.backends.health`).
+
+Every batch the fallback scores is counted in `reranker_fallbacks_total{from_backend,to_backend,reason}`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from gateway import metrics
-from gateway.backends.base import BatchScores, EncodedBatch, Scorer, cancelled_by_caller, describe_scorer
+from gateway.backends.base import BatchScores, EncodedBatch, Scorer, describe_scorer
+from gateway.backends.health import PRIMARY_PROBE_TIMEOUT_S, REPROBE_S, Health, attempt, failure_reason
 from gateway.domain import join_backends
 from gateway.errors import BackendFailed
 
 log = logging.getLogger(__name__)
-
-
-def failure_reason(exc: BaseException) -> str:
-    reason = getattr(exc, "reason", None)
-    if isinstance(reason, str) and reason:
-        return reason
-    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
-        return "timeout"
-    if isinstance(exc, ConnectionError | OSError):
-        return "unavailable"
-    return type(exc).__name__.lower()
-
-
-async def attempt(scorer: Scorer, batch: EncodedBatch) -> BatchScores:
-    """`scorer.score(batch)`; a cancellation that is not the caller's becomes a BackendFailed.
-
-    Only the request's own cancellation (client gone, request timeout, shutdown) may stop the fallback;
-    a call the backend's client library cancelled (a closed channel) is a failure like any other.
-    """
-    try:
-        return await scorer.score(batch)
-    except asyncio.CancelledError:
-        if cancelled_by_caller():
-            raise
-        raise BackendFailed(
-            f"{scorer.name}: the call was cancelled by the backend", reason="cancelled"
-        ) from None
 
 
 def split_batch(batch: EncodedBatch) -> tuple[EncodedBatch, EncodedBatch]:
@@ -60,18 +36,20 @@ def split_batch(batch: EncodedBatch) -> tuple[EncodedBatch, EncodedBatch]:
     )
 
 
-class FallbackScorer:
-    """Scores with `primary`; on failure, with `fallback`. Implements the Scorer protocol."""
+class FallbackScorer(ABC):
+    """Scores with `primary`; what fails there, with `fallback`. A Scorer; subclasses are the policies.
+
+    `probe_timeout_s` bounds the primary's readiness call (`ready()`, the re-probe); `reprobe_s` is the
+    pause between re-probes of a primary marked down.
+    """
 
     def __init__(
         self,
         primary: Scorer,
         fallback: Scorer,
         *,
-        split_on_failure: bool = False,
-        mark_down: bool = True,
-        reprobe_s: float = 5.0,
-        probe_timeout_s: float = 2.0,
+        reprobe_s: float = REPROBE_S,
+        probe_timeout_s: float = PRIMARY_PROBE_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.primary = primary
@@ -80,29 +58,64 @@ class FallbackScorer:
         self.input_names = primary.input_names
         sizes = [s for s in (primary.max_batch_size, fallback.max_batch_size) if s]
         self.max_batch_size = min(sizes) if sizes else None
-        self.split_on_failure = split_on_failure
-        self.mark_down = mark_down
-        self.reprobe_s = reprobe_s
-        self.probe_timeout_s = probe_timeout_s
-        self._clock = clock
-        self.primary_up = True
-        self._next_probe = 0.0
-        self._probe_task: asyncio.Task[None] | None = None
+        self.health = Health(
+            primary.name, primary.ready, reprobe_s=reprobe_s, probe_timeout_s=probe_timeout_s, clock=clock
+        )
+
+    @property
+    def primary_up(self) -> bool:
+        return self.health.up
+
+    @abstractmethod
+    async def score(self, batch: EncodedBatch) -> BatchScores: ...
+
+    async def _on_fallback(self, batch: EncodedBatch, reason: str) -> BatchScores:
+        metrics.FALLBACKS.labels(self.primary.name, self.fallback.name, reason).inc()
+        try:
+            return await attempt(self.fallback, batch)
+        except Exception as exc:
+            raise BackendFailed(
+                f"{self.primary.name} failed ({reason}) and the fallback {self.fallback.name} failed too"
+            ) from exc
+
+    async def ready(self) -> bool:
+        """The primary's readiness (bounded; a ready answer brings it back), else the fallback's."""
+        if await self.health.check():
+            self.health.mark_up()
+            return True
+        return await self.fallback.ready()
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "primary_up": self.primary_up,
+            "primary": describe_scorer(self.primary),
+            "fallback": describe_scorer(self.fallback),
+        }
+
+    async def close(self) -> None:
+        self.health.close()
+        await self.primary.close()
+        await self.fallback.close()
+
+
+class SplittingFallback(FallbackScorer):
+    """CUDA -> CPU: a failed batch is halved once on the primary; a half that still fails goes to the fallback.
+    The primary is never marked down (an OOM on one big batch says nothing about the next)."""
+
+    def __init__(
+        self, primary: Scorer, fallback: Scorer, *, probe_timeout_s: float = PRIMARY_PROBE_TIMEOUT_S
+    ) -> None:
+        super().__init__(primary, fallback, probe_timeout_s=probe_timeout_s)  # never marked down
 
     async def score(self, batch: EncodedBatch) -> BatchScores:
-        if not self.primary_up:
-            self._maybe_reprobe()
-            if not self.primary_up:
-                return await self._on_fallback(batch, "primary_down")
         try:
             return await attempt(self.primary, batch)
         except Exception as exc:
             reason = failure_reason(exc)
             log.warning("%s failed on a batch of %d (%s): %s", self.primary.name, batch.size, reason, exc)
-            if self.split_on_failure and batch.size > 1:
+            if batch.size > 1:
                 return await self._split(batch)
-            if self.mark_down:
-                self._down()
             return await self._on_fallback(batch, reason)
 
     async def _split(self, batch: EncodedBatch) -> BatchScores:
@@ -117,62 +130,20 @@ class FallbackScorer:
             backend=join_backends(*(p.backend for p in parts)),
         )
 
-    async def _on_fallback(self, batch: EncodedBatch, reason: str) -> BatchScores:
-        metrics.FALLBACKS.labels(self.primary.name, self.fallback.name, reason).inc()
+
+class MarkDownFallback(FallbackScorer):
+    """Remote -> local: a failure marks the primary down; the fallback scores until a re-probe (every
+    `reprobe_s`, bounded by `probe_timeout_s`) finds the primary ready again."""
+
+    async def score(self, batch: EncodedBatch) -> BatchScores:
+        if not self.health.up:
+            self.health.maybe_reprobe()
+            if not self.health.up:
+                return await self._on_fallback(batch, "primary_down")
         try:
-            return await attempt(self.fallback, batch)
+            return await attempt(self.primary, batch)
         except Exception as exc:
-            raise BackendFailed(
-                f"{self.primary.name} failed ({reason}) and the fallback {self.fallback.name} failed too"
-            ) from exc
-
-    def _down(self) -> None:
-        if self.primary_up:
-            log.warning("%s marked down; re-probing every %.1fs", self.primary.name, self.reprobe_s)
-        self.primary_up = False
-        self._next_probe = self._clock() + self.reprobe_s
-
-    def _maybe_reprobe(self) -> None:
-        if self._probe_task is None and self._clock() >= self._next_probe:
-            self._probe_task = asyncio.get_running_loop().create_task(self._reprobe())
-
-    async def _reprobe(self) -> None:
-        try:
-            ok = await asyncio.wait_for(self.primary.ready(), self.probe_timeout_s)
-        except Exception:
-            ok = False
-        finally:
-            self._probe_task = None
-        if ok:
-            log.info("%s is ready again: using it as the primary", self.primary.name)
-            self.primary_up = True
-        else:
-            self._next_probe = self._clock() + self.reprobe_s
-
-    async def ready(self) -> bool:
-        try:
-            primary_ok = await asyncio.wait_for(self.primary.ready(), self.probe_timeout_s)
-        except Exception:
-            primary_ok = False
-        if primary_ok:
-            self.primary_up = True
-            return True
-        return await self.fallback.ready()
-
-    def info(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "primary_up": self.primary_up,
-            "primary": describe_scorer(self.primary),
-            "fallback": describe_scorer(self.fallback),
-        }
-
-    @property
-    def active_name(self) -> str:
-        return self.primary.name if self.primary_up else self.fallback.name
-
-    async def close(self) -> None:
-        if self._probe_task is not None:
-            self._probe_task.cancel()
-        await self.primary.close()
-        await self.fallback.close()
+            reason = failure_reason(exc)
+            log.warning("%s failed on a batch of %d (%s): %s", self.primary.name, batch.size, reason, exc)
+            self.health.mark_down(reason)
+            return await self._on_fallback(batch, reason)

@@ -73,19 +73,6 @@ def classify_failure(exc: BaseException, *, on_gpu: bool) -> str:
     return "runtime"
 
 
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
-    """This CPU's feature flags, to check an int8 file's `requires_cpu_flags` (empty off Linux)."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
-
-
 def make_session(path: Path, *, device: str, threads: int, device_id: int = 0) -> SessionLike:
     """An InferenceSession tuned for this service; `device` "cuda" asks for the CUDA provider first."""
     import onnxruntime as ort
@@ -127,9 +114,6 @@ class Lane:
         self.trim_when_idle = trim_when_idle
         self.pending = 0
         self._since_trim = 0
-
-    async def run(self, fn: Callable[[EncodedBatch], np.ndarray], batch: EncodedBatch) -> np.ndarray:
-        return (await self.run_timed(fn, batch))[0]
 
     async def run_timed(
         self, fn: Callable[[EncodedBatch], np.ndarray], batch: EncodedBatch
@@ -188,10 +172,10 @@ class OnnxScorer:
             out = self.session.run([self._output], feed)[0]
         except Exception as exc:
             reason = classify_failure(exc, on_gpu=self.on_gpu)
-            metrics.SCORER_CALLS.labels(self.name, "inproc", reason).inc()
+            metrics.SCORER_CALLS.labels(backend=self.name, protocol="inproc", outcome=reason).inc()
             log.warning("%s failed on a batch of %d (%s): %s", self.name, batch.size, reason, exc)
             raise ScorerFailure(f"{self.name} inference failed ({reason})", reason=reason) from exc
-        metrics.SCORER_CALLS.labels(self.name, "inproc", "ok").inc()
+        metrics.SCORER_CALLS.labels(backend=self.name, protocol="inproc", outcome="ok").inc()
         logits = np.asarray(out, dtype=np.float32)
         return logits.reshape(logits.shape[0], -1)[:, 0]
 

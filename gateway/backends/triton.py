@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -29,7 +29,7 @@ Protocol = Literal["grpc", "http"]
 
 
 def _record(protocol: str, outcome: str) -> None:
-    metrics.SCORER_CALLS.labels(backend="triton", protocol=protocol, outcome=outcome).inc()
+    metrics.SCORER_CALLS.labels(backend=f"triton-{protocol}", protocol=protocol, outcome=outcome).inc()
 
 
 class TritonFailed(BackendFailed):
@@ -54,6 +54,46 @@ class _Connection:
     checked: bool = False
     users: int = 0
     retired: bool = False
+
+
+class _Clients:
+    """The scorer's current connection (one per event loop), retired after a failure, closed when unused."""
+
+    def __init__(self, new_client: Callable[[], Any]) -> None:
+        self._new_client = new_client
+        self._connection: _Connection | None = None
+
+    def _current(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        if self._connection is None or self._connection.loop is not loop:
+            # A connection made on another (finished) loop cannot be closed from here; drop it.
+            self._connection = _Connection(loop=loop, client=self._new_client())
+        return self._connection
+
+    def retire(self, connection: _Connection) -> None:
+        """Forget a client after a failure: the next call opens a fresh channel, which reconnects at once
+        instead of backing off; the old one closes when its last call ends (`use`)."""
+        if self._connection is connection:
+            self._connection = None
+        connection.retired = True
+
+    @contextlib.asynccontextmanager
+    async def use(self) -> AsyncIterator[_Connection]:
+        connection = self._current()
+        connection.users += 1
+        try:
+            yield connection
+        finally:
+            connection.users -= 1
+            if connection.retired and connection.users == 0:
+                await _close_client(connection)
+
+    async def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None and connection.loop is asyncio.get_running_loop():
+            connection.retired = True
+            if connection.users == 0:
+                await _close_client(connection)
 
 
 async def _close_client(connection: _Connection) -> None:
@@ -91,7 +131,7 @@ class TritonScorer:
         self.name = f"triton-{protocol}"
         # Learned from the served model's config on first connect (None until then).
         self.max_batch_size: int | None = None
-        self._connection: _Connection | None = None
+        self._clients = _Clients(lambda: self._new_client())  # late-bound: tests replace _new_client
 
     def __repr__(self) -> str:
         return f"TritonScorer({self.protocol}://{self.url}, model={self.model_name!r})"
@@ -105,31 +145,6 @@ class TritonScorer:
         import tritonclient.http.aio as http_aio
 
         return http_aio.InferenceServerClient(self.url, conn_timeout=self.timeout_s)
-
-    def _current(self) -> _Connection:
-        loop = asyncio.get_running_loop()
-        if self._connection is None or self._connection.loop is not loop:
-            # A connection made on another (finished) loop cannot be closed from here; drop it.
-            self._connection = _Connection(loop=loop, client=self._new_client())
-        return self._connection
-
-    def _retire(self, connection: _Connection) -> None:
-        """Forget a client after a failure: the next call opens a fresh channel, which reconnects at once
-        instead of backing off; the old one closes when its last call ends (`_release`)."""
-        if self._connection is connection:
-            self._connection = None
-        connection.retired = True
-
-    @contextlib.asynccontextmanager
-    async def _use(self) -> AsyncIterator[_Connection]:
-        connection = self._current()
-        connection.users += 1
-        try:
-            yield connection
-        finally:
-            connection.users -= 1
-            if connection.retired and connection.users == 0:
-                await _close_client(connection)
 
     async def _call(self, awaitable: Any, what: str) -> Any:
         """Await one tritonclient call within the timeout, translating every failure to BackendFailed."""
@@ -149,21 +164,49 @@ class TritonScorer:
 
     # --- metadata ---------------------------------------------------------------------------------
     async def _check_model(self, connection: _Connection) -> None:
-        client, name, version = connection.client, self.model_name, self.model_version
+        client = connection.client
         if self.protocol == "grpc":
-            metadata = await self._call(client.get_model_metadata(name, version, as_json=True), "metadata")
-            reply = await self._call(client.get_model_config(name, version, as_json=True), "config")
-            config = reply.get("config", {})
+            metadata = await self._call(
+                client.get_model_metadata(self.model_name, self.model_version, as_json=True), "metadata"
+            )
+            config = (
+                await self._call(
+                    client.get_model_config(self.model_name, self.model_version, as_json=True), "config"
+                )
+            ).get("config", {})
         else:
-            metadata = await self._call(client.get_model_metadata(name, version), "metadata")
-            config = await self._call(client.get_model_config(name, version), "config")
-        problems, max_batch_size = served_model_problems(metadata, config, self.input_names, self.output_name)
+            metadata = await self._call(
+                client.get_model_metadata(self.model_name, self.model_version), "metadata"
+            )
+            config = await self._call(client.get_model_config(self.model_name, self.model_version), "config")
+
+        served = {tensor["name"]: tensor.get("datatype") for tensor in metadata.get("inputs", [])}
+        problems = []
+        if set(served) != set(self.input_names):
+            problems.append(f"inputs {sorted(served)} != tokenizer inputs {sorted(self.input_names)}")
+        wrong_types = sorted(
+            name for name, dtype in served.items() if name in self.input_names and dtype != "INT64"
+        )
+        if wrong_types:
+            problems.append(f"inputs {wrong_types} are not INT64")
+        outputs = {tensor["name"]: tensor.get("datatype") for tensor in metadata.get("outputs", [])}
+        if outputs.get(self.output_name) != "FP32":
+            problems.append(f"no FP32 output {self.output_name!r} (outputs: {outputs})")
+        max_batch_size = int(config.get("max_batch_size", 0) or 0)
+        if max_batch_size <= 0:
+            problems.append("max_batch_size is 0: the model must accept a batch dimension")
         if problems:
-            raise _Failure("mismatch", f"{self.name} model {name!r} does not match: " + "; ".join(problems))
+            raise _Failure(
+                "mismatch", f"{self.name} model {self.model_name!r} does not match: " + "; ".join(problems)
+            )
         self.max_batch_size = max_batch_size
         connection.checked = True
         log.info(
-            "Triton model %r at %s (%s): max_batch_size %d", name, self.url, self.protocol, max_batch_size
+            "Triton model %r at %s (%s): max_batch_size %d",
+            self.model_name,
+            self.url,
+            self.protocol,
+            max_batch_size,
         )
 
     # --- Scorer -----------------------------------------------------------------------------------
@@ -171,7 +214,7 @@ class TritonScorer:
         missing = [name for name in self.input_names if name not in batch.inputs]
         if missing:
             raise BackendFailed(f"{self.name}: batch lacks inputs {missing}")
-        async with self._use() as connection:
+        async with self._clients.use() as connection:
             try:
                 if not connection.checked:
                     async with connection.lock:
@@ -187,7 +230,7 @@ class TritonScorer:
             except _Failure as failure:
                 _record(self.protocol, failure.outcome)
                 if failure.outcome in ("unavailable", "timeout"):
-                    self._retire(connection)
+                    self._clients.retire(connection)
                 raise TritonFailed(failure.message, reason=failure.outcome) from None
         logits = np.concatenate(results).astype(np.float32, copy=False)
         if logits.shape != (batch.size,):
@@ -199,7 +242,16 @@ class TritonScorer:
         return BatchScores(logits=logits, backend=self.name)
 
     async def _infer(self, connection: _Connection, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        tensors, outputs = _request(self.protocol, inputs, self.output_name)
+        if self.protocol == "grpc":
+            import tritonclient.grpc.aio as module
+        else:
+            import tritonclient.http.aio as module
+        tensors = []
+        for name, array in inputs.items():
+            tensor = module.InferInput(name, list(array.shape), "INT64")
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        outputs = [module.InferRequestedOutput(self.output_name)]
         if self.protocol == "grpc":
             call = connection.client.infer(
                 self.model_name,
@@ -224,7 +276,7 @@ class TritonScorer:
 
     async def ready(self) -> bool:
         """True when the server and the model answer ready and the model matches the tokenizer; never raises."""
-        async with self._use() as connection:
+        async with self._clients.use() as connection:
             try:
                 server_ready = await self._call(connection.client.is_server_ready(), "server readiness")
                 model_ready = server_ready and await self._call(
@@ -237,52 +289,12 @@ class TritonScorer:
             except _Failure as failure:
                 log.debug("Triton not ready: %s", failure.message)
                 if failure.outcome != "mismatch":
-                    self._retire(connection)
+                    self._clients.retire(connection)
                 return False
         return bool(model_ready)
 
     async def close(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None and connection.loop is asyncio.get_running_loop():
-            connection.retired = True
-            if connection.users == 0:
-                await _close_client(connection)
-
-
-def _request(
-    protocol: Protocol, inputs: dict[str, np.ndarray], output_name: str
-) -> tuple[list[Any], list[Any]]:
-    """tritonclient's input tensors (INT64) and requested output for one call."""
-    if protocol == "grpc":
-        import tritonclient.grpc.aio as module
-    else:
-        import tritonclient.http.aio as module
-    tensors = []
-    for name, array in inputs.items():
-        tensor = module.InferInput(name, list(array.shape), "INT64")
-        tensor.set_data_from_numpy(array)
-        tensors.append(tensor)
-    return tensors, [module.InferRequestedOutput(output_name)]
-
-
-def served_model_problems(
-    metadata: dict[str, Any], config: dict[str, Any], input_names: tuple[str, ...], output_name: str
-) -> tuple[list[str], int]:
-    """What keeps a served model from taking our batches (empty when nothing), and its max_batch_size."""
-    served = {tensor["name"]: tensor.get("datatype") for tensor in metadata.get("inputs", [])}
-    problems = []
-    if set(served) != set(input_names):
-        problems.append(f"inputs {sorted(served)} != tokenizer inputs {sorted(input_names)}")
-    wrong_types = sorted(name for name, dtype in served.items() if name in input_names and dtype != "INT64")
-    if wrong_types:
-        problems.append(f"inputs {wrong_types} are not INT64")
-    outputs = {tensor["name"]: tensor.get("datatype") for tensor in metadata.get("outputs", [])}
-    if outputs.get(output_name) != "FP32":
-        problems.append(f"no FP32 output {output_name!r} (outputs: {outputs})")
-    max_batch_size = int(config.get("max_batch_size", 0) or 0)
-    if max_batch_size <= 0:
-        problems.append("max_batch_size is 0: the model must accept a batch dimension")
-    return problems, max_batch_size
+        await self._clients.close()
 
 
 class _Failure(Exception):

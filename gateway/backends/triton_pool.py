@@ -6,9 +6,10 @@ every ready Triton pod instead; this pool resolves `RERANKER_TRITON_URL` (comma-
 a name stands for all its addresses, re-resolved every `resolve_s`), keeps one scorer per address, and sends
 each batch to a healthy endpoint: the one with the fewest rows in flight (ties in turn), or plainly in turn.
 
-A call that fails takes its endpoint out (it is re-probed every `reprobe_s` and comes back when it answers
-ready) and the batch is retried on the next healthy endpoint. Only when every endpoint has failed does the
-pool raise `BackendFailed`, which the `FallbackScorer` around it turns into local scoring.
+A call that fails takes its endpoint out (each endpoint's `Health`, gateway/backends/health.py: re-probed
+every `reprobe_s`, each probe bounded by `probe_timeout_s`, back when it answers ready) and the batch is
+retried on the next healthy endpoint. Only when every endpoint has failed does the pool raise
+`BackendFailed`, which the `MarkDownFallback` around it turns into local scoring.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any, Literal
 
 from gateway import metrics
 from gateway.backends.base import BatchScores, EncodedBatch, Scorer
-from gateway.backends.fallback import attempt, failure_reason
+from gateway.backends.health import ENDPOINT_PROBE_TIMEOUT_S, REPROBE_S, Health, attempt, failure_reason
 from gateway.errors import BackendFailed
 
 log = logging.getLogger(__name__)
@@ -66,13 +67,18 @@ class Endpoint:
     address: str  # host:port the client connects to
     source: str  # the configured entry it came from
     scorer: Scorer
-    up: bool = True
+    health: Health
     in_flight: int = 0  # rows of the batches running on it now
     calls: int = 0
     failures: int = 0
-    last_error: str | None = None
-    next_probe: float = 0.0
-    probing: bool = False
+
+    @property
+    def up(self) -> bool:
+        return self.health.up
+
+    @property
+    def last_error(self) -> str | None:
+        return self.health.last_error
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -97,8 +103,8 @@ class TritonPool:
         name: str,
         input_names: Sequence[str],
         balance: Balance = "least_outstanding",
-        reprobe_s: float = 5.0,
-        probe_timeout_s: float = 2.0,
+        reprobe_s: float = REPROBE_S,
+        probe_timeout_s: float = ENDPOINT_PROBE_TIMEOUT_S,
         resolve_s: float = 30.0,
         resolver: Resolver = resolve,
         clock: Callable[[], float] = time.monotonic,
@@ -175,7 +181,7 @@ class TritonPool:
                 continue
             endpoint = current.get(address)
             if endpoint is None:
-                endpoint = Endpoint(address=address, source=source, scorer=self._make_scorer(address))
+                endpoint = self._endpoint(address, source)
                 metrics.TRITON_ENDPOINT_UP.labels(address).set(1)
                 if current:
                     log.info("Triton endpoint %s added (from %s)", address, source)
@@ -185,7 +191,23 @@ class TritonPool:
             if address not in updated:
                 log.info("Triton endpoint %s removed: %s no longer resolves to it", address, endpoint.source)
                 metrics.TRITON_ENDPOINT_UP.labels(address).set(0)
+                endpoint.health.close()
                 self._spawn(endpoint.scorer.close())  # waits for its calls in flight (TritonScorer)
+
+    def _endpoint(self, address: str, source: str) -> Endpoint:
+        def gauge(up: bool) -> None:
+            metrics.TRITON_ENDPOINT_UP.labels(address).set(1 if up else 0)
+
+        scorer = self._make_scorer(address)
+        health = Health(
+            f"Triton endpoint {address}",
+            scorer.ready,
+            reprobe_s=self.reprobe_s,
+            probe_timeout_s=self.probe_timeout_s,
+            clock=self._clock,
+            on_change=gauge,
+        )
+        return Endpoint(address=address, source=source, scorer=scorer, health=health)
 
     def _spawn(self, awaitable: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(awaitable)
@@ -206,60 +228,17 @@ class TritonPool:
 
     def _failed(self, endpoint: Endpoint, reason: str, exc: BaseException) -> None:
         endpoint.failures += 1
-        endpoint.last_error = f"{reason}: {exc}"[:300]
+        endpoint.health.last_error = f"{reason}: {exc}"[:300]
         metrics.TRITON_ENDPOINT_CALLS.labels(endpoint.address, reason).inc()
         metrics.TRITON_ENDPOINT_FAILURES.labels(endpoint.address, reason).inc()
         if reason in _TAKE_OUT:
-            self._take_out(endpoint)
-
-    def _take_out(self, endpoint: Endpoint) -> None:
-        if endpoint.up:
-            log.warning(
-                "Triton endpoint %s taken out (%s); re-probed every %.1fs",
-                endpoint.address,
-                endpoint.last_error,
-                self.reprobe_s,
-            )
-        endpoint.up = False
-        endpoint.next_probe = self._clock() + self.reprobe_s
-        metrics.TRITON_ENDPOINT_UP.labels(endpoint.address).set(0)
-
-    def _bring_back(self, endpoint: Endpoint) -> None:
-        if not endpoint.up:
-            log.info("Triton endpoint %s is ready again", endpoint.address)
-        endpoint.up = True
-        metrics.TRITON_ENDPOINT_UP.labels(endpoint.address).set(1)
-
-    def _maybe_reprobe(self) -> None:
-        now = self._clock()
-        for endpoint in self._endpoints.values():
-            if not endpoint.up and not endpoint.probing and now >= endpoint.next_probe:
-                endpoint.probing = True
-                self._spawn(self._probe(endpoint))
-
-    async def _probe(self, endpoint: Endpoint) -> bool:
-        """Readiness of one endpoint; its answer decides whether it takes batches. Never raises."""
-        endpoint.probing = True
-        try:
-            ok = bool(await asyncio.wait_for(endpoint.scorer.ready(), self.probe_timeout_s))
-        except Exception as exc:
-            endpoint.last_error = f"probe: {exc or type(exc).__name__}"[:300]
-            ok = False
-        finally:
-            endpoint.probing = False
-        if ok:
-            self._bring_back(endpoint)
-        elif endpoint.up:
-            endpoint.last_error = endpoint.last_error or "probe: not ready"
-            self._take_out(endpoint)
-        else:
-            endpoint.next_probe = self._clock() + self.reprobe_s
-        return ok
+            endpoint.health.mark_down()
 
     # --- Scorer -------------------------------------------------------------------------------
     async def score(self, batch: EncodedBatch) -> BatchScores:
         await self._refresh()
-        self._maybe_reprobe()
+        for each in self._endpoints.values():
+            each.health.maybe_reprobe()
         tried: set[str] = set()
         failures: list[str] = []
         reason = "unavailable"
@@ -289,7 +268,7 @@ class TritonPool:
     async def ready(self) -> bool:
         """Probes every endpoint at once (the answers also put endpoints in or out); True if any is ready."""
         await self._refresh()
-        results = await asyncio.gather(*(self._probe(e) for e in self._endpoints.values()))
+        results = await asyncio.gather(*(e.health.probe() for e in self._endpoints.values()))
         return any(results)
 
     def info(self) -> dict[str, Any]:
@@ -306,4 +285,5 @@ class TritonPool:
             task.cancel()
         endpoints, self._endpoints = list(self._endpoints.values()), {}
         for endpoint in endpoints:
+            endpoint.health.close()
             await endpoint.scorer.close()

@@ -143,4 +143,6 @@ def test_through_a_real_tritonserver_every_family_scores_as_pytorch(
             for name in FAMILIES:
                 served, data = _scores(gateway, name)
                 assert data["backend"] == "triton-grpc", data["backend"]
-                _assert_parity(served, fm.reference_scores(folders[name], [(QUERY, d) for d in DOCUMENTS]), name)
+                _assert_parity(
+                    served, fm.reference_scores(folders[name], [(QUERY, d) for d in DOCUMENTS]), name
+                )

@@ -64,8 +64,8 @@ def test_triton_fallback_and_recovery(
 
     metrics = httpx.get(f"{gateway.url}/metrics", timeout=10).text
     calls = "reranker_scorer_calls_total"
-    assert metric_value(metrics, calls, backend="triton", protocol="grpc", outcome="ok") >= 2
-    assert metric_value(metrics, calls, backend="triton", protocol="grpc", outcome="unavailable") >= 1
+    assert metric_value(metrics, calls, backend="triton-grpc", protocol="grpc", outcome="ok") >= 2
+    assert metric_value(metrics, calls, backend="triton-grpc", protocol="grpc", outcome="unavailable") >= 1
     fallbacks = metric_value(
         metrics, "reranker_fallbacks_total", from_backend="triton-grpc", to_backend="onnx-cpu"
     )
@@ -122,7 +122,7 @@ def test_a_timed_out_triton_call_does_not_fail_its_siblings(
     assert statuses == [200] * 32, statuses
     metrics = httpx.get(f"{gateway.url}/metrics", timeout=10).text
     timeouts = metric_value(
-        metrics, "reranker_scorer_calls_total", backend="triton", protocol="grpc", outcome="timeout"
+        metrics, "reranker_scorer_calls_total", backend="triton-grpc", protocol="grpc", outcome="timeout"
     )
     assert timeouts >= 1, "the burst must have made a Triton call time out, or it tested nothing"
 

@@ -8,13 +8,15 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from export.__main__ import parse_args
-from export.calibrate import KEEPS, calibrate, read_calibration
+from export.calibrate import KEEPS, calibrate, cpu_logits, read_calibration
 from export.errors import ExportError
 from gateway.app import build_reranker
 from gateway.config import Settings
+from gateway.domain import RerankQuery
 
 
 def _copy_repository(source: Path, target: Path) -> Path:
@@ -62,6 +64,44 @@ def test_calibration_writes_the_smallest_keep_meeting_the_target(tiny_model_repo
 
     assert asyncio.run(started_keep()) == entry["keep"]
     assert asyncio.run(started_keep(keep=33)) == 33  # RERANKER_KEEP, when set, wins
+
+
+@pytest.mark.parametrize(("name", "max_length"), [("reranker", None), ("prefilter", 80)])
+def test_calibration_scores_what_the_gateway_serves_on_the_cpu(
+    tiny_model_repository, tmp_path, name, max_length
+):
+    """The build step scores without the gateway's runtime; its logits are the ones the gateway returns."""
+    items = read_calibration(_calibration_file(tmp_path / "cal.jsonl", queries=2, docs=12))
+    items[0]["documents"][3] = " ".join(["museum art river"] * 40)  # longer than an 80-token window
+    ours = cpu_logits(tiny_model_repository, name, items, max_length)
+
+    async def served() -> list[list[float]]:
+        reranker = build_reranker(
+            Settings(
+                model_repository=tiny_model_repository,
+                model_name=name,
+                prefilter_name="",
+                device="cpu",
+                max_length=max_length,
+                cache_size=0,
+                threads=1,
+            )
+        )
+        try:
+            out = []
+            for item in items:
+                res = await reranker.rerank(RerankQuery(item["query"], tuple(item["documents"]), keep=0))
+                by_index = {r.index: r.logit for r in res.results}
+                out.append([by_index[i] for i in range(len(item["documents"]))])
+            return out
+        finally:
+            await reranker.close()
+
+    theirs = asyncio.run(served())
+    assert len(set(np.round(theirs[0], 4))) > 1, (
+        "distinct documents score differently (or this tests nothing)"
+    )
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5)
 
 
 def test_a_bad_calibration_file_names_the_line(tmp_path):

@@ -16,7 +16,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from export import dtypes, triton_repo
-from export.triton_cpu import render_python_cpu_config
+from export.triton_repo import render_python_cpu_config
 
 GOLDEN = Path(__file__).with_name("golden_configs")
 BERT = [{"name": n, "dtype": "int64"} for n in ("input_ids", "attention_mask", "token_type_ids")]

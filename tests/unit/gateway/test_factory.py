@@ -6,7 +6,7 @@ import pytest
 from gateway_test_fakes import oom_session_factory, probe, silent_cpu_session_factory
 
 from gateway import metrics
-from gateway.backends.fallback import FallbackScorer
+from gateway.backends.fallback import SplittingFallback
 from gateway.config import Settings
 from gateway.domain import RerankQuery
 from gateway.errors import ModelRepositoryError
@@ -72,7 +72,7 @@ def test_cuda_oom_halves_then_falls_back_to_cpu_and_keeps_serving(tiny_model_rep
         return first, second
 
     first, second = asyncio.run(go())
-    assert isinstance(reranker.models.reranker.scorer, FallbackScorer)
+    assert isinstance(reranker.models.reranker.scorer, SplittingFallback)
     assert reranker.models.reranker.variant == "fp16"
     assert sessions[0].calls[:3] == [4, 2, 2]  # the batch, then its halves once
     assert first.backend == second.backend == "onnx-cpu"

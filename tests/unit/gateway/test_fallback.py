@@ -7,7 +7,7 @@ import pytest
 
 from gateway import metrics
 from gateway.backends.base import BatchScores, EncodedBatch
-from gateway.backends.fallback import FallbackScorer
+from gateway.backends.fallback import MarkDownFallback, SplittingFallback
 from gateway.backends.onnx_local import ScorerFailure
 from gateway.errors import BackendFailed
 
@@ -46,7 +46,7 @@ def fallbacks(reason: str) -> float:
 
 def test_oom_halves_once_on_the_primary():
     gpu, cpu = Fake("onnx-cuda", fail_over=2), Fake("onnx-cpu", value=2.0)
-    scorer = FallbackScorer(gpu, cpu, split_on_failure=True, mark_down=False)
+    scorer = SplittingFallback(gpu, cpu)
     out = asyncio.run(scorer.score(batch(4)))
     assert gpu.calls == [4, 2, 2] and cpu.calls == []
     assert out.backend == "onnx-cuda" and out.logits.tolist() == [1.0] * 4
@@ -55,7 +55,7 @@ def test_oom_halves_once_on_the_primary():
 def test_halves_that_still_fail_go_to_the_cpu_and_are_counted():
     before = fallbacks("cuda_oom")
     gpu, cpu = Fake("onnx-cuda", fail_over=1), Fake("onnx-cpu", value=2.0)
-    scorer = FallbackScorer(gpu, cpu, split_on_failure=True, mark_down=False)
+    scorer = SplittingFallback(gpu, cpu)
     out = asyncio.run(scorer.score(batch(5)))
     assert gpu.calls == [5, 2, 3] and cpu.calls == [2, 3]
     assert out.backend == "onnx-cpu" and out.logits.shape == (5,)
@@ -67,7 +67,7 @@ def test_mark_down_skips_the_primary_and_reprobes():
     async def run():
         now = [0.0]
         remote, local = Fake("triton-grpc", fail_always=True), Fake("onnx-cpu")
-        scorer = FallbackScorer(remote, local, mark_down=True, reprobe_s=5, clock=lambda: now[0])
+        scorer = MarkDownFallback(remote, local, reprobe_s=5, clock=lambda: now[0])
         assert (await scorer.score(batch(2))).backend == "onnx-cpu"
         assert not scorer.primary_up
         await scorer.score(batch(2))
@@ -83,7 +83,7 @@ def test_mark_down_skips_the_primary_and_reprobes():
 
 
 def test_both_failing_is_a_backend_error():
-    scorer = FallbackScorer(Fake("a", fail_always=True), Fake("b", fail_always=True))
+    scorer = MarkDownFallback(Fake("a", fail_always=True), Fake("b", fail_always=True))
     with pytest.raises(BackendFailed):
         asyncio.run(scorer.score(batch(1)))
 
@@ -91,7 +91,7 @@ def test_both_failing_is_a_backend_error():
 def test_ready_is_true_when_either_side_is():
     primary, fallback = Fake("a"), Fake("b")
     primary.is_ready = False
-    scorer = FallbackScorer(primary, fallback)
+    scorer = MarkDownFallback(primary, fallback)
     assert asyncio.run(scorer.ready())
     fallback.is_ready = False
     assert not asyncio.run(scorer.ready())

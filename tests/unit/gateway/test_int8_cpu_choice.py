@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.backends.onnx_local import cpu_flags
 from gateway.config import Settings
-from gateway.loading import ModelLoader, cpu_variant
+from gateway.cpu_features import cpu_flags, cpu_variant
+from gateway.loading import ModelLoader
 from gateway.repository import read_model_spec
 
 VNNI = ["avx512_vnni", "avx_vnni", "amx_int8"]

@@ -11,7 +11,7 @@ import pytest
 
 from gateway import metrics
 from gateway.backends.base import BatchScores, EncodedBatch
-from gateway.backends.fallback import FallbackScorer
+from gateway.backends.fallback import MarkDownFallback
 from gateway.backends.triton_pool import TritonPool
 from gateway.config import ConfigurationError, load_settings
 from gateway.errors import BackendFailed
@@ -164,7 +164,7 @@ def test_local_fallback_only_when_every_endpoint_failed():
     pool, built = make_pool(["10.0.0.1:8001", "10.0.0.2:8001"])
     local = Endpoint("local", value=-1.0)
     local.name = "onnx-cpu"
-    scorer = FallbackScorer(pool, local, mark_down=True, reprobe_s=5.0)
+    scorer = MarkDownFallback(pool, local, reprobe_s=5.0)
     built["10.0.0.1:8001"].failing = "unavailable"
     assert asyncio.run(scorer.score(batch(2))).logits.tolist() == [2.0, 2.0]
     assert local.calls == []

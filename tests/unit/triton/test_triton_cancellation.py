@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from gateway.backends.base import BatchScores, EncodedBatch
-from gateway.backends.fallback import FallbackScorer
+from gateway.backends.fallback import MarkDownFallback
 from gateway.backends.triton import TritonScorer
 from gateway.errors import BackendFailed
 
@@ -157,7 +157,7 @@ def test_calls_the_client_library_cancels_are_served_by_the_fallback() -> None:
     async def run() -> tuple[list[object], ConstantScorer]:
         client = ChannelClient()
         fallback = ConstantScorer()
-        scorer = FallbackScorer(triton_with(client, timeout_s=5), fallback, reprobe_s=60)
+        scorer = MarkDownFallback(triton_with(client, timeout_s=5), fallback, reprobe_s=60)
         await scorer.ready()
         calls = [asyncio.ensure_future(scorer.score(batch(3))) for _ in range(8)]
         await until(lambda: len(client.in_flight) == 8)
@@ -173,7 +173,7 @@ def test_the_callers_own_cancellation_still_stops_the_work() -> None:
     async def run() -> ConstantScorer:
         client = ChannelClient()
         fallback = ConstantScorer()
-        scorer = FallbackScorer(triton_with(client, timeout_s=5), fallback, reprobe_s=60)
+        scorer = MarkDownFallback(triton_with(client, timeout_s=5), fallback, reprobe_s=60)
         await scorer.ready()
         call = asyncio.ensure_future(scorer.score(batch(3)))
         await asyncio.sleep(0.1)

@@ -19,7 +19,7 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
 from export import dtypes
-from export.triton_cpu import PYTHON_MODEL_SOURCE, render_python_cpu_config
+from export.triton_repo import PYTHON_MODEL_SOURCE, render_python_cpu_config
 
 INPUTS = [{"name": n, "dtype": "int64"} for n in ("input_ids", "attention_mask", "token_type_ids")]
 OUTPUTS = [{"name": "logits", "dtype": "float32"}]
