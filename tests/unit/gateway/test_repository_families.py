@@ -49,10 +49,18 @@ def write_model(repository: Path, tokenizer: Path, name: str = "model", **fields
     return repository
 
 
-def test_older_manifest_reads_as_before(tiny_model_repository):
-    spec = read_model_spec(tiny_model_repository, "reranker")
-    manifest = json.loads((tiny_model_repository / "reranker" / "manifest.json").read_text())
-    assert "family" not in manifest and "template" not in manifest  # written before the fields existed
+NEW_FIELDS = ("family", "padding_side", "pooling", "score", "template", "variants_skipped")
+
+
+def test_older_manifest_reads_as_before(tiny_model_repository, tmp_path):
+    """The tiny export's manifest without the fields the families added (as the exporter wrote it before)."""
+    old = tmp_path / "repository"
+    shutil.copytree(tiny_model_repository / "reranker", old / "reranker")
+    manifest = json.loads((old / "reranker" / "manifest.json").read_text())
+    for key in NEW_FIELDS:
+        manifest.pop(key, None)
+    (old / "reranker" / "manifest.json").write_text(json.dumps(manifest))
+    spec = read_model_spec(old, "reranker")
     assert spec.family == "bert" and spec.architecture == "BertForSequenceClassification"
     assert spec.padding_side == "right" and spec.pooling == "cls"
     assert spec.score_activation == "sigmoid" and spec.template is None and spec.variants_skipped == {}
