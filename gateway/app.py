@@ -14,10 +14,12 @@ from typing import Any
 from fastapi import FastAPI
 
 from gateway.api.admission import Admission
-from gateway.api.app import Parts, create_http_app
+from gateway.api.app import create_http_app
+from gateway.api.deps import Services
 from gateway.backends.factory import ModelLoader, describe_repository
 from gateway.config import Settings
 from gateway.pipeline import Reranker
+from gateway.registry import ServedModel, ServedModels, describe_pipeline
 
 
 def build_reranker(settings: Settings) -> Reranker:
@@ -28,13 +30,20 @@ def build_reranker(settings: Settings) -> Reranker:
 def create_app(settings: Settings, reranker: Reranker | None = None) -> FastAPI:
     """The service: `reranker` may be injected (tests build one over their own loader or scorers)."""
     reranker = reranker or build_reranker(settings)
-    parts = Parts(
-        reranker=reranker,
+    served = ServedModel(
+        settings.model_name,
+        reranker,
+        aliases=tuple(settings.served_model_names),
+        describe=describe_pipeline(reranker, settings.model_repository, settings.model_name),
+    )
+    services = Services(
+        models=ServedModels([served]),
         admission=Admission(reranker, settings),
+        api_keys=tuple(settings.api_keys),
         gpu=_gpu_probe(reranker.loader),
         describe_repository=lambda: describe_repository(settings),
     )
-    return create_http_app(settings, parts)
+    return create_http_app(settings, services)
 
 
 def _gpu_probe(loader: Any) -> Callable[[], dict[str, Any]]:

@@ -102,11 +102,12 @@ class Admission:
                 value=s.max_pairs,
             )
 
-    def estimate_tokens(self, queries: Sequence[RerankQuery]) -> float:
+    def estimate_tokens(self, queries: Sequence[RerankQuery], reranker: Reranker | None = None) -> float:
         """The request's work before tokenizing: characters / 4 per pair, capped at the scored windows; a
         prefilter pass over every document plus the cross-encoder on the `keep` longest."""
         s = self.settings
-        models = self.reranker.models
+        reranker = reranker or self.reranker
+        models = reranker.models
         window = models.reranker.max_length if models else (s.max_length or 512)
         prefilter_window = models.prefilter.max_length if models and models.prefilter else None
         total = 0.0
@@ -118,18 +119,22 @@ class Admission:
                 min(query + min(len(d), s.max_document_chars) / CHARS_PER_TOKEN + SPECIAL_TOKENS, cap)
                 for d in q.documents
             ]
-            keep, _ = self.reranker.keep_for(q)
+            keep, _ = reranker.keep_for(q)
             if prefilter_window and keep and len(pairs) > keep:
                 total += PREFILTER_COST * sum(min(p, prefilter_window) for p in pairs)
                 pairs = sorted(pairs)[-keep:]
             total += sum(pairs)
         return total
 
-    async def run(self, queries: Sequence[RerankQuery]) -> list[RerankOutcome]:
+    async def run(
+        self, queries: Sequence[RerankQuery], reranker: Reranker | None = None
+    ) -> list[RerankOutcome]:
+        """Rank `queries` with `reranker` (the served model the request picked; None: this one's own)."""
+        reranker = reranker or self.reranker
         self.check_limits(queries)
-        if not self.reranker.loaded:
-            await self.reranker.load()  # a first request's model load is not scoring time
-        tokens = self.estimate_tokens(queries)
+        if not reranker.loaded:
+            await reranker.load()  # a first request's model load is not scoring time
+        tokens = self.estimate_tokens(queries, reranker)
         self._admit(tokens)
         self.in_flight += 1
         self.queued_tokens += tokens
@@ -137,7 +142,7 @@ class Admission:
         metrics.QUEUED_WORK.set(self.queued_tokens)
         timeout = self.settings.request_timeout_s
         try:
-            return await asyncio.wait_for(self._run(queries, tokens), timeout)
+            return await asyncio.wait_for(self._run(queries, tokens, reranker), timeout)
         except asyncio.TimeoutError:
             metrics.REJECTED.labels("timeout").inc()
             raise RequestTimedOut(f"the request took longer than request_timeout_s ({timeout}s)") from None
@@ -164,12 +169,14 @@ class Admission:
             retry_after=finish_s - timeout,  # when enough of the queue has drained; the HTTP layer rounds up
         )
 
-    async def _run(self, queries: Sequence[RerankQuery], tokens: float) -> list[RerankOutcome]:
+    async def _run(
+        self, queries: Sequence[RerankQuery], tokens: float, reranker: Reranker
+    ) -> list[RerankOutcome]:
         async with self._semaphore():
             self.rate.started()
             completed = False
             try:
-                outcomes = await self.reranker.rerank_many(queries)
+                outcomes = await reranker.rerank_many(queries)
                 completed = True
                 return outcomes
             finally:

@@ -1,6 +1,6 @@
 """The HTTP layer's application: ops routes, error handlers, request ids + access log + metrics + timing
-headers, body limit. It is handed its parts (gateway/app.py, the composition root, builds them) and imports
-no runtime."""
+headers, body limit. It is handed its services (gateway/app.py, the composition root, builds them; routes
+draw them through gateway/api/deps.py) and imports no runtime."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -19,12 +18,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import errors, metrics
 from gateway.api import routes_native
-from gateway.api.admission import Admission
+from gateway.api.deps import Services, bind
 from gateway.api.dialects import include_dialects
 from gateway.api.errors import NATIVE, drop_default_422, validation_failed
 from gateway.config import Settings
 from gateway.domain import RerankOutcome
-from gateway.pipeline import Reranker
 
 log = logging.getLogger("gateway")
 access_log = logging.getLogger("gateway.access")
@@ -34,17 +32,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class Parts:
-    """What the composition root hands the HTTP layer: the pipeline, admission control, and two facts
-    about the runtimes that /health and /info report (so this layer never imports a runtime)."""
-
-    reranker: Reranker
-    admission: Admission
-    gpu: Callable[[], dict[str, Any]]  # the GPU probe (NVML only, cheap), run once at start-up
-    describe_repository: Callable[[], dict[str, Any]]  # the manifests, for /info before models load
 
 
 def timing_headers(total_s: float, outcomes: Sequence[RerankOutcome]) -> list[tuple[bytes, bytes]]:
@@ -169,18 +156,22 @@ class RequestContext:
             )
 
 
-def create_http_app(settings: Settings, parts: Parts) -> FastAPI:
-    """The FastAPI app around `parts`; the composition root (gateway/app.py) builds them."""
-    reranker = parts.reranker
+def create_http_app(settings: Settings, services: Services) -> FastAPI:
+    """The FastAPI app around `services`; the composition root (gateway/app.py) builds them."""
+    served = services.models
+    reranker = served.default.pipeline  # /health and /info describe the default model's pipeline
+    gpu = _gpu_status(services.gpu)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.preload:
-            await reranker.load()
+            for model in served:
+                await model.pipeline.load()
         try:
             yield
         finally:
-            await reranker.close()
+            for model in served:
+                await model.pipeline.close()
 
     app = FastAPI(
         title="Reranker gateway",
@@ -188,10 +179,7 @@ def create_http_app(settings: Settings, parts: Parts) -> FastAPI:
         description="Two-stage reranking (int8 CPU prefilter, then a cross-encoder) over ONNX Runtime or Triton.",
         lifespan=lifespan,
     )
-    app.state.settings = settings
-    app.state.reranker = reranker
-    app.state.admission = parts.admission
-    app.state.gpu = _gpu_status(parts.gpu)
+    bind(app, services)
 
     @app.exception_handler(errors.RerankError)
     async def _domain_error(request: Request, exc: errors.RerankError) -> JSONResponse:
@@ -213,8 +201,8 @@ def create_http_app(settings: Settings, parts: Parts) -> FastAPI:
         models = reranker.models
         return {
             "status": "ok",
-            "cuda_available": bool(app.state.gpu.get("available")),
-            "gpu": app.state.gpu,
+            "cuda_available": bool(gpu.get("available")),
+            "gpu": gpu,
             "models_loaded": [st.spec.name for st in models.stages()] if models else [],
             "backend": models.reranker.scorer.name if models else None,
             # seed 001's field: the cross-encoder is loaded and runs on a GPU
@@ -228,17 +216,21 @@ def create_http_app(settings: Settings, parts: Parts) -> FastAPI:
         responses=NATIVE.responses([errors.NotReady], internal=False),
     )
     async def ready() -> JSONResponse:
-        if await reranker.ready():
-            return JSONResponse({"status": "ready"})
-        reason = "models are not loaded" if not reranker.loaded else "no backend can score"
-        return NATIVE.respond(errors.NotReady(reason))
+        for model in served:
+            pipeline = model.pipeline
+            if not await pipeline.ready():
+                reason = "models are not loaded" if not pipeline.loaded else "no backend can score"
+                if len(served) > 1:
+                    reason += f" ({model.name})"
+                return NATIVE.respond(errors.NotReady(reason))
+        return JSONResponse({"status": "ready"})
 
     @app.get("/info", tags=["ops"], summary="Models, limits, backend")
     async def info() -> dict[str, Any]:
         out = reranker.info()
         out["repository"] = str(settings.model_repository)
         if not reranker.loaded:
-            out["manifests"] = parts.describe_repository()
+            out["manifests"] = services.describe_repository()
         out["limits"] = {
             "max_documents": settings.max_documents,
             "max_document_chars": settings.max_document_chars,
@@ -258,7 +250,7 @@ def create_http_app(settings: Settings, parts: Parts) -> FastAPI:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(routes_native.router)
-    include_dialects(app, settings)
+    include_dialects(app)
     app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes)
 
     def openapi() -> dict[str, Any]:

@@ -1,0 +1,131 @@
+"""The HTTP layer's dependencies: what a route may ask for, declared once, bound once when the app is built.
+
+The composition root (gateway/app.py) hands `create_http_app` a `Services` record; `bind(app, services)` makes
+it what `get_services` answers, and each route names the part it uses in its signature
+(`inference: InferenceDep`, `keys: ApiKeysDep`, `models: ModelsDep`), as FastAPI dependencies. No handler
+reaches into `app.state`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Protocol
+
+from fastapi import Depends, FastAPI, Request
+
+from gateway import metrics
+from gateway.domain import RerankOutcome, RerankQuery
+from gateway.errors import ClientDisconnected
+from gateway.pipeline import Reranker
+from gateway.registry import ServedModel, ServedModels
+
+
+class RunsQueries(Protocol):
+    """Admission control (gateway/api/admission.py): limits, admission by queued work, the timeout, then
+    `reranker` (the served model the request picked; None: the default) ranks the queries."""
+
+    async def run(
+        self, queries: Sequence[RerankQuery], reranker: Reranker | None = None
+    ) -> list[RerankOutcome]: ...
+
+
+def _no_gpu() -> dict[str, Any]:
+    return {"available": False, "reason": "unknown (no probe)"}
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the composition root hands the HTTP layer: the served models, admission control, the API keys,
+    and two facts about the runtimes that /health and /info report (so this layer never imports a runtime)."""
+
+    models: ServedModels[Reranker]
+    admission: RunsQueries
+    api_keys: tuple[str, ...] = ()
+    gpu: Callable[[], dict[str, Any]] = _no_gpu  # the GPU probe (NVML only, cheap), run once at start-up
+    describe_repository: Callable[[], dict[str, Any]] = field(default=dict)  # the manifests, for /info
+
+
+def get_services() -> Services:
+    """Answered by the record `bind` gives the app; unbound, a route cannot run."""
+    raise RuntimeError("the app's services were never bound: call gateway.api.deps.bind(app, services)")
+
+
+def bind(app: FastAPI, services: Services) -> None:
+    """Make `services` what every route's dependencies are drawn from (once, when the app is built)."""
+    app.dependency_overrides[get_services] = lambda: services
+
+
+def bound_services(app: FastAPI) -> Services:
+    """The record `bind` gave `app` (for the app's own ops routes and for tests)."""
+    provider = app.dependency_overrides.get(get_services, get_services)
+    services: Services = provider()
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_models(services: ServicesDep) -> ServedModels[Reranker]:
+    return services.models
+
+
+def get_api_keys(services: ServicesDep) -> tuple[str, ...]:
+    return services.api_keys
+
+
+ModelsDep = Annotated[ServedModels[Reranker], Depends(get_models)]
+ApiKeysDep = Annotated[tuple[str, ...], Depends(get_api_keys)]
+
+DISCONNECT_POLL_S = 0.25  # how often a running request checks that its client is still there
+
+
+@dataclass(frozen=True)
+class Inference:
+    """One request's way to the pipeline: the model its body names, through admission control, while its
+    client is watched."""
+
+    request: Request
+    admission: RunsQueries
+    models: ServedModels[Reranker]
+
+    def model(self, name: str | None) -> ServedModel[Reranker]:
+        """The served model `name` picks (None: the default); UnknownModel when several are served and none
+        answers to it."""
+        return self.models.resolve(name)
+
+    async def run(self, queries: Sequence[RerankQuery], *, model: str | None = None) -> list[RerankOutcome]:
+        """All inference goes through admission control: limits, admission by queued work, the timeout.
+
+        While the work runs, the client's connection is watched (as vLLM does): when the client has gone (its
+        own timeout, a closed tab), the work is cancelled, which drops its queued batches, and counted in
+        `reranker_cancelled_requests_total`."""
+        served = self.model(model)
+        request = self.request
+        request.state.documents = sum(len(q.documents) for q in queries)  # for the access log
+        work = asyncio.ensure_future(self.admission.run(list(queries), reranker=served.pipeline))
+        try:
+            while True:
+                done, _ = await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
+                if done:
+                    break
+                if await request.is_disconnected():
+                    work.cancel()
+                    metrics.CANCELLED.labels("client_disconnected").inc()
+                    raise ClientDisconnected(
+                        "the client closed the connection; the request's work was stopped"
+                    )
+        finally:
+            if not work.done():
+                work.cancel()  # this handler was cancelled itself (server shutdown)
+        outcomes = list(work.result())
+        request.state.outcomes = outcomes  # the timing headers are written from them
+        return outcomes
+
+
+def get_inference(request: Request, services: ServicesDep) -> Inference:
+    return Inference(request, services.admission, services.models)
+
+
+InferenceDep = Annotated[Inference, Depends(get_inference)]
