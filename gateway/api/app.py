@@ -156,6 +156,26 @@ class RequestContext:
             )
 
 
+def add_error_handlers(app: FastAPI) -> None:
+    """The native body for what no dialect route answers itself: typed errors with the table's status, body
+    validation, and a generic 500 (logged with its traceback, no details sent)."""
+
+    @app.exception_handler(errors.RerankError)
+    async def _domain_error(request: Request, exc: errors.RerankError) -> JSONResponse:
+        if NATIVE.status(exc) >= 500:
+            log.warning("request %s failed: %s", getattr(request.state, "request_id", "?"), exc.message)
+        return NATIVE.respond(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return NATIVE.respond(validation_failed(exc))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error in request %s", getattr(request.state, "request_id", "?"))
+        return JSONResponse({"error": "internal server error", "error_type": "internal"}, status_code=500)
+
+
 def create_http_app(settings: Settings, services: Services) -> FastAPI:
     """The FastAPI app around `services`; the composition root (gateway/app.py) builds them."""
     served = services.models
@@ -180,21 +200,7 @@ def create_http_app(settings: Settings, services: Services) -> FastAPI:
         lifespan=lifespan,
     )
     bind(app, services)
-
-    @app.exception_handler(errors.RerankError)
-    async def _domain_error(request: Request, exc: errors.RerankError) -> JSONResponse:
-        if NATIVE.status(exc) >= 500:
-            log.warning("request %s failed: %s", request.state.request_id, exc.message)
-        return NATIVE.respond(exc)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return NATIVE.respond(validation_failed(exc))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error in request %s", getattr(request.state, "request_id", "?"))
-        return JSONResponse({"error": "internal server error", "error_type": "internal"}, status_code=500)
+    add_error_handlers(app)
 
     @app.get("/health", tags=["ops"], summary="Liveness (never loads a model)")
     async def health() -> dict[str, Any]:

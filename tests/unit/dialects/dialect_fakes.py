@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from gateway.api import routes_native
+from gateway.api.app import add_error_handlers
 from gateway.api.deps import Services, bind
 from gateway.api.dialects import include_dialects
 from gateway.domain import RerankOutcome, RerankQuery, ScoredDocument
@@ -89,10 +90,12 @@ def served(pipeline: FakePipeline, *aliases: str, **described: Any) -> ServedMod
 def dialect_app(
     executor: FakeExecutor, models: Sequence[ServedModel[Any]] | None = None, api_keys: Sequence[str] = ()
 ) -> FastAPI:
-    """The native route and every dialect, over `executor` and `models` (default: one, "overlap-model")."""
+    """The native route (with the app's native error handlers) and every dialect, over `executor` and
+    `models` (default: one, "overlap-model")."""
     app = FastAPI()
     models = models or [served(FakePipeline("overlap-model"), max_tokens_per_pair=512)]
     bind(app, Services(models=ServedModels(models), admission=executor, api_keys=tuple(api_keys)))
+    add_error_handlers(app)
     app.include_router(routes_native.router)
     include_dialects(app)
     return app
