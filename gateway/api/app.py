@@ -14,10 +14,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import errors, metrics
-from gateway.api import routes_native
+from gateway.api import routes_native, routes_ops
 from gateway.api.deps import Services, bind
 from gateway.api.dialects import include_dialects
 from gateway.api.errors import NATIVE, drop_default_422, validation_failed
@@ -179,8 +178,6 @@ def add_error_handlers(app: FastAPI) -> None:
 def create_http_app(settings: Settings, services: Services) -> FastAPI:
     """The FastAPI app around `services`; the composition root (gateway/app.py) builds them."""
     served = services.models
-    reranker = served.default.pipeline  # /health and /info describe the default model's pipeline
-    gpu = _gpu_status(services.gpu)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -200,61 +197,9 @@ def create_http_app(settings: Settings, services: Services) -> FastAPI:
         lifespan=lifespan,
     )
     bind(app, services)
+    routes_ops.bind_ops(app, routes_ops.ops_facts(settings, services.gpu))
     add_error_handlers(app)
-
-    @app.get("/health", tags=["ops"], summary="Liveness (never loads a model)")
-    async def health() -> dict[str, Any]:
-        models = reranker.models
-        return {
-            "status": "ok",
-            "cuda_available": bool(gpu.get("available")),
-            "gpu": gpu,
-            "models_loaded": [st.spec.name for st in models.stages()] if models else [],
-            "backend": models.reranker.scorer.name if models else None,
-            # seed 001's field: the cross-encoder is loaded and runs on a GPU
-            "gpu_model_loaded": models is not None and "cuda" in models.reranker.scorer.name,
-        }
-
-    @app.get(
-        "/ready",
-        tags=["ops"],
-        summary="Readiness: models loaded and a backend answers",
-        responses=NATIVE.responses([errors.NotReady], internal=False),
-    )
-    async def ready() -> JSONResponse:
-        for model in served:
-            pipeline = model.pipeline
-            if not await pipeline.ready():
-                reason = "models are not loaded" if not pipeline.loaded else "no backend can score"
-                if len(served) > 1:
-                    reason += f" ({model.name})"
-                return NATIVE.respond(errors.NotReady(reason))
-        return JSONResponse({"status": "ready"})
-
-    @app.get("/info", tags=["ops"], summary="Models, limits, backend")
-    async def info() -> dict[str, Any]:
-        out = reranker.info()
-        out["repository"] = str(settings.model_repository)
-        if not reranker.loaded:
-            out["manifests"] = services.describe_repository()
-        out["limits"] = {
-            "max_documents": settings.max_documents,
-            "max_document_chars": settings.max_document_chars,
-            "max_query_chars": settings.max_query_chars,
-            "max_body_bytes": settings.max_body_bytes,
-            "max_in_flight": settings.max_in_flight,
-            "request_timeout_s": settings.request_timeout_s,
-        }
-        out["auth"] = bool(settings.api_keys)
-        return out
-
-    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics (JSON with Accept: application/json)")
-    async def prometheus(request: Request) -> Response:
-        accept = request.headers.get("accept", "")
-        if "application/json" in accept and "text/plain" not in accept:
-            return JSONResponse(metrics.json_snapshot())
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
+    app.include_router(routes_ops.router)
     app.include_router(routes_native.router)
     include_dialects(app)
     app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes)
@@ -266,11 +211,3 @@ def create_http_app(settings: Settings, services: Services) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
-
-
-def _gpu_status(probe: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Probe once at start-up so /health answers without touching a model."""
-    try:
-        return dict(probe())
-    except Exception as exc:
-        return {"available": False, "reason": f"probe failed: {exc}"}
