@@ -47,31 +47,36 @@ class Services:
     describe_repository: Callable[[], dict[str, Any]] = field(default=dict)  # the manifests, for /info
 
 
-def get_services() -> Services:
-    """Answered by the record `bind` gives the app; unbound, a route cannot run."""
+async def get_services() -> Services:
+    """Answered by the record `bind` gives the app; unbound, a route cannot run. (Every dependency here is
+    async: FastAPI runs a plain `def` one in its thread pool, a hop per request for nothing.)"""
     raise RuntimeError("the app's services were never bound: call gateway.api.deps.bind(app, services)")
 
 
 def bind(app: FastAPI, services: Services) -> None:
     """Make `services` what every route's dependencies are drawn from (once, when the app is built)."""
-    app.dependency_overrides[get_services] = lambda: services
+
+    async def bound() -> Services:
+        return services
+
+    app.dependency_overrides[get_services] = bound
 
 
 def bound_services(app: FastAPI) -> Services:
-    """The record `bind` gave `app` (for the app's own ops routes and for tests)."""
+    """The record `bind` gave `app` (for tests that reach admission control)."""
     provider = app.dependency_overrides.get(get_services, get_services)
-    services: Services = provider()
+    services: Services = asyncio.run(provider())
     return services
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_models(services: ServicesDep) -> ServedModels[Reranker]:
+async def get_models(services: ServicesDep) -> ServedModels[Reranker]:
     return services.models
 
 
-def get_api_keys(services: ServicesDep) -> tuple[str, ...]:
+async def get_api_keys(services: ServicesDep) -> tuple[str, ...]:
     return services.api_keys
 
 
@@ -124,7 +129,7 @@ class Inference:
         return outcomes
 
 
-def get_inference(request: Request, services: ServicesDep) -> Inference:
+async def get_inference(request: Request, services: ServicesDep) -> Inference:
     return Inference(request, services.admission, services.models)
 
 

@@ -44,12 +44,15 @@ def ops_facts(settings: Settings, probe: Callable[[], dict[str, Any]]) -> OpsFac
     )
 
 
-def get_ops_facts() -> OpsFacts:
+async def get_ops_facts() -> OpsFacts:
     raise RuntimeError("the app's ops facts were never bound: call gateway.api.routes_ops.bind_ops")
 
 
 def bind_ops(app: FastAPI, facts: OpsFacts) -> None:
-    app.dependency_overrides[get_ops_facts] = lambda: facts
+    async def bound() -> OpsFacts:
+        return facts
+
+    app.dependency_overrides[get_ops_facts] = bound
 
 
 OpsFactsDep = Annotated[OpsFacts, Depends(get_ops_facts)]
