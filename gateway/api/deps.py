@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, FastAPI, Request
@@ -44,7 +44,7 @@ class Services:
     admission: RunsQueries
     api_keys: tuple[str, ...] = ()
     gpu: Callable[[], dict[str, Any]] = _no_gpu  # the GPU probe (NVML only, cheap), run once at start-up
-    describe_repository: Callable[[], dict[str, Any]] = field(default=dict)  # the manifests, for /info
+    describe_repository: Callable[[], dict[str, Any]] = dict  # the manifests, for /info before models load
 
 
 async def get_services() -> Services:
