@@ -83,7 +83,7 @@ async def get_api_keys(services: ServicesDep) -> tuple[str, ...]:
 ModelsDep = Annotated[ServedModels[Reranker], Depends(get_models)]
 ApiKeysDep = Annotated[tuple[str, ...], Depends(get_api_keys)]
 
-DISCONNECT_POLL_S = 0.25  # how often a running request checks that its client is still there
+CANCEL_GRACE_S = 1.0  # how long an abandoned request waits for its cancelled work to give back its place
 
 
 @dataclass(frozen=True)
@@ -103,30 +103,36 @@ class Inference:
     async def run(self, queries: Sequence[RerankQuery], *, model: str | None = None) -> list[RerankOutcome]:
         """All inference goes through admission control: limits, admission by queued work, the timeout.
 
-        While the work runs, the client's connection is watched (as vLLM does): when the client has gone (its
-        own timeout, a closed tab), the work is cancelled, which drops its queued batches, and counted in
+        While the work runs, the client's connection is watched (vLLM's `listen_for_disconnect`): when the
+        client has gone (its own timeout, a closed tab), the work is cancelled at once, which drops its queued
+        batches and gives back its place in admission control, and counted in
         `reranker_cancelled_requests_total`."""
         served = self.model(model)
         request = self.request
         request.state.documents = sum(len(q.documents) for q in queries)  # for the access log
         work = asyncio.ensure_future(self.admission.run(list(queries), reranker=served.pipeline))
+        left = asyncio.ensure_future(_client_left(request))
         try:
-            while True:
-                done, _ = await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
-                if done:
-                    break
-                if await request.is_disconnected():
-                    work.cancel()
-                    metrics.CANCELLED.labels("client_disconnected").inc()
-                    raise ClientDisconnected(
-                        "the client closed the connection; the request's work was stopped"
-                    )
-        finally:
+            await asyncio.wait({work, left}, return_when=asyncio.FIRST_COMPLETED)
             if not work.done():
-                work.cancel()  # this handler was cancelled itself (server shutdown)
+                work.cancel()
+                await asyncio.wait({work}, timeout=CANCEL_GRACE_S)  # its place is given back before we answer
+                metrics.CANCELLED.labels("client_disconnected").inc()
+                raise ClientDisconnected("the client closed the connection; the request's work was stopped")
+        finally:
+            for task in (work, left):
+                if not task.done():
+                    task.cancel()  # the work finished, or this handler was cancelled itself (server shutdown)
         outcomes = list(work.result())
         request.state.outcomes = outcomes  # the timing headers are written from them
         return outcomes
+
+
+async def _client_left(request: Request) -> None:
+    """Returns once the client has closed the connection. The body was read before the work started, so the
+    server's next message for this request is the disconnect."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def get_inference(request: Request, services: ServicesDep) -> Inference:
