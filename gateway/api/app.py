@@ -199,7 +199,7 @@ def create_http_app(settings: Settings, services: Services) -> FastAPI:
     bind(app, services)
     routes_ops.bind_ops(app, routes_ops.ops_facts(settings, services.gpu))
     add_error_handlers(app)
-    app.include_router(routes_ops.router)
+    routes_ops.add_ops_routes(app)
     app.include_router(routes_native.router)
     include_dialects(app)
     app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -57,10 +57,7 @@ def bind_ops(app: FastAPI, facts: OpsFacts) -> None:
 
 OpsFactsDep = Annotated[OpsFacts, Depends(get_ops_facts)]
 
-router = APIRouter(tags=["ops"])
 
-
-@router.get("/health", summary="Liveness (never loads a model)")
 async def health(services: ServicesDep, facts: OpsFactsDep) -> dict[str, Any]:
     """The default model's pipeline: what it has loaded and which backend scores it."""
     models = services.models.default.pipeline.models
@@ -75,11 +72,6 @@ async def health(services: ServicesDep, facts: OpsFactsDep) -> dict[str, Any]:
     }
 
 
-@router.get(
-    "/ready",
-    summary="Readiness: models loaded and a backend answers",
-    responses=NATIVE.responses([errors.NotReady], internal=False),
-)
 async def ready(services: ServicesDep) -> JSONResponse:
     """Ready when every served model's pipeline is (with several, the message names the one that is not)."""
     served = services.models
@@ -93,7 +85,6 @@ async def ready(services: ServicesDep) -> JSONResponse:
     return JSONResponse({"status": "ready"})
 
 
-@router.get("/info", summary="Models, limits, backend")
 async def info(services: ServicesDep, facts: OpsFactsDep) -> dict[str, Any]:
     """The default model's pipeline as it describes itself, the repository, the limits, whether keys are on."""
     reranker = services.models.default.pipeline
@@ -106,12 +97,29 @@ async def info(services: ServicesDep, facts: OpsFactsDep) -> dict[str, Any]:
     return out
 
 
-@router.get("/metrics", summary="Prometheus metrics (JSON with Accept: application/json)")
 async def prometheus(request: Request) -> Response:
     accept = request.headers.get("accept", "")
     if "application/json" in accept and "text/plain" not in accept:
         return JSONResponse(metrics.json_snapshot())
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def add_ops_routes(app: FastAPI) -> None:
+    """On the app itself, not an included router: they are the app's own (deploy/check.py reads
+    `app.routes` for the chart's probe paths)."""
+    ops: dict[str, Any] = {"methods": ["GET"], "tags": ["ops"]}
+    app.add_api_route("/health", health, summary="Liveness (never loads a model)", **ops)
+    app.add_api_route(
+        "/ready",
+        ready,
+        summary="Readiness: models loaded and a backend answers",
+        responses=NATIVE.responses([errors.NotReady], internal=False),
+        **ops,
+    )
+    app.add_api_route("/info", info, summary="Models, limits, backend", **ops)
+    app.add_api_route(
+        "/metrics", prometheus, summary="Prometheus metrics (JSON with Accept: application/json)", **ops
+    )
 
 
 def _gpu_status(probe: Callable[[], dict[str, Any]]) -> dict[str, Any]:
