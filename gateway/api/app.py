@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 
 from gateway import errors, metrics
 from gateway.api import routes_native, routes_ops
@@ -89,8 +89,7 @@ class RequestContext:
         started = time.perf_counter()
         scope = normalized(scope)
         headers = dict(scope.get("headers") or [])
-        raw_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128]
-        request_id = raw_id if raw_id and raw_id.isprintable() else uuid.uuid4().hex
+        request_id = _request_id(headers)
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500
         started_response = False
@@ -109,25 +108,11 @@ class RequestContext:
                 message["headers"] = [*message["headers"], *extra]
             await send(message)
 
-        async def respond(response: Response) -> None:
-            await response(scope, receive, send_wrapper)
-
         length = headers.get(b"content-length")
         try:
             if length is not None and length.isdigit() and int(length) > limit:
                 raise _BodyTooLarge
-            received = 0
-
-            async def receive_wrapper() -> Message:
-                nonlocal received
-                message = await receive()
-                if message["type"] == "http.request":
-                    received += len(message.get("body", b""))
-                    if received > limit:
-                        raise _BodyTooLarge
-                return message
-
-            await self.app(scope, receive_wrapper, send_wrapper)
+            await self.app(scope, _limited(receive, limit), send_wrapper)
         except _BodyTooLarge:
             if started_response:
                 raise
@@ -136,23 +121,49 @@ class RequestContext:
                 limit="max_body_bytes",
                 value=limit,
             )
-            await respond(NATIVE.respond(exc))
+            await NATIVE.respond(exc)(scope, receive, send_wrapper)
         finally:
-            elapsed = time.perf_counter() - started
-            route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
-            metrics.REQUESTS.labels(path, scope["method"], str(status)).inc()
-            metrics.REQUEST_LATENCY.labels(path, str(status)).observe(elapsed)
-            docs = scope["state"].get("documents")
-            access_log.info(
-                "%s %s %s %d %.1fms%s",
-                request_id,
-                scope["method"],
-                scope["path"],
-                status,
-                elapsed * 1000,
-                f" docs={docs}" if docs is not None else "",
-            )
+            _record(scope, request_id, status, time.perf_counter() - started)
+
+
+def _request_id(headers: dict[bytes, bytes]) -> str:
+    """The client's X-Request-ID when it is printable (at most 128 characters), else a new one."""
+    raw_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128]
+    return raw_id if raw_id and raw_id.isprintable() else uuid.uuid4().hex
+
+
+def _limited(receive: Receive, limit: int) -> Receive:
+    """`receive` that stops a body once more than `limit` bytes of it have arrived."""
+    received = 0
+
+    async def receive_wrapper() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise _BodyTooLarge
+        return message
+
+    return receive_wrapper
+
+
+def _record(scope: Scope, request_id: str, status: int, elapsed: float) -> None:
+    """The request's HTTP metrics and its one access-log line."""
+    route = scope.get("route")
+    path = getattr(route, "path", None) or "unmatched"
+    metrics.REQUESTS.labels(path, scope["method"], str(status)).inc()
+    metrics.REQUEST_LATENCY.labels(path, str(status)).observe(elapsed)
+    docs = scope["state"].get("documents")
+    access_log.info(
+        "%s %s %s %d %.1fms%s",
+        request_id,
+        scope["method"],
+        scope["path"],
+        status,
+        elapsed * 1000,
+        f" docs={docs}" if docs is not None else "",
+    )
 
 
 def add_error_handlers(app: FastAPI) -> None:
