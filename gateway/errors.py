@@ -34,6 +34,17 @@ class InputTooLong(ValidationFailed):
         self.value = value
 
 
+class UnknownModel(RerankError):
+    """The request names a model this service does not serve (only asked when several are served); the
+    message lists the served names. 404 by default, as vLLM answers (gateway/api/errors.py)."""
+
+    error_type = "model_not_found"
+
+    def __init__(self, message: str, *, name: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
 class LimitExceeded(RerankError):
     """A configured limit was crossed; the message names the limit and its value."""
 

@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -255,10 +255,11 @@ class ModelLoader:
             one_row_batches=o.int8_row_batches and is_dynamic_int8(variant),
         )
 
-    def for_model(self, model_name: str) -> ModelLoader:
-        """The same runtimes (probe, session factories, CPU lane) for another served model."""
-        clone = ModelLoader(
-            replace(self.options, model_name=model_name),
+    def for_model(self, options: LoadOptions) -> ModelLoader:
+        """A loader of another served model (`options`) over the same runtimes: probe, session factories,
+        CPU lane and prefilter stage."""
+        return ModelLoader(
+            options,
             gpu_probe=self.gpu_probe,
             session_factory=self.session_factory,
             cpu_session_factory=self.cpu_session_factory,
@@ -266,7 +267,6 @@ class ModelLoader:
             cpu_lane=self._cpu_lane,
             shared_prefilter=self._prefilter_stage,
         )
-        return clone
 
 
 class _SharedStage:

@@ -1,6 +1,6 @@
 """The HTTP layer's application: ops routes, error handlers, request ids + access log + metrics + timing
-headers, body limit. It is handed its parts (gateway/app.py, the composition root, builds them) and imports
-no runtime."""
+headers, body limit. It is handed its services (gateway/app.py, the composition root, builds them; routes
+draw them through gateway/api/deps.py) and imports no runtime."""
 
 from __future__ import annotations
 
@@ -9,22 +9,19 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi.responses import JSONResponse
 
 from gateway import errors, metrics
-from gateway.api import routes_native
-from gateway.api.admission import Admission
+from gateway.api import routes_native, routes_ops
+from gateway.api.deps import Services, bind
 from gateway.api.dialects import include_dialects
 from gateway.api.errors import NATIVE, drop_default_422, validation_failed
 from gateway.config import Settings
 from gateway.domain import RerankOutcome
-from gateway.pipeline import Reranker
 
 log = logging.getLogger("gateway")
 access_log = logging.getLogger("gateway.access")
@@ -34,17 +31,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class Parts:
-    """What the composition root hands the HTTP layer: the pipeline, admission control, and two facts
-    about the runtimes that /health and /info report (so this layer never imports a runtime)."""
-
-    reranker: Reranker
-    admission: Admission
-    gpu: Callable[[], dict[str, Any]]  # the GPU probe (NVML only, cheap), run once at start-up
-    describe_repository: Callable[[], dict[str, Any]]  # the manifests, for /info before models load
 
 
 def timing_headers(total_s: float, outcomes: Sequence[RerankOutcome]) -> list[tuple[bytes, bytes]]:
@@ -103,8 +89,7 @@ class RequestContext:
         started = time.perf_counter()
         scope = normalized(scope)
         headers = dict(scope.get("headers") or [])
-        raw_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128]
-        request_id = raw_id if raw_id and raw_id.isprintable() else uuid.uuid4().hex
+        request_id = _request_id(headers)
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500
         started_response = False
@@ -123,25 +108,11 @@ class RequestContext:
                 message["headers"] = [*message["headers"], *extra]
             await send(message)
 
-        async def respond(response: Response) -> None:
-            await response(scope, receive, send_wrapper)
-
         length = headers.get(b"content-length")
         try:
             if length is not None and length.isdigit() and int(length) > limit:
                 raise _BodyTooLarge
-            received = 0
-
-            async def receive_wrapper() -> Message:
-                nonlocal received
-                message = await receive()
-                if message["type"] == "http.request":
-                    received += len(message.get("body", b""))
-                    if received > limit:
-                        raise _BodyTooLarge
-                return message
-
-            await self.app(scope, receive_wrapper, send_wrapper)
+            await self.app(scope, _limited(receive, limit), send_wrapper)
         except _BodyTooLarge:
             if started_response:
                 raise
@@ -150,53 +121,59 @@ class RequestContext:
                 limit="max_body_bytes",
                 value=limit,
             )
-            await respond(NATIVE.respond(exc))
+            await NATIVE.respond(exc)(scope, receive, send_wrapper)
         finally:
-            elapsed = time.perf_counter() - started
-            route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
-            metrics.REQUESTS.labels(path, scope["method"], str(status)).inc()
-            metrics.REQUEST_LATENCY.labels(path, str(status)).observe(elapsed)
-            docs = scope["state"].get("documents")
-            access_log.info(
-                "%s %s %s %d %.1fms%s",
-                request_id,
-                scope["method"],
-                scope["path"],
-                status,
-                elapsed * 1000,
-                f" docs={docs}" if docs is not None else "",
-            )
+            _record(scope, request_id, status, time.perf_counter() - started)
 
 
-def create_http_app(settings: Settings, parts: Parts) -> FastAPI:
-    """The FastAPI app around `parts`; the composition root (gateway/app.py) builds them."""
-    reranker = parts.reranker
+def _request_id(headers: dict[bytes, bytes]) -> str:
+    """The client's X-Request-ID when it is printable (at most 128 characters), else a new one."""
+    raw_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128]
+    return raw_id if raw_id and raw_id.isprintable() else uuid.uuid4().hex
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if settings.preload:
-            await reranker.load()
-        try:
-            yield
-        finally:
-            await reranker.close()
 
-    app = FastAPI(
-        title="Reranker gateway",
-        version="0.1.0",
-        description="Two-stage reranking (int8 CPU prefilter, then a cross-encoder) over ONNX Runtime or Triton.",
-        lifespan=lifespan,
+def _limited(receive: Receive, limit: int) -> Receive:
+    """`receive` that stops a body once more than `limit` bytes of it have arrived."""
+    received = 0
+
+    async def receive_wrapper() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise _BodyTooLarge
+        return message
+
+    return receive_wrapper
+
+
+def _record(scope: Scope, request_id: str, status: int, elapsed: float) -> None:
+    """The request's HTTP metrics and its one access-log line."""
+    route = scope.get("route")
+    path = getattr(route, "path", None) or "unmatched"
+    metrics.REQUESTS.labels(path, scope["method"], str(status)).inc()
+    metrics.REQUEST_LATENCY.labels(path, str(status)).observe(elapsed)
+    docs = scope["state"].get("documents")
+    access_log.info(
+        "%s %s %s %d %.1fms%s",
+        request_id,
+        scope["method"],
+        scope["path"],
+        status,
+        elapsed * 1000,
+        f" docs={docs}" if docs is not None else "",
     )
-    app.state.settings = settings
-    app.state.reranker = reranker
-    app.state.admission = parts.admission
-    app.state.gpu = _gpu_status(parts.gpu)
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """The native body for what no dialect route answers itself: typed errors with the table's status, body
+    validation, and a generic 500 (logged with its traceback, no details sent)."""
 
     @app.exception_handler(errors.RerankError)
     async def _domain_error(request: Request, exc: errors.RerankError) -> JSONResponse:
         if NATIVE.status(exc) >= 500:
-            log.warning("request %s failed: %s", request.state.request_id, exc.message)
+            log.warning("request %s failed: %s", getattr(request.state, "request_id", "?"), exc.message)
         return NATIVE.respond(exc)
 
     @app.exception_handler(RequestValidationError)
@@ -208,57 +185,34 @@ def create_http_app(settings: Settings, parts: Parts) -> FastAPI:
         log.exception("unhandled error in request %s", getattr(request.state, "request_id", "?"))
         return JSONResponse({"error": "internal server error", "error_type": "internal"}, status_code=500)
 
-    @app.get("/health", tags=["ops"], summary="Liveness (never loads a model)")
-    async def health() -> dict[str, Any]:
-        models = reranker.models
-        return {
-            "status": "ok",
-            "cuda_available": bool(app.state.gpu.get("available")),
-            "gpu": app.state.gpu,
-            "models_loaded": [st.spec.name for st in models.stages()] if models else [],
-            "backend": models.reranker.scorer.name if models else None,
-            # seed 001's field: the cross-encoder is loaded and runs on a GPU
-            "gpu_model_loaded": models is not None and "cuda" in models.reranker.scorer.name,
-        }
 
-    @app.get(
-        "/ready",
-        tags=["ops"],
-        summary="Readiness: models loaded and a backend answers",
-        responses=NATIVE.responses([errors.NotReady], internal=False),
+def create_http_app(settings: Settings, services: Services) -> FastAPI:
+    """The FastAPI app around `services`; the composition root (gateway/app.py) builds them."""
+    served = services.models
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.preload:
+            for model in served:
+                await model.pipeline.load()
+        try:
+            yield
+        finally:
+            for model in served:
+                await model.pipeline.close()
+
+    app = FastAPI(
+        title="Reranker gateway",
+        version="0.1.0",
+        description="Two-stage reranking (int8 CPU prefilter, then a cross-encoder) over ONNX Runtime or Triton.",
+        lifespan=lifespan,
     )
-    async def ready() -> JSONResponse:
-        if await reranker.ready():
-            return JSONResponse({"status": "ready"})
-        reason = "models are not loaded" if not reranker.loaded else "no backend can score"
-        return NATIVE.respond(errors.NotReady(reason))
-
-    @app.get("/info", tags=["ops"], summary="Models, limits, backend")
-    async def info() -> dict[str, Any]:
-        out = reranker.info()
-        out["repository"] = str(settings.model_repository)
-        if not reranker.loaded:
-            out["manifests"] = parts.describe_repository()
-        out["limits"] = {
-            "max_documents": settings.max_documents,
-            "max_document_chars": settings.max_document_chars,
-            "max_query_chars": settings.max_query_chars,
-            "max_body_bytes": settings.max_body_bytes,
-            "max_in_flight": settings.max_in_flight,
-            "request_timeout_s": settings.request_timeout_s,
-        }
-        out["auth"] = bool(settings.api_keys)
-        return out
-
-    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics (JSON with Accept: application/json)")
-    async def prometheus(request: Request) -> Response:
-        accept = request.headers.get("accept", "")
-        if "application/json" in accept and "text/plain" not in accept:
-            return JSONResponse(metrics.json_snapshot())
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
+    bind(app, services)
+    routes_ops.bind_ops(app, routes_ops.ops_facts(settings, services.gpu))
+    add_error_handlers(app)
+    routes_ops.add_ops_routes(app)
     app.include_router(routes_native.router)
-    include_dialects(app, settings)
+    include_dialects(app)
     app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes)
 
     def openapi() -> dict[str, Any]:
@@ -268,11 +222,3 @@ def create_http_app(settings: Settings, parts: Parts) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
-
-
-def _gpu_status(probe: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Probe once at start-up so /health answers without touching a model."""
-    try:
-        return dict(probe())
-    except Exception as exc:
-        return {"available": False, "reason": f"probe failed: {exc}"}

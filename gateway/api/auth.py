@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Sequence
 
 from fastapi import Request
 
+from gateway.api.deps import ApiKeysDep
 from gateway.errors import Unauthorized
 
 
@@ -18,9 +20,13 @@ def _presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key") or None
 
 
-async def require_api_key(request: Request) -> None:
+async def require_api_key(request: Request, keys: ApiKeysDep) -> None:
     """FastAPI dependency for every inference route. Keys are compared in constant time, never logged."""
-    keys: list[str] = request.app.state.settings.api_keys
+    check_api_key(request, keys)
+
+
+def check_api_key(request: Request, keys: Sequence[str]) -> None:
+    """Unauthorized unless the request presents one of `keys` (none configured: every request passes)."""
     if not keys:
         return
     presented = _presented_key(request)

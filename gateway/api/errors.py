@@ -33,6 +33,7 @@ STATUS: dict[type[errors.RerankError], int] = {
     errors.ClientDisconnected: 499,
     errors.RequestTimedOut: 504,
     errors.Unauthorized: 401,
+    errors.UnknownModel: 404,
     errors.NotReady: 503,
     errors.ModelRepositoryError: 503,
     errors.BackendFailed: 424,
@@ -54,6 +55,7 @@ DESCRIPTIONS: dict[type[errors.RerankError], str] = {
     errors.ClientDisconnected: "The client closed the connection; its work was stopped (nothing is sent)",
     errors.RequestTimedOut: "The request ran longer than the request timeout",
     errors.Unauthorized: "Missing or invalid API key",
+    errors.UnknownModel: "Several models are served and `model` names none of them; the message lists them",
     errors.NotReady: "Models not loaded or no backend can score",
     errors.ModelRepositoryError: "The model repository is missing or does not match",
     errors.BackendFailed: "The scoring backend failed and no fallback could answer",
@@ -67,15 +69,20 @@ BODY_TOO_LARGE = 413
 BODY_TOO_LARGE_DESCRIPTION = "The request body is larger than max_body_bytes"
 
 # Per dialect: the statuses its original server uses where they differ from ours.
+# An unknown `model` is 404 by default: vLLM answers NotFoundError "The model `x` does not exist", Cohere's API
+# 404 "model 'x' not found", NIM's OpenAI-style containers 404. infinity, whose `/rerank` body is the native
+# one, answers 400 listing its loaded models. TEI serves one model and has no `model` field; a name that picks
+# nothing is a Validation error there (422). (Jina's API answers 422 on the path it shares with Cohere v1,
+# which keeps Cohere's 404.)
 OVERRIDES: dict[str, dict[type[errors.RerankError], int]] = {
-    "native": {},
+    "native": {errors.UnknownModel: 400},
     "batch": {},
     "nim": {},
     # Cohere's SDK raises BadRequestError (400) for anything malformed or out of range; Jina and vLLM too.
     "cohere": {errors.ValidationFailed: 400, errors.LimitExceeded: 400},
     "vllm": {errors.ValidationFailed: 400, errors.LimitExceeded: 400},
     # TEI (router/src/http/server.rs): Empty is 400, a crossed limit is a Validation error (422).
-    "tei": {errors.EmptyInput: 400, errors.LimitExceeded: 422},
+    "tei": {errors.EmptyInput: 400, errors.LimitExceeded: 422, errors.UnknownModel: 422},
 }
 
 

@@ -125,6 +125,9 @@ class PipelineOptions(BaseModel):
 
 # --- native API: POST /rerank ----------------------------------------------------------------------
 class RerankRequest(PipelineOptions):
+    model: str | None = Field(
+        None, description="The served model to rank with (default: the first; with one served, any name)."
+    )
     query: str = Field(..., min_length=1, description="The search query.")
     documents: list[Document] = Field(..., description="Candidates: strings or objects with `text`.")
     top_k: int | None = Field(None, ge=0, description="Return only the best top_k (default and 0: all).")

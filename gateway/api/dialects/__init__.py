@@ -1,11 +1,11 @@
-"""The API dialects beside the native route: Cohere v1/Jina and v2, TEI on `/rerank` with `texts` (the native
-route dispatches to it), NVIDIA NIM `/v1/ranking`, vLLM `/score` `/v1/score` `/v1/models`, and the
-multi-query batch.
+"""The API dialects beside the native route: Cohere v1/Jina and v2, TEI's wire format (answered on `/rerank`
+by the native route when the body has `texts`), NVIDIA NIM `/v1/ranking`, vLLM `/score` `/v1/score`
+`/v1/models`, and the multi-query batch.
 
-Each dialect parses its wire body into `RerankQuery` objects, runs them through admission control
-(`app.state.admission`), and renders the `RerankOutcome` objects into its typed response model; errors come
-back in the dialect's own body, with the status gateway/api/errors.py gives them. The HTTP app calls
-`include_dialects(app, settings)` once.
+Each dialect parses its wire body into `RerankQuery` objects, runs them on the model the body names through
+admission control (the `Inference` dependency, gateway/api/deps.py), and renders the `RerankOutcome` objects
+into its typed response model; errors come back in the dialect's own body, with the status
+gateway/api/errors.py gives them. The HTTP app calls `include_dialects(app)` once.
 """
 
 from __future__ import annotations
@@ -14,12 +14,10 @@ from fastapi import Depends, FastAPI
 
 from gateway.api.auth import require_api_key
 from gateway.api.dialects import batch, cohere, nim, reranking, vllm
-from gateway.config import Settings
 
 
-def include_dialects(app: FastAPI, settings: Settings) -> None:
+def include_dialects(app: FastAPI) -> None:
     """Mount every dialect router behind the API-key dependency (`/v1/models` too)."""
-    app.state.dialects_settings = settings
     for router in (cohere.router, cohere.v1_router, nim.router, vllm.router, batch.router):
         app.include_router(router, dependencies=[Depends(require_api_key)])
     # Last: its `{base}/reranking` matches any path ending so; it checks the API key itself.

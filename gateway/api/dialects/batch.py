@@ -12,18 +12,18 @@ warnings?}], usage: {prompt_tokens, total_tokens}, meta: {billed_units: {search_
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Body
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway.api.deps import InferenceDep
 from gateway.api.dialects.cohere import ALIASES, BilledUnits, Document, ranked_item
 from gateway.api.dialects.common import (
     apply_aliases,
     dialect_route_class,
     document_text,
     new_id,
-    run_queries,
     search_units,
     truncation_warnings,
 )
@@ -157,6 +157,6 @@ ROUTE: dict[str, Any] = {
 
 @router.post("/v1/rerank/batch", summary="Several rerank queries in one call, scored together", **ROUTE)
 @router.post("/rerank/batch", include_in_schema=False, **ROUTE)
-async def rerank_batch(request: Request, body: BatchRequest = Body(...)) -> BatchResponse:  # noqa: B008
-    outcomes = await run_queries(request, to_queries(body))
+async def rerank_batch(body: Annotated[BatchRequest, Body()], inference: InferenceDep) -> BatchResponse:
+    outcomes = await inference.run(to_queries(body), model=body.model)
     return render(body, outcomes)

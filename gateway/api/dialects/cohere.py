@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway.api.deps import Inference, InferenceDep
 from gateway.api.dialects.common import (
     apply_aliases,
     dialect_route_class,
     document_text,
     new_id,
-    run_queries,
     search_units,
     truncation_warnings,
 )
@@ -145,10 +145,11 @@ def render(
     *,
     version: Literal["1", "2"],
     default_return_documents: bool,
-) -> dict[str, Any]:
+) -> CohereRerankResponse:
     """Cohere's response, plus `model` and `usage` for Jina/vLLM clients and `chunk` for chunked hits.
 
-    A plain dict of the `CohereRerankResponse` fields that are set (absent keys stay absent on the wire)."""
+    Optional fields (`meta.warnings`, a result's `document` and `chunk`) are set only where they apply: the
+    routes answer with exclude_unset, so absent keys stay absent on the wire."""
     return_documents = default_return_documents if req.return_documents is None else req.return_documents
     results = [ranked_item(scored, req.documents, return_documents) for scored in outcome.results]
     warnings = truncation_warnings(outcome)
@@ -163,7 +164,7 @@ def render(
         tokens=MetaTokens(input_tokens=outcome.prompt_tokens, output_tokens=0),
         **({"warnings": warnings} if warnings else {}),
     )
-    response = CohereRerankResponse(
+    return CohereRerankResponse(
         id=new_id(),
         results=results,
         meta=meta,
@@ -172,7 +173,6 @@ def render(
         stages=list(outcome.stages),
         usage=Usage.of(outcome.prompt_tokens),
     )
-    return response.model_dump(exclude_unset=True)
 
 
 def ranked_item(scored: ScoredDocument, documents: list[Document], return_documents: bool) -> RankedItem:
@@ -188,9 +188,13 @@ def ranked_item(scored: ScoredDocument, documents: list[Document], return_docume
 
 
 async def rerank(
-    request: Request, req: CohereRerankRequest, *, version: Literal["1", "2"], default_return_documents: bool
-) -> dict[str, Any]:
-    [outcome] = await run_queries(request, [to_query(req)])
+    inference: Inference,
+    req: CohereRerankRequest,
+    *,
+    version: Literal["1", "2"],
+    default_return_documents: bool,
+) -> CohereRerankResponse:
+    [outcome] = await inference.run([to_query(req)], model=req.model)
     return render(req, outcome, version=version, default_return_documents=default_return_documents)
 
 
@@ -205,13 +209,13 @@ V1_ROUTE: dict[str, Any] = {**ROUTE, "responses": merge_responses(V1_STYLE.respo
 
 
 @router.post("/v2/rerank", summary="Cohere v2 rerank", **ROUTE)
-async def rerank_v2(request: Request, body: CohereRerankRequest) -> dict[str, Any]:
+async def rerank_v2(body: CohereRerankRequest, inference: InferenceDep) -> CohereRerankResponse:
     """Cohere v2: `{id, results: [{index, relevance_score}], meta}`; documents only if asked for."""
-    return await rerank(request, body, version="2", default_return_documents=False)
+    return await rerank(inference, body, version="2", default_return_documents=False)
 
 
 @v1_router.post("/v1/rerank", summary="Cohere v1 / Jina rerank", **V1_ROUTE)
-async def rerank_v1(request: Request, body: CohereRerankRequest) -> dict[str, Any]:
+async def rerank_v1(body: CohereRerankRequest, inference: InferenceDep) -> CohereRerankResponse:
     """Cohere v1 / Jina: documents as strings or objects, `rank_fields`, `return_documents` (default
     false, as Cohere's), `max_chunks_per_doc`."""
-    return await rerank(request, body, version="1", default_return_documents=False)
+    return await rerank(inference, body, version="1", default_return_documents=False)

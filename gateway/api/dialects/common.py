@@ -1,20 +1,18 @@
-"""What every dialect shares: running queries through admission control, lenient field aliases, the
-served model's card, and a route class that renders errors in the dialect's own body (gateway/api/errors.py
-decides the status).
+"""What every dialect shares: lenient field aliases, document texts, a body read by hand (to dispatch on its
+shape), and a route class that renders errors in the dialect's own body (gateway/api/errors.py decides the
+status).
 
 A dialect is parsing and rendering only: wire body -> `RerankQuery` objects ->
-`await app.state.admission.run(queries)` -> `RerankOutcome` objects -> wire body.
+`await inference.run(queries, model=body.model)` (gateway/api/deps.py: the named model, through admission
+control) -> `RerankOutcome` objects -> its typed response model.
 """
 
 from __future__ import annotations
 
-import asyncio
+import json
 import math
-import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from fastapi import Request, Response
@@ -23,11 +21,9 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway import metrics
 from gateway.api.errors import ErrorStyle, validation_failed
-from gateway.domain import RerankOutcome, RerankQuery
-from gateway.errors import ClientDisconnected, RerankError, Unauthorized, ValidationFailed
-from gateway.repository import read_model_spec
+from gateway.domain import RerankOutcome
+from gateway.errors import RerankError, Unauthorized, ValidationFailed
 
 
 def dialect_route_class(style: ErrorStyle) -> type[APIRoute]:
@@ -61,35 +57,6 @@ def dialect_route_class(style: ErrorStyle) -> type[APIRoute]:
             return handle
 
     return DialectRoute
-
-
-DISCONNECT_POLL_S = 0.25  # how often a running request checks that its client is still there
-
-
-async def run_queries(request: Request, queries: Sequence[RerankQuery]) -> list[RerankOutcome]:
-    """All inference goes through admission control: limits, admission by queued work, the timeout.
-
-    While the work runs, the client's connection is watched (as vLLM does): when the client has gone (its
-    own timeout, a closed tab), the work is cancelled, which drops its queued batches, and counted in
-    `reranker_cancelled_requests_total`."""
-    admission = request.app.state.admission
-    request.state.documents = sum(len(q.documents) for q in queries)  # for the access log
-    work = asyncio.ensure_future(admission.run(list(queries)))
-    try:
-        while True:
-            done, _ = await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
-            if done:
-                break
-            if await request.is_disconnected():
-                work.cancel()
-                metrics.CANCELLED.labels("client_disconnected").inc()
-                raise ClientDisconnected("the client closed the connection; the request's work was stopped")
-    finally:
-        if not work.done():
-            work.cancel()  # this handler was cancelled itself (server shutdown)
-    outcomes = list(work.result())
-    request.state.outcomes = outcomes  # the timing headers are written from them
-    return outcomes
 
 
 def apply_aliases(data: Any, aliases: Mapping[str, Iterable[str]]) -> Any:
@@ -158,32 +125,11 @@ def search_units(documents: int) -> int:
     return max(1, math.ceil(documents / 100))
 
 
-@dataclass(frozen=True)
-class ServedModel:
-    """What `/v1/models` lists: the cross-encoder's id (the manifest's `model_id`) and window."""
-
-    id: str
-    max_model_len: int | None
-    created: int
-
-
-def served_model(request: Request) -> ServedModel:
-    """The served cross-encoder: the loaded one, else the repository manifest's, else the configured name."""
-    state = request.app.state
-    cached = getattr(state, "served_model", None)
-    if isinstance(cached, ServedModel):
-        return cached
-    settings = state.settings
-    reranker = getattr(state, "reranker", None)
-    models = getattr(reranker, "models", None)
-    if models is not None:
-        served = ServedModel(models.reranker.spec.model_id, models.reranker.max_length, int(time.time()))
-    else:
-        try:
-            spec = read_model_spec(Path(settings.model_repository), settings.model_name)
-        except RerankError:
-            # Nothing loaded and no manifest: answer with the configured name, and do not remember it.
-            return ServedModel(settings.model_name, None, int(time.time()))
-        served = ServedModel(spec.model_id, spec.max_length, int(time.time()))
-    state.served_model = served
-    return served
+async def json_body(request: Request) -> Any:
+    """The decoded body of a route that reads it itself (to dispatch on its shape)."""
+    raw = await request.body()
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError as exc:
+        error = {"type": "json_invalid", "loc": ("body",), "msg": f"JSON decode error: {exc}", "input": None}
+        raise RequestValidationError([error]) from None

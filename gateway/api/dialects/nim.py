@@ -10,10 +10,11 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from gateway.api.dialects.common import apply_aliases, dialect_route_class, run_queries
+from gateway.api.deps import InferenceDep
+from gateway.api.dialects.common import apply_aliases, dialect_route_class
 from gateway.api.errors import ErrorStyle, body_responses, merge_responses
 from gateway.api.schemas import Usage, max_chunks_of, require_documents, top_n_of
 from gateway.domain import RerankOutcome, RerankQuery
@@ -113,14 +114,15 @@ ROUTE: dict[str, Any] = {
 
 
 @router.post("/v1/ranking", summary="NVIDIA NIM ranking", **ROUTE)
-async def ranking(request: Request, body: NIMRankingRequest) -> NIMRankingResponse:
-    [outcome] = await run_queries(request, [to_query(body)])
+async def ranking(body: NIMRankingRequest, inference: InferenceDep) -> NIMRankingResponse:
+    [outcome] = await inference.run([to_query(body)], model=body.model)
     return render(outcome)
 
 
 @router.post("/v1/retrieval/{model:path}/reranking", summary="NVIDIA hosted-API ranking path", **ROUTE)
-async def hosted_ranking(request: Request, model: str, body: NIMRankingRequest) -> NIMRankingResponse:
+async def hosted_ranking(model: str, body: NIMRankingRequest, inference: InferenceDep) -> NIMRankingResponse:
     """The path NVIDIA's hosted API serves each model on (litellm's `nvidia_nim/<model>` posts here; model
-    names contain slashes). The served model answers whatever the path names."""
-    [outcome] = await run_queries(request, [to_query(body)])
+    names contain slashes). The body's `model` picks the served model, else the path's (with one model
+    served, whatever they name)."""
+    [outcome] = await inference.run([to_query(body)], model=body.model or model)
     return render(outcome)

@@ -15,10 +15,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from gateway.api.auth import require_api_key
+from gateway.api.auth import check_api_key
+from gateway.api.deps import ApiKeysDep, Inference, InferenceDep
 from gateway.api.dialects import cohere, nim
-from gateway.api.dialects.common import run_queries
-from gateway.api.dialects.tei import json_body
+from gateway.api.dialects.common import json_body
 from gateway.api.errors import (
     ErrorStyle,
     body_responses,
@@ -30,9 +30,12 @@ from gateway.errors import RerankError, ValidationFailed
 
 M = TypeVar("M", bound=BaseModel)
 
+Answer = cohere.CohereRerankResponse | nim.NIMRankingResponse
+
 router = APIRouter(tags=["reranking"])
 ROUTE: dict[str, Any] = {
-    "response_model": cohere.CohereRerankResponse | nim.NIMRankingResponse,
+    "response_model": Answer,
+    "response_model_exclude_unset": True,
     "responses": merge_responses(cohere.V1_STYLE.responses(), nim.STYLE.responses(), body_responses()),
 }
 
@@ -48,7 +51,8 @@ def _parse(model: type[M], body: Any) -> M:
         raise ValidationFailed(validation_message(exc.errors())) from None
 
 
-async def answer(request: Request) -> JSONResponse:
+async def answer(request: Request, inference: Inference, keys: tuple[str, ...]) -> Answer | JSONResponse:
+    """NIM's body gets NIM's answer, anything else Jina's; errors (the API key's too) in the same dialect."""
     style: ErrorStyle = cohere.V1_STYLE
     try:
         try:
@@ -57,27 +61,29 @@ async def answer(request: Request) -> JSONResponse:
             raise validation_failed(exc) from None
         if is_nim_body(body):
             style = nim.STYLE
-        await require_api_key(request)
+        check_api_key(request, keys)
         if style is nim.STYLE:
             req = _parse(nim.NIMRankingRequest, body)
-            [outcome] = await run_queries(request, [nim.to_query(req)])
-            return JSONResponse(nim.render(outcome).model_dump())
+            [outcome] = await inference.run([nim.to_query(req)], model=req.model)
+            return nim.render(outcome)
         jina = _parse(cohere.CohereRerankRequest, body)
-        return JSONResponse(await cohere.rerank(request, jina, version="1", default_return_documents=False))
+        return await cohere.rerank(inference, jina, version="1", default_return_documents=False)
     except RerankError as exc:
         return style.respond(exc)
 
 
 @router.post("/reranking", summary="llama.cpp / Jina reranking (NIM's body answered as NIM)", **ROUTE)
-async def reranking(request: Request) -> JSONResponse:
-    return await answer(request)
+async def reranking(request: Request, inference: InferenceDep, keys: ApiKeysDep) -> Answer | JSONResponse:
+    return await answer(request, inference, keys)
 
 
 @router.post("/v1/reranking", summary="llama.cpp / Jina reranking (NIM's body answered as NIM)", **ROUTE)
-async def v1_reranking(request: Request) -> JSONResponse:
-    return await answer(request)
+async def v1_reranking(request: Request, inference: InferenceDep, keys: ApiKeysDep) -> Answer | JSONResponse:
+    return await answer(request, inference, keys)
 
 
 @router.post("/{base:path}/reranking", summary="`{base}/reranking` (RAGFlow's NVIDIA provider)", **ROUTE)
-async def any_reranking(request: Request, base: str) -> JSONResponse:
-    return await answer(request)
+async def any_reranking(
+    request: Request, base: str, inference: InferenceDep, keys: ApiKeysDep
+) -> Answer | JSONResponse:
+    return await answer(request, inference, keys)

@@ -1,4 +1,5 @@
-"""Hugging Face text-embeddings-inference: `POST /rerank` when the body has `texts`.
+"""Hugging Face text-embeddings-inference's wire format: `POST /rerank` when the body has `texts` (the native
+route, gateway/api/routes_native.py, tells the two shapes apart and answers this one with these parts).
 
 TEI answers a bare array `[{index, score, text?}]`, one item per text, sorted by score (LlamaIndex's TEI
 postprocessor asserts one score per node; Haystack's TEI ranker reads `index`/`score`). `raw_scores`
@@ -9,15 +10,11 @@ statuses (gateway/api/errors.py OVERRIDES["tei"]).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from fastapi import Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, RootModel, ValidationError, field_validator, model_validator
 
-from gateway.api.dialects.common import apply_aliases, run_queries
+from gateway.api.dialects.common import apply_aliases
 from gateway.api.errors import ErrorBody, ErrorStyle, validation_message
 from gateway.api.schemas import max_chunks_of, require_documents, top_n_of
 from gateway.domain import RerankOutcome, RerankQuery
@@ -38,6 +35,7 @@ TEI_ERROR_TYPES = {
     "backend": "Backend",
     "timeout": "Backend",
     "unauthorized": "Unauthorized",
+    "model_not_found": "Validation",
 }
 
 
@@ -50,8 +48,10 @@ class TEIRerankRequest(BaseModel):
     truncation_direction: str = "right"
     raw_scores: bool = False
     return_text: bool = False
-    # Not TEI's, accepted from neighbours' clients: a top_n cuts the array, chunks score long texts.
+    # Not TEI's, accepted from neighbours' clients: a top_n cuts the array, chunks score long texts, a model
+    # picks one of several served.
     top_n: int | None = None
+    model: str | None = None
     max_chunks_per_doc: int | None = None
 
     @model_validator(mode="before")
@@ -69,7 +69,8 @@ class TEIRerankRequest(BaseModel):
 
 
 class TEIRank(BaseModel):
-    """TEI's `Rank`: `text` only when `return_text` was asked for."""
+    """TEI's `Rank`: `text` only when `return_text` was asked for (set only then: rendered with
+    exclude_unset)."""
 
     index: int
     text: str | None = None
@@ -93,14 +94,23 @@ def to_query(req: TEIRerankRequest) -> RerankQuery:
     )
 
 
+def parse(body: Any) -> TEIRerankRequest:
+    """TEI's body, already decoded (the native route reads it to tell the shapes apart); a bad one is a
+    ValidationFailed in TEI's format."""
+    try:
+        return TEIRerankRequest.model_validate(body)
+    except ValidationError as exc:
+        raise ValidationFailed(validation_message(exc.errors())) from None
+
+
 def render(req: TEIRerankRequest, outcome: RerankOutcome) -> TEIRerankResponse:
     # The outcome is sorted by relevance_score, which the logit orders the same way.
     return TEIRerankResponse(
         [
             TEIRank(
                 index=scored.index,
-                text=req.texts[scored.index] if req.return_text else None,
                 score=scored.logit if req.raw_scores else scored.relevance_score,
+                **({"text": req.texts[scored.index]} if req.return_text else {}),
             )
             for scored in outcome.results
         ]
@@ -122,59 +132,3 @@ def render_error(status: int, exc: RerankError) -> dict[str, Any]:
 
 
 STYLE = ErrorStyle("tei", render_error, ErrorBody)
-
-
-async def rerank_tei(request: Request, body: Any) -> JSONResponse:
-    """Answer an already-decoded `/rerank` body that has `texts` (the native route dispatches here)."""
-    try:
-        try:
-            req = TEIRerankRequest.model_validate(body)
-        except ValidationError as exc:
-            raise ValidationFailed(validation_message(exc.errors())) from None
-        [outcome] = await run_queries(request, [to_query(req)])
-    except RerankError as exc:
-        return STYLE.respond(exc)
-    # Rendered here, not by the route's response_model: the native route owns that.
-    content = render(req, outcome).model_dump(exclude_none=True)
-    return JSONResponse(content, headers=usage_headers(req, outcome))
-
-
-def is_tei_body(body: Any) -> bool:
-    """TEI's body names its documents `texts`; the native shape names them `documents`."""
-    return isinstance(body, dict) and "texts" in body and "documents" not in body
-
-
-async def json_body(request: Request) -> Any:
-    """The decoded body of a route that reads it itself (to dispatch on its shape)."""
-    raw = await request.body()
-    try:
-        return json.loads(raw) if raw else None
-    except ValueError as exc:
-        error = {"type": "json_invalid", "loc": ("body",), "msg": f"JSON decode error: {exc}", "input": None}
-        raise RequestValidationError([error]) from None
-
-
-def openapi_body(*models: type[BaseModel]) -> dict[str, Any]:
-    """`openapi_extra` documenting a body that is any of `models` plus TEI's (inlined, self-contained)."""
-    documented: list[type[BaseModel]] = [*models, TEIRerankRequest]
-    schemas = [_inline(m.model_json_schema()) for m in documented]
-    return {
-        "requestBody": {"required": True, "content": {"application/json": {"schema": {"anyOf": schemas}}}}
-    }
-
-
-def _inline(schema: dict[str, Any]) -> dict[str, Any]:
-    defs = schema.pop("$defs", {})
-
-    def resolve(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#/$defs/"):
-                return resolve(defs[ref.removeprefix("#/$defs/")])
-            return {k: resolve(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [resolve(v) for v in node]
-        return node
-
-    resolved: dict[str, Any] = resolve(schema)
-    return resolved

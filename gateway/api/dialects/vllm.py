@@ -14,14 +14,16 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gateway.api.dialects.common import dialect_route_class, new_id, run_queries, served_model
+from gateway.api.deps import InferenceDep, ModelsDep
+from gateway.api.dialects.common import dialect_route_class, new_id
 from gateway.api.errors import ErrorStyle, body_responses, merge_responses
 from gateway.api.schemas import Usage, require_documents
 from gateway.domain import RerankOutcome, RerankQuery
 from gateway.errors import RerankError, Unauthorized, ValidationFailed
+from gateway.registry import ServedModel
 
 # vLLM's error `type` names by HTTP status (vllm/entrypoints/openai/engine/protocol.py ErrorInfo).
 _VLLM_TYPES = {
@@ -90,7 +92,8 @@ class ScoreResponse(BaseModel):
 
 
 class ModelCard(BaseModel):
-    """OpenAI's model card as vLLM lists it; `max_model_len` only when the window is known."""
+    """OpenAI's model card as vLLM lists it (`root`: the model an alias names); `max_model_len` (the tokens
+    of one query-document pair), `family` and `default_instruction` only when known."""
 
     id: str
     object: Literal["model"]
@@ -100,6 +103,8 @@ class ModelCard(BaseModel):
     parent: str | None
     permission: list[Any]
     max_model_len: int | None = None
+    family: str | None = None
+    default_instruction: str | None = None
 
 
 class ModelList(BaseModel):
@@ -195,10 +200,10 @@ SCORE_RESPONSES = merge_responses(STYLE.responses(), body_responses())
 @router.post(
     "/v1/score", summary="vLLM score (v1 path)", response_model=ScoreResponse, responses=SCORE_RESPONSES
 )
-async def score(request: Request, body: ScoreRequest) -> ScoreResponse:
+async def score(body: ScoreRequest, inference: InferenceDep) -> ScoreResponse:
     queries, members = to_queries(body)
-    outcomes = await run_queries(request, queries)
-    return render(body, outcomes, members, model=served_model(request).id)
+    outcomes = await inference.run(queries, model=body.model)
+    return render(body, outcomes, members, model=inference.model(body.model).description().id)
 
 
 @router.get(
@@ -208,24 +213,30 @@ async def score(request: Request, body: ScoreRequest) -> ScoreResponse:
     response_model_exclude_unset=True,
     responses=STYLE.responses([Unauthorized]),
 )
-async def models(request: Request) -> ModelList:
-    """The served model first, then each of RERANKER_SERVED_MODEL_NAMES (vLLM's --served-model-name), all
-    with the model as `root`: clients that check a name against this list (LlamaIndex NVIDIARerank) accept
-    the aliases."""
-    served = served_model(request)
-    names = [served.id, *(n for n in request.app.state.settings.served_model_names if n != served.id)]
-    cards = []
-    for name in names:
-        card = ModelCard(
-            id=name,
-            object="model",
-            created=served.created,
-            owned_by="reranker-service",
-            root=served.id,
-            parent=None,
-            permission=[],
-        )
-        if served.max_model_len is not None:
-            card.max_model_len = served.max_model_len
-        cards.append(card)
-    return ModelList(object="list", data=cards)
+async def models(served: ModelsDep) -> ModelList:
+    """Each served model (the default first), then each of its aliases (RERANKER_SERVED_MODEL_NAMES for the
+    default: vLLM's --served-model-name), all with the model as `root`: clients that check a name against
+    this list (LlamaIndex NVIDIARerank) accept the aliases."""
+    return ModelList(
+        object="list", data=[card for model in served for card in model_cards(model, served.created)]
+    )
+
+
+def model_cards(model: ServedModel[Any], created: int) -> list[ModelCard]:
+    """The model's own card, then one per alias; the optional fields only where known (exclude_unset)."""
+    described = model.description()
+    known = {
+        "max_model_len": described.max_tokens_per_pair,
+        "family": described.family,
+        "default_instruction": described.default_instruction,
+    }
+    fields: dict[str, Any] = {
+        "object": "model",
+        "created": created,
+        "owned_by": "reranker-service",
+        "root": described.id,
+        "parent": None,
+        "permission": [],
+        **{k: v for k, v in known.items() if v is not None},
+    }
+    return [ModelCard.model_validate({"id": name, **fields}) for name in model.listed_names()]

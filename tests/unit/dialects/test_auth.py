@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from dialect_fakes import DOCS, QUERY, FakeExecutor
-from fastapi import FastAPI
+from dialect_fakes import DOCS, QUERY, FakeExecutor, dialect_app
 from fastapi.testclient import TestClient
-
-from gateway.api.dialects import include_dialects
-from gateway.config import Settings
 
 
 @pytest.fixture
 def keyed() -> TestClient:
-    app = FastAPI()
-    settings = Settings(model_repository="does-not-exist", api_keys=["k1", "k2"])
-    app.state.settings = settings
-    app.state.admission = FakeExecutor()
-    include_dialects(app, settings)
-    return TestClient(app)
+    return TestClient(dialect_app(FakeExecutor(), api_keys=["k1", "k2"]))
 
 
 CASES = [

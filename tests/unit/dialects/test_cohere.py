@@ -65,9 +65,9 @@ def test_v1_object_documents_rank_fields_and_original_documents_back():
     assert q.documents[1] == "title: France\nbody: paris is the capital"
     outcome = overlap_outcome(q)
     body = cohere.render(req, outcome, version="1", default_return_documents=True)
-    assert body["results"][0]["index"] == 1
-    assert body["results"][0]["document"] == docs[1]
-    assert body["meta"]["api_version"] == {"version": "1"}
+    assert body.results[0].index == 1
+    assert body.results[0].document == docs[1]
+    assert body.meta.api_version.version == "1"
 
 
 def test_v1_object_documents_need_text_or_rank_fields():
@@ -93,7 +93,9 @@ def test_chunks_and_truncation_are_reported():
         prompt_tokens=700,
         truncated_documents=3,
     )
-    body = cohere.render(req, outcome, version="2", default_return_documents=False)
+    body = cohere.render(req, outcome, version="2", default_return_documents=False).model_dump(
+        exclude_unset=True
+    )
     assert body["results"][0]["chunk"] == {"start": 1200, "end": 2400}
     assert "chunk" not in body["results"][1]
     [warning] = body["meta"]["warnings"]

@@ -3,11 +3,14 @@ and OpenAPI documenting every status each route answers (drawn from the table, c
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from dialect_fakes import DOCS, QUERY, FakeExecutor
 from fastapi.testclient import TestClient
 
 from gateway import errors
+from gateway.api.deps import bind, bound_services
 from gateway.api.errors import OVERRIDES, STATUS, retry_after, status_of, validation_message
 from gateway.app import create_app
 from gateway.backends.triton import TritonFailed
@@ -90,6 +93,7 @@ ERRORS = [
     errors.RequestTimedOut("slow"),
     errors.NotReady("not loaded"),
     errors.ModelRepositoryError("no manifest"),
+    errors.UnknownModel("the model 'x' is not served here; served models: a", name="x"),
     errors.BackendFailed("triton and the fallback failed", reason="unavailable"),
 ]
 
@@ -104,7 +108,7 @@ def app_and_executor():
         ),
     )
     executor = FakeExecutor()
-    app.state.admission = executor  # the routes' only way to the pipeline
+    bind(app, replace(bound_services(app), admission=executor))  # the routes' only way to the pipeline
     return app, executor
 
 

@@ -2,34 +2,19 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from pydantic import BaseModel
 
 from gateway.api.admission import WorkRate
+from gateway.api.deps import bound_services
+from gateway.api.dialects.cohere import CohereRerankResponse
 from gateway.api.schemas import RerankResponse
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.pipeline import Reranker
 
 QUERY = "berlin population"
-
-
-class CohereV1Result(BaseModel):
-    index: int
-    relevance_score: float
-    document: dict[str, Any] | None = None
-
-
-class CohereV1Response(BaseModel):
-    """The Cohere v1 / Jina shape clients read (cohere SDK `RerankResponse`)."""
-
-    id: str
-    results: list[CohereV1Result]
-    meta: dict[str, Any]
-    model: str
 
 
 DOCS = ["Berlin has a large population.", "New York has museums.", "Trains in Spain."]
@@ -76,9 +61,9 @@ def test_cohere_route_shape(client):
         "/v1/rerank", json={"query": QUERY, "documents": DOCS, "top_n": 2, "return_documents": True}
     )
     assert r.status_code == 200, r.text
-    body = CohereV1Response.model_validate(r.json())
+    body = CohereRerankResponse.model_validate(r.json())
     assert len(body.results) == 2 and body.results[0].document == {"text": DOCS[body.results[0].index]}
-    assert body.model == "tiny-reranker" and body.meta["api_version"]["version"] == "1"
+    assert body.model == "tiny-reranker" and body.meta.api_version.version == "1"
     scores = [res.relevance_score for res in body.results]
     assert scores == sorted(scores, reverse=True)
     assert (
@@ -188,7 +173,7 @@ def test_admission_queues_what_can_finish_in_time_and_refuses_the_rest(make_rera
     ce.score = slow_score
     assert isinstance(reranker, Reranker)
     with TestClient(create_app(reranker.settings, reranker)) as c:
-        admission = c.app.state.admission
+        admission = bound_services(c.app).admission
         results: dict[str, int] = {}
 
         def post(name: str, docs: list[str]) -> threading.Thread:
