@@ -121,6 +121,11 @@ class PipelineOptions(BaseModel):
         description="false: an over-long query or document is a 413 naming it instead of being truncated.",
     )
     truncation_direction: Literal["right", "left"] = "right"
+    instruction: str | None = Field(
+        None,
+        description="The task instruction of a decoder reranker (Qwen3-Reranker, mxbai-rerank-v2); default: "
+        "the model's (`/v1/models` lists it). Ignored, with a warning, by a model without a prompt template.",
+    )
 
 
 # --- native API: POST /rerank ----------------------------------------------------------------------
@@ -149,6 +154,7 @@ class RerankRequest(PipelineOptions):
             overlap_tokens=self.overlap_tokens,
             truncate=self.truncate,
             truncation_direction=self.truncation_direction,
+            instruction=self.instruction,
         )
 
 

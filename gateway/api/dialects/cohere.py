@@ -136,6 +136,7 @@ def to_query(req: CohereRerankRequest) -> RerankQuery:
         overlap_tokens=req.overlap_tokens,
         truncate=req.truncate,
         truncation_direction=req.truncation_direction,
+        instruction=req.instruction,
     )
 
 
