@@ -149,13 +149,3 @@ class BatchScores:
     @property
     def backends(self) -> tuple[str, ...]:
         return (self.backend, *(b for b in self.also if b != self.backend))
-
-
-def join_backends(*names: str) -> str:
-    """`onnx-cuda+onnx-cpu`: every backend that scored part of a request, once each, in order."""
-    seen: list[str] = []
-    for name in names:
-        for part in name.split("+"):
-            if part not in seen:
-                seen.append(part)
-    return "+".join(seen)

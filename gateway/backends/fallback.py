@@ -22,7 +22,6 @@ import numpy as np
 from gateway import metrics
 from gateway.backends.base import BatchScores, EncodedBatch, Scorer, describe_scorer
 from gateway.backends.health import PRIMARY_PROBE_TIMEOUT_S, REPROBE_S, Health, attempt, failure_reason
-from gateway.domain import join_backends
 from gateway.errors import BackendFailed
 
 log = logging.getLogger(__name__)
@@ -125,9 +124,11 @@ class SplittingFallback(FallbackScorer):
                 parts.append(await attempt(self.primary, half))
             except Exception as exc:
                 parts.append(await self._on_fallback(half, failure_reason(exc)))
+        names = list(dict.fromkeys(name for p in parts for name in p.backends))
         return BatchScores(
             logits=np.concatenate([p.logits for p in parts]).astype(np.float32, copy=False),
-            backend=join_backends(*(p.backend for p in parts)),
+            backend=names[0],
+            also=tuple(names[1:]),
         )
 
 

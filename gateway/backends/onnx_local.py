@@ -91,6 +91,7 @@ def make_session(path: Path, *, device: str, threads: int, device_id: int = 0) -
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers: list[Any]
     if device == "cuda":
+        _preload_cuda_libraries(ort)
         providers = [
             ("CUDAExecutionProvider", {"device_id": device_id, "arena_extend_strategy": "kSameAsRequested"}),
             "CPUExecutionProvider",
@@ -98,6 +99,19 @@ def make_session(path: Path, *, device: str, threads: int, device_id: int = 0) -
     else:
         providers = ["CPUExecutionProvider"]
     return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+
+
+def _preload_cuda_libraries(ort: Any) -> None:
+    """Where CUDA and cuDNN come from pip wheels (nvidia-*-cu1x) rather than the system, onnxruntime-gpu finds
+    them only once they are loaded (`preload_dlls`, onnxruntime >= 1.21); without this its CUDA session falls
+    back to the CPU silently. A failure leaves the system's libraries to be found the usual way."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception as exc:  # missing wheels, a driver that does not load: the session says what it got
+        log.info("onnxruntime.preload_dlls() failed: %s", exc)
 
 
 class Lane:
