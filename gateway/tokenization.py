@@ -126,6 +126,7 @@ class PairTokenizer:
             # document may take a frame character into its first token (" Berlin"), so its frame may cost a
             # token less; each document's windows are sized by its own frame, this only sizes the reading.
             self._doc_static = len(self._plain_ids(text))
+        self._reader = _DocumentReader(tokenizer, self._doc_frame)
 
     @classmethod
     def from_dir(
@@ -186,17 +187,46 @@ class PairTokenizer:
         default); a model without a template has no place for one and ignores it, which the result's
         `instruction` (None) tells the caller.
         """
-        t = self._template
         max_length = min(max_length or self.max_length, self.max_length)
         used = None
-        q_tail: list[int] = []
         if self.prompt is None:
             q_ids = self._tok.encode(_valid_text(query), add_special_tokens=False).ids
-            q_body = len(q_ids)
+            q_body, q_tail = len(q_ids), list[int]()
         else:
             used = instruction if instruction is not None else self.prompt.default_instruction
             q_ids, q_body, q_tail = self._query_part(query, used)
-        fixed = t.specials + self._doc_static
+        fit = self._fit_query(q_ids, q_body, q_tail, max_length, truncate)
+        room = fit.room
+        step = room - min(overlap, room // 2)
+        # A decoder document's own frame may cost a few tokens less than the estimate: read that many more.
+        slack = 4 if self.prompt is not None else 0
+        need = (room if max_chunks == 1 else room + step * (max_chunks - 1)) + slack
+        encodings = self._reader.read(documents, need, direction)
+        windows: list[Window] = []
+        chunked: list[bool] = []
+        truncated: list[bool] = []
+        for doc_index, doc in enumerate(encodings):
+            doc_room = room + self._doc_static - len(doc.frame_head) - len(doc.frame_tail)
+            if doc.full_len > doc_room and not truncate:
+                name = doc_index if names is None else names[doc_index]
+                raise InputTooLong(
+                    f"document {name} needs more than {doc_room} tokens beside the query; with truncate=false "
+                    f"at most {doc_room} fit (max_length {max_length})",
+                    limit="max_length",
+                    value=max_length,
+                )
+            spans = _spans(len(doc.ids), doc_room, max_chunks, min(overlap, doc_room // 2), direction)
+            truncated.append(doc.full_len > spans[-1][1] - spans[0][0])
+            chunked.append(len(spans) > 1)
+            windows.extend(self._window(doc_index, doc, fit.ids, start, end) for start, end in spans)
+        return EncodedPairs(windows, chunked, truncated, fit.truncated, used)
+
+    def _fit_query(
+        self, q_ids: list[int], q_body: int, q_tail: list[int], max_length: int, truncate: bool
+    ) -> _QueryFit:
+        """The query part cut to leave a document at least a quarter of the pair (8 tokens at least), and the
+        room left for the document's text."""
+        fixed = self._template.specials + self._doc_static
         budget = max_length - fixed  # tokens for the query and the document text
         if budget < 2:
             raise InputTooLong(
@@ -205,14 +235,12 @@ class PairTokenizer:
                 limit="max_length",
                 value=max_length,
             )
-        min_room = min(max(8, max_length // 4), budget // 2)
-        q_limit = budget - min_room
-        q_len = len(q_ids)
-        query_truncated = q_len > q_limit
-        if query_truncated:
+        q_limit = budget - min(max(8, max_length // 4), budget // 2)
+        cut = len(q_ids) > q_limit
+        if cut:
             if not truncate:
                 raise InputTooLong(
-                    f"the query has {q_len} tokens; with truncate=false at most {q_limit} fit "
+                    f"the query has {len(q_ids)} tokens; with truncate=false at most {q_limit} fit "
                     f"(max_length {max_length})",
                     limit="max_length",
                     value=max_length,
@@ -226,44 +254,25 @@ class PairTokenizer:
                 limit="max_length",
                 value=max_length,
             )
-        step = room - min(overlap, room // 2)
-        # A decoder document's own frame may cost a few tokens less than the estimate: read that many more.
-        slack = 4 if self.prompt is not None else 0
-        need = (room if max_chunks == 1 else room + step * (max_chunks - 1)) + slack
+        return _QueryFit(q_ids, cut, room)
 
-        head = t.prefix + tuple(q_ids) + t.middle
-        head_types = t.prefix_types + (t.query_type,) * len(q_ids) + t.middle_types
-        encodings = self._encode_documents(documents, need, direction)
-        windows: list[Window] = []
-        chunked: list[bool] = []
-        truncated: list[bool] = []
-        for doc_index, doc in enumerate(encodings):
-            n = len(doc.ids)
-            doc_room = room + self._doc_static - len(doc.frame_head) - len(doc.frame_tail)
-            if doc.full_len > doc_room and not truncate:
-                name = doc_index if names is None else names[doc_index]
-                raise InputTooLong(
-                    f"document {name} needs more than {doc_room} tokens beside the query; with truncate=false "
-                    f"at most {doc_room} fit (max_length {max_length})",
-                    limit="max_length",
-                    value=max_length,
-                )
-            spans = _spans(n, doc_room, max_chunks, min(overlap, doc_room // 2), direction)
-            covered = spans[-1][1] - spans[0][0]
-            truncated.append(doc.full_len > covered)
-            chunked.append(len(spans) > 1)
-            for start, end in spans:
-                piece = [*doc.frame_head, *doc.ids[start:end], *doc.frame_tail]
-                chars = (doc.offsets[start][0], doc.offsets[end - 1][1]) if end > start else (0, 0)
-                windows.append(
-                    Window(
-                        doc=doc_index,
-                        ids=[*head, *piece, *t.suffix],
-                        type_ids=[*head_types, *((t.doc_type,) * len(piece)), *t.suffix_types],
-                        chars=chars,
-                    )
-                )
-        return EncodedPairs(windows, chunked, truncated, query_truncated, used)
+    def _window(self, doc_index: int, doc: _DocTokens, q_ids: list[int], start: int, end: int) -> Window:
+        """The pair of the query and the document's tokens [start, end), in the model's template."""
+        t = self._template
+        piece = [*doc.frame_head, *doc.ids[start:end], *doc.frame_tail]
+        chars = (doc.offsets[start][0], doc.offsets[end - 1][1]) if end > start else (0, 0)
+        return Window(
+            doc=doc_index,
+            ids=[*t.prefix, *q_ids, *t.middle, *piece, *t.suffix],
+            type_ids=[
+                *t.prefix_types,
+                *((t.query_type,) * len(q_ids)),
+                *t.middle_types,
+                *((t.doc_type,) * len(piece)),
+                *t.suffix_types,
+            ],
+            chars=chars,
+        )
 
     def _plain_ids(self, text: str) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=False).ids)
@@ -286,7 +295,16 @@ class PairTokenizer:
         body = next((k for k, (a, _) in enumerate(enc.offsets) if a >= end), len(enc.ids))
         return list(enc.ids), body, self._plain_ids(text[end:]) if end < len(text) else []
 
-    def _encode_documents(self, documents: Sequence[str], need: int, direction: str) -> list[_DocTokens]:
+
+class _DocumentReader:
+    """Tokenizes documents for windows: only the tokens a window can use (cut by characters first), the full
+    count when more existed, and, for a prompt template, inside the document's frame as the model card does."""
+
+    def __init__(self, tokenizer: Tokenizer, frame: tuple[str, str]) -> None:
+        self._tok = tokenizer
+        self._frame = frame
+
+    def read(self, documents: Sequence[str], need: int, direction: str) -> list[_DocTokens]:
         """Each document's text tokens (ids, char offsets, full count); only `need` tokens matter downstream.
 
         With a prompt template the document is tokenized inside its frame (`<Document>: {document}`), as the
@@ -321,7 +339,7 @@ class PairTokenizer:
         return out
 
     def _encode_framed(self, texts: list[str]) -> list[_DocTokens]:
-        head, tail = self._doc_frame
+        head, tail = self._frame
         if not head and not tail:
             return [
                 _DocTokens(enc.ids, enc.offsets, len(enc.ids))
@@ -332,6 +350,13 @@ class PairTokenizer:
             _unframe(enc.ids, enc.offsets, len(head), len(text))
             for text, enc in zip(texts, encoded, strict=True)
         ]
+
+
+@dataclass(frozen=True)
+class _QueryFit:
+    ids: list[int]  # the query part as it goes into every window
+    truncated: bool
+    room: int  # tokens left for the document text
 
 
 @dataclass(frozen=True)
