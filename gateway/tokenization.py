@@ -104,28 +104,7 @@ class PairTokenizer:
         self.padding_side = padding_side
         self.prompt = template
         self.pad_id = _pad_id(tokenizer, pad_token, declared_pad)
-        if template is None:
-            self._template = _learn_template(tokenizer)
-            self._doc_frame = ("", "")
-            self._doc_static = 0
-        else:
-            prefix, suffix = self._plain_ids(template.prefix), self._plain_ids(template.suffix)
-            self._template = _Template(
-                prefix=tuple(prefix),
-                prefix_types=(0,) * len(prefix),
-                query_type=0,
-                middle=(),
-                middle_types=(),
-                doc_type=0,
-                suffix=tuple(suffix),
-                suffix_types=(0,) * len(suffix),
-            )
-            text, start, end = _render(template.document, {"document": ""}, "document")
-            self._doc_frame = (text[:start], text[end:])
-            # Tokens of the document part around an empty document: the estimate of its frame's cost. A real
-            # document may take a frame character into its first token (" Berlin"), so its frame may cost a
-            # token less; each document's windows are sized by its own frame, this only sizes the reading.
-            self._doc_static = len(self._plain_ids(text))
+        self._template, self._doc_frame, self._doc_static = _layout(tokenizer, template)
         self._reader = _DocumentReader(tokenizer, self._doc_frame)
 
     @classmethod
@@ -350,6 +329,33 @@ class _DocumentReader:
             _unframe(enc.ids, enc.offsets, len(head), len(text))
             for text, enc in zip(texts, encoded, strict=True)
         ]
+
+
+def _layout(tokenizer: Tokenizer, template: PromptTemplate | None) -> tuple[_Template, tuple[str, str], int]:
+    """A pair's fixed tokens: the tokenizer's own pair template (encoders), or a prompt template's prefix and
+    suffix with the document part's frame text and its estimated token cost (decoders)."""
+    if template is None:
+        return _learn_template(tokenizer), ("", ""), 0
+
+    def plain(text: str) -> tuple[int, ...]:
+        return tuple(tokenizer.encode(text, add_special_tokens=False).ids)
+
+    prefix, suffix = plain(template.prefix), plain(template.suffix)
+    layout = _Template(
+        prefix=prefix,
+        prefix_types=(0,) * len(prefix),
+        query_type=0,
+        middle=(),
+        middle_types=(),
+        doc_type=0,
+        suffix=suffix,
+        suffix_types=(0,) * len(suffix),
+    )
+    text, start, end = _render(template.document, {"document": ""}, "document")
+    # Tokens of the document part around an empty document: the estimate of its frame's cost. A real document
+    # may take a frame character into its first token (" Berlin"), so its frame may cost a token less; each
+    # document's windows are sized by its own frame, this only sizes the reading.
+    return layout, (text[:start], text[end:]), len(plain(text))
 
 
 @dataclass(frozen=True)
