@@ -171,6 +171,9 @@ def gateway_factory(real_model_repository: Path, free_port: int) -> Iterator[Cal
             "triton_timeout_s": 10.0,
             "fallback_reprobe_s": 0.5,
             "threads": 1,
+            # Admission is not under test here: its work rate, measured on the first requests of a loaded
+            # 2-core machine, would refuse bursts (429) that finish well within this.
+            "request_timeout_s": 120.0,
         }
         gateway = Gateway(free_port, **{**defaults, **settings})
         started.append(gateway)
