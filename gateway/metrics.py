@@ -147,7 +147,7 @@ REGISTRY.register(PROCESS)
 
 
 def json_snapshot() -> dict[str, object]:
-    """`GET /metrics` with `Accept: application/json` (seed 000's shape): the process figures at the top,
+    """`GET /metrics` with `Accept: application/json` (the first version's shape): the process figures at the top,
     then every reranker_* sample (labelled ones as `name{label="value",...}`, histogram buckets left out)."""
     mem = PROCESS._proc.memory_info()
     samples: dict[str, float] = {}

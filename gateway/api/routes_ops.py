@@ -67,7 +67,7 @@ async def health(services: ServicesDep, facts: OpsFactsDep) -> dict[str, Any]:
         "gpu": facts.gpu,
         "models_loaded": [st.spec.name for st in models.stages()] if models else [],
         "backend": models.reranker.scorer.name if models else None,
-        # seed 001's field: the cross-encoder is loaded and runs on a GPU
+        # the first version's field: the cross-encoder is loaded and runs on a GPU
         "gpu_model_loaded": models is not None and "cuda" in models.reranker.scorer.name,
     }
 

@@ -170,7 +170,7 @@ class RerankResult(BaseModel):
 
 
 class Ranking(BaseModel):
-    """Seed 000's `rankings` item."""
+    """The first version's `rankings` item."""
 
     index: int
     score: float
@@ -179,7 +179,7 @@ class Ranking(BaseModel):
 class RerankResponse(BaseModel):
     results: list[RerankResult]
     rankings: list[Ranking] = Field(
-        default_factory=list, description="Seed 000's shape: [{index, score}], in ranking order."
+        default_factory=list, description="The first version's shape: [{index, score}], in ranking order."
     )
     model: str
     backend: str = Field(
