@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from export.triton_local import TritonInstall, TritonServer
+from export.triton_local import TritonInstall, TritonServer, TritonSetupError
 
 START_TIMEOUT_S = 120.0
 READY_TIMEOUT_S = 180.0  # a tritonserver's start on shared cores
@@ -31,19 +31,32 @@ def free_ports(count: int) -> list[int]:
 
 @contextlib.contextmanager
 def running_triton(install: TritonInstall, repository: Path, log_dir: Path) -> Iterator[TritonServer]:
-    """A tritonserver over `repository` on free loopback ports, ready; always stopped on exit."""
-    http_port, grpc_port, metrics_port = free_ports(3)
-    server = TritonServer(
-        install,
-        repository,
-        http_port=http_port,
-        grpc_port=grpc_port,
-        metrics_port=metrics_port,
-        log_path=log_dir / "tritonserver.log",
-    )
+    """A tritonserver over `repository` on free loopback ports, ready; always stopped on exit.
+
+    A server that dies during its start-up is started once more (fresh ports, its own log): tritonserver 2.51's
+    gRPC event engine has aborted at start-up on a loaded machine ("epoll_wait error: Bad file descriptor",
+    exit -6), once in many starts, before serving anything. A second failure fails the test."""
+    server = None
+    for attempt in (1, 2):
+        http_port, grpc_port, metrics_port = free_ports(3)
+        server = TritonServer(
+            install,
+            repository,
+            http_port=http_port,
+            grpc_port=grpc_port,
+            metrics_port=metrics_port,
+            log_path=log_dir / f"tritonserver-{attempt}.log",
+        )
+        try:
+            server.start()
+            server.wait_ready(READY_TIMEOUT_S)
+            break
+        except TritonSetupError as exc:
+            server.stop()
+            if attempt == 2 or "exited with code" not in str(exc):
+                raise
+    assert server is not None
     try:
-        server.start()
-        server.wait_ready(READY_TIMEOUT_S)
         yield server
     finally:
         server.stop()
