@@ -59,13 +59,19 @@ OpsFactsDep = Annotated[OpsFacts, Depends(get_ops_facts)]
 
 
 async def health(services: ServicesDep, facts: OpsFactsDep) -> dict[str, Any]:
-    """The default model's pipeline: what it has loaded and which backend scores it."""
+    """What every served model has loaded; the default model's backend."""
     models = services.models.default.pipeline.models
+    loaded = [
+        stage.spec.name
+        for served in services.models
+        if served.pipeline.models is not None
+        for stage in served.pipeline.models.stages()
+    ]
     return {
         "status": "ok",
         "cuda_available": bool(facts.gpu.get("available")),
         "gpu": facts.gpu,
-        "models_loaded": [st.spec.name for st in models.stages()] if models else [],
+        "models_loaded": list(dict.fromkeys(loaded)),
         "backend": models.reranker.scorer.name if models else None,
         # the first version's field: the cross-encoder is loaded and runs on a GPU
         "gpu_model_loaded": models is not None and "cuda" in models.reranker.scorer.name,
@@ -94,6 +100,8 @@ async def info(services: ServicesDep, facts: OpsFactsDep) -> dict[str, Any]:
         out["manifests"] = services.describe_repository()
     out["limits"] = dict(facts.limits)
     out["auth"] = facts.auth
+    if len(services.models) > 1:  # the others, as each describes itself (the default's is the top level)
+        out["served_models"] = {served.name: served.pipeline.info() for served in services.models}
     return out
 
 
