@@ -238,7 +238,17 @@ def export_ungated_in_child(
     return manifest
 
 
-EXPORTERS = {"ungated": export_ungated_in_child, "gated": export_gated}
+def export_auto(
+    source_folder: Path, repository: Path, name: str, *, max_length: int, template: str | None
+) -> dict[str, Any]:
+    """`python -m export` (gate included) for the encoder, which fits (about 7 min for ModernBERT-base on 2
+    shared cores, int8 passing); the building blocks for the 0.6B decoder, whose gate does not (its steps before
+    the gate alone took 7 min and 14 GB; the gate runs 160 pairs through PyTorch and five ONNX files)."""
+    exporter = export_ungated_in_child if template else export_gated
+    return exporter(source_folder, repository, name, max_length=max_length, template=template)
+
+
+EXPORTERS = {"auto": export_auto, "ungated": export_ungated_in_child, "gated": export_gated}
 
 
 # ------------------------------------------------------------------------------------------------ requests
@@ -456,7 +466,7 @@ def _memory_ratios(rows: list[dict[str, Any]]) -> None:
 
 
 def run(
-    output: Path, data_root: Path, *, size: str = "full", threads: int = 2, export: str = "ungated",
+    output: Path, data_root: Path, *, size: str = "full", threads: int = 2, export: str = "auto",
     tiny: bool = False, work: Path = FAMILY_WORK, contenders: Sequence[str] = CONTENDERS,
     memory_configs: Sequence[str] | None = None, command: str = "",
 ) -> dict[str, Any]:  # fmt: skip
@@ -533,8 +543,17 @@ def _manifest_summary(manifest: dict[str, Any], folder: Path) -> dict[str, Any]:
                          "external_data": bool(v.get("external_data"))} for k, v in manifest["variants"].items()},
         "variants_skipped": manifest.get("variants_skipped"), "export_seconds": manifest.get("export_seconds"),
         "export_step_seconds": manifest.get("export_step_seconds"),
-        "parity": manifest.get("parity", {}).get("skipped") or manifest.get("parity", {}).get("figures"),
+        "gated": "figures" in manifest.get("parity", {}),
+        "parity": manifest.get("parity", {}).get("skipped") or _gate_summary(manifest["parity"]["figures"]),
     }  # fmt: skip
+
+
+def _gate_summary(figures: dict[str, dict[str, float]]) -> str:
+    parts = [f"fp32 max|diff| {figures['fp32']['max_abs_diff']:.1e}"]
+    for key in ("fp32-opt", "int8", "int8-7bit"):
+        if key in figures:
+            parts.append(f"{key} Spearman {figures[key].get('spearman', float('nan')):.4f}")
+    return "parity gate passed: " + ", ".join(parts)
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -573,7 +592,7 @@ def markdown(results: dict[str, Any]) -> str:
         "reach 512 tokens). Scores of random weights mean nothing; the Δscore columns check that each "
         "contender computes the same function.",
         "",
-        "| family | size of | parameters (embedding) | files | export |",
+        "| family | size of | parameters (embedding) | files | export, seconds |",
         "|---|---|---:|---|---|",
     ]
     for f in fams:
@@ -582,15 +601,19 @@ def markdown(results: dict[str, Any]) -> str:
             f"{k} {v['bytes'] / 2**20:,.0f} MiB" + (" (external data)" if v["external_data"] else "")
             for k, v in m["variants"].items()
         )
-        gate = results["export"]
+        gate = (
+            (m["parity"] if m.get("gated") else "no gate (building blocks)")
+            + ", variants skipped: "
+            + ("; ".join(f"{k}: {v[:80]}" for k, v in (m.get("variants_skipped") or {}).items()) or "none")
+        )
         out.append(
             f"| {f['key']} ({m['architecture']}) | {f['shape']} | {f['parameters']['total'] / 1e6:,.1f} M "
-            f"({f['parameters']['embedding'] / 1e6:,.1f} M) | {files} | {gate}, {_f(m['export_seconds'], 0)} s |"
+            f"({f['parameters']['embedding'] / 1e6:,.1f} M) | {files} | {gate}; {_f(m['export_seconds'], 0)} s |"
         )
-    if results["export"] == "ungated":
+    if any(not f["manifest"].get("gated") for f in fams):
         out += [
             "",
-            "Export: the exporter's own functions (`bench/families.py: export_ungated`: export/torch_export.py's "
+            "Export without the gate (the rows that say so): the exporter's own functions (`bench/families.py: export_ungated`: export/torch_export.py's "
             "fp32 graph, export/quantize.py's fused fp32 where ONNX Runtime fuses the model type and int8 from "
             "the graph the exporter quantizes, export/build.py's tokenizer copy, Triton files, variant entries) "
             "without the parity gate and the fp16 file: the same files `python -m export` writes, not validated "
@@ -659,9 +682,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "bench" / "results")
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
-    parser.add_argument("--export", choices=sorted(EXPORTERS), default="ungated",
-                        help="ungated: the exporter's building blocks without the parity gate (default); "
-                        "gated: python -m export itself")  # fmt: skip
+    parser.add_argument("--export", choices=sorted(EXPORTERS), default="auto",
+                        help="auto (default): python -m export for ModernBERT, the building blocks for the "
+                        "decoder; ungated: the exporter's building blocks without the parity gate for both; "
+                        "gated: python -m export for both")  # fmt: skip
     args = parser.parse_args(argv)
     run(args.output, args.data, size=args.size, threads=args.threads, export=args.export,
         command="python -m bench.families " + " ".join(sys.argv[1:] if argv is None else argv))  # fmt: skip

@@ -13,7 +13,7 @@ from bench import families
 def test_the_tiny_families_section_runs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "results"
     results = families.run(
-        out, tiny_scifact(tmp_path / "data"), size="smoke", threads=1, tiny=True, work=tmp_path / "work",
+        out, tiny_scifact(tmp_path / "data"), size="smoke", threads=1, tiny=True, work=tmp_path / "work", export="ungated",
         contenders=(families.BASELINE, "gateway-int8"),
         memory_configs=("gateway-int8-modernbert+qwen3-reranker", "gateway-int8-modernbert"),
         command="test",
