@@ -613,14 +613,16 @@ def markdown(results: dict[str, Any]) -> str:
     if any(not f["manifest"].get("gated") for f in fams):
         out += [
             "",
-            "Export without the gate (the rows that say so): the exporter's own functions (`bench/families.py: export_ungated`: export/torch_export.py's "
-            "fp32 graph, export/quantize.py's fused fp32 where ONNX Runtime fuses the model type and int8 from "
-            "the graph the exporter quantizes, export/build.py's tokenizer copy, Triton files, variant entries) "
-            "without the parity gate and the fp16 file: the same files `python -m export` writes, not validated "
-            "against PyTorch there. The gate does not fit this section on 2 shared cores (it scores 160 pairs "
-            "through PyTorch and every ONNX file of a 0.6B model) and, for random weights, leaves int8 out (a "
-            "random ModernBERT's int8 Spearman is about 0.3). The speed table's Δscore columns check the "
-            "served scores against sentence-transformers instead.",
+            "Export without the gate (the rows that say so): the exporter's own functions (`bench/families.py: "
+            "export_ungated`: export/torch_export.py's fp32 graph, export/quantize.py's fused fp32 where ONNX "
+            "Runtime fuses the model type and int8 from the graph the exporter quantizes, export/build.py's "
+            "tokenizer copy, Triton files and variant entries), without the parity gate and the fp16 file: the "
+            "files `python -m export` writes, not validated against PyTorch there. For the 0.6B decoder the "
+            "gated export does not fit on 2 shared cores: `python -m export` spent about 7 minutes (14 GB peak) "
+            "before its gate even started, and the gate then scores 160 pairs through PyTorch and five ONNX files "
+            "of the model (the ModernBERT-base gate, four passes, took about 6 minutes; the decoder costs about "
+            "6x per token). The speed table's Δscore columns check the served scores against "
+            "sentence-transformers instead (the fp32 rows: the same function).",
         ]
     out += ["", "## Speed, side by side (interleaved request by request, same weights, same requests)", ""]
     out += [
@@ -686,7 +688,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="auto (default): python -m export for ModernBERT, the building blocks for the "
                         "decoder; ungated: the exporter's building blocks without the parity gate for both; "
                         "gated: python -m export for both")  # fmt: skip
+    parser.add_argument("--report-only", action="store_true", help="rewrite families.md from families.json")
     args = parser.parse_args(argv)
+    if args.report_only:
+        results = json.loads((args.output / "families.json").read_text())
+        (args.output / "families.md").write_text(markdown(results))
+        return 0
     run(args.output, args.data, size=args.size, threads=args.threads, export=args.export,
         command="python -m bench.families " + " ".join(sys.argv[1:] if argv is None else argv))  # fmt: skip
     return 0
