@@ -24,7 +24,7 @@ PYTEST_ARGS ?=
 RERANKER_TEST_MODELS ?= $(abspath ../shared/models)
 export RERANKER_TEST_MODELS
 
-.PHONY: install install-serve export serve triton triton-setup triton-stop triton-check test test-fast lint deploy-check bench bench-gateway bench-cascade bench-soak gpu-check clean
+.PHONY: install install-serve export serve triton triton-setup triton-stop triton-check test test-fast lint deploy-check bench bench-gateway bench-families bench-cascade bench-soak gpu-check clean
 
 # $(call venv_install,EXTRAS): the virtual environment with torch (CPU build from this machine's disk) and
 # the project's extras.
@@ -96,8 +96,9 @@ lint: install
 deploy-check: install
 	$(PY) -m deploy.check
 
-# Quality through the HTTP service, speed side by side, concurrency sweep -> bench/results/ (about 35 min on
-# 2 idle cores; BENCH_ARGS="--size quick" about 10, "--resume" continues an interrupted run).
+# Quality through the HTTP service, speed side by side, concurrency sweep, padding, speed and memory per model
+# family -> bench/results/ (about 60 min on 2 idle cores; BENCH_ARGS="--size quick" about 20, "--resume"
+# continues an interrupted run, "--sections quality,speed" a subset).
 bench: install
 	@test -f "$(REPO)/reranker/manifest.json" || $(MAKE) export
 	$(PY) -m bench --model "$(MODEL)" --prefilter "$(PREFILTER)" --model-repository "$(REPO)" $(BENCH_ARGS)
@@ -108,6 +109,13 @@ bench: install
 bench-cascade: install
 	@test -f "$(REPO)/reranker/manifest.json" || $(MAKE) export
 	$(PY) -m bench.cascade --model-repository "$(REPO)" $(BENCH_ARGS)
+
+# Speed and memory per model family alone (bench/results/families.{json,md}): a ModernBERT-base-sized classifier
+# and a Qwen3-0.6B-sized decoder reranker (random weights, the real cost), the gateway in process (fp32, int8)
+# against sentence-transformers CrossEncoder side by side, and the peak RSS of one gateway serving both
+# (RERANKER_MODELS) against each alone. About 25 min on 2 shared cores; BENCH_ARGS="--size quick" less.
+bench-families: install
+	$(PY) -m bench.families $(BENCH_ARGS)
 
 # The gateway's own targets (memory, overhead over bare session.run, bucketing, two-stage gain).
 bench-gateway: install

@@ -88,7 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=REPO_ROOT.parent / "shared" / "data")
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "bench" / "results")
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
-    parser.add_argument("--sections", default="quality,speed,sweep,padding", help="comma-separated subset")
+    parser.add_argument(
+        "--sections", default="quality,speed,sweep,padding,families", help="comma-separated subset"
+    )
     parser.add_argument("--speed-configs", default=",".join(SPEED_CONFIGS))
     parser.add_argument("--quality-configs", default=",".join(QUALITY_CONFIGS))
     parser.add_argument("--speed-requests", type=int, default=None, help="override the size's timed requests")
@@ -184,6 +186,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 phase_queries=phase_queries, threads=args.threads, command=results["command"],
                 model_name=models.reranker["name"],
             )  # fmt: skip
+    if "families" in sections:
+        # speed and memory per model family (ModernBERT-base-sized, Qwen3-0.6B-sized): bench/results/families.*
+        from bench.families import run as run_families
+
+        with timed(results, "families"):
+            families = run_families(
+                args.output, args.data, size=args.size, threads=args.threads, command=results["command"]
+            )
+            results["families"] = {"report": "families.md", "seconds": families["seconds"]}
     results["peak_end"] = measure_fp32_peak(args.threads, n=sizes.peak_n)
     results["loadavg_end"] = os.getloadavg()
     results["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

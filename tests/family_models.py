@@ -174,15 +174,18 @@ def _tiny_modernbert_config(tokenizer: Any, **overrides: object) -> Any:
     return ModernBertConfig(**values)  # type: ignore[arg-type]
 
 
-def build_modernbert(target: Path, *, seed: int = 0) -> Path:
-    """ModernBertForSequenceClassification (gte-reranker-modernbert-base layout), 1 logit."""
+def build_modernbert(target: Path, *, seed: int = 0, **config: object) -> Path:
+    """ModernBertForSequenceClassification (gte-reranker-modernbert-base layout), 1 logit; `config` overrides
+    the tiny shape (bench/families.py builds a ModernBERT-base-sized one)."""
     import torch
     from transformers import ModernBertForSequenceClassification
 
     target.mkdir(parents=True, exist_ok=True)
     tokenizer = _wordpiece_tokenizer(target, token_types=False)
     torch.manual_seed(seed)
-    model = ModernBertForSequenceClassification(_tiny_modernbert_config(tokenizer, classifier_pooling="mean"))
+    model = ModernBertForSequenceClassification(
+        _tiny_modernbert_config(tokenizer, **{"classifier_pooling": "mean", **config})
+    )
     model.eval().save_pretrained(target)
     _mark(target, family="modernbert")
     return target
@@ -261,12 +264,13 @@ def _tiny_decoder(target: Path, config_cls: Any, model_cls: Any, seed: int, **ov
     return target
 
 
-def build_qwen3_reranker(target: Path, *, seed: int = 0) -> Path:
+def build_qwen3_reranker(target: Path, *, seed: int = 0, **config: object) -> Path:
     """Qwen3ForCausalLM in the Qwen3-Reranker layout (yes/no at the last token). The folder does not say
-    "reranker" unless its name does: export it with --template qwen3-reranker."""
+    "reranker" unless its name does: export it with --template qwen3-reranker. `config` overrides the tiny
+    shape (bench/families.py builds a Qwen3-0.6B-sized one)."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    _tiny_decoder(target, Qwen3Config, Qwen3ForCausalLM, seed, head_dim=16)
+    _tiny_decoder(target, Qwen3Config, Qwen3ForCausalLM, seed, **{"head_dim": 16, **config})
     _mark(target, family="decoder", template="qwen3-reranker")
     return target
 

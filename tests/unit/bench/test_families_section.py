@@ -1,0 +1,49 @@
+"""bench.families end to end on the tiny family models: build, export, speed side by side, memory, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench_test_data import tiny_scifact
+
+from bench import families
+
+
+def test_the_tiny_families_section_runs_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    results = families.run(
+        out, tiny_scifact(tmp_path / "data"), size="smoke", threads=1, tiny=True, work=tmp_path / "work", export="ungated",
+        contenders=(families.BASELINE, "gateway-int8"),
+        memory_configs=("gateway-int8-modernbert+qwen3-reranker", "gateway-int8-modernbert"),
+        command="test",
+    )  # fmt: skip
+
+    written = json.loads((out / "families.json").read_text())
+    assert written["size"] == "smoke" and written["export"] == "ungated"
+    assert [f["key"] for f in written["families"]] == ["modernbert", "qwen3-reranker"]
+    for family in written["families"]:
+        manifest = family["manifest"]
+        assert {"fp32", "int8"} <= set(manifest["variants"])
+        assert "no parity gate" in manifest["parity"]
+    assert written["families"][1]["manifest"]["family"] == "decoder"
+    for key in ("modernbert", "qwen3-reranker"):
+        speed = results["speed"][key]
+        assert speed["failures"] == {}
+        rows = {r["config"]: r for r in speed["rows"]}
+        assert set(rows) == {families.BASELINE, "gateway-int8"}
+        assert rows[families.BASELINE]["throughput_x_st"] == 1.0
+        gateway = rows["gateway-int8"]
+        assert gateway["docs_per_s"] > 0 and gateway["throughput_x_st"] > 0
+        # the same function: int8 of a tiny random model stays close to sentence-transformers' scores
+        assert gateway["max_abs_score_diff_vs_st"] < 0.1, (key, gateway["max_abs_score_diff_vs_st"])
+    memory = {r["config"]: r for r in results["memory"]["rows"]}
+    both = memory["gateway-int8-modernbert+qwen3-reranker"]
+    alone = memory["gateway-int8-modernbert"]
+    assert "error" not in both and "error" not in alone
+    assert both["served"] == ["modernbert", "qwen3-reranker"]
+    assert both["rss_peak_bytes"] >= alone["rss_peak_bytes"] > 0
+    report = (out / "families.md").read_text()
+    assert (
+        "| qwen3-reranker | 1 x 2 |" in report and "| gateway-int8 | modernbert + qwen3-reranker |" in report
+    )
