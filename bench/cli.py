@@ -191,9 +191,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench.families import run as run_families
 
         with timed(results, "families"):
+            # --size smoke (the test suite's run) uses the tiny test models: the real sizes take minutes and
+            # a 0.6B export peaks near 15 GB.
+            smoke = args.size == "smoke"
             families = run_families(
-                args.output, args.data, size=args.size, threads=args.threads, command=results["command"]
-            )
+                args.output, args.data, size=args.size, threads=args.threads, command=results["command"],
+                **({"tiny": True, "work": args.output / "families-work"} if smoke else {}),
+            )  # fmt: skip
             results["families"] = {"report": "families.md", "seconds": families["seconds"]}
     results["peak_end"] = measure_fp32_peak(args.threads, n=sizes.peak_n)
     results["loadavg_end"] = os.getloadavg()

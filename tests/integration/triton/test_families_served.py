@@ -135,7 +135,12 @@ def test_models_lists_every_family(local_gateway: Gateway) -> None:
     assert set(FAMILIES) <= set(health["models_loaded"])
     info = httpx.get(f"{local_gateway.url}/info", timeout=30).json()
     assert set(info["served_models"]) == set(FAMILIES)
-    assert info["served_models"]["qwen3"]["models"]["reranker"]["variant"] in ("int8", "fp32", "fp32-opt", "fp16")
+    assert info["served_models"]["qwen3"]["models"]["reranker"]["variant"] in (
+        "int8",
+        "fp32",
+        "fp32-opt",
+        "fp16",
+    )
 
 
 def test_through_a_real_tritonserver_every_family_scores_as_pytorch(
