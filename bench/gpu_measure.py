@@ -100,36 +100,13 @@ class RecordingSession:
 
 
 def cuda_session(path: Path, *, threads: int, mem_limit_bytes: int | None = None) -> Any:
-    """The gateway's CUDA session (`make_session`), or the same options with a `gpu_mem_limit` on the provider.
-
-    `make_session` takes no provider options, so the limited one repeats its session options here.
-    """
+    """The gateway's CUDA session (`make_session`), optionally with a `gpu_mem_limit` on the provider."""
     from gateway.backends.onnx_local import make_session
 
-    if mem_limit_bytes is None:
-        session = make_session(path, device="cuda", threads=threads)
-        check_on_cuda(f"the session of {path.name}", session.get_providers()[0])
-        return session
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    opts.enable_mem_pattern = False
-    opts.enable_cpu_mem_arena = False
-    cuda = {
-        "device_id": 0,
-        "arena_extend_strategy": "kSameAsRequested",
-        "gpu_mem_limit": str(mem_limit_bytes),
-    }
-    limited = ort.InferenceSession(
-        str(path), sess_options=opts, providers=[("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
-    )
-    check_on_cuda(f"the memory-limited session of {path.name}", limited.get_providers()[0])
-    return limited
+    session = make_session(path, device="cuda", threads=threads, gpu_mem_limit_bytes=mem_limit_bytes)
+    what = "the session" if mem_limit_bytes is None else "the memory-limited session"
+    check_on_cuda(f"{what} of {path.name}", session.get_providers()[0])
+    return session
 
 
 def settings_for(repository: Path, **overrides: Any) -> Any:

@@ -73,8 +73,11 @@ def classify_failure(exc: BaseException, *, on_gpu: bool) -> str:
     return "runtime"
 
 
-def make_session(path: Path, *, device: str, threads: int, device_id: int = 0) -> SessionLike:
-    """An InferenceSession tuned for this service; `device` "cuda" asks for the CUDA provider first."""
+def make_session(
+    path: Path, *, device: str, threads: int, device_id: int = 0, gpu_mem_limit_bytes: int | None = None
+) -> SessionLike:
+    """An InferenceSession tuned for this service; `device` "cuda" asks for the CUDA provider first
+    (`gpu_mem_limit_bytes`: a cap on its arena, which `make gpu-check` uses to force the OOM path)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -92,10 +95,10 @@ def make_session(path: Path, *, device: str, threads: int, device_id: int = 0) -
     providers: list[Any]
     if device == "cuda":
         _preload_cuda_libraries(ort)
-        providers = [
-            ("CUDAExecutionProvider", {"device_id": device_id, "arena_extend_strategy": "kSameAsRequested"}),
-            "CPUExecutionProvider",
-        ]
+        cuda: dict[str, Any] = {"device_id": device_id, "arena_extend_strategy": "kSameAsRequested"}
+        if gpu_mem_limit_bytes is not None:
+            cuda["gpu_mem_limit"] = str(gpu_mem_limit_bytes)
+        providers = [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
     else:
         providers = ["CPUExecutionProvider"]
     return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
