@@ -74,7 +74,10 @@ class RankedItem(BaseModel):
     """
 
     index: int = Field(..., description="Position in the request's `documents`.")
-    relevance_score: float = Field(..., description="sigmoid(logit), float32, in [0, 1].")
+    relevance_score: float = Field(
+        ...,
+        description="The model's score activation of the logit (sigmoid: in [0, 1]; identity for a head the manifest says so), float32.",
+    )
     document: dict[str, Any] | None = Field(None, description="The document as sent (if asked for).")
     chunk: ChunkSpan | None = Field(None, description="Character span of the best window, if chunked.")
 
@@ -161,7 +164,10 @@ class RerankRequest(PipelineOptions):
 class RerankResult(BaseModel):
     index: int = Field(..., description="Position in the request's `documents`.")
     score: float = Field(..., description="Same as relevance_score (kept for older clients).")
-    relevance_score: float = Field(..., description="sigmoid(logit), float32, in [0, 1].")
+    relevance_score: float = Field(
+        ...,
+        description="The model's score activation of the logit (sigmoid: in [0, 1]; identity for a head the manifest says so), float32.",
+    )
     logit: float = Field(..., description="The raw model output.")
     text: str
     stage: Literal["prefilter", "reranker"] = Field(..., description="The last stage that scored it.")
