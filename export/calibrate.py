@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from export.errors import ExportError
 
@@ -48,12 +48,18 @@ def read_calibration(path: Path) -> list[dict[str, Any]]:
 
 
 def cpu_logits(
-    repository: Path, model_name: str, items: list[dict[str, Any]], max_length: int | None
+    repository: Path,
+    model_name: str,
+    items: list[dict[str, Any]],
+    max_length: int | None,
+    *,
+    precision: Literal["int8", "fp32"] = "int8",
 ) -> list[list[float]]:
     """Every (query, document) logit of `items`, per query in document order, computed the way the gateway
-    serves the model on this CPU (`RERANKER_DEVICE=cpu`, int8): the variant it would load, its windows,
-    its batches (one row each for dynamic int8). Reads the manifest and runs ONNX Runtime directly: the
-    build step imports no gateway runtime or server module."""
+    serves the model on this CPU (`RERANKER_DEVICE=cpu`, `RERANKER_CPU_PRECISION=precision`): the variant it
+    would load, its pair tokenizer (template, padding side), windows and batches (one row each for dynamic
+    int8). Reads the manifest and runs ONNX Runtime directly: the build step imports no gateway runtime or
+    server module."""
     import numpy as np
     import onnxruntime as ort
 
@@ -67,7 +73,7 @@ def cpu_logits(
         model_name=model_name,
         prefilter_name="",
         device="cpu",
-        cpu_precision="int8",
+        cpu_precision=precision,
         max_length=max_length,
     )
     spec = read_model_spec(repository, model_name)
@@ -76,7 +82,7 @@ def cpu_logits(
     path = spec.variant_path(variant)
     assert path is not None  # cpu_variant picks only files that exist
     length = min(s.max_length or spec.max_length, spec.max_length)
-    tokenizer = PairTokenizer.from_dir(spec.tokenizer_dir, max_length=length)
+    tokenizer = PairTokenizer.from_spec(spec, max_length=length)
     options = ort.SessionOptions()
     options.intra_op_num_threads = s.intra_op_threads
     session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
@@ -94,7 +100,9 @@ def cpu_logits(
         for rows in plan_batches(
             [len(w.ids) for w in windows], token_budget=s.token_budget, max_rows=max_rows
         ):
-            batch = build_batch([windows[k] for k in rows], input_names, tokenizer.pad_id)
+            batch = build_batch(
+                [windows[k] for k in rows], input_names, tokenizer.pad_id, padding_side=tokenizer.padding_side
+            )
             logits = np.asarray(session.run([output], batch.inputs)[0], dtype=np.float32)
             for k, logit in zip(rows, logits.reshape(batch.size, -1)[:, 0].tolist(), strict=True):
                 best[windows[k].doc] = max(best[windows[k].doc], logit)

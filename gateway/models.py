@@ -23,6 +23,14 @@ class ModelStage:
     variant: str  # the ONNX variant the local runtime loaded ("int8", "fp32", "fp16", ...)
     token_budget: int = 512  # padded tokens per batch for this stage's runtime
     one_row_batches: bool = False  # each pair alone: its score must not depend on its neighbours
+    primary_variant: str | None = (
+        None  # the variant the primary backend runs when not `variant` (Triton: fp32)
+    )
+
+    @property
+    def served_variant(self) -> str:
+        """The variant whose logits this stage answers with (its score calibration map is that one's)."""
+        return self.primary_variant or self.variant
 
     @property
     def max_rows(self) -> int | None:
@@ -39,6 +47,7 @@ class ModelStage:
             "model_max_length": self.spec.max_length,
             "inputs": list(self.spec.input_names),
             "variant": self.variant,
+            **({"primary_variant": self.primary_variant} if self.primary_variant else {}),
             "backend": self.scorer.name,
             "token_budget": self.token_budget,
             "scorer": describe_scorer(self.scorer),

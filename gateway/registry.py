@@ -18,20 +18,22 @@ from typing import Generic, Protocol, TypeVar
 
 from gateway.errors import RerankError, UnknownModel
 from gateway.models import LoadedModels
-from gateway.repository import read_model_spec
+from gateway.repository import CalibrationSummary, read_model_spec
 
 P = TypeVar("P")
 
 
 @dataclass(frozen=True)
 class ModelDescription:
-    """What `/v1/models` says about a served model. `id` is the model's own id (the manifest's `model_id`);
-    `max_tokens_per_pair` is the (query, document) pair length it scores (vLLM's `max_model_len`)."""
+    """What `/v1/models` (and `/info`) say about a served model. `id` is the model's own id (the manifest's
+    `model_id`); `max_tokens_per_pair` is the (query, document) pair length it scores (vLLM's
+    `max_model_len`); `score_calibration` the calibration of the logits it serves, when it has one."""
 
     id: str
     family: str | None = None
     max_tokens_per_pair: int | None = None
     default_instruction: str | None = None
+    score_calibration: CalibrationSummary | None = None  # fitted at export: its scores are P(relevant)
 
 
 Describe = Callable[[], ModelDescription]
@@ -114,24 +116,27 @@ def describe_pipeline(
     family: str | None = None,
     default_instruction: str | None = None,
 ) -> Describe:
-    """A description of a pipeline's cross-encoder: the loaded model's id and pair length, else the manifest's
-    in `repository/folder` (read once), else the folder's name (not remembered: a later export is seen)."""
-    known: list[ModelDescription] = []
+    """A description of a pipeline's cross-encoder: the loaded model's id, pair length and the calibration of
+    the variant it serves, else the manifest's in `repository/folder` (read once, replaced once the model has
+    loaded), else the folder's name (not remembered: a later export is seen)."""
+    known: dict[bool, ModelDescription] = {}
 
     def describe() -> ModelDescription:
-        if known:
-            return known[0]
         models = pipeline.models
+        loaded = models is not None
+        if loaded in known:
+            return known[loaded]
         if models is not None:
             stage = models.reranker
-            model_id, max_tokens = stage.spec.model_id, stage.max_length
+            spec, max_tokens, variant = stage.spec, stage.max_length, stage.served_variant
         else:
             try:
                 spec = read_model_spec(repository, folder)
             except RerankError:
                 return ModelDescription(folder, family, None, default_instruction)
-            model_id, max_tokens = spec.model_id, spec.max_length
-        known.append(ModelDescription(model_id, family, max_tokens, default_instruction))
-        return known[0]
+            max_tokens, variant = spec.max_length, None
+        calibration = spec.score_calibration.summary(variant) if spec.score_calibration else None
+        known[loaded] = ModelDescription(spec.model_id, family, max_tokens, default_instruction, calibration)
+        return known[loaded]
 
     return describe

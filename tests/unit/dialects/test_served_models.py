@@ -219,7 +219,11 @@ def test_a_pipeline_is_described_from_what_it_loaded_else_its_manifest(tiny_mode
     assert missing() == ModelDescription("reranker")  # no manifest yet: the folder's name, not remembered
     from_manifest = describe_pipeline(pipeline, tiny_model_repository, "reranker", family="bert-classifier")
     assert from_manifest() == ModelDescription("tiny-reranker", "bert-classifier", 512, None)
-    stage = SimpleNamespace(spec=SimpleNamespace(model_id="loaded/model"), max_length=256)
+    assert from_manifest().id == "tiny-reranker"  # read once, then remembered
+    stage = SimpleNamespace(
+        spec=SimpleNamespace(model_id="loaded/model", score_calibration=None), max_length=256, served_variant="int8"
+    )
     pipeline.models = SimpleNamespace(reranker=stage)
     assert describe_pipeline(pipeline, tmp_path, "reranker")() == ModelDescription("loaded/model", None, 256)
-    assert from_manifest().id == "tiny-reranker"  # read once, then remembered
+    # Once loaded, described again from what it loaded (the variant it serves picks its score calibration).
+    assert from_manifest() == ModelDescription("loaded/model", "bert-classifier", 256, None)
