@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -67,7 +68,7 @@ class Platt:
     b: float
 
     def __call__(self, logits: np.ndarray) -> np.ndarray:
-        return _sigmoid(self.a * np.asarray(logits, dtype=np.float64) + self.b)
+        return logistic(self.a * np.asarray(logits, dtype=np.float64) + self.b)
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,7 @@ def split_queries(
 
 
 # --- the fit and its figures ----------------------------------------------------------------------------
-def _sigmoid(x: np.ndarray) -> np.ndarray:
+def logistic(x: np.ndarray) -> np.ndarray:
     out: np.ndarray = 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=np.float64)))
     return out
 
@@ -214,7 +215,7 @@ def fit_platt(logits: Sequence[float] | np.ndarray, labels: Sequence[int] | np.n
     w = np.array([1.0, 0.0])
     current = loss(w)
     for _ in range(100):
-        p = _sigmoid(w[0] * x + w[1])
+        p = logistic(w[0] * x + w[1])
         r = p - y
         grad = np.array([np.dot(r, x), r.sum()])
         h = p * (1.0 - p)
@@ -355,7 +356,7 @@ def fit_variant(
     held: Sequence[LabelledQuery],
     logits: dict[str, list[float]],
     *,
-    activation: Callable[[np.ndarray], np.ndarray] = _sigmoid,
+    activation: Callable[[np.ndarray], np.ndarray] = logistic,
     bins: int = BINS,
 ) -> VariantFit:
     """Fit on `fit`, measure on `held` (pooled, then per folder)."""
@@ -432,7 +433,7 @@ def _activation(repository: Path, name: str) -> Callable[[np.ndarray], np.ndarra
 
     if read_model_spec(repository, name).score_activation == "identity":
         return lambda x: np.asarray(x, dtype=np.float64)
-    return _sigmoid
+    return logistic
 
 
 # --- the whole step ---------------------------------------------------------------------------------------
@@ -495,7 +496,9 @@ def calibrate_scores(
     manifest_path = folder / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["score_calibration"] = entry
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    staged = manifest_path.with_suffix(".json.tmp")
+    staged.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(staged, manifest_path)  # a gateway or scorer reading the manifest never sees half of it
     return entry
 
 

@@ -221,7 +221,9 @@ def test_a_pipeline_is_described_from_what_it_loaded_else_its_manifest(tiny_mode
     assert from_manifest() == ModelDescription("tiny-reranker", "bert-classifier", 512, None)
     assert from_manifest().id == "tiny-reranker"  # read once, then remembered
     stage = SimpleNamespace(
-        spec=SimpleNamespace(model_id="loaded/model", score_calibration=None), max_length=256, served_variant="int8"
+        spec=SimpleNamespace(model_id="loaded/model", score_calibration=None),
+        max_length=256,
+        served_variant="int8",
     )
     pipeline.models = SimpleNamespace(reranker=stage)
     assert describe_pipeline(pipeline, tmp_path, "reranker")() == ModelDescription("loaded/model", None, 256)
