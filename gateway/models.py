@@ -23,9 +23,8 @@ class ModelStage:
     variant: str  # the ONNX variant the local runtime loaded ("int8", "fp32", "fp16", ...)
     token_budget: int = 512  # padded tokens per batch for this stage's runtime
     one_row_batches: bool = False  # each pair alone: its score must not depend on its neighbours
-    primary_variant: str | None = (
-        None  # the variant the primary backend runs when not `variant` (Triton: fp32)
-    )
+    # The variant the primary backend runs when it is not `variant` (Triton's default config: fp32).
+    primary_variant: str | None = None
 
     @property
     def served_variant(self) -> str:
