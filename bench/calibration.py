@@ -63,11 +63,13 @@ def export_models(repository: Path, models_dir: Path) -> None:
         subprocess.run(command, check=True, cwd=REPO_ROOT)
 
 
-def calibrate(repository: Path, folders: list[Path], queries: int, cache: Path) -> dict[str, dict[str, Any]]:
+def calibrate(
+    repository: Path, names: list[str], folders: list[Path], queries: int | None, cache: Path
+) -> dict[str, dict[str, Any]]:
     from export.score_calibration import calibrate_scores
 
     entries = {}
-    for name, _ in MODELS:
+    for name in names:
         log(f"calibrating {name} on {', '.join(f.name for f in folders)} ({queries} queries each)")
         entries[name] = calibrate_scores(
             repository, name, folders, max_queries=queries, cache=cache, progress=log
@@ -76,7 +78,9 @@ def calibrate(repository: Path, folders: list[Path], queries: int, cache: Path) 
 
 
 # --- 2. held-out figures ------------------------------------------------------------------------------------
-def held_out(repository: Path, name: str, folders: list[Path], queries: int, cache: Path) -> dict[str, Any]:
+def held_out(
+    repository: Path, name: str, folders: list[Path], queries: int | None, cache: Path
+) -> dict[str, Any]:
     """The held-out pairs of `name` (the calibration's own split) with their cached int8 and fp32 logits."""
     from export.score_calibration import PRECISIONS, read_beir, score_queries, split_queries
 
@@ -96,7 +100,7 @@ def figures(entry: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
     for precision, fit in entry["variants"].items():
         platt = Platt(fit["a"], fit["b"])
         per: dict[str, Any] = {}
-        for set_name in (*SETS, "pooled"):
+        for set_name in (*_sets(data["queries"]), "pooled"):
             members = [q for q in data["queries"] if set_name in ("pooled", q.data)]
             x = np.array([v for q in members for v in data[precision][f"{q.data}/{q.query_id}"]])
             y = np.array([v for q in members for v in q.labels], dtype=float)
@@ -110,6 +114,10 @@ def figures(entry: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
             }
         out[precision] = per
     return out
+
+
+def _sets(queries: list[Any]) -> list[str]:
+    return list(dict.fromkeys(q.data for q in queries))
 
 
 def _gap(table: Any) -> float:
@@ -131,15 +139,23 @@ def thresholds(entries: dict[str, dict[str, Any]], data: dict[str, dict[str, Any
                 [v for q in data[name]["queries"] for v in data[name]["int8"][f"{q.data}/{q.query_id}"]]
             )
             y = np.array([v for q in data[name]["queries"] for v in q.labels], dtype=float)
+            upper = next((u for u in THRESHOLDS if u > t), 1.0 + 1e-9)
             for kind, p in (("calibrated", Platt(fit["a"], fit["b"])(x)), ("sigmoid", logistic(x))):
-                kept = p >= t
-                row[f"{name}/{kind}"] = {
-                    "kept": int(kept.sum()),
-                    "observed": float(y[kept].mean()) if kept.any() else None,
-                    "predicted": float(p[kept].mean()) if kept.any() else None,
+                row[f"{name}/{kind}"] = _share(p >= t, p, y)
+                row[f"{name}/{kind}/band"] = {
+                    "upper": min(upper, 1.0),
+                    **_share((p >= t) & (p < upper), p, y),
                 }
         rows.append(row)
     return rows
+
+
+def _share(mask: np.ndarray, p: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    return {
+        "kept": int(mask.sum()),
+        "observed": float(y[mask].mean()) if mask.any() else None,
+        "predicted": float(p[mask].mean()) if mask.any() else None,
+    }
 
 
 # --- 3. both served together ------------------------------------------------------------------------------
@@ -152,7 +168,7 @@ def served_check(repository: Path, data: dict[str, dict[str, Any]], per_set: int
     from gateway.app import create_app
     from gateway.config import Settings
 
-    names = [name for name, _ in MODELS]
+    names = list(data)
     settings = Settings(  # type: ignore[call-arg]
         model_repository=repository,
         models=names,
@@ -173,7 +189,8 @@ def served_check(repository: Path, data: dict[str, dict[str, Any]], per_set: int
             fit = manifest["score_calibration"]["variants"]["int8"]
             platt = Platt(fit["a"], fit["b"])
             diffs, logit_diffs, raw_diffs, order_ok = [], [], [], True
-            chosen = [q for s in SETS for q in [q for q in data[name]["queries"] if q.data == s][:per_set]]
+            held = data[name]["queries"]
+            chosen = [q for s in _sets(held) for q in [q for q in held if q.data == s][:per_set]]
             for q in chosen:
                 cached = np.array(data[name]["int8"][f"{q.data}/{q.query_id}"])
                 body = {"model": name, "query": q.query, "documents": list(q.documents), "keep": 0}
@@ -214,9 +231,12 @@ def write_plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(results["figures"])
-    fig, axes = plt.subplots(len(names), len(SETS) + 1, figsize=(4.3 * (len(SETS) + 1), 4.0 * len(names)))
+    sets = list(next(iter(results["figures"].values()))["int8"])  # each set, then "pooled"
+    fig, axes = plt.subplots(
+        len(names), len(sets), figsize=(4.3 * len(sets), 4.0 * len(names)), squeeze=False
+    )
     for r, name in enumerate(names):
-        for c, set_name in enumerate((*SETS, "pooled")):
+        for c, set_name in enumerate(sets):
             ax = axes[r][c]
             f = results["figures"][name]["int8"][set_name]
             tables = (f["reliability_before"], f["reliability_after"])
@@ -298,12 +318,34 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
             c = row[f"{n}/sigmoid"]
             cells.append(f"{c['kept']} / {_f(c['observed'], 3)}")
         lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Kept above a threshold, a calibrated model's observed share matches its own mean prediction; two models "
+        "match each other only as far as their scores above the threshold are spread alike. The like-for-like "
+        "check is a band of scores: pairs scored in [t, next t) should be relevant at about the same rate "
+        "whichever model scored them:",
+        "",
+        "| band | " + " | ".join(f"{n} calibrated: pairs / observed / predicted" for n in results["entries"])
+        + " | " + " | ".join(f"{n} sigmoid: pairs / observed" for n in results["entries"]) + " |",
+        "|---|" + "---|" * (2 * len(results["entries"])),
+    ]  # fmt: skip
+    for row in results["thresholds"]:
+        first = next(iter(results["entries"]))
+        cells = [f"[{row['threshold']:.2f}, {row[first + '/calibrated/band']['upper']:.2f})"]
+        for n in results["entries"]:
+            c = row[f"{n}/calibrated/band"]
+            cells.append(f"{c['kept']} / {_f(c['observed'], 3)} / {_f(c['predicted'], 3)}")
+        for n in results["entries"]:
+            c = row[f"{n}/sigmoid/band"]
+            cells.append(f"{c['kept']} / {_f(c['observed'], 3)}")
+        lines.append("| " + " | ".join(cells) + " |")
     served = results["served"]
     lines += [
         "",
         "## Served together",
         "",
-        "One gateway serving both (`RERANKER_MODELS=minilm-l6,minilm-l2`, CPU int8, in process); `/v1/models` "
+        f"One gateway serving both (`RERANKER_MODELS={','.join(results['entries'])}`, CPU int8, in process); "
+        "`/v1/models` "
         "lists each calibration: "
         + "; ".join(
             f"{model}: held-out ECE {_f(card['held_out']['ece'])} (sigmoid {_f(card['held_out']['ece_uncalibrated'])}), "
@@ -346,6 +388,38 @@ def missed(results: dict[str, Any]) -> list[str]:
     return notes
 
 
+def run(
+    repository: Path,
+    names: list[str],
+    folders: list[Path],
+    *,
+    queries: int | None,
+    cache: Path,
+    serve_queries: int,
+) -> dict[str, Any]:
+    """Calibrate each model, measure the held-out half, serve them together: the results (JSON-ready)."""
+    started = time.perf_counter()
+    entries = calibrate(repository, names, folders, queries, cache)
+    data = {name: held_out(repository, name, folders, queries, cache) for name in entries}
+    results: dict[str, Any] = {
+        "queries_per_set": queries,
+        "machine": f"{os.cpu_count()} cores, shared",
+        "entries": {
+            n: {k: e[k] for k in ("variants", "data", "queries", "pairs", "split", "bins")}
+            for n, e in entries.items()
+        },
+        "figures": {name: figures(entries[name], data[name]) for name in entries},
+        "thresholds": thresholds(entries, data),
+    }
+    results["served"] = served_check(repository, data, serve_queries)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    results["missed"] = missed(results)
+    for e in results["entries"].values():  # the tables are in `figures`; keep the JSON readable
+        for v in e["variants"].values():
+            v["held_out"] = {k: x for k, x in v["held_out"].items() if not k.startswith("reliability")}
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.calibration", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -371,28 +445,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         results = json.loads(json_path.read_text())
     else:
-        started = time.perf_counter()
-        folders = [args.data_root / s for s in SETS]
-        repository, cache = args.work / "repository", args.work / "logits"
+        repository = args.work / "repository"
         export_models(repository, args.models)
-        entries = calibrate(repository, folders, args.queries, cache)
-        data = {name: held_out(repository, name, folders, args.queries, cache) for name in entries}
-        results = {
-            "queries_per_set": args.queries,
-            "machine": f"{os.cpu_count()} cores, shared",
-            "entries": {
-                n: {k: e[k] for k in ("variants", "data", "queries", "pairs", "split", "bins")}
-                for n, e in entries.items()
-            },
-            "figures": {name: figures(entries[name], data[name]) for name in entries},
-            "thresholds": thresholds(entries, data),
-        }
-        results["served"] = served_check(repository, data, args.serve_queries)
-        results["seconds"] = round(time.perf_counter() - started, 1)
-        results["missed"] = missed(results)
-        for e in results["entries"].values():  # the tables are in `figures`; keep the JSON readable
-            for v in e["variants"].values():
-                v["held_out"] = {k: x for k, x in v["held_out"].items() if not k.startswith("reliability")}
+        results = run(
+            repository,
+            [name for name, _ in MODELS],
+            [args.data_root / s for s in SETS],
+            queries=args.queries,
+            cache=args.work / "logits",
+            serve_queries=args.serve_queries,
+        )
         json_path.write_text(json.dumps(results, indent=2) + "\n")
     write_plot(results, args.out / "calibration_reliability.png")
     log(f"wrote {write_report(results, args.out / 'calibration.md')}")
