@@ -114,7 +114,7 @@ bench-cascade: install
 # L6 and the L2 stand-ins exported into bench/.work/calibration, each calibrated on SciFact and NFCorpus pooled by the
 # exporter's own step (logits cached in bench/.work/calibration/logits, resumable), held-out ECE/Brier before and
 # after per model and set, the same threshold on both, then both served together in one gateway. BENCH_ARGS:
-# --queries N (per set; default 30), --serve-queries N, --report-only.
+# --queries N (per set; default 60), --serve-queries N, --report-only.
 bench-calibration: install
 	$(PY) -m bench.calibration --models "$(RERANKER_TEST_MODELS)" $(BENCH_ARGS)
 
