@@ -20,16 +20,18 @@ from __future__ import annotations
 
 import json
 import string
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
 
 from gateway.domain import EncodedBatch
 from gateway.errors import InputTooLong, ModelRepositoryError
-from gateway.repository import ModelSpec, PromptTemplate
+from gateway.families import PromptTemplate
+from gateway.repository import ModelSpec, read_families
 
 SUPPORTED_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids", "position_ids"})
 # A BERT word piece rarely spans more than this many characters: documents are cut to
@@ -139,6 +141,20 @@ class PairTokenizer:
         limit = spec.max_length if max_length is None else min(max_length, spec.max_length)
         return cls.from_dir(
             spec.tokenizer_dir, max_length=limit, template=spec.template, padding_side=spec.padding_side
+        )
+
+    @classmethod
+    def from_manifest(
+        cls, tokenizer_dir: Path, manifest: Mapping[str, Any], *, max_length: int
+    ) -> PairTokenizer:
+        """The tokenizer a manifest's family fields describe (template, padding side), read as the gateway reads
+        them: the build step's parity gate encodes its pairs with this before the manifest is written."""
+        fields = read_families(dict(manifest))
+        return cls.from_dir(
+            tokenizer_dir,
+            max_length=max_length,
+            template=fields["template"],
+            padding_side=fields["padding_side"],
         )
 
     @property
