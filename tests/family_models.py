@@ -218,6 +218,39 @@ def build_modernbert(target: Path, *, seed: int = 0, **config: object) -> Path:
     return target
 
 
+def build_tiny_vocab_modernbert(target: Path, *, seed: int = 0) -> Path:
+    """A ModernBERT classifier whose vocabulary has 40 entries (a word-level tokenizer: the specials and 35
+    words, everything else [UNK]): the export must trace it with ids from that vocabulary."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import ModernBertForSequenceClassification, PreTrainedTokenizerFast
+
+    target.mkdir(parents=True, exist_ok=True)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words = ["what", "is", "the", "capital", "of", "france", "paris", "and", "largest", "city", "how", "do",
+             "plants", "make", "food", "use", "light", "water", "sugar", "does", "vitamin", "affect", "bone",
+             "density", "in", "older", "adults", "effect", "on", "risk", "study", "weather", "today", "query",
+             "document"]  # fmt: skip
+    vocab = {token: i for i, token in enumerate([*specials, *words])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+        mask_token="[MASK]", model_max_length=512, model_input_names=["input_ids", "attention_mask"],
+    )  # fmt: skip
+    tokenizer.save_pretrained(target)
+    assert len(tokenizer) == 40
+    torch.manual_seed(seed)
+    model = ModernBertForSequenceClassification(_tiny_modernbert_config(tokenizer))
+    model.eval().save_pretrained(target)
+    _mark(target, family="modernbert")
+    return target
+
+
 def build_modernbert_encoder_only(target: Path, *, seed: int = 0) -> Path:
     """A bare ModernBertModel (no head): the layout of the encoder-only ONNX published beside Ettin."""
     import torch
@@ -291,13 +324,28 @@ def _tiny_decoder(target: Path, config_cls: Any, model_cls: Any, seed: int, **ov
     return target
 
 
-def build_qwen3_reranker(target: Path, *, seed: int = 0, **config: object) -> Path:
+def build_qwen3_reranker(
+    target: Path, *, seed: int = 0, lm_head_std: float | None = None, **config: object
+) -> Path:
     """Qwen3ForCausalLM in the Qwen3-Reranker layout (yes/no at the last token). The folder does not say
     "reranker" unless its name does: export it with --template qwen3-reranker. `config` overrides the tiny
-    shape (bench/families.py builds a Qwen3-0.6B-sized one)."""
+    shape (bench/families.py builds a Qwen3-0.6B-sized one). `lm_head_std`: an untied output layer drawn with
+    this spread, for vocabulary logits as large as a trained deep model's (|logit| ~ lm_head_std x
+    sqrt(hidden_size) after the final RMSNorm)."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    _tiny_decoder(target, Qwen3Config, Qwen3ForCausalLM, seed, **{"head_dim": 16, **config})
+    overrides: dict[str, object] = {"head_dim": 16, **config}
+    if lm_head_std is not None:
+        overrides["tie_word_embeddings"] = False
+    _tiny_decoder(target, Qwen3Config, Qwen3ForCausalLM, seed, **overrides)
+    if lm_head_std is not None:
+        import torch
+
+        model = Qwen3ForCausalLM.from_pretrained(target, dtype=torch.float32)
+        torch.manual_seed(seed + 1)
+        with torch.no_grad():
+            model.lm_head.weight.normal_(0.0, lm_head_std)
+        model.eval().save_pretrained(target)
     _mark(target, family="decoder", template="qwen3-reranker")
     return target
 
@@ -336,10 +384,25 @@ def reference_scores(
     return [float(s) for s in model.predict(list(pairs), batch_size=16, convert_to_numpy=True)]
 
 
+def qwen3_card_input_ids(
+    tokenizer: Any, pairs: Sequence[tuple[str, str]], instruction: str | None, max_length: int = 8192
+) -> list[list[int]]:
+    """The Qwen3-Reranker model card's process_inputs (transformers usage), verbatim in substance: each pair's
+    ids, `max_length` counting the whole prompt."""
+    prefix_tokens = tokenizer.encode(cards.QWEN3_PREFIX, add_special_tokens=False)
+    suffix_tokens = tokenizer.encode(cards.QWEN3_SUFFIX, add_special_tokens=False)
+    texts = [cards.qwen3_format_instruction(instruction, q, d) for q, d in pairs]
+    inputs = tokenizer(
+        texts, padding=False, truncation="longest_first", return_attention_mask=False,
+        max_length=max_length - len(prefix_tokens) - len(suffix_tokens),
+    )  # fmt: skip
+    return [prefix_tokens + ids + suffix_tokens for ids in inputs["input_ids"]]
+
+
 def _qwen3_card_scores(
     folder: Path, pairs: Sequence[tuple[str, str]], instruction: str | None, max_length: int = 8192
 ) -> list[float]:
-    """The Qwen3-Reranker model card's code (transformers usage), verbatim in substance."""
+    """The Qwen3-Reranker model card's code (transformers usage): softmax over [no, yes] at the last token."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -347,18 +410,10 @@ def _qwen3_card_scores(
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     token_false_id = tokenizer.convert_tokens_to_ids(cards.QWEN3_FALSE)
     token_true_id = tokenizer.convert_tokens_to_ids(cards.QWEN3_TRUE)
-    prefix_tokens = tokenizer.encode(cards.QWEN3_PREFIX, add_special_tokens=False)
-    suffix_tokens = tokenizer.encode(cards.QWEN3_SUFFIX, add_special_tokens=False)
-    texts = [cards.qwen3_format_instruction(instruction, q, d) for q, d in pairs]
+    ids = qwen3_card_input_ids(tokenizer, pairs, instruction, max_length)
     scores: list[float] = []
-    for start in range(0, len(texts), 16):
-        inputs = tokenizer(
-            texts[start : start + 16], padding=False, truncation="longest_first",
-            return_attention_mask=False, max_length=max_length - len(prefix_tokens) - len(suffix_tokens),
-        )  # fmt: skip
-        for i, ele in enumerate(inputs["input_ids"]):
-            inputs["input_ids"][i] = prefix_tokens + ele + suffix_tokens
-        batch = tokenizer.pad(inputs, padding=True, return_tensors="pt", max_length=max_length)
+    for start in range(0, len(ids), 16):
+        batch = tokenizer.pad({"input_ids": ids[start : start + 16]}, padding=True, return_tensors="pt")
         with torch.no_grad():
             last = model(**batch).logits[:, -1, :]
             pair = torch.stack([last[:, token_false_id], last[:, token_true_id]], dim=1)
