@@ -221,9 +221,9 @@ class GateBounds:
     `scale` is the largest magnitude the PyTorch reference computed on the parity set before its last
     subtraction: a classifier's logit, a module stack's score, for a decoder the larger of the two vocabulary
     logits whose difference is the score. float32 rounding grows with that magnitude, not with the difference:
-    a deep decoder with yes/no logits near 40 and a difference near 0 misses 1e-4 by rounding alone (measured:
-    1.05e-4 on 8 layers x hidden 1024). 1e-5 is about 100 float32 roundings (6e-8 each) of that magnitude; the
-    MiniLM stand-in's logits (|x| < 11) keep its bound under 2.1e-4 against a measured 5.5e-6.
+    a deep decoder with yes/no logits near 40 misses 1e-4 by rounding alone (measured: 1.05e-4 on 8 layers x
+    hidden 1024). rtol 1e-5 is about 170 float32 unit roundoffs (6e-8) of that magnitude: the MiniLM stand-in
+    (scale 4.8) gets a bound of 1.5e-4 against a measured 4.6e-6, a wrong graph misses by orders of magnitude.
     Decoders take twice that relative part (their table entry): toy Qwen3 layouts with logits near 40 measured
     max |diff| / scale of 2.3e-6 to 4.7e-6 at 2 to 8 layers, and real ones stack 28 and more.
     int8 (dynamic, CPU) and fp16 are judged against the fp32 graph: ranking for int8, numbers and ranking for fp16.
