@@ -393,3 +393,29 @@ def test_dummy_ids_come_from_the_models_own_vocabulary():
     ids = dummy_ids(40, 2, 24)
     assert ids.shape == (2, 24) and int(ids.min()) >= 0 and int(ids.max()) < 40
     assert int(dummy_ids(7, 4, 64).max()) < 7
+
+
+@pytest.mark.slow
+def test_calibration_scores_a_decoder_with_its_prompt(
+    exported: Callable[[str], tuple[Path, dict, str]], folders: dict[str, Path], tmp_path: Path
+):
+    """`--calibration` scores pairs the way the gateway serves them: a decoder inside its prompt template, left
+    padded (the card's scores), not as a bare query/document pair."""
+    import shutil
+
+    from export.calibrate import cpu_logits
+
+    folder, manifest, _ = exported("qwen3")
+    repository = tmp_path / "repo"
+    shutil.copytree(folder, repository / "reranker")
+    # the fp32 graphs only: the comparison below is with PyTorch, exactly
+    fp32_only = {k: v for k, v in manifest["variants"].items() if k in ("fp32", "fp32-opt")}
+    (repository / "reranker" / "manifest.json").write_text(json.dumps({**manifest, "variants": fp32_only}))
+    query = PAIRS[0][0]
+    documents = [PAIRS[0][1], PAIRS[1][1], PAIRS[4][1]]
+    [logits] = cpu_logits(repository, "reranker", [{"query": query, "documents": documents}], None)
+    # the card's own truncation at the exported max_length (the last document is cut to fit 256 tokens)
+    pairs = [(query, d) for d in documents]
+    probabilities = fm.reference_scores(folders["qwen3"], pairs, max_length=manifest["max_length"])
+    expected = [float(np.log(p / (1.0 - p))) for p in probabilities]
+    assert logits == pytest.approx(expected, abs=1e-4)
