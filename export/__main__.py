@@ -40,19 +40,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="prompt template of a decoder reranker (Qwen3ForCausalLM / Qwen2ForCausalLM) whose folder does "
         "not say which it is",
     )
-    parser.add_argument(
-        "--fp32-atol",
-        type=float,
-        default=None,
-        help="parity gate: absolute part of the fp32 bound, max |ONNX - PyTorch| <= atol + rtol x scale, scale "
-        "the largest magnitude of the PyTorch reference (default: the model family's, 1e-4)",
-    )
-    parser.add_argument(
-        "--fp32-rtol",
-        type=float,
-        default=None,
-        help="parity gate: relative part of the fp32 bound (default: the model family's, 1e-5)",
-    )
+    parser.add_argument("--fp32-atol", type=float, help="parity gate: the fp32 bound is max |ONNX - PyTorch| <= "
+                        "atol + rtol x the reference's largest magnitude; atol (default: the family's, 1e-4)")  # fmt: skip
+    parser.add_argument("--fp32-rtol", type=float, help="parity gate: rtol of the fp32 bound (default: the "
+                        "family's, 1e-5; decoders 2e-5)")  # fmt: skip
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
     parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit) of --model")
     parser.add_argument(

@@ -35,7 +35,7 @@ from gateway.cpu_features import cpu_flags as read_cpu_flags
 from gateway.families import positions_after_padding
 
 # The gateway's pair tokenizer: the gate encodes its pairs with the code that will serve them.
-from gateway.tokenization import PairTokenizer
+from gateway.tokenization import tokenizer_from_manifest
 
 SAME_AS_MODEL = ("same", "reranker")
 NO_PREFILTER = ("", "none")
@@ -377,7 +377,7 @@ class _Gate:
         self.source = source
         self.family = source.family
         self.bounds = thresholds.bounds_for(self.family.definition.gate)
-        self.tokenizer = PairTokenizer.from_manifest(
+        self.tokenizer = tokenizer_from_manifest(
             tokenizer_dir, self.family.manifest_fields(), max_length=length
         )
         self.token_ids = token_ids

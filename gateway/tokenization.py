@@ -143,20 +143,6 @@ class PairTokenizer:
             spec.tokenizer_dir, max_length=limit, template=spec.template, padding_side=spec.padding_side
         )
 
-    @classmethod
-    def from_manifest(
-        cls, tokenizer_dir: Path, manifest: Mapping[str, Any], *, max_length: int
-    ) -> PairTokenizer:
-        """The tokenizer a manifest's family fields describe (template, padding side), read as the gateway reads
-        them: the build step's parity gate encodes its pairs with this before the manifest is written."""
-        fields = read_families(dict(manifest))
-        return cls.from_dir(
-            tokenizer_dir,
-            max_length=max_length,
-            template=fields["template"],
-            padding_side=fields["padding_side"],
-        )
-
     @property
     def special_tokens(self) -> int:
         """Tokens of a pair that are neither query nor document text (the template's, for decoders)."""
@@ -289,6 +275,17 @@ class PairTokenizer:
         enc = self._tok.encode(text, add_special_tokens=False)
         body = next((k for k, (a, _) in enumerate(enc.offsets) if a >= end), len(enc.ids))
         return list(enc.ids), body, self._plain_ids(text[end:]) if end < len(text) else []
+
+
+def tokenizer_from_manifest(
+    tokenizer_dir: Path, manifest: Mapping[str, Any], *, max_length: int
+) -> PairTokenizer:
+    """The PairTokenizer a manifest's family fields describe (template, padding side), read as the gateway reads
+    them: the build step's parity gate encodes its pairs with it before the manifest is written."""
+    fields = read_families(dict(manifest))
+    return PairTokenizer.from_dir(
+        tokenizer_dir, max_length=max_length, template=fields["template"], padding_side=fields["padding_side"]
+    )
 
 
 class _DocumentReader:
