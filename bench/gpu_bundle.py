@@ -294,9 +294,6 @@ def converter_versions() -> dict[str, str]:
             versions[dist] = md.version(dist)
         except md.PackageNotFoundError:
             continue
-    import onnxruntime
-
-    versions["onnxruntime imported from"] = str(Path(onnxruntime.__file__).parent.parent)
     return versions
 
 

@@ -175,9 +175,11 @@ def preflight(python: str | None = None, env: dict[str, str] | None = None) -> P
     return result
 
 
-def no_cuda_message(p: Preflight) -> str:
-    lines = ["gpu-check: no CUDA on this machine, so nothing was installed or measured (it never runs on the CPU "
-             "instead). Missing:"]  # fmt: skip
+def no_cuda_message(p: Preflight, unpacked: str | None = None) -> str:
+    """`unpacked`: what the offline path did before it looked (it unpacks first, installing into its own folder)."""
+    done = f"the bundle was unpacked ({unpacked}) but nothing was measured" if unpacked else (
+        "nothing was installed or measured")  # fmt: skip
+    lines = [f"gpu-check: no CUDA on this machine, so {done} (it never runs on the CPU instead). Missing:"]
     lines += [f"  - {m}" for m in p.missing]
     if p.found or p.notes:
         lines.append("Found:")
@@ -612,7 +614,10 @@ def prepare_bundle(args: argparse.Namespace, python: str) -> Prepared:
     env = clean_env([unpacked.site, REPO_ROOT])
     p = preflight(python, env=env)
     if not p.ok:
-        raise Stop(EXIT_NO_CUDA, no_cuda_message(p))
+        installed = unpacked.record["install"]["installed_from_bundle"]
+        raise Stop(
+            EXIT_NO_CUDA, no_cuda_message(p, f"{len(installed)} wheels installed into {unpacked.site}")
+        )
     state = probe_runtimes(python, env)
     if not ort_on_cuda(state):
         raise Stop(EXIT_CUDA_UNUSABLE, cuda_unusable_message(state))
