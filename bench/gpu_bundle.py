@@ -505,7 +505,7 @@ def format_calls(calls: Sequence[Call], tree_bytes: int, piece_bytes: int) -> st
     lines = [
         f"The GPU machine's calls, in order (device tool `run`), back to back: each carries the working tree "
         f"({tree_bytes / MiB:.2f} MiB) and one piece (at most {piece_bytes / MiB:.2f} MiB), within 64 MiB; "
-        f"bench/results/gpu.{{json,md}} and gpu-check.log come back in $OUT:",
+        f"gpu.json, gpu.md and gpu-check.log come back from $OUT (copy the first two into bench/results/):",
     ]
     for number, call in enumerate(calls, 1):
         lines += [

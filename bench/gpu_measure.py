@@ -348,7 +348,7 @@ def placement(path: Path, batch: dict[str, np.ndarray], device: str) -> dict[str
 
     from gateway.backends.onnx_local import make_session
 
-    gateway_session = make_session(path, device=device, threads=1)
+    gateway_session: Any = make_session(path, device=device, threads=1)  # a real InferenceSession
     if device == "cuda":
         check_on_cuda(f"the session of {path.name}", gateway_session.get_providers()[0])
     options = gateway_session.get_provider_options()
