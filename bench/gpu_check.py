@@ -40,6 +40,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -574,7 +575,7 @@ def prepare_online(args: argparse.Namespace, python: str) -> Prepared:
     wheels = Path(args.wheels).resolve() if args.wheels else None
     try:
         install = ensure_gpu_packages(python, wheels)
-    except InstallFailed as exc:
+    except (InstallFailed, OSError, subprocess.SubprocessError) as exc:
         raise Stop(EXIT_INSTALL_FAILED, f"gpu-check: the install failed: {exc}") from exc
     if not ort_on_cuda(install["after"]):
         raise Stop(EXIT_CUDA_UNUSABLE, cuda_unusable_message(install["after"]))
@@ -610,6 +611,15 @@ def prepare_bundle(args: argparse.Namespace, python: str) -> Prepared:
         raise Stop(EXIT_BUNDLE_INVALID, f"gpu-check: the bundle cannot be used: {exc}") from exc
     except InstallError as exc:
         raise Stop(EXIT_INSTALL_FAILED, f"gpu-check: the offline install failed: {exc}") from exc
+    except (
+        OSError,
+        tarfile.TarError,
+        ValueError,
+        KeyError,
+    ) as exc:  # a full disk, a bundle of another layout
+        raise Stop(
+            EXIT_BUNDLE_INVALID, f"gpu-check: unpacking the bundle failed: {type(exc).__name__}: {exc}"
+        ) from exc
     log(f"unpacked in {unpacked.record['seconds']} s: {unpacked.record['install']['installed_from_bundle']}")
     env = clean_env([unpacked.site, REPO_ROOT])
     p = preflight(python, env=env)
@@ -646,7 +656,13 @@ def measure(prepared: Prepared, args: argparse.Namespace, python: str, out: Path
         *(["--baseline", str(prepared.baseline)] if prepared.baseline else []),
     ]  # fmt: skip
     log(f"measuring (at most {max(0, deadline - time.monotonic()):.0f} s): " + " ".join(command[:4]))
-    child = subprocess.Popen(command, cwd=REPO_ROOT, env=prepared.env, start_new_session=True)
+    return run_until(command, prepared.env, deadline)
+
+
+def run_until(command: Sequence[str], env: dict[str, str] | None, deadline: float) -> int:
+    """Run `command` in its own process group; at the deadline the whole group (the memory children too) is
+    killed and -SIGKILL returned."""
+    child = subprocess.Popen(list(command), cwd=REPO_ROOT, env=env, start_new_session=True)
     try:
         return child.wait(timeout=max(1.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:

@@ -17,7 +17,7 @@ import pytest
 from bench_test_data import tiny_scifact
 from fake_wheels import make_wheel
 
-from bench import gpu_bundle, models
+from bench import gpu_bundle, gpu_check, models
 from bench.gpu_bundle import BundleError, MiB, build, join, piece_size, receive, split, unpack, verify_pieces
 from bench.gpu_check import EXIT_NO_CUDA, preflight
 
@@ -237,3 +237,41 @@ def test_a_carried_repository_naming_another_machines_path_is_used_as_it_is(
     assert (
         exports and "--prefilter" in exports[0] and exports[0][exports[0].index("--prefilter") + 1] == "none"
     )
+
+
+def run_check(stash: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "bench.gpu_check",
+        "run",
+        "--bundle",
+        str(stash),
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_a_damaged_bundle_exits_7_naming_the_piece(tiny_bundle: gpu_bundle.Built, tmp_path: Path) -> None:
+    stash = carried(tiny_bundle, tmp_path / "stash")
+    last = stash / tiny_bundle.pieces[-1].name
+    last.write_bytes(last.read_bytes()[:-1])
+    done = run_check(stash, tmp_path)
+    assert done.returncode == gpu_check.EXIT_BUNDLE_INVALID, done.stderr
+    assert f"damaged ['{last.name}']" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_requirement_the_bundle_cannot_meet_exits_6_before_anything_is_installed(
+    tiny_bundle: gpu_bundle.Built, tmp_path: Path
+) -> None:
+    stash = carried(tiny_bundle, tmp_path / "stash")
+    gpu_bundle.extract(join(stash), stash / "unpacked")
+    record_path = stash / "unpacked" / "bundle.json"
+    record = json.loads(record_path.read_text())
+    record["requirements"].append("absent-lib>=1")
+    record_path.write_text(json.dumps(record))
+    done = run_check(stash, tmp_path)
+    assert done.returncode == gpu_check.EXIT_INSTALL_FAILED, done.stderr
+    assert "absent-lib>=1 (the check): the interpreter has none, the bundle carries none" in done.stderr
+    assert "Traceback" not in done.stderr and not (stash / "site" / "bundle_only_lib_mod.py").exists()

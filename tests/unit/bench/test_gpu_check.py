@@ -7,8 +7,10 @@ has CUDA they are skipped: the command would then really install and measure.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import gpu_check
 from bench.gpu_check import EXIT_NO_CUDA, Preflight, no_cuda_message, preflight, write_markdown
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -266,3 +269,47 @@ def test_report_writer_leaves_out_sections_that_did_not_run_and_says_a_run_was_c
     for heading in ("placement", "fp16 vs fp32", "baseline", "out of memory", "## Speed", "## Bare", "memory",
                     "## Triton", "Padded", "failed"):  # fmt: skip
         assert heading not in text
+
+
+def test_at_the_deadline_the_measurement_and_its_children_are_stopped(tmp_path: Path) -> None:
+    marker = tmp_path / "grandchild.pid"
+    code = (
+        "import subprocess, sys, time\n"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"open({str(marker)!r}, 'w').write(str(p.pid))\n"
+        "time.sleep(60)\n"
+    )
+    started = time.monotonic()
+    code_ = gpu_check.run_until([sys.executable, "-c", code], None, time.monotonic() + 2)
+    assert code_ == -signal.SIGKILL and time.monotonic() - started < 15
+    pid = int(marker.read_text())
+    for _ in range(50):  # the grandchild is reaped by init once killed
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the measurement's child {pid} outlived the deadline")
+
+
+def test_a_run_cut_at_the_deadline_reports_what_it_measured_and_exits_9(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    prepared = gpu_check.Prepared(tmp_path, tmp_path, None, None, {})
+    monkeypatch.setattr(gpu_check, "prepare_online", lambda args, python: prepared)
+
+    def cut_short(prepared, args, python, out: Path, deadline: float) -> int:
+        partial = {**synthetic_results(), "complete": False}
+        for section in ("speed", "bare", "memory", "padding", "errors"):
+            del partial[section]
+        (out / "gpu.json").write_text(json.dumps(partial))
+        return -signal.SIGKILL
+
+    monkeypatch.setattr(gpu_check, "measure", cut_short)
+    assert gpu_check.main(["run", "--out", str(out), "--deadline-s", "5"]) == gpu_check.EXIT_TIMED_OUT
+    results = json.loads((out / "gpu.json").read_text())
+    assert results["errors"] == {"deadline": "stopped after --deadline-s 5.0"} and "parity" in results
+    text = (out / "gpu.md").read_text()
+    assert "**Incomplete**" in text and "## fp16 vs fp32" in text and "- deadline: stopped after" in text
