@@ -1,5 +1,7 @@
-"""The offline GPU check's bundle: built here with the registry, carried to a GPU machine that has no network in
-pieces of at most 62 MiB, unpacked there by `make gpu-check GPU_PYTHON=python3 GPU_BUNDLE=DIR`.
+"""The offline GPU check's bundle: built here, carried in pieces to a GPU machine without network, used there.
+
+Built with the registry here, carried in pieces of at most 62 MiB, unpacked there by `make gpu-check
+GPU_PYTHON=python3 GPU_BUNDLE=DIR`.
 
     python -m bench.gpu_bundle build DIR [--model M | --model-repository R] [--data D]   # here; prints the calls
     python -m bench.gpu_bundle receive FROM STASH    # on the GPU machine: verify the carried pieces, move them
@@ -698,6 +700,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     d.add_argument("out")
     args = ap.parse_args(argv)
     from bench.gpu_install import InstallError
+    from bench.models import ExportFailed
 
     try:
         if args.command == "build":
@@ -719,6 +722,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BundleError, InstallError) as exc:
         print(f"gpu-bundle: {exc}", file=sys.stderr)
         return 7
+    except ExportFailed as exc:  # build: the stand-in's export
+        print(f"gpu-bundle: {exc}", file=sys.stderr)
+        return 8
 
 
 if __name__ == "__main__":

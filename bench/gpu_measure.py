@@ -294,7 +294,6 @@ class Bare:
 
 
 async def section_provider(repository: Path, results: dict[str, Any]) -> Any:
-
     settings = settings_for(repository)
     reranker = reranker_for(settings)
     models = await reranker.load()
@@ -629,14 +628,12 @@ def section_bare(bare: Bare, source: str | None, requests: Requests, results: di
                 best = {"pairs_per_s": rate, "batch": b}
         return best
 
-    model = None
+    model, model_error = None, "no baseline weights"
     if source is not None:
         try:
             model = cross_encoder(source, fp16=True, max_length=bare.spec.max_length)
         except Exception as exc:
             model_error = f"{type(exc).__name__}: {str(exc)[:300]}"
-    else:
-        model_error = "no baseline weights"
     for tokens in BARE_TOKENS:
         windows = [w for w in bare.windows(query, texts, max_length=tokens) if len(w.ids) == tokens]
         if not windows:
@@ -685,8 +682,7 @@ def section_bare(bare: Bare, source: str | None, requests: Requests, results: di
 
 
 def section_padding(bare: Bare, requests: Sequence[tuple[str, list[str]]], results: dict[str, Any]) -> None:
-    path = bare.spec.variant_path("fp16") or bare.spec.variant_path("fp32")
-    assert path is not None
+    path = variant_file(bare.spec, "fp16")
     session = cuda_session(path, threads=os.cpu_count() or 1)
     seconds: dict[str, float] = {}
     padded: dict[str, int] = {}
