@@ -128,20 +128,30 @@ bench-soak: install
 	@test -f "$(REPO)/reranker/manifest.json" || $(MAKE) export
 	$(PY) -m bench.soak --model-repository "$(REPO)" --out bench/results/soak.json $(SOAK_ARGS)
 
-# The GPU path in one command (bench/gpu_check.py): on a machine without an NVIDIA GPU and its driver it exits 3
-# at once, before installing anything, saying what is missing. On a GPU machine: the venv, onnxruntime-gpu's
-# CUDA/cuDNN wheels and torch's CUDA build (GPU_WHEELS=DIR: from a folder of wheels, no registry), the export
-# (MODEL/PREFILTER given on the command line, else the ../shared stand-ins when present), then
-# bench/results/gpu.{json,md}: provider, fp16/fp32 parity, the forced CUDA OOM fallback, speed against
-# sentence-transformers torch fp16, GPU memory, padded vs unpadded.
+# The GPU path in one command (bench/gpu_check.py; exit codes in its EXIT_CODES and README). Online, on a GPU
+# machine that reaches the registry: the preflight (no NVIDIA GPU and driver: exit 3 at once, nothing installed),
+# the venv with onnxruntime-gpu's CUDA/cuDNN wheels and torch's CUDA build (GPU_WHEELS=DIR: from a folder of
+# wheels, no registry), the export only when MODEL/PREFILTER are given and the repository was not exported from
+# them, then bench/results/gpu.{json,md} (GPU_OUT). Offline, GPU_BUNDLE=DIR (the pieces of
+# `python -m bench.gpu_bundle build`, received there): no venv and no `make install`: GPU_PYTHON and its own
+# packages, what it lacks installed from the bundle with --no-index, nothing exported. GPU_DEADLINE_S bounds the
+# run (the report of what was measured is written anyway).
 GPU_WHEELS ?=
+GPU_BUNDLE ?=
+GPU_PYTHON ?= $(PYTHON)
+GPU_OUT ?= bench/results
+GPU_DEADLINE_S ?= 480
 gpu-check:
+ifneq ($(GPU_BUNDLE),)
+	$(GPU_PYTHON) -m bench.gpu_check run --bundle "$(GPU_BUNDLE)" --out "$(GPU_OUT)" --deadline-s $(GPU_DEADLINE_S)
+else
 	$(PYTHON) -m bench.gpu_check preflight
 	$(MAKE) install
-	$(PY) -m bench.gpu_check run --model-repository "$(REPO)" \
+	$(PY) -m bench.gpu_check run --model-repository "$(REPO)" --out "$(GPU_OUT)" --deadline-s $(GPU_DEADLINE_S) \
 		$(if $(filter command line environment,$(origin MODEL)),--model "$(MODEL)") \
 		$(if $(filter command line environment,$(origin PREFILTER)),--prefilter "$(PREFILTER)") \
 		$(if $(GPU_WHEELS),--wheels "$(GPU_WHEELS)")
+endif
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .cache/test-repos

@@ -29,8 +29,9 @@ def test_cpu_loads_int8_and_the_prefilter(tiny_model_repository):
 
 
 def test_fp32_precision_loads_an_fp32_variant(tiny_model_repository):
+    # the device pinned: on a CUDA machine the real probe would take the GPU and its fp16 file
     loaded = ModelLoader.from_settings(
-        settings(tiny_model_repository, cpu_precision="fp32", prefilter_name="")
+        settings(tiny_model_repository, cpu_precision="fp32", prefilter_name="", device="cpu")
     )()
     assert loaded.reranker.variant in ("fp32", "fp32-opt") and loaded.prefilter is None
 
