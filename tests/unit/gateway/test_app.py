@@ -6,7 +6,6 @@ import threading
 import pytest
 from fastapi.testclient import TestClient
 
-from gateway.api.admission import WorkRate
 from gateway.api.deps import bound_services
 from gateway.api.dialects.cohere import CohereRerankResponse
 from gateway.api.schemas import RerankResponse
@@ -200,7 +199,7 @@ def test_admission_queues_what_can_finish_in_time_and_refuses_the_rest(make_rera
         second.join(5)
         assert results == {"first": 200, "second": 200}
 
-        admission.rate = WorkRate(initial=10.0)  # 10 tokens a second: no queue can finish within 1 s
+        reranker.models.reranker.meter.reset_to(10.0)  # 10 tokens a second: no queue can finish within 1 s
         release.clear()
         held = post("held", [f"{d} (not cached)" for d in DOCS])
         wait_in_flight(1)
