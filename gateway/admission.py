@@ -28,6 +28,11 @@ from gateway.errors import LimitExceeded, Overloaded, RequestTimedOut
 from gateway.pipeline import Reranker
 from gateway.plan import RequestPlan
 
+# Admit only work that is estimated to finish within this share of its deadline: the estimate counts the
+# runtime's service time, not tokenizing, the HTTP round trip or a machine that slows down meanwhile, and a
+# request refused at once (429) serves its client better than one answered 504 after waiting.
+ADMIT_WITHIN = 0.8
+
 
 @dataclass(frozen=True)
 class AdmissionConfig:
@@ -164,8 +169,9 @@ class Admission:
         if not any(q.in_flight for q in self._queues.values()):
             return
         timeout = queue.config.request_timeout_s
+        budget = ADMIT_WITHIN * timeout
         finish_s = self.finish_seconds(queue, seconds)
-        if finish_s <= timeout:
+        if finish_s <= budget:
             return
         metrics.REJECTED.labels("overloaded", queue.name).inc()
         busy = sum(q.queued_s for q in self._queues.values())
@@ -173,7 +179,7 @@ class Admission:
             f"{self.in_flight} requests hold about {busy:.1f}s of work ({queue.in_flight} of them for "
             f"{queue.name!r}, {queue.queued_s:.1f}s); with this request's {seconds:.1f}s they would not finish "
             f"within request_timeout_s ({timeout}s)",
-            retry_after=finish_s - timeout,  # when enough of the queue has drained; the HTTP layer rounds up
+            retry_after=finish_s - budget,  # when enough of the queue has drained; the HTTP layer rounds up
         )
 
     async def _run(

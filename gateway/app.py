@@ -22,7 +22,14 @@ from gateway.backends.gpu_probe import GpuProbe, NvmlProbe
 from gateway.cache import PairScoreCache
 from gateway.config import Settings
 from gateway.errors import ModelRepositoryError
-from gateway.loading import LoadOptions, Manifests, ModelLoader, describe_repository, read_manifests
+from gateway.loading import (
+    LoadOptions,
+    Manifests,
+    ModelLoader,
+    SessionFactory,
+    describe_repository,
+    read_manifests,
+)
 from gateway.pipeline import PipelineConfig, Reranker, default_pool
 from gateway.registry import ServedModel, ServedModels, describe_pipeline
 from gateway.repository import ModelSpec, read_model_spec
@@ -42,6 +49,7 @@ def build_served_models(
     *,
     prefilter: ModelSpec | None = None,
     gpu_probe: GpuProbe | None = None,
+    cpu_session_factory: SessionFactory | None = None,
 ) -> ServedModels[Reranker]:
     """One pipeline per served model (`manifests`, the default first), each over its own settings, sharing the
     pair cache (keyed by model version), the tokenization threads, the CPU lane (where each model has its
@@ -51,7 +59,7 @@ def build_served_models(
         LoadOptions.for_model(settings, name, spec=_spec(manifests[name]), prefilter_spec=prefilter)
         for name in names
     ]
-    base = ModelLoader(options[0], gpu_probe=gpu_probe)
+    base = ModelLoader(options[0], gpu_probe=gpu_probe, cpu_session_factory=cpu_session_factory)
     cache = PairScoreCache(settings.cache_size, settings.cache_ttl_s)
     pool = default_pool()
     served = []
@@ -67,10 +75,14 @@ def build_served_models(
 
 
 def create_app(
-    settings: Settings, reranker: Reranker | None = None, *, gpu_probe: GpuProbe | None = None
+    settings: Settings,
+    reranker: Reranker | None = None,
+    *,
+    gpu_probe: GpuProbe | None = None,
+    cpu_session_factory: SessionFactory | None = None,
 ) -> FastAPI:
     """The service. `reranker` may be injected (tests build one over their own loader or scorers); it is then
-    the one served model."""
+    the one served model. The GPU probe and the CPU sessions' factory may be injected too (tests)."""
     probe = gpu_probe or NvmlProbe()
     shown: dict[str, ModelSpec | ModelRepositoryError] = {}
     if settings.prefilter_name:
@@ -89,7 +101,9 @@ def create_app(
             settings.prefilter_name,
         )
         prefilter = _spec(shown.get(settings.prefilter_name))
-        models = build_served_models(settings, manifests, prefilter=prefilter, gpu_probe=probe)
+        models = build_served_models(
+            settings, manifests, prefilter=prefilter, gpu_probe=probe, cpu_session_factory=cpu_session_factory
+        )
     cache = models.default.pipeline.cache
     metrics.PROCESS.cache_ratio = lambda: cache.hit_ratio
     metrics.PROCESS.cache_entries = lambda: len(cache)

@@ -416,7 +416,7 @@ class Settings(_ModelSettings, _ModelsFileSettings, _PipelineSettings, _ServingS
             max_length = table.max_length or self.max_length
             if self.chunk_overlap_tokens and max_length and self.chunk_overlap_tokens >= max_length // 2:
                 raise _models_file_error(
-                    f"{where}: model {name!r}: max_length: {max_length} must be over twice "
+                    f"{where}: model {name!r}: max_length: {max_length} must be more than twice "
                     f"chunk_overlap_tokens ({self.chunk_overlap_tokens})"
                 )
 

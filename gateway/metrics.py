@@ -96,6 +96,9 @@ FALLBACKS = Counter(
 LANE_QUEUED = Gauge(
     "reranker_lane_queued_batches", "Batches waiting for the CPU inference lane, per model", ["model"]
 )
+LANE_BATCHES = Counter(
+    "reranker_lane_batches_total", "Batches the CPU inference lane ran, per model", ["model"]
+)
 LANE_BUSY = Counter(
     "reranker_lane_busy_seconds_total",
     "Seconds the CPU inference lane spent on a model's batches (its share of the cores)",

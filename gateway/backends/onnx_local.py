@@ -249,22 +249,30 @@ class FairLane:
             if picked is None:
                 return
             share, job = picked
-            elapsed = 0.0
-            if job.future.set_running_or_notify_cancel():  # False: its caller left while it waited
-                started = time.perf_counter()
-                try:
-                    job.future.set_result((job.fn(job.batch), started - job.submitted))
-                except BaseException as exc:
-                    job.future.set_exception(exc)
-                elapsed = time.perf_counter() - started
-                metrics.LANE_BUSY.labels(share.model).inc(elapsed)
-                self.served.append(share.model)
-            with self._cond:
+            if not job.future.set_running_or_notify_cancel():  # its caller left while it waited
+                with self._cond:
+                    self._running = None
+                continue
+            self.served.append(share.model)
+            started = time.perf_counter()
+            failure: BaseException | None = None
+            try:
+                logits = job.fn(job.batch)
+            except BaseException as exc:
+                failure = exc
+            elapsed = time.perf_counter() - started
+            with self._cond:  # charged before the caller hears back, so its counters are current
                 self._running = None
                 share.served_s += elapsed
                 share.virtual += elapsed / share.weight
-                share.batches += 1 if elapsed else 0
+                share.batches += 1
                 idle = not any(s.queue for s in self._shares.values())
+            metrics.LANE_BUSY.labels(share.model).inc(elapsed)
+            metrics.LANE_BATCHES.labels(share.model).inc()
+            if failure is not None:
+                job.future.set_exception(failure)
+            else:
+                job.future.set_result((logits, started - job.submitted))
             self._since_trim += 1
             if self.trim_when_idle and (idle or self._since_trim >= self.TRIM_EVERY):
                 self._since_trim = 0

@@ -59,7 +59,10 @@ def test_llamaindex_jina_rerank_shows_the_429_message(real_model_repository, tmp
             r = httpx.post(f"{url}/v1/rerank", json=warm, headers=headers, timeout=60)
             assert r.status_code == 200, r.text
             metrics = httpx.get(f"{url}/metrics", timeout=10).text
-            if float(re.search(r"^reranker_work_rate_tokens_per_second (\S+)$", metrics, re.M)[1]) > 0:
+            rate = re.search(
+                r'^reranker_work_rate_tokens_per_second\{model="reranker"\} (\S+)$', metrics, re.M
+            )
+            if rate and float(rate[1]) > 0:  # measured at load (a warm-up); the requests only confirm it
                 break
             warm = {"query": QUERY, "documents": [d + " again" for d in warm["documents"]]}
         statuses: list[int] = []
@@ -73,7 +76,7 @@ def test_llamaindex_jina_rerank_shows_the_429_message(real_model_repository, tmp
             raw = None
             for _ in range(40):  # until the heavy request is admitted and counted (bounded: 4 s)
                 metrics = httpx.get(f"{url}/metrics", timeout=10).text
-                if "reranker_in_flight_requests 1.0" in metrics:
+                if 'reranker_in_flight_requests{model="reranker"} 1.0' in metrics:
                     break
                 threading.Event().wait(0.1)
             raw = httpx.post(

@@ -53,8 +53,13 @@ def test_the_work_of_a_client_that_left_is_stopped(real_model_repository, tmp_pa
         metrics = ""
         for _ in range(20):  # the cancellation is counted within a poll interval (bounded: 2 s)
             metrics = httpx.get(f"{url}/metrics", timeout=10).text
-            if 'reranker_cancelled_requests_total{reason="client_disconnected"} 1.0' in metrics:
+            if (
+                'reranker_cancelled_requests_total{model="reranker",reason="client_disconnected"} 1.0'
+                in metrics
+            ):
                 break
             time.sleep(0.1)
-        assert 'reranker_cancelled_requests_total{reason="client_disconnected"} 1.0' in metrics
+        assert (
+            'reranker_cancelled_requests_total{model="reranker",reason="client_disconnected"} 1.0' in metrics
+        )
         assert gave_up < 3.0

@@ -142,14 +142,14 @@ def test_ops_routes_and_request_id_in_the_log(gateway_process):
         timeout=30,
     )
     assert r.headers["x-request-id"] == "it-req-42"
-    line = r"it-req-42 POST /rerank 200 [\d.]+ms docs=1"
+    line = r"it-req-42 POST /rerank 200 [\d.]+ms model=reranker docs=1"
     for _ in range(40):  # the access line is written after the response is sent (bounded: 2 s)
         if re.search(line, gateway_process.log_text()):
             break
         time.sleep(0.05)
     assert re.search(line, gateway_process.log_text())
     metrics = httpx.get(gateway_process.url + "/metrics").text
-    assert 'reranker_requests_total{method="POST",route="/rerank",status="200"}' in metrics
+    assert 'reranker_requests_total{method="POST",model="reranker",route="/rerank",status="200"}' in metrics
     assert "reranker_process_rss_bytes" in metrics
 
 
