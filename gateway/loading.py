@@ -383,3 +383,23 @@ def describe_repository(manifests: Manifests) -> dict[str, Any]:
                 "variants": sorted(spec.variants),
             }
     return out
+
+
+def missing_models(settings: Settings) -> dict[str, str]:
+    """The folders the settings would serve (the cross-encoders and the prefilter) that the repository lacks,
+    each with why (`python -m gateway check`, which `make serve` runs first)."""
+    repository = settings.model_repository
+    try:
+        manifests = dict(
+            read_manifests(
+                repository, settings.configured_models, settings.model_name, settings.prefilter_name
+            )
+        )
+    except ModelRepositoryError as exc:  # RERANKER_MODELS=all over an empty repository
+        manifests = {settings.model_name: exc}
+    if settings.prefilter_name:
+        try:
+            manifests[settings.prefilter_name] = read_model_spec(repository, settings.prefilter_name)
+        except ModelRepositoryError as exc:
+            manifests[settings.prefilter_name] = exc
+    return {name: spec.message for name, spec in manifests.items() if isinstance(spec, ModelRepositoryError)}

@@ -142,7 +142,7 @@ def test_a_bad_file_is_named(tmp_path, monkeypatch, text, env, problem):
 def test_a_missing_file_fails_the_start_with_status_2(tmp_path, monkeypatch, capsys):
     missing = tmp_path / "nowhere.toml"
     monkeypatch.setenv("RERANKER_MODELS_FILE", str(missing))
-    assert main() == 2
+    assert main([]) == 2
     err = capsys.readouterr().err
     assert f"RERANKER_MODELS_FILE: models file {missing}: cannot be read (No such file or directory)" in err
 
