@@ -9,7 +9,10 @@ with the model's own pair layout) and prices them in seconds at that model's mea
 admits the request when it can finish before its deadline: the model's queued work and its own, plus what the
 other models' queued work takes of the runtime meanwhile under weighted fair sharing, plus one batch already
 running. Otherwise it says no at once (Overloaded -> 429 with Retry-After: when enough will have drained),
-instead of queueing work that would answer 504 after the wait. Admitted requests run at most `max_in_flight`
+instead of queueing work that would answer 504 after the wait. A request whose own work exceeds the deadline,
+however empty the queue, is refused at once too, as a limit (LimitExceeded `request_timeout_s` -> 413: send
+less), unless the model's speed was last measured long ago and nothing of it runs (then it runs, and is
+measured: a speed measured on a busier machine must not lock big requests out for good). Admitted requests run at most `max_in_flight`
 at once per model and the rest wait their turn; the wait counts against the deadline (RequestTimedOut -> 504,
 which now only a misjudged estimate reaches). A cancelled request (its client left) gives back its place and
 its queued work.
@@ -32,6 +35,8 @@ from gateway.plan import RequestPlan
 # runtime's service time, not tokenizing, the HTTP round trip or a machine that slows down meanwhile, and a
 # request refused at once (429) serves its client better than one answered 504 after waiting.
 ADMIT_WITHIN = 0.8
+# A speed measured longer ago than this does not refuse a request the model's empty queue could run.
+STALE_SPEED_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -140,7 +145,7 @@ class Admission:
         seconds = reranker.work_seconds(plans)
         queue.batch_s = reranker.batch_seconds
         if seconds is not None:
-            self._admit(queue, seconds)
+            self._admit(queue, seconds, reranker.speed_age_s())
         charged = seconds or 0.0
         queue.enter(charged)
         timeout = queue.config.request_timeout_s
@@ -163,13 +168,23 @@ class Admission:
         running = max((q.batch_s for q in others), default=0.0)
         return own + shared + running
 
-    def _admit(self, queue: ModelQueue, seconds: float) -> None:
-        """Overloaded unless the work can finish before the model's deadline (a request when nothing at all
-        is queued always runs: it cannot go faster)."""
-        if not any(q.in_flight for q in self._queues.values()):
-            return
+    def _admit(self, queue: ModelQueue, seconds: float, speed_age_s: float | None) -> None:
+        """LimitExceeded when the work alone cannot finish before the model's deadline; Overloaded when it
+        cannot with the work queued before it."""
         timeout = queue.config.request_timeout_s
         budget = ADMIT_WITHIN * timeout
+        if seconds > budget:
+            stale = speed_age_s is None or speed_age_s > STALE_SPEED_S
+            if stale and queue.in_flight == 0:
+                return  # run it: its batches measure the model's speed again
+            metrics.REJECTED.labels("too_large", queue.name).inc()
+            raise LimitExceeded(
+                f"this request is about {seconds:.1f}s of work for {queue.name!r} at its measured speed; it "
+                f"cannot finish within request_timeout_s ({timeout}s) even alone: send fewer or shorter "
+                "documents",
+                limit="request_timeout_s",
+                value=round(timeout),
+            )
         finish_s = self.finish_seconds(queue, seconds)
         if finish_s <= budget:
             return

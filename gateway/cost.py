@@ -30,6 +30,7 @@ class WorkMeter:
         self._until = 0.0  # the end of the latest service interval counted (perf_counter seconds)
         self._batch_s: float | None = None  # a batch's service time, smoothed
         self.batches = 0
+        self.measured_at: float | None = None  # time.monotonic() of the last batch measured
 
     @property
     def measured(self) -> bool:
@@ -62,6 +63,7 @@ class WorkMeter:
         took = finished - started
         self._batch_s = took if self._batch_s is None else 0.8 * self._batch_s + 0.2 * took
         self.batches += 1
+        self.measured_at = time.monotonic()
         if self._busy_s > self.horizon_s:
             self._busy_s /= 2
             self._tokens /= 2
@@ -72,8 +74,9 @@ class WorkMeter:
     def reset_to(self, tokens_per_second: float) -> None:
         """Replace what was measured by a known rate (tests; an operator's figure)."""
         self._tokens, self._busy_s = tokens_per_second, 1.0
+        self.measured_at = time.monotonic()
         metrics.WORK_RATE.labels(self.model).set(tokens_per_second)
 
-    @staticmethod
-    def now() -> float:
-        return time.perf_counter()
+    def age_s(self) -> float | None:
+        """Seconds since the last measurement (None: never measured)."""
+        return None if self.measured_at is None else time.monotonic() - self.measured_at

@@ -129,6 +129,11 @@ class Reranker:
             total += seconds
         return total
 
+    def speed_age_s(self) -> float | None:
+        """Seconds since the cross-encoder's speed was last measured (None: never)."""
+        models = self.slot.models
+        return models.reranker.meter.age_s() if models else None
+
     @property
     def batch_seconds(self) -> float:
         """How long one of this model's batches holds the runtime (another model's batch may wait that long)."""

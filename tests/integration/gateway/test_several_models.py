@@ -90,7 +90,9 @@ max_in_flight = 8
     )
     app = create_app(settings, cpu_session_factory=sessions)
     slow_answers: list[tuple[int, float, str | None]] = []
-    fast_answers: list[tuple[int, float, float]] = []  # status, slow batches while it ran, slow queue at start
+    fast_answers: list[
+        tuple[int, float, float]
+    ] = []  # status, slow batches while it ran, slow queue at start
     stop = threading.Event()
     with ThreadServer(app) as server:
         url = server.url
@@ -100,7 +102,9 @@ max_in_flight = 8
                 while not stop.is_set():
                     started = time.monotonic()
                     r = client.post("/rerank", json={"model": "slow", "query": QUERY, "documents": HEAVY})
-                    slow_answers.append((r.status_code, time.monotonic() - started, r.headers.get("retry-after")))
+                    slow_answers.append(
+                        (r.status_code, time.monotonic() - started, r.headers.get("retry-after"))
+                    )
                     if r.status_code == 429:  # a well-behaved client waits as told (bounded here)
                         stop.wait(min(float(r.headers["retry-after"]), 1.0))
 
@@ -143,6 +147,9 @@ max_in_flight = 8
     # /metrics tells the two models apart
     for model in ("reranker", "prefilter"):
         assert metric(metrics, "reranker_lane_busy_seconds_total", model) > 0
-        assert f'reranker_requests_total{{method="POST",model="{model}",route="/rerank",status="200"}}' in metrics
+        assert (
+            f'reranker_requests_total{{method="POST",model="{model}",route="/rerank",status="200"}}'
+            in metrics
+        )
     assert 'reranker_rejected_requests_total{model="reranker",reason="overloaded"}' in metrics
     assert 'reranker_rejected_requests_total{model="prefilter",reason="overloaded"}' not in metrics

@@ -158,10 +158,13 @@ def test_each_model_is_priced_at_its_own_speed_measured_at_load(tiny_model_repos
 class HeldModel:
     """A served model's pipeline as admission sees it: `seconds` of work per query, held until released."""
 
-    def __init__(self, name: str, seconds: float | None, batch_seconds: float = 0.0) -> None:
+    def __init__(
+        self, name: str, seconds: float | None, batch_seconds: float = 0.0, speed_age_s: float | None = 1.0
+    ) -> None:
         self.name = name
         self.seconds = seconds
         self.batch_seconds = batch_seconds
+        self.age = speed_age_s
         self.loaded = True
         self.release = asyncio.Event()
         self.ran = 0
@@ -174,6 +177,9 @@ class HeldModel:
 
     def work_seconds(self, plans: Sequence[RerankQuery]) -> float | None:
         return None if self.seconds is None else self.seconds * len(plans)
+
+    def speed_age_s(self) -> float | None:
+        return self.age
 
     async def run(self, plans: Sequence[RerankQuery]) -> list[str]:
         await self.release.wait()
@@ -230,19 +236,30 @@ def test_the_finish_time_counts_the_other_models_share_of_the_runtime():
     assert equal.finish_seconds(equal.queue("fast"), 20.0) == pytest.approx(20 + 8 + 0.5)
 
 
-def test_unpriced_work_and_a_lone_request_are_admitted():
+def test_unpriced_work_is_admitted():
     unmeasured = HeldModel("new", seconds=None)
     admission = _admission(unmeasured)
+    unmeasured.release.set()
+    assert asyncio.run(admission.run([RerankQuery(QUERY, DOCS)], unmeasured)) == ["done"]  # type: ignore[arg-type]
+
+
+def test_work_too_large_for_the_deadline_even_alone_is_a_limit_unless_the_speed_is_stale():
+    from gateway.admission import STALE_SPEED_S
+    from gateway.errors import LimitExceeded
+
     huge = HeldModel("huge", seconds=1000.0)
-    alone = _admission(huge)
-
-    async def run():
-        unmeasured.release.set()
-        huge.release.set()
-        q = [RerankQuery(QUERY, DOCS)]
-        return await admission.run(q, unmeasured), await alone.run(q, huge)  # type: ignore[arg-type]
-
-    assert asyncio.run(run()) == (["done"], ["done"])
+    admission = _admission(huge)
+    huge.release.set()
+    q = [RerankQuery(QUERY, DOCS)]
+    with pytest.raises(LimitExceeded) as refused:
+        asyncio.run(admission.run(q, huge))  # type: ignore[arg-type]
+    assert (
+        refused.value.limit == "request_timeout_s"
+        and "send fewer or shorter documents" in refused.value.message
+    )
+    assert huge.ran == 0
+    huge.age = STALE_SPEED_S + 1  # measured long ago, and the model is idle: run it (and measure it again)
+    assert asyncio.run(admission.run(q, huge)) == ["done"]  # type: ignore[arg-type]
 
 
 def test_each_model_has_its_own_limits_and_in_flight_bound():

@@ -27,7 +27,9 @@ ROOT = Path(__file__).resolve().parents[3]
         ({"RERANKER_KEEP": "-1"}, 2, "RERANKER_KEEP"),
     ],
 )
-def test_check_looks_for_the_models_it_will_serve(tiny_model_repository, monkeypatch, capsys, env, status, said):
+def test_check_looks_for_the_models_it_will_serve(
+    tiny_model_repository, monkeypatch, capsys, env, status, said
+):
     monkeypatch.setenv("RERANKER_MODEL_REPOSITORY", str(tiny_model_repository))
     for key, value in env.items():
         monkeypatch.setenv(key, value)
