@@ -235,6 +235,10 @@ class Clients:
                 k += self.size.flood_clients
                 if answer.status == 429 and answer.retry_after:  # told when to come back (at most 2 s here)
                     self._stop_flood.wait(min(float(answer.retry_after), 2.0))
+                elif (
+                    answer.status != 200
+                ):  # refused otherwise (too large for the deadline): not at once again
+                    self._stop_flood.wait(1.0)
 
     def run(self) -> None:
         light = threading.Thread(target=self.light, name="light")
@@ -426,7 +430,7 @@ def markdown(r: dict[str, Any]) -> str:
         f"A light client sends `{small}` {sz['small_docs']} short documents a request (a {sz['pause_s']:.1f} s pause "
         f"between requests), {sz['alone_s']:.0f} s alone, then {sz['flood_s']:.0f} s while {sz['flood_clients']} "
         f"clients flood `{big}` with {sz['big_docs']} x {sz['big_words']}-word documents (closed loop; a 429 waits "
-        "its Retry-After, at most 2 s).",
+        "its Retry-After, at most 2 s; another refusal 1 s).",
         "",
         f"| phase | `{small}` answers | `{small}` p50 | `{small}` p99 | `{small}` max | `{small}` statuses | "
         f"`{big}` statuses | `{big}` p50 of its 200s | slowest 429 | Retry-After told |",
