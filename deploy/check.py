@@ -385,7 +385,9 @@ def mounted_file(r: Rendered, pod: dict[str, Any], container: dict[str, Any], pa
     mount = next((m for m in container.get("volumeMounts", []) if m["mountPath"].rstrip("/") == folder), None)
     if mount is None:
         return None
-    volume = next((v for v in pod["spec"].get("volumes", []) if v["name"] == mount["name"]), {})
+    volume: dict[str, Any] = next(
+        (v for v in pod["spec"].get("volumes", []) if v["name"] == mount["name"]), {}
+    )
     name = volume.get("configMap", {}).get("name")
     config = next((c for c in r.of_kind("ConfigMap") if c["metadata"]["name"] == name), None)
     data = (config or {}).get("data", {})

@@ -11,8 +11,8 @@ other models' queued work takes of the runtime meanwhile under weighted fair sha
 running. Otherwise it says no at once (Overloaded -> 429 with Retry-After: when enough will have drained),
 instead of queueing work that would answer 504 after the wait. A request whose own work exceeds the deadline,
 however empty the queue, is refused at once too, as a limit (LimitExceeded `request_timeout_s` -> 413: send
-less), unless the model's speed was last measured long ago and nothing of it runs (then it runs, and is
-measured: a speed measured on a busier machine must not lock big requests out for good). Admitted requests run at most `max_in_flight`
+less); when that verdict would rest on a speed measured long ago while nothing of the model runs, the model's
+speed is measured again first (a speed measured on a busier machine must not lock big requests out for good). Admitted requests run at most `max_in_flight`
 at once per model and the rest wait their turn; the wait counts against the deadline (RequestTimedOut -> 504,
 which now only a misjudged estimate reaches). A cancelled request (its client left) gives back its place and
 its queued work.
@@ -35,7 +35,7 @@ from gateway.plan import RequestPlan
 # runtime's service time, not tokenizing, the HTTP round trip or a machine that slows down meanwhile, and a
 # request refused at once (429) serves its client better than one answered 504 after waiting.
 ADMIT_WITHIN = 0.8
-# A speed measured longer ago than this does not refuse a request the model's empty queue could run.
+# A speed measured longer ago than this is measured again before it refuses a request as too large.
 STALE_SPEED_S = 60.0
 
 
@@ -143,9 +143,14 @@ class Admission:
             await reranker.load()  # a first request's model load is not scoring time
         plans = reranker.plan(queries)
         seconds = reranker.work_seconds(plans)
+        if seconds is not None and seconds > self._budget(queue) and queue.in_flight == 0:
+            age = reranker.speed_age_s()
+            if age is None or age > STALE_SPEED_S:  # a refusal must not rest on an old figure
+                await reranker.remeasure()
+                seconds = reranker.work_seconds(plans)
         queue.batch_s = reranker.batch_seconds
         if seconds is not None:
-            self._admit(queue, seconds, reranker.speed_age_s())
+            self._admit(queue, seconds)
         charged = seconds or 0.0
         queue.enter(charged)
         timeout = queue.config.request_timeout_s
@@ -168,15 +173,16 @@ class Admission:
         running = max((q.batch_s for q in others), default=0.0)
         return own + shared + running
 
-    def _admit(self, queue: ModelQueue, seconds: float, speed_age_s: float | None) -> None:
+    @staticmethod
+    def _budget(queue: ModelQueue) -> float:
+        return ADMIT_WITHIN * queue.config.request_timeout_s
+
+    def _admit(self, queue: ModelQueue, seconds: float) -> None:
         """LimitExceeded when the work alone cannot finish before the model's deadline; Overloaded when it
         cannot with the work queued before it."""
         timeout = queue.config.request_timeout_s
-        budget = ADMIT_WITHIN * timeout
+        budget = self._budget(queue)
         if seconds > budget:
-            stale = speed_age_s is None or speed_age_s > STALE_SPEED_S
-            if stale and queue.in_flight == 0:
-                return  # run it: its batches measure the model's speed again
             metrics.REJECTED.labels("too_large", queue.name).inc()
             raise LimitExceeded(
                 f"this request is about {seconds:.1f}s of work for {queue.name!r} at its measured speed; it "

@@ -71,6 +71,12 @@ class WorkMeter:
         if rate is not None:
             metrics.WORK_RATE.labels(self.model).set(rate)
 
+    def reset(self) -> None:
+        """Forget what was measured (a new measurement follows)."""
+        self._tokens = self._busy_s = 0.0
+        self._batch_s = None
+        self.measured_at = None
+
     def reset_to(self, tokens_per_second: float) -> None:
         """Replace what was measured by a known rate (tests; an operator's figure)."""
         self._tokens, self._busy_s = tokens_per_second, 1.0

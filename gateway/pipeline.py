@@ -76,6 +76,7 @@ class Reranker:
         self._pool = pool or default_pool()
         self._owns_pool = pool is None
         self._warm_up = warm_up  # measure each stage's speed at load (else the first requests measure it)
+        self._remeasuring = False
         self._active = 0  # foreground rerank calls running; the fidelity sampler yields to them
         self.cascade = Cascade(config.cascade, busy=lambda: self._active > 0, model=config.model)
         self._stages: dict[str, StageScorer] = {}
@@ -113,6 +114,21 @@ class Reranker:
                 )
             rate = stage.stage.meter.per_second
             log.info("%s: %s scores %s tokens/s", self.name, role, f"{rate:.0f}" if rate else "?")
+
+    async def remeasure(self) -> None:
+        """Measure the cross-encoder's speed again, from scratch (admission, before refusing a request on a figure
+        measured long ago). A second caller meanwhile does not wait: the speed is unknown until it is done."""
+        stage = self._stages.get("reranker")
+        if stage is None or self._remeasuring:
+            return
+        self._remeasuring = True
+        try:
+            stage.stage.meter.reset()
+            await stage.warm_up()
+        except Exception as exc:
+            log.warning("%s: measuring its speed again failed (%s)", self.name, exc)
+        finally:
+            self._remeasuring = False
 
     def work_seconds(self, plans: Sequence[RequestPlan]) -> float | None:
         """The plans' estimated runtime seconds at each stage's measured speed; None while a stage they use

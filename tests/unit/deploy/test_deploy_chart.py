@@ -104,7 +104,9 @@ def test_the_models_file_is_mounted_and_validated_as_the_gateway_reads_it(render
     assert env["RERANKER_MODELS_FILE"] == "/etc/reranker/models.toml"
     assert any(m["mountPath"] == "/etc/reranker" and m["readOnly"] for m in gateway["volumeMounts"])
     assert "[models.qwen3]" in r.of_kind("ConfigMap")[0]["data"]["models.toml"]
-    bad = check.scenario_values("values-cpu.yaml", {"gateway": {"modelsFile": "[models.qwen3]\nweight = 0\n"}})
+    bad = check.scenario_values(
+        "values-cpu.yaml", {"gateway": {"modelsFile": "[models.qwen3]\nweight = 0\n"}}
+    )
     problems = check.check_gateway(check.render(bad), routes)
     assert any("model 'qwen3': weight: Input should be greater than 0" in p for p in problems), problems
 

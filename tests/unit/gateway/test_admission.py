@@ -165,6 +165,8 @@ class HeldModel:
         self.seconds = seconds
         self.batch_seconds = batch_seconds
         self.age = speed_age_s
+        self.remeasured = 0
+        self.faster_after_remeasure: float | None = None
         self.loaded = True
         self.release = asyncio.Event()
         self.ran = 0
@@ -180,6 +182,12 @@ class HeldModel:
 
     def speed_age_s(self) -> float | None:
         return self.age
+
+    async def remeasure(self) -> None:
+        self.remeasured += 1
+        self.age = 0.0
+        if self.faster_after_remeasure is not None:
+            self.seconds = self.faster_after_remeasure
 
     async def run(self, plans: Sequence[RerankQuery]) -> list[str]:
         await self.release.wait()
@@ -243,7 +251,7 @@ def test_unpriced_work_is_admitted():
     assert asyncio.run(admission.run([RerankQuery(QUERY, DOCS)], unmeasured)) == ["done"]  # type: ignore[arg-type]
 
 
-def test_work_too_large_for_the_deadline_even_alone_is_a_limit_unless_the_speed_is_stale():
+def test_work_too_large_for_the_deadline_even_alone_is_a_limit_never_judged_on_an_old_speed():
     from gateway.admission import STALE_SPEED_S
     from gateway.errors import LimitExceeded
 
@@ -253,13 +261,16 @@ def test_work_too_large_for_the_deadline_even_alone_is_a_limit_unless_the_speed_
     q = [RerankQuery(QUERY, DOCS)]
     with pytest.raises(LimitExceeded) as refused:
         asyncio.run(admission.run(q, huge))  # type: ignore[arg-type]
-    assert (
-        refused.value.limit == "request_timeout_s"
-        and "send fewer or shorter documents" in refused.value.message
-    )
-    assert huge.ran == 0
-    huge.age = STALE_SPEED_S + 1  # measured long ago, and the model is idle: run it (and measure it again)
+    assert refused.value.limit == "request_timeout_s"
+    assert "send fewer or shorter documents" in refused.value.message
+    assert huge.ran == 0 and huge.remeasured == 0  # a fresh speed: refused at once
+    huge.age = STALE_SPEED_S + 1  # measured long ago, the model idle: measured again before judging
+    with pytest.raises(LimitExceeded):
+        asyncio.run(admission.run(q, huge))  # type: ignore[arg-type]
+    assert huge.remeasured == 1 and huge.ran == 0  # still too large at the new speed
+    huge.age, huge.faster_after_remeasure = STALE_SPEED_S + 1, 2.0  # the machine got faster meanwhile
     assert asyncio.run(admission.run(q, huge)) == ["done"]  # type: ignore[arg-type]
+    assert huge.remeasured == 2
 
 
 def test_each_model_has_its_own_limits_and_in_flight_bound():
@@ -319,3 +330,22 @@ def test_a_failed_warm_up_leaves_the_speed_to_traffic(tiny_model_repository):
 
 def test_pair_options_are_unchanged_by_pricing():
     assert PairOptions(512, 1, 32, True, "right").cache_namespace("v") == "v|512|1|32|right|True|None"
+
+
+def test_a_model_measures_its_speed_again_from_scratch(tiny_model_repository):
+    lane = FairLane("test-lane", trim_when_idle=False)
+    reranker = paced_reranker(tiny_model_repository, lane, "m", 2e-4, warm_up=True)
+
+    async def go():
+        models = await reranker.load()
+        before = models.reranker.meter.per_second
+        models.reranker.scorer.per_token = 2e-5  # type: ignore[attr-defined]  # the machine got 10x faster
+        await reranker.remeasure()
+        return before, models.reranker.meter.per_second, reranker.speed_age_s()
+
+    try:
+        before, after, age = asyncio.run(go())
+    finally:
+        lane.close()
+    assert before is not None and after is not None and after > 3 * before  # not blended with the old figure
+    assert age is not None and age < 60
