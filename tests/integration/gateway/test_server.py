@@ -72,7 +72,9 @@ def test_repeated_request_hits_the_cache(gateway_process):
     assert first.cache_hits == 0 and second.cache_hits == 3 and second.backend == "cache"
     assert [r.index for r in first.results] == [r.index for r in second.results]
     metrics = httpx.get(gateway_process.url + "/metrics").text
-    assert re.search(r'reranker_cache_lookups_total\{model="reranker",result="hit",stage="reranker"\} [1-9]', metrics)
+    assert re.search(
+        r'reranker_cache_lookups_total\{model="reranker",result="hit",stage="reranker"\} [1-9]', metrics
+    )
 
 
 def test_long_document_chunks_find_the_relevant_window(gateway_process):

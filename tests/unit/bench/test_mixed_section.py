@@ -59,7 +59,7 @@ def test_the_report_shows_both_models_apart():
             "big_docs": 20,
             "big_words": 400,
             "pause_s": 0.2,
-        },  # fmt: skip
+        },
         "targets": {"small_p99_flood_s": 1.5},
         "models": {
             "small": {"variant": "int8", "max_length": 512},
