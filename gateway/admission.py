@@ -142,13 +142,14 @@ class Admission:
         if not reranker.loaded:
             await reranker.load()  # a first request's model load is not scoring time
         plans = reranker.plan(queries)
-        seconds = reranker.work_seconds(plans)
+        speed = reranker.speed
+        seconds = speed.seconds(plans)
         if seconds is not None and seconds > self._budget(queue) and queue.in_flight == 0:
-            age = reranker.speed_age_s()
+            age = speed.age_s()
             if age is None or age > STALE_SPEED_S:  # a refusal must not rest on an old figure
-                await reranker.remeasure()
-                seconds = reranker.work_seconds(plans)
-        queue.batch_s = reranker.batch_seconds
+                await speed.remeasure()
+                seconds = speed.seconds(plans)
+        queue.batch_s = speed.batch_seconds
         if seconds is not None:
             self._admit(queue, seconds)
         charged = seconds or 0.0

@@ -4,13 +4,12 @@
 request, `StageScorer` (gateway/scoring.py) scores a stage through the pair cache, `Cascade`
 (gateway/cascade.py) decides keep and survivors, `assemble` (gateway/assembly.py) ranks. Knows neither HTTP
 nor a runtime: the models come from a loader the composition root (gateway/app.py) hands in. With `warm_up`
-the load ends by measuring each stage's speed on synthetic pairs (`StageScorer.warm_up`), which admission
-prices this model's work by from the first request on.
+the load ends by measuring each stage's speed on synthetic pairs (`ModelSpeed`, gateway/speed.py), which
+admission prices this model's work by from the first request on.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -27,8 +26,8 @@ from gateway.domain import PhaseTimes, RerankOutcome, RerankQuery
 from gateway.models import LoadedModels, ModelSlot
 from gateway.plan import PlanLimits, RequestPlan, StageWindows, plan_request
 from gateway.scoring import PairJob, StageResult, StageScorer
+from gateway.speed import ModelSpeed
 
-log = logging.getLogger(__name__)
 Loader = Callable[[], LoadedModels]
 
 
@@ -76,7 +75,7 @@ class Reranker:
         self._pool = pool or default_pool()
         self._owns_pool = pool is None
         self._warm_up = warm_up  # measure each stage's speed at load (else the first requests measure it)
-        self._remeasuring = False
+        self.speed = ModelSpeed(config.model)  # what admission prices this model's work by
         self._active = 0  # foreground rerank calls running; the fidelity sampler yields to them
         self.cascade = Cascade(config.cascade, busy=lambda: self._active > 0, model=config.model)
         self._stages: dict[str, StageScorer] = {}
@@ -94,67 +93,10 @@ class Reranker:
         if not self._stages:  # the first caller back from the (shared) load builds the stage scorers
             self.cascade.calibrated(models.reranker.spec.cascade.get("keep"))
             self._stages = _stage_scorers(models, self.cache, self._pool, self.config)
+            self.speed.attach(models, self._stages)
             if self._warm_up:
-                await self._measure_speed()
+                await self.speed.warm_up()
         return models
-
-    async def _measure_speed(self) -> None:
-        """Each stage's speed on synthetic pairs, unless already measured (the prefilter is shared)."""
-        for role, stage in self._stages.items():
-            if stage.stage.meter.measured:
-                continue
-            try:
-                await stage.warm_up()
-            except Exception as exc:  # a backend that cannot score yet: its first requests measure it
-                log.warning(
-                    "%s: the warm-up of its %s failed (%s); its speed is measured from traffic",
-                    self.name,
-                    role,
-                    exc,
-                )
-            rate = stage.stage.meter.per_second
-            log.info("%s: %s scores %s tokens/s", self.name, role, f"{rate:.0f}" if rate else "?")
-
-    async def remeasure(self) -> None:
-        """Measure the cross-encoder's speed again, from scratch (admission, before refusing a request on a figure
-        measured long ago). A second caller meanwhile does not wait: the speed is unknown until it is done."""
-        stage = self._stages.get("reranker")
-        if stage is None or self._remeasuring:
-            return
-        self._remeasuring = True
-        try:
-            stage.stage.meter.reset()
-            await stage.warm_up()
-        except Exception as exc:
-            log.warning("%s: measuring its speed again failed (%s)", self.name, exc)
-        finally:
-            self._remeasuring = False
-
-    def work_seconds(self, plans: Sequence[RequestPlan]) -> float | None:
-        """The plans' estimated runtime seconds at each stage's measured speed; None while a stage they use
-        is unmeasured (no other model's speed stands in for it)."""
-        models = self.slot.require()
-        total = 0.0
-        for p in plans:
-            seconds = models.reranker.meter.seconds(p.work.reranker)
-            if p.work.prefilter:
-                pre = models.prefilter.meter.seconds(p.work.prefilter) if models.prefilter else None
-                seconds = None if seconds is None or pre is None else seconds + pre
-            if seconds is None:
-                return None
-            total += seconds
-        return total
-
-    def speed_age_s(self) -> float | None:
-        """Seconds since the cross-encoder's speed was last measured (None: never)."""
-        models = self.slot.models
-        return models.reranker.meter.age_s() if models else None
-
-    @property
-    def batch_seconds(self) -> float:
-        """How long one of this model's batches holds the runtime (another model's batch may wait that long)."""
-        models = self.slot.models
-        return max((st.meter.batch_seconds for st in models.stages()), default=0.0) if models else 0.0
 
     async def ready(self) -> bool:
         return await self.slot.ready()

@@ -135,7 +135,9 @@ max_in_flight = 8
     busy = [(ran, queued) for _, ran, queued in fast_answers if queued >= 4]
     assert len(busy) >= 3, f"the slow model's queue was never long: {fast_answers}"
     assert all(ran < queued for ran, queued in busy), busy  # never behind the whole queue
-    assert sorted(ran for ran, _ in busy)[len(busy) // 2] <= 2, busy  # typically behind the running batch only
+    assert sorted(ran for ran, _ in busy)[len(busy) // 2] <= 2, (
+        busy
+    )  # typically behind the running batch only
     assert sum(ran for ran, _ in busy) < sum(queued for _, queued in busy) / 2, busy
 
     statuses = [status for status, _, _ in slow_answers]

@@ -139,9 +139,9 @@ def test_each_model_is_priced_at_its_own_speed_measured_at_load(tiny_model_repos
             await r.load()
         query = [RerankQuery(QUERY, DOCS)]
         return (
-            fast.work_seconds(fast.plan(query)),
-            slow.work_seconds(slow.plan(query)),
-            cold.work_seconds(cold.plan(query)),
+            fast.speed.seconds(fast.plan(query)),
+            slow.speed.seconds(slow.plan(query)),
+            cold.speed.seconds(cold.plan(query)),
         )
 
     try:
@@ -162,7 +162,7 @@ class HeldModel:
         self, name: str, seconds: float | None, batch_seconds: float = 0.0, speed_age_s: float | None = 1.0
     ) -> None:
         self.name = name
-        self.seconds = seconds
+        self.cost = seconds  # per query
         self.batch_seconds = batch_seconds
         self.age = speed_age_s
         self.remeasured = 0
@@ -177,17 +177,21 @@ class HeldModel:
     def plan(self, queries: Sequence[RerankQuery]) -> list[RerankQuery]:
         return list(queries)
 
-    def work_seconds(self, plans: Sequence[RerankQuery]) -> float | None:
-        return None if self.seconds is None else self.seconds * len(plans)
+    def seconds(self, plans: Sequence[RerankQuery]) -> float | None:
+        return None if self.cost is None else self.cost * len(plans)
 
-    def speed_age_s(self) -> float | None:
+    @property
+    def speed(self) -> HeldModel:  # its own speed, as ModelSpeed answers
+        return self
+
+    def age_s(self) -> float | None:
         return self.age
 
     async def remeasure(self) -> None:
         self.remeasured += 1
         self.age = 0.0
         if self.faster_after_remeasure is not None:
-            self.seconds = self.faster_after_remeasure
+            self.cost = self.faster_after_remeasure
 
     async def run(self, plans: Sequence[RerankQuery]) -> list[str]:
         await self.release.wait()
@@ -316,10 +320,10 @@ def test_a_failed_warm_up_leaves_the_speed_to_traffic(tiny_model_repository):
 
         scorer.score = maybe_fail  # type: ignore[method-assign]
         await reranker.load()  # the warm-up fails: logged, the load stands
-        unmeasured = reranker.work_seconds(reranker.plan([RerankQuery(QUERY, DOCS)]))
+        unmeasured = reranker.speed.seconds(reranker.plan([RerankQuery(QUERY, DOCS)]))
         failing.clear()
         await reranker.rerank(RerankQuery(QUERY, DOCS))
-        return unmeasured, reranker.work_seconds(reranker.plan([RerankQuery(QUERY, DOCS)]))
+        return unmeasured, reranker.speed.seconds(reranker.plan([RerankQuery(QUERY, DOCS)]))
 
     try:
         before, after = asyncio.run(go())
@@ -340,8 +344,8 @@ def test_a_model_measures_its_speed_again_from_scratch(tiny_model_repository):
         models = await reranker.load()
         before = models.reranker.meter.per_second
         models.reranker.scorer.per_token = 2e-5  # type: ignore[attr-defined]  # the machine got 10x faster
-        await reranker.remeasure()
-        return before, models.reranker.meter.per_second, reranker.speed_age_s()
+        await reranker.speed.remeasure()
+        return before, models.reranker.meter.per_second, reranker.speed.age_s()
 
     try:
         before, after, age = asyncio.run(go())
