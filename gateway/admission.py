@@ -4,18 +4,19 @@ already queued, the in-flight bound, the deadline. Per served model: each has it
 
 `await admission.run([RerankQuery, ...], reranker)` checks the model's limits (LimitExceeded: documents per
 query, pairs per request), plans the queries on the model (gateway/plan.py: their tokens per stage, counted
-with the model's own pair layout) and prices them in seconds at that model's measured speed
-(gateway/cost.py: measured at load by a warm-up, kept current from its batches; never another model's). It
-admits the request when it can finish before its deadline: the model's queued work and its own, plus what the
-other models' queued work takes of the runtime meanwhile under weighted fair sharing, plus one batch already
-running. Otherwise it says no at once (Overloaded -> 429 with Retry-After: when enough will have drained),
-instead of queueing work that would answer 504 after the wait. A request whose own work exceeds the deadline,
-however empty the queue, is refused at once too, as a limit (LimitExceeded `request_timeout_s` -> 413: send
-less); when that verdict would rest on a speed measured long ago while nothing of the model runs, the model's
-speed is measured again first (a speed measured on a busier machine must not lock big requests out for good). Admitted requests run at most `max_in_flight`
-at once per model and the rest wait their turn; the wait counts against the deadline (RequestTimedOut -> 504,
-which now only a misjudged estimate reaches). A cancelled request (its client left) gives back its place and
-its queued work.
+with the model's own pair layout) and prices them in seconds at that model's measured speed (gateway/speed.py:
+measured at load by a warm-up, kept current from its batches; never another model's). It admits the request
+when it can finish before its deadline: the model's queued work and its own, plus what the other models'
+queued work takes of the runtime meanwhile under weighted fair sharing, plus one batch already running.
+Otherwise it says no at once (Overloaded -> 429 with Retry-After: when enough will have drained), instead of
+queueing work that would answer 504 after the wait. A request whose own work exceeds the deadline, however
+empty the queue, is refused at once too, as a limit (LimitExceeded `request_timeout_s` -> 413: send less);
+when that verdict would rest on a speed measured long ago while nothing of the model runs, the model's speed is
+measured again first (a speed measured on a busier machine must not lock big requests out for good).
+
+Admitted requests run at most `max_in_flight` at once per model and the rest wait their turn; the wait counts
+against the deadline (RequestTimedOut -> 504, which only a misjudged estimate reaches now). A cancelled
+request (its client left) gives back its place and its queued work.
 """
 
 from __future__ import annotations
@@ -127,9 +128,6 @@ class Admission:
     @property
     def in_flight(self) -> int:
         return sum(q.in_flight for q in self._queues.values())
-
-    def check_limits(self, queries: Sequence[RerankQuery], reranker: Reranker | None = None) -> None:
-        self.queue((reranker or self.reranker).name).config.check_limits(queries)
 
     async def run(
         self, queries: Sequence[RerankQuery], reranker: Reranker | None = None
