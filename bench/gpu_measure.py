@@ -545,7 +545,12 @@ def section_oom(repository: Path, requests: Sequence[tuple[str, list[str]]], res
         sessions.append(session)
         return session
 
-    labels = {"from_backend": "onnx-cuda", "to_backend": "onnx-cpu", "reason": "cuda_oom"}
+    labels = {
+        "from_backend": "onnx-cuda",
+        "to_backend": "onnx-cpu",
+        "reason": "cuda_oom",
+        "model": "reranker",
+    }
     before = REGISTRY.get_sample_value("reranker_fallbacks_total", labels) or 0.0
     settings = settings_for(repository, preload=True)
     reranker = reranker_for(settings, session_factory=limited)

@@ -64,7 +64,7 @@ def test_cuda_oom_halves_then_falls_back_to_cpu_and_keeps_serving(tiny_model_rep
         s, gpu_probe=probe(80_000), session_factory=oom_session_factory(ok_rows=0, sessions=sessions)
     )
     reranker = Reranker(PipelineConfig.from_settings(s), loader)
-    before = metrics.FALLBACKS.labels("onnx-cuda", "onnx-cpu", "cuda_oom")._value.get()
+    before = metrics.FALLBACKS.labels("onnx-cuda", "onnx-cpu", "cuda_oom", "reranker")._value.get()
 
     async def go():
         first = await reranker.rerank(RerankQuery(QUERY, DOCS))
@@ -78,7 +78,9 @@ def test_cuda_oom_halves_then_falls_back_to_cpu_and_keeps_serving(tiny_model_rep
     assert sessions[0].calls[:3] == [4, 2, 2]  # the batch, then its halves once
     assert first.backend == second.backend == "onnx-cpu"
     assert len(first.results) == 4
-    assert metrics.FALLBACKS.labels("onnx-cuda", "onnx-cpu", "cuda_oom")._value.get() == before + 4
+    assert (
+        metrics.FALLBACKS.labels("onnx-cuda", "onnx-cpu", "cuda_oom", "reranker")._value.get() == before + 4
+    )
 
 
 def test_missing_repository_is_a_clear_error(tmp_path):
