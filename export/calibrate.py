@@ -81,8 +81,10 @@ def cpu_logits(
     variant, _ = cpu_variant(spec, s.cpu_precision, cpu_flags())
     path = spec.variant_path(variant)
     assert path is not None  # cpu_variant picks only files that exist
-    length = min(s.max_length or spec.max_length, spec.max_length)
-    tokenizer = PairTokenizer.from_spec(spec, max_length=length)
+    length = s.max_length or spec.max_length
+    tokenizer = PairTokenizer.from_spec(
+        spec, max_length=length
+    )  # the template and padding side it serves with
     options = ort.SessionOptions()
     options.intra_op_num_threads = s.intra_op_threads
     session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])

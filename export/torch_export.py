@@ -4,37 +4,39 @@ optimum auto-detects ModernBERT classifiers, sentence-transformers module stacks
 `text-ranking` (or not at all) and fails, or exports them as feature extraction and drops the head. Here
 each family is wrapped in a small torch module whose forward takes the graph's inputs positionally and
 returns `logits` [batch, 1], and torch.onnx (TorchScript exporter: no onnxscript needed) writes it with
-dynamic batch and sequence axes:
+dynamic batch and sequence axes. One builder per score head of the family table (gateway/families.py):
 
-- modernbert:      ModernBertForSequenceClassification(...).logits (eager attention, so no data-dependent
-                   mask shortcut is traced);
-- st-crossencoder: the CrossEncoder's whole module stack (Transformer -> Pooling -> Dense -> LayerNorm ->
-                   Dense), its "scores" output;
-- decoder:         the causal LM's body, the hidden state at the LAST position (left padding: the last real
-                   token of every row) times ONE row, lm_head[positive] - lm_head[negative]: logit(yes) -
-                   logit(no) without a vocabulary-sized output.
+- classifier (modernbert):  *ForSequenceClassification(...).logits (eager attention, so no data-dependent
+                            mask shortcut is traced);
+- module-stack (st-crossencoder): the CrossEncoder's whole module stack (Transformer -> Pooling -> Dense ->
+                            LayerNorm -> Dense), its "scores" output;
+- last-token-difference (decoder): the causal LM's body, the hidden state at the LAST position (left padding:
+                            the last real token of every row) times ONE row, lm_head[positive] -
+                            lm_head[negative]: logit(yes) - logit(no) without a vocabulary-sized output.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from export import onnx_export
 from export.errors import ExportError
-from export.families import Family
+from gateway.families import Family, HeadKind
 
-# Inputs a family's graph takes, in order (the gateway reads them from the graph; XLM-R-like models and
-# ModernBERT have no token_type_ids).
 _DUMMY_LENGTH = 24
 
 
 def input_names(family: Family, folder: Path) -> list[str]:
-    if family.family == "st-crossencoder":
-        return ["input_ids", "attention_mask"] + (["token_type_ids"] if _st_uses_token_types(folder) else [])
-    return ["input_ids", "attention_mask"]
+    """The graph's inputs, in order (the family table's; `token_type_ids` too where the family takes them and
+    the encoder has a type vocabulary)."""
+    names = list(family.definition.inputs)
+    if family.definition.typed_inputs and _uses_token_types(folder):
+        names.append("token_type_ids")
+    return names
 
 
 def export_fp32(
@@ -52,7 +54,7 @@ def export_fp32(
     names = input_names(family, folder)
     wrapper = build_wrapper(family, folder, positive_id, negative_id)
     batch, length = 2, _DUMMY_LENGTH
-    ids = torch.randint(5, 50, (batch, length), dtype=torch.long)
+    ids = dummy_ids(_vocab_size(folder), batch, length)
     mask = torch.ones(batch, length, dtype=torch.long)
     if family.padding_side == "left":
         mask[1, :5] = 0  # a left-padded row, so no all-ones shortcut is traced
@@ -79,26 +81,51 @@ def export_fp32(
     onnx_export.check_plain(output)
 
 
-def build_wrapper(family: Family, folder: Path, positive_id: int | None, negative_id: int | None) -> Any:
+def dummy_ids(vocab_size: int, batch: int, length: int) -> Any:
+    """Token ids to trace the graph with, drawn from the model's own vocabulary (any size, fixed seed)."""
     import torch
 
-    if family.family == "modernbert":
-        from transformers import AutoModelForSequenceClassification
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, vocab_size, (batch, length), dtype=torch.long, generator=generator)
 
-        model = AutoModelForSequenceClassification.from_pretrained(
-            folder, dtype=torch.float32, attn_implementation="eager"
-        ).eval()
-        return _Classifier(model)
-    if family.family == "st-crossencoder":
-        return _ModuleStack(load_st_crossencoder(folder), input_names(family, folder))
-    if family.family == "decoder":
-        if positive_id is None or negative_id is None:
-            raise ExportError("a decoder export needs the positive and negative token ids")
-        from transformers import AutoModelForCausalLM
 
-        lm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager")
-        return _LastTokenLogitDifference(lm.eval(), positive_id, negative_id)
-    raise ExportError(f"no torch exporter for family {family.family!r}")
+def build_wrapper(family: Family, folder: Path, positive_id: int | None, negative_id: int | None) -> Any:
+    """The torch module whose forward takes the graph's inputs positionally and returns `logits` [batch, 1]:
+    the builder of the family's score head."""
+    builder = _WRAPPERS.get(family.head.kind)
+    if builder is None:
+        raise ExportError(f"no torch exporter for the {family.head.kind} head of family {family.family!r}")
+    return builder(family, folder, positive_id, negative_id)
+
+
+def _classifier_wrapper(
+    family: Family, folder: Path, positive_id: int | None, negative_id: int | None
+) -> Any:
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        folder, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    return _Classifier(model)
+
+
+def _module_stack_wrapper(
+    family: Family, folder: Path, positive_id: int | None, negative_id: int | None
+) -> Any:
+    return _ModuleStack(load_st_crossencoder(folder), input_names(family, folder))
+
+
+def _last_token_wrapper(
+    family: Family, folder: Path, positive_id: int | None, negative_id: int | None
+) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if positive_id is None or negative_id is None:
+        raise ExportError("a decoder export needs the positive and negative token ids")
+    lm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager")
+    return _LastTokenLogitDifference(lm.eval(), positive_id, negative_id)
 
 
 def load_st_crossencoder(folder: Path) -> Any:
@@ -117,11 +144,17 @@ def st_scores(model: Any, feed: dict[str, Any]) -> Any:
     return features["scores"]
 
 
-def _st_uses_token_types(folder: Path) -> bool:
+def _uses_token_types(folder: Path) -> bool:
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(folder)
     return int(getattr(config, "type_vocab_size", 0) or 0) > 1
+
+
+def _vocab_size(folder: Path) -> int:
+    from transformers import AutoConfig
+
+    return int(AutoConfig.from_pretrained(folder).vocab_size)
 
 
 def _torch_module() -> Any:
@@ -178,3 +211,10 @@ class _LastTokenLogitDifference(_torch_module()):  # type: ignore[misc]
         hidden = self.body(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
         logits = self.head(hidden[:, -1, :])
         return logits + self.offset if self.offset else logits
+
+
+_WRAPPERS: dict[HeadKind, Callable[[Family, Path, int | None, int | None], Any]] = {
+    "classifier": _classifier_wrapper,
+    "module-stack": _module_stack_wrapper,
+    "last-token-difference": _last_token_wrapper,
+}
