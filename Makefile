@@ -25,7 +25,7 @@ PYTEST_ARGS ?=
 RERANKER_TEST_MODELS ?= $(abspath ../shared/models)
 export RERANKER_TEST_MODELS
 
-.PHONY: install install-serve export serve triton triton-setup triton-stop triton-check test test-fast lint deploy-check bench bench-gateway bench-families bench-cascade bench-mixed bench-soak gpu-check clean
+.PHONY: install install-serve export serve triton triton-setup triton-stop triton-check test test-fast lint deploy-check bench bench-gateway bench-families bench-cascade bench-calibration bench-mixed bench-soak gpu-check clean
 
 # $(call venv_install,EXTRAS): the virtual environment with torch (CPU build from this machine's disk) and
 # the project's extras.
@@ -114,6 +114,14 @@ bench: install
 bench-cascade: install
 	@test -f "$(REPO)/reranker/manifest.json" || $(MAKE) export
 	$(PY) -m bench.cascade --model-repository "$(REPO)" $(BENCH_ARGS)
+
+# Scores that mean the same across models (bench/results/calibration.{md,json} + calibration_reliability.png): the
+# L6 and the L2 stand-ins exported into bench/.work/calibration, each calibrated on SciFact and NFCorpus pooled by the
+# exporter's own step (logits cached in bench/.work/calibration/logits, resumable), held-out ECE/Brier before and
+# after per model and set, the same threshold on both, then both served together in one gateway. BENCH_ARGS:
+# --queries N (per set; default 60), --serve-queries N, --report-only.
+bench-calibration: install
+	$(PY) -m bench.calibration --models "$(RERANKER_TEST_MODELS)" $(BENCH_ARGS)
 
 # Speed and memory per model family alone (bench/results/families.{json,md}): a ModernBERT-base-sized classifier
 # and a Qwen3-0.6B-sized decoder reranker (random weights, the real cost), the gateway in process (fp32, int8)

@@ -1,4 +1,5 @@
-"""CLI: python -m export --model M --prefilter P --output model_repository [--quiet]."""
+"""CLI: python -m export --model M --prefilter P --output model_repository [--score-calibration DIR ...]
+[--quiet]."""
 
 from __future__ import annotations
 
@@ -68,6 +69,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="recall@10 the keep must reach (default: gateway's)",
     )
+    parser.add_argument(
+        "--score-calibration",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a BEIR folder (corpus.jsonl, queries.jsonl, qrels/*.tsv, bm25_top100.jsonl); repeat to pool "
+        "several: fit the model's logit -> P(relevant) map into manifest.json (python -m export.score_calibration "
+        "does it for an exported repository)",
+    )
+    parser.add_argument(
+        "--score-calibration-queries",
+        type=int,
+        default=None,
+        metavar="N",
+        help="a seeded choice of N queries per --score-calibration folder (default: all)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress output (CI)")
     return parser.parse_args(argv)
 
@@ -112,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"calibrated cascade keep {entry['keep']} ({entry['recall_at_10_by_keep']})",
                     file=sys.stderr,
                 )
+        if args.score_calibration:
+            score_calibration(args)
     except ExportError as exc:
         print(f"export failed: {exc}", file=sys.stderr)
         return 1
@@ -119,6 +139,33 @@ def main(argv: list[str] | None = None) -> int:
         for name, manifest in manifests.items():
             print(summary(name, manifest), file=sys.stderr)
     return 0
+
+
+def score_calibration(args: argparse.Namespace) -> None:
+    """Fit the score calibration of the cross-encoder, and of the prefilter when one was exported (the
+    documents it cuts carry its score), on the --score-calibration folders, scored with the exported files
+    themselves at the pair length the gateway serves each at (export/score_calibration.py)."""
+    from export.score_calibration import calibrate_scores, summary_line
+    from gateway.config import Settings
+
+    def progress(message: str) -> None:
+        if not args.quiet:
+            print(f"  {message}", file=sys.stderr, flush=True)
+
+    models = [(args.name, args.max_length)]
+    if (args.output / args.prefilter_name / "manifest.json").is_file():
+        models.append((args.prefilter_name, Settings.model_fields["prefilter_max_length"].default))
+    for name, max_length in models:
+        entry = calibrate_scores(
+            args.output,
+            name,
+            args.score_calibration,
+            max_queries=args.score_calibration_queries,
+            max_length=max_length,
+            progress=progress,
+        )
+        if not args.quiet:
+            print(summary_line(name, entry), file=sys.stderr)
 
 
 def summary(name: str, manifest: dict) -> str:

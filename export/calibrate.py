@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from export.errors import ExportError
 
@@ -48,12 +48,18 @@ def read_calibration(path: Path) -> list[dict[str, Any]]:
 
 
 def cpu_logits(
-    repository: Path, model_name: str, items: list[dict[str, Any]], max_length: int | None
+    repository: Path,
+    model_name: str,
+    items: list[dict[str, Any]],
+    max_length: int | None,
+    *,
+    precision: Literal["int8", "fp32"] = "int8",
 ) -> list[list[float]]:
     """Every (query, document) logit of `items`, per query in document order, computed the way the gateway
-    serves the model on this CPU (`RERANKER_DEVICE=cpu`, int8): the variant it would load, its windows,
-    its batches (one row each for dynamic int8). Reads the manifest and runs ONNX Runtime directly: the
-    build step imports no gateway runtime or server module."""
+    serves the model on this CPU (`RERANKER_DEVICE=cpu`, `RERANKER_CPU_PRECISION=precision`): the variant it
+    would load, its pair tokenizer (template, padding side), windows and batches (one row each for dynamic
+    int8). Reads the manifest and runs ONNX Runtime directly: the build step imports no gateway runtime or
+    server module."""
     import numpy as np
     import onnxruntime as ort
 
@@ -67,7 +73,7 @@ def cpu_logits(
         model_name=model_name,
         prefilter_name="",
         device="cpu",
-        cpu_precision="int8",
+        cpu_precision=precision,
         max_length=max_length,
     )
     spec = read_model_spec(repository, model_name)

@@ -1,4 +1,5 @@
-"""The last step: a plan's scores turned into its ranking (scores, sort, top_n, warnings, usage)."""
+"""The last step: a plan's scores turned into its ranking (score activation or calibrated map, sort, top_n,
+warnings, usage)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 from gateway.cache import CachedScore
 from gateway.domain import RerankOutcome, ScoredDocument, Stage
 from gateway.plan import RequestPlan
+from gateway.repository import ModelSpec, PlattMap
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
@@ -20,6 +22,29 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
 
 
 ACTIVATIONS = {"sigmoid": sigmoid, "identity": lambda x: np.asarray(x, dtype=np.float32)}
+
+
+@dataclass(frozen=True)
+class ScoreActivation:
+    """How one stage's logits become `relevance_score`: the manifest's activation, or for a calibrated model
+    the map fitted at export for the logits it serves, sigmoid(a * logit + b) (a > 0, so the order of the
+    logits is kept; float32 rounding keeps it weakly: never a swap, at most a tie the ranking does not use).
+    `calibrated=False` (the request's `calibrated: false`) gives the plain activation."""
+
+    activation: str = "sigmoid"
+    calibration: PlattMap | None = None
+
+    @classmethod
+    def of(cls, spec: ModelSpec, variant: str) -> ScoreActivation:
+        """The activation of `spec`'s logits as `variant` computes them (int8 or fp32-like: their maps differ)."""
+        calibration = spec.score_calibration.map_for(variant) if spec.score_calibration else None
+        return cls(spec.score_activation, calibration)
+
+    def __call__(self, logits: np.ndarray, *, calibrated: bool = True) -> np.ndarray:
+        if calibrated and self.calibration is not None:
+            x = np.asarray(logits, dtype=np.float32)
+            return sigmoid(np.float32(self.calibration.a) * x + np.float32(self.calibration.b))
+        return ACTIVATIONS[self.activation](logits)
 
 
 @dataclass(frozen=True)
@@ -35,10 +60,16 @@ class StageScores:
 
 
 def assemble(
-    plan: RequestPlan, scores: StageScores, *, model: str, activation: str = "sigmoid"
+    plan: RequestPlan,
+    scores: StageScores,
+    *,
+    model: str,
+    activation: ScoreActivation = ScoreActivation(),
+    prefilter_activation: ScoreActivation | None = None,
 ) -> RerankOutcome:
-    """Rescored documents first (by cross-encoder score), then the ones the prefilter cut (by its score);
-    `relevance_score` is the model's score activation of the logit, in float32."""
+    """Rescored documents first (by cross-encoder logit), then the ones the prefilter cut (by its logit);
+    `relevance_score` is each stage's score activation of its logit, in float32 (a calibrated stage's map
+    unless the query asked for the plain activation). Sorting by the logit keeps ties as the logits have them."""
     q = plan.query
     n = len(q.documents)
     logits = np.empty(n, dtype=np.float32)
@@ -47,7 +78,10 @@ def assemble(
         score = scores.reranker.get(u)
         rescored[i] = score is not None
         logits[i] = score.logit if score is not None else scores.prefilter[u].logit
-    probs = ACTIVATIONS[activation](logits)
+    probs = activation(logits, calibrated=q.calibrated)
+    if not rescored.all():
+        cut = ~rescored
+        probs[cut] = (prefilter_activation or activation)(logits[cut], calibrated=q.calibrated)
     order = sorted(range(n), key=lambda i: (not rescored[i], -logits[i], i))
     top = order if q.top_n is None else order[: q.top_n]
     results = tuple(

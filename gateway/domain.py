@@ -45,6 +45,7 @@ class RerankQuery:
     truncate: bool = True
     truncation_direction: Literal["right", "left"] = "right"
     instruction: str | None = None  # a decoder reranker's task instruction (None: the model's default)
+    calibrated: bool = True  # False: relevance_score is the plain activation even for a calibrated model
 
 
 def validate_query(q: RerankQuery) -> None:
@@ -73,7 +74,7 @@ class ScoredDocument:
 
     index: int
     logit: float
-    relevance_score: float  # sigmoid(logit), computed in float32
+    relevance_score: float  # the score activation of the logit (or the calibrated map), in float32
     stage: Stage  # the last stage that scored it ("prefilter" for documents the prefilter cut)
     chunk: tuple[int, int] | None = None  # character offsets of the winning window, when chunked
 

@@ -198,6 +198,8 @@ class ModelLoader:
             variant=variant,
             token_budget=o.gpu_token_budget if on_gpu else o.token_budget,
             one_row_batches=o.int8_row_batches and is_dynamic_int8(variant) and o.triton is None,
+            # Triton's default config runs model.onnx (fp32; TensorRT fp16 on the GPU): the fp32 logits.
+            primary_variant="fp32" if o.triton is not None else None,
         )
         prefilter = self._prefilter_stage.get(lambda: self._prefilter(report)) if o.prefilter_name else None
         elapsed = time.perf_counter() - started

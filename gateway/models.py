@@ -24,10 +24,17 @@ class ModelStage:
     variant: str  # the ONNX variant the local runtime loaded ("int8", "fp32", "fp16", ...)
     token_budget: int = 512  # padded tokens per batch for this stage's runtime
     one_row_batches: bool = False  # each pair alone: its score must not depend on its neighbours
+    # The variant the primary backend runs when it is not `variant` (Triton's default config: fp32).
+    primary_variant: str | None = None
     meter: WorkMeter = field(init=False)  # this model's speed (gateway/cost.py), labelled by its folder
 
     def __post_init__(self) -> None:
         self.meter = WorkMeter(self.spec.folder.name)
+
+    @property
+    def served_variant(self) -> str:
+        """The variant whose logits this stage answers with (its score calibration map is that one's)."""
+        return self.primary_variant or self.variant
 
     @property
     def max_rows(self) -> int | None:
@@ -44,6 +51,7 @@ class ModelStage:
             "model_max_length": self.spec.max_length,
             "inputs": list(self.spec.input_names),
             "variant": self.variant,
+            **({"primary_variant": self.primary_variant} if self.primary_variant else {}),
             "backend": self.scorer.name,
             "token_budget": self.token_budget,
             "scorer": describe_scorer(self.scorer),

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway import metrics
-from gateway.assembly import StageScores, assemble
+from gateway.assembly import ScoreActivation, StageScores, assemble
 from gateway.cache import CachedScore, PairScoreCache
 from gateway.cascade import Cascade, CascadeConfig
 from gateway.config import Settings
 from gateway.domain import PhaseTimes, RerankOutcome, RerankQuery
-from gateway.models import LoadedModels, ModelSlot
+from gateway.models import LoadedModels, ModelSlot, ModelStage
 from gateway.plan import PlanLimits, RequestPlan, StageWindows, plan_request
 from gateway.scoring import PairJob, StageResult, StageScorer
 from gateway.speed import ModelSpeed
@@ -164,14 +164,21 @@ class Reranker:
         started = time.perf_counter()
         pre_of = {id(p): (pre.per_job[k], pre.cache_hits[k]) for k, p in enumerate(cascaded)} if pre else {}
         scored_by = "+".join(ce.backends)
+        activation = _activation(models.reranker)
+        cut_activation = _activation(models.prefilter) if models.prefilter else None
         outcomes = []
         for k, p in enumerate(plans):
             kept = dict(zip(survivors[id(p)], ce.per_job[k], strict=True))
             prefilter, pre_hits = pre_of.get(id(p), ([], 0))
             backend = scored_by or ("cache" if p.unique else models.reranker.scorer.name)
             scores = StageScores(kept, prefilter, backend, ce.cache_hits[k] + pre_hits, ce.query_truncated[k])
-            spec = models.reranker.spec
-            outcome = assemble(p, scores, model=spec.model_id, activation=spec.score_activation)
+            outcome = assemble(
+                p,
+                scores,
+                model=models.reranker.spec.model_id,
+                activation=activation,
+                prefilter_activation=cut_activation,
+            )
             outcomes.append(outcome)
             self._observe(p, outcome)
             if p.use_prefilter:
@@ -238,6 +245,11 @@ class Reranker:
                 "cache_ttl_s": self.cache.ttl_s,
             },
         }
+
+
+def _activation(stage: ModelStage) -> ScoreActivation:
+    """The stage's score activation: its calibrated map for the logits it serves, else the manifest's."""
+    return ScoreActivation.of(stage.spec, stage.served_variant)
 
 
 def _job(plan: RequestPlan, unique: Sequence[int] | range, *, pre: bool = False) -> PairJob:

@@ -17,20 +17,22 @@ from typing import Generic, Protocol, TypeVar
 
 from gateway.errors import UnknownModel
 from gateway.models import LoadedModels
-from gateway.repository import ModelSpec
+from gateway.repository import CalibrationSummary, ModelSpec
 
 P = TypeVar("P")
 
 
 @dataclass(frozen=True)
 class ModelDescription:
-    """What `/v1/models` says about a served model. `id` is the model's own id (the manifest's `model_id`);
-    `max_tokens_per_pair` is the (query, document) pair length it scores (vLLM's `max_model_len`)."""
+    """What `/v1/models` (and `/info`) say about a served model. `id` is the model's own id (the manifest's
+    `model_id`); `max_tokens_per_pair` is the (query, document) pair length it scores (vLLM's
+    `max_model_len`); `score_calibration` the calibration of the logits it serves, when it has one."""
 
     id: str
     family: str | None = None
     max_tokens_per_pair: int | None = None
     default_instruction: str | None = None
+    score_calibration: CalibrationSummary | None = None  # fitted at export: its scores are P(relevant)
 
 
 Describe = Callable[[], ModelDescription]
@@ -113,8 +115,9 @@ def describe_pipeline(
     family: str | None = None,
     default_instruction: str | None = None,
 ) -> Describe:
-    """A description of a pipeline's cross-encoder: the loaded model's id and pair length (remembered), else
-    the manifest's (`spec`, read at start-up by the composition root), else the folder's name."""
+    """A description of a pipeline's cross-encoder: the loaded model's id, pair length and the calibration of the
+    variant it serves (remembered), else the manifest's (`spec`, read at start-up by the composition root; its
+    calibration is the int8 map's, the CPU's), else the folder's name."""
     known: list[ModelDescription] = []
 
     def describe() -> ModelDescription:
@@ -123,10 +126,20 @@ def describe_pipeline(
         models = pipeline.models
         if models is not None:
             stage = models.reranker
-            known.append(ModelDescription(stage.spec.model_id, family, stage.max_length, default_instruction))
+            calibration = _calibration(stage.spec, stage.served_variant)
+            known.append(
+                ModelDescription(
+                    stage.spec.model_id, family, stage.max_length, default_instruction, calibration
+                )
+            )
             return known[0]
         if spec is not None:
-            return ModelDescription(spec.model_id, family, spec.max_length, default_instruction)
+            calibration = _calibration(spec, None)
+            return ModelDescription(spec.model_id, family, spec.max_length, default_instruction, calibration)
         return ModelDescription(folder, family, None, default_instruction)
 
     return describe
+
+
+def _calibration(spec: ModelSpec, variant: str | None) -> CalibrationSummary | None:
+    return spec.score_calibration.summary(variant) if spec.score_calibration else None

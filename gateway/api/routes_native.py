@@ -10,12 +10,12 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from gateway.api.auth import require_api_key
 from gateway.api.deps import Inference, InferenceDep
 from gateway.api.dialects import tei
-from gateway.api.dialects.common import json_body
+from gateway.api.dialects.common import json_body, openapi_body
 from gateway.api.errors import NATIVE, body_responses, merge_responses
 from gateway.api.schemas import RerankRequest, RerankResponse, native_aliases
 from gateway.errors import RerankError
@@ -29,31 +29,6 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 def is_tei_body(body: Any) -> bool:
     """TEI's body names its documents `texts`; the native shape names them `documents`."""
     return isinstance(body, dict) and "texts" in body and "documents" not in body
-
-
-def openapi_body(*models: type[BaseModel]) -> dict[str, Any]:
-    """`openapi_extra` documenting a body that is any of `models` (inlined, self-contained)."""
-    schemas = [_inline(m.model_json_schema()) for m in models]
-    return {
-        "requestBody": {"required": True, "content": {"application/json": {"schema": {"anyOf": schemas}}}}
-    }
-
-
-def _inline(schema: dict[str, Any]) -> dict[str, Any]:
-    defs = schema.pop("$defs", {})
-
-    def resolve(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#/$defs/"):
-                return resolve(defs[ref.removeprefix("#/$defs/")])
-            return {k: resolve(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [resolve(v) for v in node]
-        return node
-
-    resolved: dict[str, Any] = resolve(schema)
-    return resolved
 
 
 @router.post(

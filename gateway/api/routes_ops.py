@@ -15,7 +15,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway import errors, metrics
 from gateway.api.deps import ServicesDep
 from gateway.api.errors import NATIVE
+from gateway.api.schemas import CalibrationCard
 from gateway.config import Settings
+from gateway.registry import ServedModel
 
 
 @dataclass(frozen=True)
@@ -95,16 +97,28 @@ async def ready(services: ServicesDep) -> JSONResponse:
 
 async def info(services: ServicesDep, facts: OpsFactsDep) -> dict[str, Any]:
     """The default model's pipeline as it describes itself, the repository, the limits, whether keys are on,
-    and every served model as it describes itself (`served_models`: state, backend, device, speed, ...)."""
-    reranker = services.models.default.pipeline
+    and every served model as it describes itself (`served_models`: state, backend, device, speed, ...), each
+    with its score calibration (null: its scores are the plain activation)."""
+    default = services.models.default
+    reranker = default.pipeline
     out = reranker.info()
+    out["score_calibration"] = _calibration(default)
     out["repository"] = facts.repository
     if not reranker.loaded:
         out["manifests"] = services.describe_repository()
     out["limits"] = dict(facts.limits)
     out["auth"] = facts.auth
-    out["served_models"] = {served.name: served.pipeline.info() for served in services.models}
+    out["served_models"] = {
+        served.name: {**served.pipeline.info(), "score_calibration": _calibration(served)}
+        for served in services.models
+    }
     return out
+
+
+def _calibration(served: ServedModel[Any]) -> dict[str, Any] | None:
+    """The model's calibration as `/v1/models` shows it (one wire model for both)."""
+    summary = served.description().score_calibration
+    return None if summary is None else CalibrationCard.of(summary).model_dump()
 
 
 async def prometheus(request: Request) -> Response:

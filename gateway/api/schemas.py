@@ -15,8 +15,25 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.domain import MAX_CHUNKS_PER_DOC, MIN_MAX_LENGTH, RerankOutcome, RerankQuery
 from gateway.errors import EmptyInput, ValidationFailed
+from gateway.repository import CalibrationSummary
 
 MAX_BATCH_QUERIES = 64  # queries in one `/v1/rerank/batch` call
+
+# What every dialect's score field says, and the one request option that changes it (`calibrated`).
+SCORE_DESCRIPTION = (
+    "The model's relevance score, float32: for a model calibrated at export (`/v1/models` shows "
+    "`score_calibration`) the calibrated P(relevant), the same scale across models; otherwise the manifest's "
+    "score activation of the logit (sigmoid: in [0, 1]; identity for a head the manifest says so)."
+)
+CALIBRATED_DESCRIPTION = (
+    "false: the score is the plain score activation of the logit (sigmoid) even for a calibrated model; "
+    "default true: the calibrated probability where the model has one. The ranking is the same either way."
+)
+
+
+def calibrated_field() -> Any:
+    """The request option `calibrated` (one definition for every dialect that carries a score)."""
+    return Field(True, description=CALIBRATED_DESCRIPTION)
 
 
 # --- validation rules, shared by every dialect ------------------------------------------------------
@@ -74,12 +91,52 @@ class RankedItem(BaseModel):
     """
 
     index: int = Field(..., description="Position in the request's `documents`.")
-    relevance_score: float = Field(
-        ...,
-        description="The model's score activation of the logit (sigmoid: in [0, 1]; identity for a head the manifest says so), float32.",
-    )
+    relevance_score: float = Field(..., description=SCORE_DESCRIPTION)
     document: dict[str, Any] | None = Field(None, description="The document as sent (if asked for).")
     chunk: ChunkSpan | None = Field(None, description="Character span of the best window, if chunked.")
+
+
+class HeldOutCard(BaseModel):
+    """The calibration's figures on the held-out half of the queries (ECE over equal-mass bins, Brier), with
+    the plain sigmoid (`_uncalibrated`) and with the map."""
+
+    pairs: int
+    ece: float
+    brier: float
+    ece_uncalibrated: float
+    brier_uncalibrated: float
+
+
+class CalibrationCard(BaseModel):
+    """How a served model's scores were calibrated: `precision` is the map applied (the int8 file's logits
+    or fp32's), `data` the folders it was fitted on, `queries` how many fitted and held out."""
+
+    method: str
+    precision: str | None
+    data: list[str]
+    queries_fitted: int
+    queries_held_out: int
+    held_out: HeldOutCard | None
+
+    @classmethod
+    def of(cls, summary: CalibrationSummary) -> CalibrationCard:
+        held = summary.held_out
+        return cls(
+            method=summary.method,
+            precision=summary.precision,
+            data=list(summary.data),
+            queries_fitted=summary.queries_fitted,
+            queries_held_out=summary.queries_held_out,
+            held_out=None
+            if held is None
+            else HeldOutCard(
+                pairs=held.pairs,
+                ece=held.ece_after,
+                brier=held.brier_after,
+                ece_uncalibrated=held.ece_before,
+                brier_uncalibrated=held.brier_before,
+            ),
+        )
 
 
 class DocumentObject(BaseModel):
@@ -129,6 +186,7 @@ class PipelineOptions(BaseModel):
         description="The task instruction of a decoder reranker (Qwen3-Reranker, mxbai-rerank-v2); default: "
         "the model's (`/v1/models` lists it). Ignored, with a warning, by a model without a prompt template.",
     )
+    calibrated: bool = calibrated_field()
 
 
 # --- native API: POST /rerank ----------------------------------------------------------------------
@@ -158,16 +216,14 @@ class RerankRequest(PipelineOptions):
             truncate=self.truncate,
             truncation_direction=self.truncation_direction,
             instruction=self.instruction,
+            calibrated=self.calibrated,
         )
 
 
 class RerankResult(BaseModel):
     index: int = Field(..., description="Position in the request's `documents`.")
     score: float = Field(..., description="Same as relevance_score (kept for older clients).")
-    relevance_score: float = Field(
-        ...,
-        description="The model's score activation of the logit (sigmoid: in [0, 1]; identity for a head the manifest says so), float32.",
-    )
+    relevance_score: float = Field(..., description=SCORE_DESCRIPTION)
     logit: float = Field(..., description="The raw model output.")
     text: str
     stage: Literal["prefilter", "reranker"] = Field(..., description="The last stage that scored it.")

@@ -32,6 +32,7 @@ from gateway.api.schemas import (
     MAX_BATCH_QUERIES,
     RankedItem,
     Usage,
+    calibrated_field,
     max_chunks_of,
     require_documents,
     top_n_of,
@@ -65,6 +66,7 @@ class BatchRequest(BaseModel):
     rank_fields: list[str] | None = None
     return_documents: bool = False
     max_chunks_per_doc: int | None = None
+    calibrated: bool = calibrated_field()
 
     @model_validator(mode="before")
     @classmethod
@@ -124,6 +126,7 @@ def to_queries(req: BatchRequest) -> list[RerankQuery]:
                     else req.max_chunks_per_doc,
                     field=f"queries[{qi}].max_chunks_per_doc",
                 ),
+                calibrated=req.calibrated,
             )
         )
     return queries

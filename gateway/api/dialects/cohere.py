@@ -1,4 +1,5 @@
-"""Cohere rerank: v2 (`POST /v2/rerank`) and v1 / Jina (`POST /v1/rerank`).
+"""Cohere rerank: v2 (`POST /v2/rerank`) and v1 / Jina / vLLM (`POST /v1/rerank`, which answers Mixedbread's
+body, told apart by its `input` field, in Mixedbread's shape: gateway/api/dialects/mixedbread.py).
 
 Field names are Cohere's (cohere SDK 5.x `RerankResponse`, `V2RerankResponse`, `ApiMeta`). The
 responses also carry `model` and `usage` {prompt_tokens, total_tokens}, so Jina's and vLLM's clients,
@@ -10,15 +11,21 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.api.deps import Inference, InferenceDep
+from gateway.api.dialects import mixedbread
 from gateway.api.dialects.common import (
     apply_aliases,
+    content_documents,
     dialect_route_class,
     document_text,
+    json_body,
     new_id,
+    openapi_body,
+    parse_body,
+    refuse_media,
     search_units,
     truncation_warnings,
 )
@@ -62,7 +69,10 @@ class CohereRerankRequest(PipelineOptions):
     @model_validator(mode="before")
     @classmethod
     def _aliases(cls, data: Any) -> Any:
-        return apply_aliases(data, ALIASES)
+        data = apply_aliases(data, ALIASES)
+        if isinstance(data, dict) and isinstance(data.get("documents"), dict):
+            data = {**data, "documents": content_documents(data["documents"])}  # vLLM's {"content": [...]}
+        return data
 
 
 class ApiVersion(BaseModel):
@@ -137,6 +147,7 @@ def to_query(req: CohereRerankRequest) -> RerankQuery:
         truncate=req.truncate,
         truncation_direction=req.truncation_direction,
         instruction=req.instruction,
+        calibrated=req.calibrated,
     )
 
 
@@ -195,6 +206,7 @@ async def rerank(
     version: Literal["1", "2"],
     default_return_documents: bool,
 ) -> CohereRerankResponse:
+    refuse_media(req.documents, where="documents", model=inference.model(req.model).description().id)
     [outcome] = await inference.run([to_query(req)], model=req.model)
     return render(req, outcome, version=version, default_return_documents=default_return_documents)
 
@@ -215,8 +227,23 @@ async def rerank_v2(body: CohereRerankRequest, inference: InferenceDep) -> Coher
     return await rerank(inference, body, version="2", default_return_documents=False)
 
 
-@v1_router.post("/v1/rerank", summary="Cohere v1 / Jina rerank", **V1_ROUTE)
-async def rerank_v1(body: CohereRerankRequest, inference: InferenceDep) -> CohereRerankResponse:
-    """Cohere v1 / Jina: documents as strings or objects, `rank_fields`, `return_documents` (default
-    false, as Cohere's), `max_chunks_per_doc`."""
+@v1_router.post(
+    "/v1/rerank",
+    summary="Cohere v1 / Jina / vLLM rerank (Mixedbread's body answered as Mixedbread)",
+    **{
+        **V1_ROUTE,
+        "response_model": CohereRerankResponse | mixedbread.MixedbreadRerankResponse,
+        "openapi_extra": openapi_body(CohereRerankRequest, mixedbread.MixedbreadRerankRequest),
+    },
+)
+async def rerank_v1(
+    request: Request, inference: InferenceDep
+) -> CohereRerankResponse | mixedbread.MixedbreadRerankResponse:
+    """Cohere v1 / Jina / vLLM: documents as strings or objects (or vLLM's `{"content": [text parts]}`),
+    `rank_fields`, `return_documents` (default false, as Cohere's), `max_chunks_per_doc`. A body with `input`
+    instead of `documents` is Mixedbread's and gets Mixedbread's answer."""
+    body = await json_body(request)
+    if mixedbread.is_mixedbread_body(body):
+        return await mixedbread.rerank(inference, parse_body(mixedbread.MixedbreadRerankRequest, body))
+    body = parse_body(CohereRerankRequest, body)
     return await rerank(inference, body, version="1", default_return_documents=False)

@@ -13,15 +13,16 @@ import json
 import math
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway.api.errors import ErrorStyle, validation_failed
+from gateway.api.errors import ErrorStyle, validation_failed, validation_message
 from gateway.domain import RerankOutcome
 from gateway.errors import RerankError, Unauthorized, ValidationFailed
 
@@ -99,6 +100,62 @@ def document_text(document: Any, rank_fields: Sequence[str] | None, *, where: st
     return text
 
 
+# vLLM's multimodal documents (vllm/entrypoints/pooling/score/protocol.py `RerankRequest.documents:
+# list[str] | ScoreMultiModalParam`, `ScoreMultiModalParam = {"content": [ScoreContentPartParam, ...]}`,
+# each part one document; a text part is `{"type": "text", "text": ...}`).
+TEXT_PART = "text"
+
+
+def content_documents(value: Any) -> Any:
+    """`{"content": [part, ...]}` as the list of its parts, each a text part's text; other parts (images,
+    video, audio) are kept as they are, for `refuse_media` to name. Anything else is returned unchanged."""
+    if not isinstance(value, dict) or set(value) != {"content"} or not isinstance(value["content"], list):
+        return value
+    return [
+        part["text"]
+        if isinstance(part, dict) and part.get("type") == TEXT_PART and isinstance(part.get("text"), str)
+        else part
+        for part in value["content"]
+    ]
+
+
+def refuse_media(documents: Sequence[Any], *, where: str, model: str) -> None:
+    """A content part that is not text (`image_url`, `image_embeds`, `video_url`, ...) is a 400 naming the
+    text-only model that was asked to score it."""
+    for i, doc in enumerate(documents):
+        if isinstance(doc, dict) and isinstance(doc.get("type"), str) and doc["type"] != TEXT_PART:
+            raise ValidationFailed(
+                f"{where}[{i}] is an {doc['type']!r} part, but the model {model!r} is text-only: "
+                'send text parts ({"type": "text", "text": ...}) or strings'
+            )
+
+
+def openapi_body(*models: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` documenting a body a route reads itself (to dispatch on its shape) as any of
+    `models` (inlined, self-contained)."""
+    schemas = [_inline(m.model_json_schema()) for m in models]
+    return {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {"anyOf": schemas}}}}
+    }
+
+
+def _inline(schema: dict[str, Any]) -> dict[str, Any]:
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
+
+
 def _scalar(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
@@ -123,6 +180,18 @@ def truncation_warnings(outcome: RerankOutcome) -> list[str]:
 def search_units(documents: int) -> int:
     """Cohere's billing unit: one query against up to 100 documents."""
     return max(1, math.ceil(documents / 100))
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_body(model: type[M], body: Any) -> M:
+    """A body a route read itself (to dispatch on its shape) as `model`; a bad one is a ValidationFailed in
+    the one validation-message format."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise ValidationFailed(validation_message(exc.errors())) from None
 
 
 async def json_body(request: Request) -> Any:

@@ -3,7 +3,8 @@ route, gateway/api/routes_native.py, tells the two shapes apart and answers this
 
 TEI answers a bare array `[{index, score, text?}]`, one item per text, sorted by score (LlamaIndex's TEI
 postprocessor asserts one score per node; Haystack's TEI ranker reads `index`/`score`). `raw_scores`
-gives the logit instead of the sigmoid. Usage goes where TEI puts it: `x-compute-tokens` and
+gives the logit instead of the relevance score (calibrated where the model is; `calibrated: false`, not
+TEI's, gives the plain sigmoid). Usage goes where TEI puts it: `x-compute-tokens` and
 `x-compute-characters` headers. Errors are `{"error", "error_type"}` with TEI's type names and TEI's
 statuses (gateway/api/errors.py OVERRIDES["tei"]).
 """
@@ -16,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, RootModel, ValidationError, field_va
 
 from gateway.api.dialects.common import apply_aliases
 from gateway.api.errors import ErrorBody, ErrorStyle, validation_message
-from gateway.api.schemas import max_chunks_of, require_documents, top_n_of
+from gateway.api.schemas import calibrated_field, max_chunks_of, require_documents, top_n_of
 from gateway.domain import RerankOutcome, RerankQuery
 from gateway.errors import EmptyInput, RerankError, ValidationFailed
 
@@ -53,6 +54,7 @@ class TEIRerankRequest(BaseModel):
     top_n: int | None = None
     model: str | None = None
     max_chunks_per_doc: int | None = None
+    calibrated: bool = calibrated_field()
 
     @model_validator(mode="before")
     @classmethod
@@ -91,6 +93,7 @@ def to_query(req: TEIRerankRequest) -> RerankQuery:
         # TEI's default is the server's auto-truncate, which is on here.
         truncate=True if req.truncate is None else req.truncate,
         truncation_direction="left" if req.truncation_direction == "left" else "right",
+        calibrated=req.calibrated,
     )
 
 

@@ -1,10 +1,12 @@
-"""vLLM's pooling API: `POST /score`, `POST /v1/score` and `GET /v1/models`.
+"""vLLM's pooling API: `POST /score`, `POST /v1/score`, and `GET /v1/models` (also `GET /models`, as vLLM).
 
 Score pairs `text_1` x `text_2` (also `queries`/`documents`, `queries`/`items`, `data_1`/`data_2`, as newer
 vLLM accepts): 1:N (one query, many documents) or N:N (pairwise). Pairs are grouped by query, and the
 groups are scored together in one call. The answer keeps pair order:
 `{id, object: "list", created, model, data: [{index, object: "score", score}], usage}`.
-vLLM's `/rerank`, `/v1/rerank` and `/v2/rerank` bodies are Cohere's and are answered by those routes.
+`text_2` may be vLLM's multimodal form `{"content": [{"type": "text", "text": ...}, ...]}` when every part is
+text (another part is a 400 naming the text-only model). vLLM's `/rerank`, `/v1/rerank` and `/v2/rerank`
+bodies are Cohere's and are answered by those routes.
 Errors are vLLM's `{"error": {message, type, param, code}}`, 400 for a bad request
 (gateway/api/errors.py OVERRIDES["vllm"]).
 """
@@ -18,9 +20,9 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.api.deps import InferenceDep, ModelsDep
-from gateway.api.dialects.common import dialect_route_class, new_id
+from gateway.api.dialects.common import content_documents, dialect_route_class, new_id, refuse_media
 from gateway.api.errors import ErrorStyle, body_responses, merge_responses
-from gateway.api.schemas import Usage, require_documents
+from gateway.api.schemas import CalibrationCard, Usage, calibrated_field, require_documents
 from gateway.domain import RerankOutcome, RerankQuery
 from gateway.errors import RerankError, Unauthorized, ValidationFailed
 from gateway.registry import ServedModel
@@ -46,20 +48,25 @@ class ScoreRequest(BaseModel):
 
     model: str | None = None
     text_1: str | list[str]
-    text_2: str | list[str]
+    text_2: str | list[str | dict[str, Any]]  # parts of vLLM's {"content": [...]} other than text are refused
     truncate_prompt_tokens: int | None = Field(None, ge=-1)
     use_activation: bool | None = None
     activation: bool | None = None  # deprecated names of use_activation
     softmax: bool | None = None
+    calibrated: bool = calibrated_field()
 
     @model_validator(mode="before")
     @classmethod
     def _pair_names(cls, data: Any) -> Any:
-        if not isinstance(data, dict) or ("text_1" in data and "text_2" in data):
+        if not isinstance(data, dict):
             return data
-        for first, second in _PAIR_NAMES:
-            if first in data and second in data:
-                return {**data, "text_1": data[first], "text_2": data[second]}
+        if "text_1" not in data or "text_2" not in data:
+            for first, second in _PAIR_NAMES:
+                if first in data and second in data:
+                    data = {**data, "text_1": data[first], "text_2": data[second]}
+                    break
+        if isinstance(data.get("text_2"), dict):
+            data = {**data, "text_2": content_documents(data["text_2"])}  # vLLM's {"content": [parts]}
         return data
 
     @property
@@ -105,6 +112,9 @@ class ModelCard(BaseModel):
     max_model_len: int | None = None
     family: str | None = None
     default_instruction: str | None = None
+    score_calibration: CalibrationCard | None = Field(
+        None, description="Only for a model calibrated at export: its scores are P(relevant)."
+    )
 
 
 class ModelList(BaseModel):
@@ -141,7 +151,7 @@ VLLMRoute = dialect_route_class(STYLE)
 def pairs(req: ScoreRequest) -> list[tuple[str, str]]:
     """(query, document) per pair, in response order: 1:1, 1:N or N:N as vLLM defines them."""
     firsts = [req.text_1] if isinstance(req.text_1, str) else list(req.text_1)
-    seconds = [req.text_2] if isinstance(req.text_2, str) else list(req.text_2)
+    seconds = [req.text_2] if isinstance(req.text_2, str) else [str(d) for d in req.text_2]  # media refused
     require_documents(firsts and seconds, "text_1 and text_2 must not be empty")
     if len(firsts) == 1:
         firsts = firsts * len(seconds)
@@ -168,6 +178,7 @@ def to_queries(req: ScoreRequest) -> tuple[list[RerankQuery], list[list[int]]]:
             keep=0,  # every pair gets the cross-encoder's score, no prefilter cut
             max_length=limit if limit is not None and limit > 0 else None,
             truncate=limit is not None,
+            calibrated=req.calibrated,
         )
         for query, members in groups.items()
     ]
@@ -201,18 +212,23 @@ SCORE_RESPONSES = merge_responses(STYLE.responses(), body_responses())
     "/v1/score", summary="vLLM score (v1 path)", response_model=ScoreResponse, responses=SCORE_RESPONSES
 )
 async def score(body: ScoreRequest, inference: InferenceDep) -> ScoreResponse:
+    model = inference.model(body.model).description().id
+    if not isinstance(body.text_2, str):
+        refuse_media(body.text_2, where="text_2", model=model)
     queries, members = to_queries(body)
     outcomes = await inference.run(queries, model=body.model)
-    return render(body, outcomes, members, model=inference.model(body.model).description().id)
+    return render(body, outcomes, members, model=model)
 
 
-@router.get(
-    "/v1/models",
-    summary="Served models (OpenAI/vLLM list)",
-    response_model=ModelList,
-    response_model_exclude_unset=True,
-    responses=STYLE.responses([Unauthorized]),
-)
+MODELS_ROUTE: dict[str, Any] = {
+    "response_model": ModelList,
+    "response_model_exclude_unset": True,
+    "responses": STYLE.responses([Unauthorized]),
+}
+
+
+@router.get("/v1/models", summary="Served models (OpenAI/vLLM list)", **MODELS_ROUTE)
+@router.get("/models", summary="Served models (vLLM serves the list on both paths)", **MODELS_ROUTE)
 async def models(served: ModelsDep) -> ModelList:
     """Each served model (the default first), then each of its aliases (RERANKER_SERVED_MODEL_NAMES for the
     default: vLLM's --served-model-name), all with the model as `root`: clients that check a name against
@@ -225,10 +241,12 @@ async def models(served: ModelsDep) -> ModelList:
 def model_cards(model: ServedModel[Any], created: int) -> list[ModelCard]:
     """The model's own card, then one per alias; the optional fields only where known (exclude_unset)."""
     described = model.description()
+    calibration = described.score_calibration
     known = {
         "max_model_len": described.max_tokens_per_pair,
         "family": described.family,
         "default_instruction": described.default_instruction,
+        "score_calibration": CalibrationCard.of(calibration) if calibration else None,
     }
     fields: dict[str, Any] = {
         "object": "model",

@@ -222,7 +222,12 @@ def test_a_pipeline_is_described_from_what_it_loaded_else_its_manifest(tiny_mode
     spec = read_model_spec(tiny_model_repository, "reranker")  # what the composition root read once
     from_manifest = describe_pipeline(pipeline, spec, "reranker", family="bert-classifier")
     assert from_manifest() == ModelDescription("tiny-reranker", "bert-classifier", 512, None)
-    stage = SimpleNamespace(spec=SimpleNamespace(model_id="loaded/model"), max_length=256)
+    assert from_manifest().id == "tiny-reranker"  # read once, then remembered
+    stage = SimpleNamespace(
+        spec=SimpleNamespace(model_id="loaded/model", score_calibration=None),
+        max_length=256,
+        served_variant="int8",
+    )
     pipeline.models = SimpleNamespace(reranker=stage)
     assert describe_pipeline(pipeline, None, "reranker")() == ModelDescription("loaded/model", None, 256)
     assert from_manifest() == ModelDescription("loaded/model", "bert-classifier", 256, None)  # once loaded
