@@ -249,14 +249,16 @@ def _decoder(
     chosen_template = TEMPLATES[chosen]
     formula = (
         f"logit({chosen_template.positive_token!r}) - logit({chosen_template.negative_token!r}) at the last "
-        "token (left padding)"
+        "real token"
     )
+    # Right padding: the fused graphs' GroupQueryAttention takes no padding mask (export/fusion.py), and a
+    # right pad is never attended by a real token of a causal model.
     return Family(
         "decoder",
         architecture,
         model_type,
         "torch",
-        "left",
+        "right",
         "last-token",
         "sigmoid",
         formula,

@@ -10,9 +10,12 @@ dynamic batch and sequence axes:
                    mask shortcut is traced);
 - st-crossencoder: the CrossEncoder's whole module stack (Transformer -> Pooling -> Dense -> LayerNorm ->
                    Dense), its "scores" output;
-- decoder:         the causal LM's body, the hidden state at the LAST position (left padding: the last real
-                   token of every row) times ONE row, lm_head[positive] - lm_head[negative]: logit(yes) -
-                   logit(no) without a vocabulary-sized output.
+- decoder:         the causal LM's body, the hidden state at each row's last real token (right padding; a
+                   left-padded row works too) times ONE row, lm_head[positive] - lm_head[negative]:
+                   logit(yes) - logit(no) without a vocabulary-sized output.
+
+`export_fused` writes the same function through the dynamo exporter and onnxscript's ONNX Runtime fusions
+(export/fusion.py): the fp32-opt file of these families.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
-from export import onnx_export
+from export import fusion, onnx_export
 from export.errors import ExportError
 from export.families import Family
+from export.fusion import FusedGraph
 
 # Inputs a family's graph takes, in order (the gateway reads them from the graph; XLM-R-like models and
 # ModernBERT have no token_type_ids).
@@ -51,15 +56,7 @@ def export_fp32(
 
     names = input_names(family, folder)
     wrapper = build_wrapper(family, folder, positive_id, negative_id)
-    batch, length = 2, _DUMMY_LENGTH
-    ids = torch.randint(5, 50, (batch, length), dtype=torch.long)
-    mask = torch.ones(batch, length, dtype=torch.long)
-    if family.padding_side == "left":
-        mask[1, :5] = 0  # a left-padded row, so no all-ones shortcut is traced
-    else:
-        mask[1, -5:] = 0
-    dummy = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
-    args = tuple(dummy[n] for n in names)
+    args = dummy_inputs(family, names)
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes["logits"] = {0: "batch"}
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=".torch-onnx-") as tmp:
@@ -79,14 +76,60 @@ def export_fp32(
     onnx_export.check_plain(output)
 
 
-def build_wrapper(family: Family, folder: Path, positive_id: int | None, negative_id: int | None) -> Any:
+def dummy_inputs(family: Family, names: Sequence[str]) -> tuple[Any, ...]:
+    """Example inputs to trace: 2 rows, the second padded on the family's side (so no all-ones shortcut)."""
+    import torch
+
+    batch, length = 2, _DUMMY_LENGTH
+    ids = torch.randint(5, 50, (batch, length), dtype=torch.long)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    if family.padding_side == "left":
+        mask[1, :5] = 0
+    else:
+        mask[1, -5:] = 0
+    dummy = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    return tuple(dummy[n] for n in names)
+
+
+def export_fused(
+    family: Family,
+    folder: Path,
+    output: Path,
+    *,
+    positive_id: int | None,
+    negative_id: int | None,
+) -> FusedGraph:
+    """Write output: the family's graph fused for ONNX Runtime (export.fusion), same inputs and outputs as
+    export_fp32's; ExportError when the family has no recipe or the fusions did not happen."""
+    import torch
+
+    recipe = fusion.recipe_for(family.family)
+    if recipe is None:
+        raise ExportError(f"no fusion recipe for family {family.family!r}")
+    names = input_names(family, folder)
+    wrapper = build_wrapper(family, folder, positive_id, negative_id, recipe.attn_implementation)
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    shapes = tuple({0: batch, 1: sequence} for _ in names)
+    return fusion.export_fused(
+        wrapper, dummy_inputs(family, names), output, recipe,
+        input_names=names, output_names=["logits"], dynamic_shapes=shapes,
+    )  # fmt: skip
+
+
+def build_wrapper(
+    family: Family,
+    folder: Path,
+    positive_id: int | None,
+    negative_id: int | None,
+    attn_implementation: str = "eager",
+) -> Any:
     import torch
 
     if family.family == "modernbert":
         from transformers import AutoModelForSequenceClassification
 
         model = AutoModelForSequenceClassification.from_pretrained(
-            folder, dtype=torch.float32, attn_implementation="eager"
+            folder, dtype=torch.float32, attn_implementation=attn_implementation
         ).eval()
         return _Classifier(model)
     if family.family == "st-crossencoder":
@@ -96,7 +139,9 @@ def build_wrapper(family: Family, folder: Path, positive_id: int | None, negativ
             raise ExportError("a decoder export needs the positive and negative token ids")
         from transformers import AutoModelForCausalLM
 
-        lm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager")
+        lm = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=torch.float32, attn_implementation=attn_implementation
+        )
         return _LastTokenLogitDifference(lm.eval(), positive_id, negative_id)
     raise ExportError(f"no torch exporter for family {family.family!r}")
 
@@ -136,7 +181,8 @@ class _Classifier(_torch_module()):  # type: ignore[misc]
         self.model = model
 
     def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        positions = row_positions(input_ids)
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits
 
 
 class _ModuleStack(_torch_module()):  # type: ignore[misc]
@@ -175,6 +221,29 @@ class _LastTokenLogitDifference(_torch_module()):  # type: ignore[misc]
         keep = causal[None, None, :, :] & attention_mask[:, None, None, :].bool()
         blocked = torch.finfo(torch.float32).min
         mask = torch.zeros(keep.shape, dtype=torch.float32).masked_fill(~keep, blocked)
-        hidden = self.body(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
-        logits = self.head(hidden[:, -1, :])
+        hidden = self.body(
+            input_ids=input_ids, attention_mask=mask, position_ids=row_positions(input_ids), use_cache=False
+        ).last_hidden_state
+        logits = self.head(last_real(hidden, attention_mask))
         return logits + self.offset if self.offset else logits
+
+
+def row_positions(input_ids: Any, start: Any = 0) -> Any:
+    """Position ids [batch, sequence] counting from `start` in every row: explicit per row, because ONNX
+    Runtime's fused RotaryEmbedding and GroupQueryAttention read one row of positions per batch row."""
+    import torch
+
+    batch, length = input_ids.shape
+    positions = torch.arange(length, device=input_ids.device, dtype=torch.long) + start
+    return positions[None, :].expand(batch, length)
+
+
+def last_real(hidden: Any, attention_mask: Any) -> Any:
+    """Each row's hidden state at its last real token [batch, hidden], whichever side it was padded on:
+    the largest position whose mask is 1."""
+    import torch
+
+    positions = torch.arange(hidden.shape[1], device=hidden.device, dtype=attention_mask.dtype)
+    last = (attention_mask * positions[None, :]).amax(dim=1)
+    index = last[:, None, None].expand(-1, 1, hidden.shape[2])
+    return hidden.gather(1, index).squeeze(1)

@@ -51,7 +51,7 @@ def test_families_are_detected_from_the_folder(folders: dict[str, Path]):
     assert (st.pooling, st.activation) == ("cls", "sigmoid")
     assert st.manifest_fields()["sentence_transformers"]["layout_matched"] == ST_LAYOUT_VERSION
     qwen3 = resolve_source(str(folders["qwen3"]), template="qwen3-reranker").family
-    assert (qwen3.family, qwen3.padding_side, qwen3.pooling) == ("decoder", "left", "last-token")
+    assert (qwen3.family, qwen3.padding_side, qwen3.pooling) == ("decoder", "right", "last-token")
     assert qwen3.template is not None and qwen3.template.positive_token == "yes"
 
 
@@ -200,7 +200,7 @@ def test_family_exports_and_matches_pytorch(
         architecture,
         pooling,
     )
-    assert manifest["padding_side"] == ("left" if family == "decoder" else "right")
+    assert manifest["padding_side"] == "right"
     assert manifest["score"]["activation"] == "sigmoid"
     assert manifest["outputs"] == [{"name": "logits", "dtype": "float32"}]
     assert [i["name"] for i in manifest["inputs"]] == ["input_ids", "attention_mask"]

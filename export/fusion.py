@@ -1,0 +1,197 @@
+"""Fused fp32 graphs for the families ONNX Runtime's own optimizer does not know (ModernBERT, Qwen2/Qwen3
+decoders): a dynamo export (`torch.onnx.export(..., dynamo=True)`) rewritten by onnxscript's ONNX Runtime
+fusions (`onnxscript.rewriter.ort_fusions.optimize_for_ort`) into com.microsoft contrib ops.
+
+What the rewriter turns the graphs into (counts per graph in the manifest's `optimizations`):
+
+- decoders:   GroupQueryAttention (grouped-query attention with the rotary embedding inside, `do_rotary`),
+              SimplifiedLayerNormalization (RMSNorm, also Qwen3's per-head q/k norms) and
+              SkipSimplifiedLayerNormalization (RMSNorm with the residual add);
+- ModernBERT: MultiHeadAttention (its local/global sliding window stays an attention bias), RotaryEmbedding,
+              Gelu (the GeGLU's activation).
+
+The recipe per family is data (`FusionRecipe`: which fusions must have happened, or the file would run as
+many small nodes and is not worth keeping). onnxscript's GQA rewrite assumes onnxruntime-genai's inputs: it
+drops the padding mask and takes each row's length from its position ids. Our decoder graphs are therefore
+right-padded and read the score at each row's last real token, so that right pads are never attended by a
+real token (causal) and the dropped mask changes nothing; the gate checks it (fused vs PyTorch).
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from export import onnx_export
+from export.errors import ExportError
+
+# Dynamo export opset: the rewriter's contrib ops sit beside opset-18 standard ops (LayerNormalization >= 17).
+FUSED_OPSET = 18
+
+
+@dataclass(frozen=True)
+class FusionRecipe:
+    """How one family's fused graph is made and what must have been fused for it to be kept.
+
+    attn_implementation: the transformers attention the dynamo export traces (eager: plain MatMul/Softmax
+    nodes, the form the rewriter matches). required: fusion-count keys of optimize_for_ort that must be > 0.
+    """
+
+    attn_implementation: str
+    required: tuple[str, ...]
+    description: str
+
+
+RECIPES: dict[str, FusionRecipe] = {
+    "decoder": FusionRecipe(
+        "eager",
+        ("gqa", "skip_rms_normalization", "rms_normalization"),
+        "GroupQueryAttention (rotary inside), SkipSimplifiedLayerNormalization, SimplifiedLayerNormalization",
+    ),
+    "modernbert": FusionRecipe(
+        "eager",
+        ("sdpa_via_mha", "rotary_embedding"),
+        "MultiHeadAttention (sliding-window bias), RotaryEmbedding, Gelu",
+    ),
+}
+
+
+def recipe_for(family: str) -> FusionRecipe | None:
+    return RECIPES.get(family)
+
+
+@dataclass(frozen=True)
+class FusedGraph:
+    """What `fuse_to_file` wrote: the fusions applied and the contrib ops the graph now runs."""
+
+    fusions: dict[str, int]
+    contrib_ops: dict[str, int]
+
+    def manifest(self, recipe: FusionRecipe) -> dict[str, Any]:
+        return {
+            "library": _library_versions(),
+            "method": "torch.onnx.export(dynamo=True) + onnxscript ort_fusions.optimize_for_ort",
+            "fusions": self.fusions,
+            "contrib_ops": self.contrib_ops,
+            "recipe": recipe.description,
+        }
+
+
+def dynamo_export(
+    module: Any,
+    args: tuple[Any, ...],
+    *,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_shapes: Any,
+) -> Any:
+    """The module as an onnx_ir Model (dynamo exporter, opset FUSED_OPSET, weights kept in memory)."""
+    import torch
+
+    try:
+        with onnx_export._muted(True), torch.inference_mode():
+            program = torch.onnx.export(
+                module, args, dynamo=True, input_names=list(input_names), output_names=list(output_names),
+                dynamic_shapes=dynamic_shapes, opset_version=FUSED_OPSET, optimize=True, verbose=False,
+            )  # fmt: skip
+    except Exception as exc:
+        raise ExportError(f"dynamo export failed: {type(exc).__name__}: {exc}") from exc
+    return program.model
+
+
+def fuse(model: Any, recipe: FusionRecipe) -> FusedGraph:
+    """Rewrite `model` (onnx_ir) in place with ONNX Runtime's fusions; ExportError when the recipe's fusions
+    did not all happen (the graph would run unfused)."""
+    from onnxscript.rewriter.ort_fusions import optimize_for_ort
+
+    try:
+        with onnx_export._muted(True):
+            _, counts = optimize_for_ort(model, clear_metadata=True)
+    except Exception as exc:
+        raise ExportError(f"ONNX Runtime fusion failed: {type(exc).__name__}: {exc}") from exc
+    missing = [key for key in recipe.required if not counts.get(key)]
+    if missing:
+        raise ExportError(
+            f"onnxscript's ORT fusions did not fuse {', '.join(missing)} (applied: "
+            f"{ {k: v for k, v in counts.items() if v} }): the graph would run as unfused nodes"
+        )
+    ops: dict[str, int] = {}
+    for node in model.graph.all_nodes():
+        if node.domain == "com.microsoft":
+            ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    return FusedGraph({k: int(v) for k, v in counts.items() if v}, dict(sorted(ops.items())))
+
+
+def save(model: Any, output: Path) -> None:
+    """Save an onnx_ir Model as output, its weights in `<output>.data` when they pass the protobuf limit."""
+    import onnx_ir as ir
+
+    data = output.with_name(output.name + ".data")
+    data.unlink(missing_ok=True)
+    _drop_inner_shapes(model)
+    size = sum(
+        int(v.const_value.nbytes) for v in model.graph.initializers.values() if v.const_value is not None
+    )
+    if size > onnx_export.EXTERNAL_DATA_THRESHOLD_BYTES:
+        ir.save(model, str(output), external_data=data.name)
+    else:
+        ir.save(model, str(output))
+    _drop_value_info(output)
+
+
+def _drop_value_info(path: Path) -> None:
+    """Remove the graph's value_info (the weights stay where they are): the shapes onnxscript annotates
+    conflict with the ones ONNX shape inference finds in the int8 quantizer's second pass."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    del proto.graph.value_info[:]
+    onnx.save(proto, str(path))
+
+
+def export_fused(
+    module: Any,
+    args: tuple[Any, ...],
+    output: Path,
+    recipe: FusionRecipe,
+    *,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_shapes: Any,
+) -> FusedGraph:
+    """Dynamo-export `module`, fuse it for ONNX Runtime and write it to output."""
+    model = dynamo_export(
+        module, args, input_names=input_names, output_names=output_names, dynamic_shapes=dynamic_shapes
+    )
+    fused = fuse(model, recipe)
+    save(model, output)
+    del model
+    gc.collect()
+    return fused
+
+
+def _drop_inner_shapes(model: Any) -> None:
+    """Forget the shapes the rewriter inferred for inner values: some are stale after the rewrites (a fused
+    op's output annotated [1] where it is [hidden]), which ONNX's strict shape inference in the int8
+    quantizer refuses. ONNX Runtime infers them again when it loads the graph."""
+    keep = {id(v) for v in (*model.graph.inputs, *model.graph.outputs)}
+    for node in model.graph.all_nodes():
+        for value in node.outputs:
+            if id(value) not in keep:
+                value.shape = None
+                value.type = None
+
+
+def _library_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for name in ("torch", "onnxscript", "onnx-ir", "onnxruntime-gpu"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
