@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from export import onnx_export, quantize, triton_repo, validate
+from export import decoder_prefix, fusion, onnx_export, quantize, triton_repo, validate
 from export.errors import ExportError, ParityError, SourceError
 from export.families import Family
 from export.sources import TOKENIZER_FILES, ModelSource, file_sha256, resolve_source
@@ -215,15 +215,20 @@ def _build_model(
         files[key] = path
 
     fused = version_dir / "model.opt.onnx"
-    no_fusion = quantize.fusion_unsupported(source.model_type)
+    no_fusion = fusion.has_optimizer(family.family, source.model_type)
+    facts: dict[str, dict[str, Any]] = {}  # per variant: what the manifest records of its graph
     if no_fusion is not None:
         skipped["fp32-opt"] = no_fusion
     else:
-        build("fp32-opt", fused, "optimize (ORT attention fusion)", lambda: quantize.optimize_fp32(
-            fp32, fused, source.model_type,
-            num_heads=int(getattr(config, "num_attention_heads", 0) or 0),
-            hidden_size=int(getattr(config, "hidden_size", 0) or 0),
-        ))  # fmt: skip
+
+        def optimize() -> None:
+            facts["fp32-opt"] = fusion.optimize_variant(
+                family, source.folder, fp32, fused, model_type=source.model_type,
+                num_heads=int(getattr(config, "num_attention_heads", 0) or 0),
+                hidden_size=int(getattr(config, "hidden_size", 0) or 0), token_ids=token_ids,
+            )  # fmt: skip
+
+        build("fp32-opt", fused, "optimize (ONNX Runtime fusions)", optimize)
     int8, int8_entry = _int8_plan(name, int8, cpu_flags, progress)
     int8_source = fused if ("fp32-opt" in files and int8.from_fused_graph) else fp32
     int8_path = version_dir / "model.int8.onnx"
@@ -238,7 +243,13 @@ def _build_model(
         build("fp16", fp16, "convert fp16 (GPU)", lambda: quantize.convert_fp16(fp32, fp16))
 
     with progress.step("validate against PyTorch"):
-        parity = _parity(source, tokenizer, {"fp32": fp32, **files}, inputs, length, thresholds, token_ids)
+        from_fused = (
+            {"fp32-opt", "int8", quantize.PORTABLE_INT8_VARIANT} if int8_source == fused else {"fp32-opt"}
+        )
+        cached = {k for k in files if k in from_fused and "kv_cache" in facts.get("fp32-opt", {})}
+        parity = _parity(
+            source, tokenizer, {"fp32": fp32, **files}, inputs, length, thresholds, token_ids, cached
+        )
     figures = parity["figures"]
     fp32_problems = validate.variant_problems("fp32", figures["fp32"], thresholds)
     if fp32_problems:
@@ -257,6 +268,10 @@ def _build_model(
     files = {"fp32": fp32, **files}
     _write_triton_files(folder, name, inputs, outputs, length, cpu_file=_cpu_file(files))
     variants = {key: _variant(key, path, folder) for key, path in files.items()}
+    for key in variants:  # int8 files quantize the fused graph: they keep its fusions and its cache
+        graph_facts = facts.get("fp32-opt") if files[key] != fp32 and key != "fp16" else None
+        if graph_facts and (key == "fp32-opt" or int8_source == fused):
+            variants[key].update(graph_facts)
     if int8_entry.get("requires_cpu_flags") and "int8" in variants:
         variants["int8"]["requires_cpu_flags"] = int8_entry["requires_cpu_flags"]
     return {
@@ -373,7 +388,10 @@ def _parity(
     length: int,
     thresholds: validate.Thresholds,
     token_ids: tuple[int, int] | None = None,
+    cached: set[str] | frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
+    """The gate's figures; `cached` variants (decoder graphs with a key/value cache) are scored the way the
+    gateway serves them: each query's head once, each document after it (export.decoder_prefix)."""
     family = source.family
     pairs = validate.build_parity_set()
     input_names = [i["name"] for i in inputs]
@@ -384,8 +402,15 @@ def _parity(
     pad_id = tokenizer.pad_token_id or 0
     side = family.padding_side
     reference = validate.reference_logits(family, source.folder, encodings, input_names, pad_id, token_ids)
+    heads = (
+        decoder_prefix.head_lengths(tokenizer, family.template, pairs.pairs, encodings)
+        if cached and family.template is not None
+        else []
+    )
     scores = {
-        key: validate.onnx_scores(path, encodings, input_names, pad_id, padding_side=side)
+        key: decoder_prefix.scores_with_heads(path, encodings, heads)
+        if key in cached
+        else validate.onnx_scores(path, encodings, input_names, pad_id, padding_side=side)
         for key, path in files.items()
     }
     figures = {"fp32": validate.compare(reference, scores["fp32"], pairs.groups)}
@@ -413,6 +438,11 @@ def _parity(
         "figures": figures,
         "thresholds": validate.thresholds_dict(thresholds),
         "reference_logits_head": [round(float(x), 6) for x in reference[:8]],
+        **(
+            {"prefix_reuse": {"variants": sorted(cached), "mean_head_tokens": float(np.mean(heads))}}
+            if cached
+            else {}
+        ),
     }
 
 

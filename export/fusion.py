@@ -38,11 +38,13 @@ class FusionRecipe:
 
     attn_implementation: the transformers attention the dynamo export traces (eager: plain MatMul/Softmax
     nodes, the form the rewriter matches). required: fusion-count keys of optimize_for_ort that must be > 0.
+    kv_cache: the graph takes past key/values and returns present ones, for the shared prompt computed once.
     """
 
     attn_implementation: str
     required: tuple[str, ...]
     description: str
+    kv_cache: bool = False  # the fused graph takes and returns a key/value cache (export/decoder_prefix.py)
 
 
 RECIPES: dict[str, FusionRecipe] = {
@@ -50,6 +52,7 @@ RECIPES: dict[str, FusionRecipe] = {
         "eager",
         ("gqa", "skip_rms_normalization", "rms_normalization"),
         "GroupQueryAttention (rotary inside), SkipSimplifiedLayerNormalization, SimplifiedLayerNormalization",
+        kv_cache=True,
     ),
     "modernbert": FusionRecipe(
         "eager",
@@ -95,10 +98,12 @@ def dynamo_export(
         with onnx_export._muted(True), torch.inference_mode():
             program = torch.onnx.export(
                 module, args, dynamo=True, input_names=list(input_names), output_names=list(output_names),
-                dynamic_shapes=dynamic_shapes, opset_version=FUSED_OPSET, optimize=True, verbose=False,
+                dynamic_shapes=dynamic_shapes, opset_version=FUSED_OPSET, optimize=False, verbose=False,
             )  # fmt: skip
     except Exception as exc:
         raise ExportError(f"dynamo export failed: {type(exc).__name__}: {exc}") from exc
+    if program is None:
+        raise ExportError("dynamo export returned no program")
     return program.model
 
 
@@ -195,3 +200,57 @@ def _library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return out
+
+
+def optimize_variant(
+    family: Any,
+    folder: Path,
+    fp32: Path,
+    output: Path,
+    *,
+    model_type: str,
+    num_heads: int,
+    hidden_size: int,
+    token_ids: tuple[int, int] | None,
+) -> dict[str, Any]:
+    """Write the fp32-opt file for any family and return what the manifest records of it (`optimizations`,
+    and `kv_cache` for a cached decoder graph): the family's fusion recipe where it has one, else ONNX
+    Runtime's own transformer optimizer on the fp32 graph (BERT-like encoders); ExportError when neither
+    applies or the fusion fails."""
+    from export import quantize, torch_export
+
+    recipe = recipe_for(family.family)
+    if recipe is not None:
+        graph, layout = torch_export.export_fused(
+            family, folder, output,
+            positive_id=token_ids[0] if token_ids else None, negative_id=token_ids[1] if token_ids else None,
+        )  # fmt: skip
+        facts: dict[str, Any] = {"optimizations": graph.manifest(recipe)}
+        if layout is not None:
+            facts["kv_cache"] = layout.manifest()
+        return facts
+    quantize.optimize_fp32(fp32, output, model_type, num_heads=num_heads, hidden_size=hidden_size)
+    return {
+        "optimizations": {
+            "library": _library_versions(),
+            "method": "onnxruntime.transformers.optimizer.optimize_model (opt_level 1) on model.onnx",
+            "contrib_ops": _contrib_ops(output),
+        }
+    }
+
+
+def has_optimizer(family: str, model_type: str) -> str | None:
+    """Why no fused graph can be built (None: a recipe or ONNX Runtime's optimizer covers it)."""
+    from export import quantize
+
+    return None if recipe_for(family) is not None else quantize.fusion_unsupported(model_type)
+
+
+def _contrib_ops(path: Path) -> dict[str, int]:
+    import onnx
+
+    ops: dict[str, int] = {}
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        if node.domain == "com.microsoft":
+            ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    return dict(sorted(ops.items()))

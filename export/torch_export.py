@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from export import fusion, onnx_export
+from export import decoder_prefix, fusion, onnx_export
+from export.decoder_prefix import CacheLayout
 from export.errors import ExportError
 from export.families import Family
 from export.fusion import FusedGraph
@@ -98,22 +99,30 @@ def export_fused(
     *,
     positive_id: int | None,
     negative_id: int | None,
-) -> FusedGraph:
+) -> tuple[FusedGraph, CacheLayout | None]:
     """Write output: the family's graph fused for ONNX Runtime (export.fusion), same inputs and outputs as
-    export_fp32's; ExportError when the family has no recipe or the fusions did not happen."""
+    export_fp32's plus, where the recipe says so, a key/value cache (export.decoder_prefix); ExportError when
+    the family has no recipe or the fusions did not happen."""
     import torch
 
     recipe = fusion.recipe_for(family.family)
     if recipe is None:
         raise ExportError(f"no fusion recipe for family {family.family!r}")
+    if recipe.kv_cache:
+        if positive_id is None or negative_id is None:
+            raise ExportError("a decoder export needs the positive and negative token ids")
+        return decoder_prefix.export_cached(
+            family, folder, output, positive_id=positive_id, negative_id=negative_id
+        )
     names = input_names(family, folder)
     wrapper = build_wrapper(family, folder, positive_id, negative_id, recipe.attn_implementation)
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     shapes = tuple({0: batch, 1: sequence} for _ in names)
-    return fusion.export_fused(
+    fused = fusion.export_fused(
         wrapper, dummy_inputs(family, names), output, recipe,
         input_names=names, output_names=["logits"], dynamic_shapes=shapes,
     )  # fmt: skip
+    return fused, None
 
 
 def build_wrapper(

@@ -32,6 +32,7 @@ from gateway.backends.base import Scorer
 from gateway.backends.fallback import MarkDownFallback, SplittingFallback
 from gateway.backends.gpu_probe import GpuProbe, GpuStatus, NvmlProbe
 from gateway.backends.onnx_local import Lane, OnnxScorer, SessionLike, make_session
+from gateway.backends.prefix_reuse import PrefixReuseScorer
 from gateway.backends.triton_pool import TritonPool
 from gateway.config import Settings
 from gateway.cpu_features import cpu_flags, cpu_variant, is_dynamic_int8
@@ -189,10 +190,12 @@ class ModelLoader:
         )
         return LoadedModels(reranker=reranker, prefilter=prefilter, device=report)
 
-    def _cpu_scorer(self, spec: ModelSpec, variant: str) -> OnnxScorer:
+    def _cpu_scorer(self, spec: ModelSpec, variant: str) -> OnnxScorer | PrefixReuseScorer:
         path = spec.variant_path(variant)
         assert path is not None
         session = self.cpu_session_factory(path, device="cpu", threads=self.options.threads)
+        if spec.variants[variant].get("kv_cache"):  # a decoder graph with a key/value cache: the head once
+            return PrefixReuseScorer(session, name="onnx-cpu", lane=self._cpu_lane)
         return OnnxScorer(session, name="onnx-cpu", lane=self._cpu_lane)
 
     def _local_reranker(self, spec: ModelSpec, gpu: GpuStatus, report: DeviceReport) -> tuple[Scorer, str]:

@@ -151,6 +151,13 @@ class StageScorer:
                     best[key] = BestWindow(logit, owner.chars, owner.tokens)
         return best, tuple(backends)
 
+    def _plan(self, lengths: Sequence[int], jobs: Sequence[int]) -> list[list[int]]:
+        """Length buckets; per query when the scorer computes a shared prompt head once (prefix reuse)."""
+        budget = self.stage.token_budget
+        if getattr(self.stage.scorer, "reuses_prefix", False):
+            return _by_job(lengths, jobs, budget, self.max_rows)
+        return plan_batches(lengths, token_budget=budget, max_rows=self.max_rows)
+
     def _prepare(self, jobs: Sequence[PairJob], misses: list[list[int]]) -> _Prepared:
         """Worker thread: tokenize the missing pairs, cut length buckets, pad each batch to its longest."""
         windows: list[Window] = []
@@ -181,9 +188,7 @@ class StageScorer:
             for w in enc.windows:
                 windows.append(w)
                 owners.append(WindowOwner(j, miss[w.doc], w.chars, len(w.ids)))
-        plan = plan_batches(
-            [len(w.ids) for w in windows], token_budget=self.stage.token_budget, max_rows=self.max_rows
-        )
+        plan = self._plan([len(w.ids) for w in windows], [o.job for o in owners])
         names, pad_id, side = self.stage.scorer.input_names, tokenizer.pad_id, tokenizer.padding_side
         batches = [
             (
@@ -193,6 +198,16 @@ class StageScorer:
             for rows in plan
         ]
         return _Prepared(batches, chunked, truncated, query_truncated)
+
+
+def _by_job(lengths: Sequence[int], jobs: Sequence[int], token_budget: int, max_rows: int) -> list[list[int]]:
+    """Length buckets within each job: every batch then holds one query's windows (one shared head)."""
+    plan: list[list[int]] = []
+    for job in dict.fromkeys(jobs):
+        rows = [k for k, j in enumerate(jobs) if j == job]
+        buckets = plan_batches([lengths[k] for k in rows], token_budget=token_budget, max_rows=max_rows)
+        plan.extend([rows[i] for i in bucket] for bucket in buckets)
+    return plan
 
 
 def _phase_times(

@@ -1,0 +1,93 @@
+"""Fused graphs (export/fusion.py, export/decoder_prefix.py): per family, the fused graph scores what the plain
+graph scores, and really runs ONNX Runtime's fused contrib ops; the decoders' cached graph gives the same
+scores with an empty past, and after its own head's cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import family_models as fm
+import numpy as np
+import onnx
+import pytest
+
+from export import decoder_prefix, torch_export
+from export.sources import resolve_source
+
+TEMPLATES = {"qwen3": "qwen3-reranker", "mxbai": "mxbai-rerank-v2", "modernbert": None}
+EXPECTED_OPS = {
+    "qwen3": {"GroupQueryAttention", "SkipSimplifiedLayerNormalization"},
+    "mxbai": {"GroupQueryAttention", "SkipSimplifiedLayerNormalization"},
+    "modernbert": {"MultiHeadAttention", "RotaryEmbedding", "Gelu"},
+}
+LENGTHS = (61, 40, 17, 5)  # right padding: rows of different lengths in one batch
+
+
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path, int]]:
+    """key -> (plain fp32 graph, fused graph, layers); tiny models of each family."""
+    root = tmp_path_factory.mktemp("fusion")
+    builders = {
+        "qwen3": fm.build_qwen3_reranker,
+        "mxbai": fm.build_mxbai_v2,
+        "modernbert": fm.build_modernbert,
+    }
+    out: dict[str, tuple[Path, Path, int]] = {}
+    for key, builder in builders.items():
+        folder = builder(root / key)
+        family = resolve_source(str(folder), quiet=True, template=TEMPLATES[key]).family
+        plain, fused = root / f"{key}.onnx", root / f"{key}.opt.onnx"
+        torch_export.export_fp32(family, folder, plain, opset=17, positive_id=5, negative_id=6)
+        _, layout = torch_export.export_fused(family, folder, fused, positive_id=5, negative_id=6)
+        out[key] = (plain, fused, layout.layers if layout else 0)
+    return out
+
+
+def _batch(seed: int, lengths: tuple[int, ...] = LENGTHS) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    width = max(lengths)
+    ids = rng.integers(5, 600, (len(lengths), width))
+    mask = np.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        mask[row, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("key", sorted(TEMPLATES))
+def test_fused_graph_runs_fused_ops_and_scores_like_the_plain_graph(graphs, key: str):
+    plain, fused, layers = graphs[key]
+    ops = {n.op_type for n in onnx.load(str(fused), load_external_data=False).graph.node}
+    assert EXPECTED_OPS[key] <= ops, ops
+    assert "Softmax" not in ops  # attention is one fused node, not MatMul/Softmax/MatMul
+    feed = _batch(0)
+    expected = _session(plain).run(["logits"], feed)[0]
+    cached = _session(fused)
+    if layers:  # the decoder's cached graph: an empty past is the single graph's function
+        kv = cached.get_inputs()[2]
+        feed = {**feed, **{n: np.zeros((4, kv.shape[1], 0, kv.shape[3]), np.float32)
+                           for n in decoder_prefix.past_names(layers)}}  # fmt: skip
+    got = cached.run(["logits"], feed)[0]
+    assert np.abs(got - expected).max() <= 1e-4
+    assert np.ptp(expected) > 1e-3  # the rows differ: the comparison can fail
+
+
+@pytest.mark.parametrize("key", ["qwen3", "mxbai"])
+def test_head_cache_then_each_document_equals_the_full_computation(graphs, key: str):
+    plain, fused, layers = graphs[key]
+    lengths = (61, 40, 24, 30)
+    feed = _batch(1, lengths)
+    head = 23  # rows share their first 23 tokens (a prompt prefix + query part); the third adds one token
+    feed["input_ids"][:, :head] = feed["input_ids"][0, :head]
+    expected = _session(plain).run(["logits"], feed)[0][:, 0]
+    encodings = [{"input_ids": list(feed["input_ids"][r, :n])} for r, n in enumerate(lengths)]
+    got = decoder_prefix.scores_with_heads(fused, encodings, [head] * len(lengths))
+    assert np.abs(got - expected).max() <= 1e-4
+    assert layers == 2
