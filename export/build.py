@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from export import decoder_prefix, fusion, onnx_export, quantize, triton_repo, validate
+from export import decoder_prefix, fusion, gate_size, onnx_export, quantize, triton_repo, validate
 from export.errors import ExportError, ParityError, SourceError
 from export.families import Family
 from export.sources import TOKENIZER_FILES, ModelSource, file_sha256, resolve_source
@@ -266,7 +266,7 @@ def _build_model(
         progress.warn(f"{name}: {key} left out: {reason}")
 
     files = {"fp32": fp32, **files}
-    _write_triton_files(folder, name, inputs, outputs, length, cpu_file=_cpu_file(files))
+    _write_triton_files(folder, name, inputs, outputs, length, cpu_file=_cpu_file(files, cached))
     variants = {key: _variant(key, path, folder) for key, path in files.items()}
     for key in variants:  # int8 files quantize the fused graph: they keep its fusions and its cache
         graph_facts = facts.get("fp32-opt") if files[key] != fp32 and key != "fp16" else None
@@ -298,10 +298,11 @@ def _build_model(
     }
 
 
-def _cpu_file(files: dict[str, Path]) -> str:
-    """The file the CPU onnxruntime config serves: int8 where it passed the gate, else the best fp32 file."""
+def _cpu_file(files: dict[str, Path], cached: set[str] | frozenset[str] = frozenset()) -> str:
+    """The file the CPU onnxruntime config serves: int8 where it passed the gate, else the best fp32 file;
+    never a `cached` one (a decoder graph with key/value cache inputs, which Triton's config does not feed)."""
     for key in ("int8", quantize.PORTABLE_INT8_VARIANT, "fp32-opt", "fp32"):
-        if key in files:
+        if key in files and key not in cached:
             return files[key].name
     raise ExportError("no graph to serve")
 
@@ -393,7 +394,7 @@ def _parity(
     """The gate's figures; `cached` variants (decoder graphs with a key/value cache) are scored the way the
     gateway serves them: each query's head once, each document after it (export.decoder_prefix)."""
     family = source.family
-    pairs = validate.build_parity_set()
+    pairs = validate.build_parity_set(n_queries=gate_size.parity_queries(source.folder))
     input_names = [i["name"] for i in inputs]
     if family.template is not None:
         encodings = validate.template_encodings(family.template, tokenizer, pairs.pairs, length)
@@ -519,7 +520,10 @@ def _copy_as(source: Path, target: Path, name: str, manifest: dict[str, Any]) ->
     shutil.copytree(source, target)
     manifest = {**manifest, "name": name, "role": "prefilter", "same_as": manifest["name"]}
     variants = manifest["variants"]
-    cpu_file = _cpu_file({k: target / v["file"] for k, v in variants.items()})
+    cpu_file = _cpu_file(
+        {k: target / v["file"] for k, v in variants.items()},
+        {k for k, v in variants.items() if v.get("kv_cache")},
+    )
     _write_triton_files(
         target, name, manifest["inputs"], manifest["outputs"], manifest["max_length"], cpu_file=cpu_file
     )
