@@ -45,6 +45,7 @@ class FusionRecipe:
     required: tuple[str, ...]
     description: str
     kv_cache: bool = False  # the fused graph takes and returns a key/value cache (export/decoder_prefix.py)
+    extra: tuple[str, ...] = ()  # our own rules (_EXTRA_RULES) run after onnxscript's
 
 
 RECIPES: dict[str, FusionRecipe] = {
@@ -56,10 +57,49 @@ RECIPES: dict[str, FusionRecipe] = {
     ),
     "modernbert": FusionRecipe(
         "eager",
-        ("sdpa_via_mha", "rotary_embedding"),
-        "MultiHeadAttention (sliding-window bias), RotaryEmbedding, Gelu",
+        ("sdpa_via_mha", "rotary_embedding", "skip_layer_normalization_no_beta"),
+        "MultiHeadAttention (sliding-window bias), RotaryEmbedding, Gelu, SkipLayerNormalization (no beta)",
+        extra=("skip_layer_normalization_no_beta",),
     ),
 }
+
+
+def _skip_layer_norm_without_beta() -> Any:
+    """The residual add + LayerNormalization without bias (ModernBERT's `norm_bias=False`) as ONNX Runtime's
+    SkipLayerNormalization (beta is optional there). onnxscript's rule wants a LayerNormalization with a beta
+    input, so these stayed two nodes."""
+    from onnxscript.rewriter import pattern
+
+    def target(op: Any, x: Any, skip: Any, gamma: Any) -> Any:
+        total = op.Add(x, skip, _outputs=["total"])
+        return op.LayerNormalization(
+            total, gamma, axis=-1, _allow_other_attributes=True, _outputs=["norm"]
+        ), total
+
+    def check(context: Any, x: Any, skip: Any, gamma: Any, norm: Any, **_: Any) -> Any:
+        result = pattern.MatchResult()
+        node = norm.producer()
+        if node.attributes.get_int("stash_type", 1) != 1:
+            return result.fail("stash_type is not float32")
+        shapes = [v.shape for v in (x, skip)]
+        if any(s is None or len(s) != 3 for s in shapes) or gamma.shape is None or len(gamma.shape) != 1:
+            return result.fail("not [batch, sequence, hidden] with a [hidden] scale")
+        if shapes[0][2] != shapes[1][2] or shapes[0][2] != gamma.shape[0]:
+            return result.fail("hidden sizes differ")
+        return result
+
+    def replacement(op: Any, x: Any, skip: Any, gamma: Any, norm: Any, **_: Any) -> Any:
+        epsilon = norm.producer().attributes.get_float("epsilon", 1e-5)
+        normalized, _mean, _inv_std, total = op.SkipLayerNormalization(
+            x, skip, gamma, epsilon=epsilon, _outputs=4, _domain="com.microsoft"
+        )
+        return normalized, total
+
+    return pattern.RewriteRuleSet([pattern.RewriteRule(target, replacement, check)])
+
+
+# Our own rules, by the fusion-count key they report under; a recipe lists the ones it runs (`extra`).
+_EXTRA_RULES = {"skip_layer_normalization_no_beta": _skip_layer_norm_without_beta}
 
 
 def recipe_for(family: str) -> FusionRecipe | None:
@@ -117,6 +157,9 @@ def fuse(model: Any, recipe: FusionRecipe) -> FusedGraph:
             _, counts = optimize_for_ort(model, clear_metadata=True)
     except Exception as exc:
         raise ExportError(f"ONNX Runtime fusion failed: {type(exc).__name__}: {exc}") from exc
+    counts = dict(counts)
+    for key, rules in _EXTRA_RULES.items():
+        counts[key] = rules().apply_to_model(model) if key in recipe.extra else 0
     missing = [key for key in recipe.required if not counts.get(key)]
     if missing:
         raise ExportError(
