@@ -199,7 +199,7 @@ def export_ungated(
     int8_source = fused if ("fp32-opt" in files and settings.from_fused_graph) else fp32
     int8_path = version_dir / "model.int8.onnx"
     t0 = time.perf_counter()
-    quantize.quantize_int8(int8_source, int8_path, settings)
+    fusion.int8_quantizer(family.family, int8_source == fused)(int8_source, int8_path, settings)
     seconds["int8"] = time.perf_counter() - t0
     files["int8"] = int8_path
     build._write_triton_files(

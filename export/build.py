@@ -232,12 +232,13 @@ def _build_model(
     int8, int8_entry = _int8_plan(name, int8, cpu_flags, progress)
     int8_source = fused if ("fp32-opt" in files and int8.from_fused_graph) else fp32
     int8_path = version_dir / "model.int8.onnx"
+    quantizer = fusion.int8_quantizer(family.family, int8_source == fused)
     build("int8", int8_path, "quantize int8 (dynamic, CPU)",
-          lambda: quantize.quantize_int8(int8_source, int8_path, int8))  # fmt: skip
+          lambda: quantizer(int8_source, int8_path, int8))  # fmt: skip
     if not int8.reduce_range:
         portable = version_dir / f"model.{quantize.PORTABLE_INT8_VARIANT}.onnx"
         build(quantize.PORTABLE_INT8_VARIANT, portable, "quantize int8 7-bit (for CPUs without VNNI)",
-              lambda: quantize.quantize_int8(int8_source, portable, replace(int8, reduce_range=True)))  # fmt: skip
+              lambda: quantizer(int8_source, portable, replace(int8, reduce_range=True)))  # fmt: skip
     if BUILD_FP16:
         fp16 = version_dir / "model.fp16.onnx"
         build("fp16", fp16, "convert fp16 (GPU)", lambda: quantize.convert_fp16(fp32, fp16))
@@ -289,7 +290,11 @@ def _build_model(
         "tokenizer_dir": "tokenizer",
         "variants": variants,
         "variants_skipped": skipped,
-        "int8_settings": {**quantize.settings_dict(int8), "graph": int8_source.name},
+        "int8_settings": {
+            **quantize.settings_dict(int8),
+            "graph": int8_source.name,
+            "quantizer": fusion.int8_quantizer_name(family.family, int8_source == fused),
+        },
         "int8": int8_entry,
         "parity": parity,
         "export_seconds": 0.0,

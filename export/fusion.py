@@ -20,7 +20,7 @@ real token (causal) and the dropped mask changes nothing; the gate checks it (fu
 from __future__ import annotations
 
 import gc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -297,3 +297,26 @@ def _contrib_ops(path: Path) -> dict[str, int]:
         if node.domain == "com.microsoft":
             ops[node.op_type] = ops.get(node.op_type, 0) + 1
     return dict(sorted(ops.items()))
+
+
+def int8_quantizer(family: str, fused_source: bool) -> Callable[[Path, Path, Any], None]:
+    """The int8 writer for a graph: our one-pass MatMul quantizer for a family's fused graph (a 0.6B
+    decoder's stays near its fp32 size in memory, export/quantize_matmul.py), ONNX Runtime's quantize_dynamic
+    for the rest (BERT-like encoders, whose files and figures stay what they were)."""
+    from export import quantize, quantize_matmul
+
+    if fused_source and recipe_for(family) is not None:
+        return lambda source, output, settings: _ignore(
+            quantize_matmul.quantize_matmuls(source, output, settings)
+        )
+    return quantize.quantize_int8
+
+
+def int8_quantizer_name(family: str, fused_source: bool) -> str:
+    if fused_source and recipe_for(family) is not None:
+        return "export.quantize_matmul (DynamicQuantizeLinear + MatMulIntegerToFloat)"
+    return "onnxruntime.quantization.quantize_dynamic"
+
+
+def _ignore(_: object) -> None:
+    return None

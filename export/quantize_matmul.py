@@ -1,0 +1,103 @@
+"""Dynamic int8 of a fused graph's MatMuls in one pass over its weights, at a peak memory near the fp32 file.
+
+onnxruntime.quantization.quantize_dynamic keeps several copies of a model (shape inference saves and reloads
+it, the quantizer rebuilds it): on a 0.6B decoder (2.3 GB fp32) it peaked near 10 GB, over the 3x-the-fp32-file
+bound of issue 22. This writes what that quantizer writes for our settings, after ONNX Runtime's own graph
+fusion of it, directly: every MatMul whose second input is a 2-D float weight becomes ONNX Runtime's
+`DynamicQuantizeLinear` of its activation (uint8, asymmetric, per tensor; once per activation, shared by the
+MatMuls that read it: Q, K and V) and `MatMulIntegerToFloat` (com.microsoft), the form ONNX Runtime fuses the
+quantizer's output into;
+weights int8, symmetric, one scale per output column (per-channel), 7-bit when `reduce_range` (ORT's
+`compute_scale_zp`: scale = max|w| / 64, or / 127 full range). Each fp32 weight is dropped as soon as its int8
+copy exists. Used for the families with a fusion recipe (export/fusion.py); BERT-like encoders keep
+quantize_dynamic (their files are small, and their figures stay what they were).
+"""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from export import onnx_export
+from export.errors import ExportError
+from export.quantize import Int8Settings
+
+
+def quantize_matmuls(source: Path, output: Path, settings: Int8Settings) -> int:
+    """Write output with every weight MatMul of source as MatMulIntegerToFloat; returns how many."""
+    if settings.weight_type != "QInt8" or not settings.per_channel:
+        raise ExportError("quantize_matmuls writes per-channel QInt8 weights only")
+    model = onnx.load(str(source), load_external_data=True)
+    graph = model.graph
+    weights = {t.name: t for t in graph.initializer}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    qmax = 64.0 if settings.reduce_range else 127.0
+    replaced = 0
+    nodes = []
+    activations: dict[str, list[str]] = {}
+    for node in graph.node:
+        weight = (
+            weights.get(node.input[1])
+            if node.op_type == "MatMul" and node.domain in ("", "ai.onnx")
+            else None
+        )
+        if weight is None or len(weight.dims) != 2 or weight.data_type != onnx.TensorProto.FLOAT:
+            nodes.append(node)
+            continue
+        w = numpy_helper.to_array(weight)
+        absmax = np.abs(w).max(axis=0)
+        scale = np.where(absmax > 0, absmax / qmax, 1.0).astype(np.float32)
+        q = np.clip(np.rint(w / scale), -qmax, qmax).astype(np.int8)
+        base = weight.name
+        quantized = numpy_helper.from_array(q, f"{base}_quantized")
+        scales = numpy_helper.from_array(scale, f"{base}_scale")
+        zero = numpy_helper.from_array(np.zeros(scale.shape, dtype=np.int8), f"{base}_zero_point")
+        graph.initializer.extend([quantized, scales, zero])
+        activation = node.input[0]
+        if activation not in activations:  # one quantization per activation, shared by its MatMuls (Q, K, V)
+            activations[activation] = [
+                f"{activation}_{part}" for part in ("quantized", "scale", "zero_point")
+            ]
+            nodes.append(
+                helper.make_node(
+                    "DynamicQuantizeLinear",
+                    [activation],
+                    activations[activation],
+                    name=f"{activation}_quantize",
+                )
+            )
+        a_q, a_scale, a_zero = activations[activation]
+        nodes.append(
+            helper.make_node(
+                "MatMulIntegerToFloat",
+                [a_q, quantized.name, a_scale, scales.name, a_zero, zero.name],
+                list(node.output),
+                name=f"{node.name or base}_quant",
+                domain="com.microsoft",
+            )
+        )
+        uses[base] -= 1
+        if uses[base] == 0:  # the fp32 weight is gone from the graph: free it now
+            weight.ClearField("raw_data")
+            weight.ClearField("float_data")
+        del w, q
+        replaced += 1
+    if not replaced:
+        raise ExportError(f"{source.name} has no MatMul with a 2-D float weight to quantize")
+    del graph.node[:]
+    graph.node.extend(nodes)
+    kept = [t for t in graph.initializer if uses.get(t.name, 1) > 0]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    gc.collect()
+    onnx_export.save_model(model, output)
+    return replaced
