@@ -91,3 +91,32 @@ def test_head_cache_then_each_document_equals_the_full_computation(graphs, key: 
     got = decoder_prefix.scores_with_heads(fused, encodings, [head] * len(lengths))
     assert np.abs(got - expected).max() <= 1e-4
     assert layers == 2
+
+
+@pytest.mark.parametrize("key", ["qwen3", "modernbert"])
+def test_int8_of_the_fused_graph_quantizes_every_weight_matmul(graphs, key: str, tmp_path: Path):
+    from onnx import numpy_helper
+
+    from export import quantize, quantize_matmul
+
+    _, fused, layers = graphs[key]
+    out = tmp_path / "model.int8.onnx"
+    count = quantize_matmul.quantize_matmuls(fused, out, quantize.INT8_SETTINGS)
+    source, model = onnx.load(str(fused)), onnx.load(str(out))
+    weights = {t.name: numpy_helper.to_array(t) for t in source.graph.initializer}
+    matmuls = [n for n in source.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    assert count == len(matmuls) > 0
+    assert not [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    quantized = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in matmuls[:3]:  # 7-bit symmetric per column: w ~ q * scale within half a step
+        name = node.input[1]
+        q, scale = quantized[f"{name}_quantized"], quantized[f"{name}_scale"]
+        assert q.dtype == np.int8 and np.abs(q).max() <= 64
+        assert np.abs(q * scale - weights[name]).max() <= scale.max() / 2 + 1e-7
+    rng = np.random.default_rng(3)
+    feed = {"input_ids": rng.integers(5, 600, (16, 40)), "attention_mask": np.ones((16, 40), dtype=np.int64)}
+    if layers:
+        feed.update({n: np.zeros((16, 2, 0, 16), np.float32) for n in decoder_prefix.past_names(layers)})
+    reference = _session(fused).run(["logits"], feed)[0][:, 0]
+    int8 = _session(out).run(["logits"], feed)[0][:, 0]
+    assert np.corrcoef(reference, int8)[0, 1] > 0.9
