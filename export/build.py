@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import shutil
 import sys
 import tempfile
@@ -66,7 +67,12 @@ class Progress:
                 print(" failed", file=sys.stderr, flush=True)
             raise
         if not self.quiet:
-            print(f" {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+            print(
+                f" {time.perf_counter() - start:.1f}s (peak RSS so far {peak:.1f} GiB)",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def build_repository(
