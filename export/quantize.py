@@ -135,7 +135,12 @@ def convert_fp16(source: Path, output: Path) -> None:
     model = onnx.load(str(source), load_external_data=True)
     try:
         with _quiet_ort():
-            converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=None)
+            # ONNX shape inference takes a serialized model: over 2 GB (a 0.6B decoder) it cannot, so skip it
+            # there (the converter then relies on the graph's declared types)
+            large = onnx_export.weights_bytes(model) > onnx_export.EXTERNAL_DATA_THRESHOLD_BYTES
+            converted = convert_float_to_float16(
+                model, keep_io_types=True, op_block_list=None, disable_shape_infer=large
+            )
     except Exception as exc:
         raise ExportError(f"fp16 conversion of {source.name} failed: {type(exc).__name__}: {exc}") from exc
     onnx_export.save_model(converted, output)
