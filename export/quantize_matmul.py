@@ -28,10 +28,14 @@ from export.quantize import Int8Settings
 
 
 def quantize_matmuls(source: Path, output: Path, settings: Int8Settings) -> int:
-    """Write output with every weight MatMul of source as MatMulIntegerToFloat; returns how many."""
+    """Write output with every weight MatMul of source as MatMulIntegerToFloat; returns how many.
+
+    The graph is read without its external data; each weight is read from the data file alone (a memory map),
+    quantized and dropped, so the fp32 weights are never all in memory at once.
+    """
     if settings.weight_type != "QInt8" or not settings.per_channel:
         raise ExportError("quantize_matmuls writes per-channel QInt8 weights only")
-    model = onnx.load(str(source), load_external_data=True)
+    model = onnx.load(str(source), load_external_data=False)
     graph = model.graph
     weights = {t.name: t for t in graph.initializer}
     uses: dict[str, int] = {}
@@ -42,6 +46,7 @@ def quantize_matmuls(source: Path, output: Path, settings: Int8Settings) -> int:
     replaced = 0
     nodes = []
     activations: dict[str, list[str]] = {}
+    added = []
     for node in graph.node:
         weight = (
             weights.get(node.input[1])
@@ -51,7 +56,7 @@ def quantize_matmuls(source: Path, output: Path, settings: Int8Settings) -> int:
         if weight is None or len(weight.dims) != 2 or weight.data_type != onnx.TensorProto.FLOAT:
             nodes.append(node)
             continue
-        w = numpy_helper.to_array(weight)
+        w = _read(weight, source.parent)
         absmax = np.abs(w).max(axis=0)
         scale = np.where(absmax > 0, absmax / qmax, 1.0).astype(np.float32)
         q = np.clip(np.rint(w / scale), -qmax, qmax).astype(np.int8)
@@ -59,7 +64,7 @@ def quantize_matmuls(source: Path, output: Path, settings: Int8Settings) -> int:
         quantized = numpy_helper.from_array(q, f"{base}_quantized")
         scales = numpy_helper.from_array(scale, f"{base}_scale")
         zero = numpy_helper.from_array(np.zeros(scale.shape, dtype=np.int8), f"{base}_zero_point")
-        graph.initializer.extend([quantized, scales, zero])
+        added.extend([quantized, scales, zero])
         activation = node.input[0]
         if activation not in activations:  # one quantization per activation, shared by its MatMuls (Q, K, V)
             activations[activation] = [
@@ -84,20 +89,34 @@ def quantize_matmuls(source: Path, output: Path, settings: Int8Settings) -> int:
             )
         )
         uses[base] -= 1
-        if uses[base] == 0:  # the fp32 weight is gone from the graph: free it now
-            weight.ClearField("raw_data")
-            weight.ClearField("float_data")
         del w, q
         replaced += 1
     if not replaced:
         raise ExportError(f"{source.name} has no MatMul with a 2-D float weight to quantize")
+    kept = [t for t in graph.initializer if uses.get(t.name, 1) > 0]
+    for tensor in kept:  # the weights that stay fp32 (embeddings, norms), inline
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            data = _read(tensor, source.parent)
+            tensor.CopyFrom(numpy_helper.from_array(data, tensor.name))
+            del data
     del graph.node[:]
     graph.node.extend(nodes)
-    kept = [t for t in graph.initializer if uses.get(t.name, 1) > 0]
     del graph.initializer[:]
-    graph.initializer.extend(kept)
+    graph.initializer.extend([*kept, *added])
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     gc.collect()
     onnx_export.save_model(model, output)
     return replaced
+
+
+def _read(tensor: onnx.TensorProto, folder: Path) -> np.ndarray:
+    """A float tensor's values, from its external data file (a memory map of its bytes) or inline."""
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return numpy_helper.to_array(tensor)
+    info = {e.key: e.value for e in tensor.external_data}
+    offset, length = int(info.get("offset", 0)), int(info["length"])
+    mapped = np.memmap(folder / info["location"], dtype=np.uint8, mode="r", offset=offset, shape=(length,))
+    values = np.frombuffer(mapped, dtype=np.float32).reshape(tuple(tensor.dims)).copy()
+    del mapped
+    return values
