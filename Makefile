@@ -17,14 +17,15 @@ EXTRAS ?= export,test,dev,clients,bench,deploy
 # cross-encoder's int8 file as the prefilter, PREFILTER=none builds no prefilter.
 MODEL ?= $(or $(RERANKER_MODEL),cross-encoder/ms-marco-MiniLM-L-6-v2)
 PREFILTER ?= $(or $(RERANKER_PREFILTER),cross-encoder/ms-marco-TinyBERT-L-2-v2)
-REPO ?= model_repository
+# The repository `make serve`, `make export` and the benches use: RERANKER_MODEL_REPOSITORY when set, as the gateway reads it.
+REPO ?= $(or $(RERANKER_MODEL_REPOSITORY),model_repository)
 EXPORT_ARGS ?=
 PYTEST_ARGS ?=
 # Real weights for the quality/parity tests (CI points this at ../shared/models).
 RERANKER_TEST_MODELS ?= $(abspath ../shared/models)
 export RERANKER_TEST_MODELS
 
-.PHONY: install install-serve export serve triton triton-setup triton-stop triton-check test test-fast lint deploy-check bench bench-gateway bench-families bench-cascade bench-soak gpu-check clean
+.PHONY: install install-serve export serve triton triton-setup triton-stop triton-check test test-fast lint deploy-check bench bench-gateway bench-families bench-cascade bench-mixed bench-soak gpu-check clean
 
 # $(call venv_install,EXTRAS): the virtual environment with torch (CPU build from this machine's disk) and
 # the project's extras.
@@ -57,10 +58,13 @@ install-serve: $(VENV)/.installed-serve
 export: $(SERVE_INSTALL)
 	$(PY) -m export --model "$(MODEL)" --prefilter "$(PREFILTER)" --output "$(REPO)" $(EXPORT_ARGS)
 
-# Serves the embedded default (local ONNX Runtime, no Triton) on RERANKER_HOST:RERANKER_PORT,
-# exporting the models first when the repository is missing.
+# Serves the embedded default (local ONNX Runtime, no Triton) on RERANKER_HOST:RERANKER_PORT. First
+# `python -m gateway check` looks for the models it will serve (RERANKER_MODELS, RERANKER_MODELS_FILE, else
+# RERANKER_MODEL_NAME, and the prefilter): all there, it serves; only the default `reranker`/`prefilter` folders
+# missing (exit 3), `make export` builds them first; other models missing, it stops and says how to export them.
 serve: $(SERVE_INSTALL)
-	@test -f "$(REPO)/reranker/manifest.json" || $(MAKE) export
+	@RERANKER_MODEL_REPOSITORY="$(REPO)" $(PY) -m gateway check; status=$$?; \
+	if [ $$status -eq 3 ]; then $(MAKE) export; elif [ $$status -ne 0 ]; then exit $$status; fi
 	RERANKER_MODEL_REPOSITORY="$(REPO)" $(PY) -m gateway
 
 # A real tritonserver (from the nvidia-pytriton wheel, python backend) on 127.0.0.1:8000/8001/8002,
@@ -97,7 +101,8 @@ deploy-check: install
 	$(PY) -m deploy.check
 
 # Quality through the HTTP service, speed side by side, concurrency sweep, padding, speed and memory per model
-# family -> bench/results/ (about 60 min on 2 idle cores; BENCH_ARGS="--size quick" about 20, "--resume"
+# family, several models under load -> bench/results/ (about 60 min on 2 idle cores, plus the mixed section's
+# exports on first use; BENCH_ARGS="--size quick" about 20, "--resume"
 # continues an interrupted run, "--sections quality,speed" a subset).
 bench: install
 	@test -f "$(REPO)/reranker/manifest.json" || $(MAKE) export
@@ -117,6 +122,13 @@ bench-cascade: install
 bench-families: install
 	$(PY) -m bench.families $(BENCH_ARGS)
 
+# Several models in one gateway under load (bench/results/mixed.{json,md}): the MiniLM stand-in beside an 8-layer
+# Qwen3-layout decoder (real Qwen3 tokenizer, random weights; both exported into bench/.work/mixed on first use,
+# about 40 min on 2 shared cores); a light client on the small model alone for 30 s, then while 6 clients flood
+# the decoder for 60 s. BENCH_ARGS="--size quick": 10 s + 20 s.
+bench-mixed: install
+	$(PY) -m bench.mixed $(BENCH_ARGS)
+
 # The gateway's own targets (memory, overhead over bare session.run, bucketing, two-stage gain).
 bench-gateway: install
 	$(PY) bench/gateway_overhead.py --repository "$(REPO)"
@@ -128,20 +140,30 @@ bench-soak: install
 	@test -f "$(REPO)/reranker/manifest.json" || $(MAKE) export
 	$(PY) -m bench.soak --model-repository "$(REPO)" --out bench/results/soak.json $(SOAK_ARGS)
 
-# The GPU path in one command (bench/gpu_check.py): on a machine without an NVIDIA GPU and its driver it exits 3
-# at once, before installing anything, saying what is missing. On a GPU machine: the venv, onnxruntime-gpu's
-# CUDA/cuDNN wheels and torch's CUDA build (GPU_WHEELS=DIR: from a folder of wheels, no registry), the export
-# (MODEL/PREFILTER given on the command line, else the ../shared stand-ins when present), then
-# bench/results/gpu.{json,md}: provider, fp16/fp32 parity, the forced CUDA OOM fallback, speed against
-# sentence-transformers torch fp16, GPU memory, padded vs unpadded.
+# The GPU path in one command (bench/gpu_check.py; exit codes in its EXIT_CODES and README). Online, on a GPU
+# machine that reaches the registry: the preflight (no NVIDIA GPU and driver: exit 3 at once, nothing installed),
+# the venv with onnxruntime-gpu's CUDA/cuDNN wheels and torch's CUDA build (GPU_WHEELS=DIR: from a folder of
+# wheels, no registry), the export only when MODEL/PREFILTER are given and the repository was not exported from
+# them, then bench/results/gpu.{json,md} (GPU_OUT). Offline, GPU_BUNDLE=DIR (the pieces of
+# `python -m bench.gpu_bundle build`, received there): no venv and no `make install`: GPU_PYTHON and its own
+# packages, what it lacks installed from the bundle with --no-index, nothing exported. GPU_DEADLINE_S bounds the
+# run (the report of what was measured is written anyway).
 GPU_WHEELS ?=
+GPU_BUNDLE ?=
+GPU_PYTHON ?= $(PYTHON)
+GPU_OUT ?= bench/results
+GPU_DEADLINE_S ?= 480
 gpu-check:
+ifneq ($(GPU_BUNDLE),)
+	$(GPU_PYTHON) -m bench.gpu_check run --bundle "$(GPU_BUNDLE)" --out "$(GPU_OUT)" --deadline-s $(GPU_DEADLINE_S)
+else
 	$(PYTHON) -m bench.gpu_check preflight
 	$(MAKE) install
-	$(PY) -m bench.gpu_check run --model-repository "$(REPO)" \
+	$(PY) -m bench.gpu_check run --model-repository "$(REPO)" --out "$(GPU_OUT)" --deadline-s $(GPU_DEADLINE_S) \
 		$(if $(filter command line environment,$(origin MODEL)),--model "$(MODEL)") \
 		$(if $(filter command line environment,$(origin PREFILTER)),--prefilter "$(PREFILTER)") \
 		$(if $(GPU_WHEELS),--wheels "$(GPU_WHEELS)")
+endif
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .cache/test-repos

@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "bench" / "results")
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
     parser.add_argument(
-        "--sections", default="quality,speed,sweep,padding,families", help="comma-separated subset"
+        "--sections", default="quality,speed,sweep,padding,families,mixed", help="comma-separated subset"
     )
     parser.add_argument("--speed-configs", default=",".join(SPEED_CONFIGS))
     parser.add_argument("--quality-configs", default=",".join(QUALITY_CONFIGS))
@@ -199,6 +199,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 **({"tiny": True, "work": args.output / "families-work"} if smoke else {}),
             )  # fmt: skip
             results["families"] = {"report": "families.md", "seconds": families["seconds"]}
+    if "mixed" in sections:
+        # several models in one gateway under load (a small model beside a flooded decoder):
+        # bench/results/mixed.{json,md}
+        from bench.mixed import run as run_mixed
+
+        with timed(results, "mixed"):
+            # --size smoke (the test suite's run) serves the repository's own two tiny models for seconds; the
+            # real run exports the MiniLM stand-in and an 8-layer Qwen3-layout decoder into bench/.work/mixed.
+            smoke = args.size == "smoke" and models.prefilter is not None
+            mixed = run_mixed(
+                args.output, args.data, size=args.size, command=results["command"],
+                **({"repository": models.repository,
+                    "names": (models.reranker["name"], models.prefilter["name"])} if smoke else {}),  # type: ignore[index]
+            )  # fmt: skip
+            results["mixed"] = {"report": "mixed.md", "checks": mixed["checks"], "seconds": mixed["seconds"]}
     results["peak_end"] = measure_fp32_peak(args.threads, n=sizes.peak_n)
     results["loadavg_end"] = os.getloadavg()
     results["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

@@ -179,13 +179,13 @@ def export_ungated(
     files: dict[str, Path] = {"fp32": fp32}
     skipped: dict[str, str] = {"fp16": "not built by the bench (a GPU file)"}
     fused = version_dir / "model.opt.onnx"
-    reason = fusion.has_optimizer(family.family, source.model_type)
+    reason = fusion.unfused_reason(family)
     facts: dict[str, Any] = {}
     t0 = time.perf_counter()
     if reason is None:
         try:
             facts = fusion.optimize_variant(
-                family, source.folder, fp32, fused, model_type=source.model_type,
+                family, source.folder, fp32, fused,
                 num_heads=int(getattr(config, "num_attention_heads", 0) or 0),
                 hidden_size=int(getattr(config, "hidden_size", 0) or 0), token_ids=token_ids,
             )  # fmt: skip
@@ -199,7 +199,7 @@ def export_ungated(
     int8_source = fused if ("fp32-opt" in files and settings.from_fused_graph) else fp32
     int8_path = version_dir / "model.int8.onnx"
     t0 = time.perf_counter()
-    fusion.int8_quantizer(family.family, int8_source == fused)(int8_source, int8_path, settings)
+    fusion.int8_quantizer(family, int8_source == fused)(int8_source, int8_path, settings)
     seconds["int8"] = time.perf_counter() - t0
     files["int8"] = int8_path
     build._write_triton_files(

@@ -2,38 +2,31 @@
 
     python -m bench.gpu_check preflight          # stdlib only: is there CUDA here? (exit 3 with what is missing)
     python -m bench.gpu_check run [--model M] [--prefilter P] [--wheels DIR]   # preflight, install, export, measure
+    python -m bench.gpu_check run --bundle DIR   # offline: unpack the bundle, preflight, measure (no registry)
     python -m bench.gpu_check report             # re-render bench/results/gpu.md from gpu.json
 
+Online (`make gpu-check`, a machine that reaches the registry):
 1. **Preflight** (standard library only, a few seconds): `nvidia-smi -L` answers, NVML
    (`libnvidia-ml.so.1`) initialises and counts a GPU. Without them it exits 3 at once naming what is
-   missing, before anything is installed: never a silent CPU run. It also says whether onnxruntime (in
-   the project's venv) offers the CUDAExecutionProvider.
-2. **Install** what the GPU run needs: onnxruntime-gpu with its CUDA/cuDNN wheels (`onnxruntime-gpu[cuda,
-   cudnn]` at the version the venv has), and torch's CUDA build when the venv's torch has no CUDA (for the
-   sentence-transformers baseline). `--wheels DIR` (`GPU_WHEELS=DIR`) installs from a folder of wheels
-   brought along (`pip install --no-index --find-links DIR`) on a box without a registry. Then
-   `onnxruntime.preload_dlls()` must make a CUDA session really run on `CUDAExecutionProvider`, or it exits 4.
-3. **Export** MODEL/PREFILTER like `make export` (default: the ../shared stand-ins when present) into
-   bench/.work/repositories/ (bench.models.resolve_models).
-4. **Measure** in a child process (the freshly installed packages, nothing imported before) and write
-   bench/results/gpu.json and gpu.md (`write_markdown`, a pure function of the JSON):
-   - the provider the gateway's own loader really got (`session.get_providers()`), and its device report;
-   - fp16 vs fp32 parity on SciFact requests: max/mean |diff| of the logits, top-10 and top-1 agreement;
-     logits leave the graph as float32 and the gateway's sigmoid runs in float32: ties counted against a
-     sigmoid computed in float16;
-   - the CUDA OOM path forced with a small `gpu_mem_limit` on the CUDA provider, through the real app
-     (`gateway.app.create_app`): every batch call on the GPU recorded (the halving), the request answers
-     200, and `reranker_fallbacks_total{from_backend="onnx-cuda",to_backend="onnx-cpu",reason="cuda_oom"}`
-     read back from /metrics;
-   - speed: 100-document SciFact requests (p50/p99 latency, pairs/s) through the in-process pipeline on
-     the CUDA provider fp16 and fp32, Triton's GPU config (dynamic batching) and with TensorRT where the
-     server has an onnxruntime backend (said so, not faked, when it has not), each against
-     sentence-transformers `CrossEncoder` torch fp16 on the same GPU, interleaved request by request; and
-     bare pairs/s with every pair at the 512-token cap (the published figures' setting), best of a few
-     batch sizes;
-   - GPU memory (NVML, the device's used memory after each contender was loaded and warmed);
-   - padded vs unpadded on the GPU (bare fp16 session, the same strategies as bench/padding.py).
-   Sized to finish in well under 8 minutes on an H200 (each section also stops at its own time bound).
+   missing, before anything is installed: never a silent CPU run.
+2. **Install** what the GPU run needs into the venv: onnxruntime-gpu with its CUDA/cuDNN wheels and torch's CUDA
+   build where missing (`--wheels DIR`: `pip install --no-index --find-links DIR`). Then a CUDA session must
+   really run on `CUDAExecutionProvider`, or it exits 4.
+3. **Export** MODEL/PREFILTER when the repository was not exported from them (bench.models.resolve_models; a
+   repository given without MODEL is used as it is, whatever machine's path its manifest names).
+
+Offline (`make gpu-check GPU_PYTHON=python3 GPU_BUNDLE=DIR`, the GPU machine without network): no venv, that
+interpreter and its packages. bench.gpu_bundle.unpack verifies and joins the carried pieces, installs only what
+the interpreter lacks from the bundle's wheels (`--no-index --no-deps`, into DIR/site, first on PYTHONPATH),
+derives the fp16 file (checked against the manifest's sha256) and the torch baseline's weights from the fp32
+ONNX; then the preflight (exit 3 without a GPU) and the CUDA probe (exit 4). Nothing is exported.
+
+Then both **measure** in a child process (bench/gpu_measure.py: the freshly installed packages, nothing imported
+before) that rewrites gpu.json and gpu.md after every section, under a time limit (`--deadline-s`): the
+provider the loader really got, node placement, fp16/fp32 parity gated with the export's bounds, the torch
+baseline checked against the exported graph, the forced CUDA OOM fallback, bare pairs/s at 128 and 512 tokens,
+padded vs unpadded, 100-document requests interleaved (p50/p99, pairs/s) against sentence-transformers torch
+fp16, and GPU memory per contender in a fresh process. See EXIT_CODES for every exit.
 """
 
 from __future__ import annotations
@@ -44,8 +37,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -58,8 +53,26 @@ SHARED_MODELS = REPO_ROOT.parent / "shared" / "models"
 STANDIN_MODEL = SHARED_MODELS / "minilm-l6-rerank-standin"
 STANDIN_PREFILTER = SHARED_MODELS / "minilm-l2-prefilter-standin"
 HUB_MODEL = "cross-encoder/ms-marco-MiniLM-L-6-v2"
+EXIT_USAGE = 2
 EXIT_NO_CUDA = 3
 EXIT_CUDA_UNUSABLE = 4
+EXIT_SECTIONS_FAILED = 5
+EXIT_INSTALL_FAILED = 6
+EXIT_BUNDLE_INVALID = 7
+EXIT_EXPORT_FAILED = 8
+EXIT_TIMED_OUT = 9
+# Every exit of `run`, documented (README's GPU section lists the same table).
+EXIT_CODES = {
+    0: "measured; every section passed",
+    EXIT_USAGE: "the requests or the model repository are missing (nothing measured)",
+    EXIT_NO_CUDA: "no NVIDIA GPU and driver answer (nvidia-smi, NVML): nothing installed or measured",
+    EXIT_CUDA_UNUSABLE: "a GPU is there but onnxruntime does not run a session on CUDAExecutionProvider",
+    EXIT_SECTIONS_FAILED: "measured, but some sections failed or missed a bound (gpu.md lists them)",
+    EXIT_INSTALL_FAILED: "an install failed (pip, or a wheel the bundle does not carry)",
+    EXIT_BUNDLE_INVALID: "the bundle is incomplete or damaged, or the fp16 file derived from it differs",
+    EXIT_EXPORT_FAILED: "the export the run needed failed",
+    EXIT_TIMED_OUT: "the measurement ran past --deadline-s and was stopped (the partial report is written)",
+}
 
 
 def log(message: str) -> None:
@@ -117,7 +130,9 @@ def check_nvml() -> tuple[bool, str]:
     return True, f"NVML: {count.value} GPU(s) visible"
 
 
-def check_onnxruntime(python: str, timeout_s: float = 45.0) -> tuple[bool, str]:
+def check_onnxruntime(
+    python: str, timeout_s: float = 45.0, env: dict[str, str] | None = None
+) -> tuple[bool, str]:
     """Whether `python`'s onnxruntime offers the CUDA provider (a listing only: running is checked later)."""
     code = (
         "import importlib.metadata as m\n"
@@ -130,7 +145,9 @@ def check_onnxruntime(python: str, timeout_s: float = 45.0) -> tuple[bool, str]:
     if not Path(python).exists() and shutil.which(python) is None:
         return False, f"onnxruntime: no Python at {python} (the venv is built by `make install`)"
     try:
-        done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=timeout_s)
+        done = subprocess.run(
+            [python, "-c", code], capture_output=True, text=True, timeout=timeout_s, env=env
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return False, f"onnxruntime: could not ask {python} ({exc})"
     if done.returncode != 0:
@@ -149,19 +166,21 @@ def venv_python() -> str:
     return str(venv / "bin" / "python")
 
 
-def preflight(python: str | None = None) -> Preflight:
+def preflight(python: str | None = None, env: dict[str, str] | None = None) -> Preflight:
     """The driver checks decide; onnxruntime's listing is reported beside them (install fixes it)."""
     result = Preflight()
     for ok, text in (check_nvidia_smi(), check_nvml()):
         (result.found if ok else result.missing).append(text)
-    ok, text = check_onnxruntime(python or venv_python())
+    ok, text = check_onnxruntime(python or venv_python(), env=env)
     (result.found if ok else result.notes).append(text)
     return result
 
 
-def no_cuda_message(p: Preflight) -> str:
-    lines = ["gpu-check: no CUDA on this machine, so nothing was installed or measured (it never runs on the CPU "
-             "instead). Missing:"]  # fmt: skip
+def no_cuda_message(p: Preflight, unpacked: str | None = None) -> str:
+    """`unpacked`: what the offline path did before it looked (it unpacks first, installing into its own folder)."""
+    done = f"the bundle was unpacked ({unpacked}) but nothing was measured" if unpacked else (
+        "nothing was installed or measured")  # fmt: skip
+    lines = [f"gpu-check: no CUDA on this machine, so {done} (it never runs on the CPU instead). Missing:"]
     lines += [f"  - {m}" for m in p.missing]
     if p.found or p.notes:
         lines.append("Found:")
@@ -207,8 +226,13 @@ print(json.dumps(out))
 """
 
 
-def probe_runtimes(python: str) -> dict[str, Any]:
-    done = subprocess.run([python, "-c", PROBE_CODE], capture_output=True, text=True, timeout=300)
+def probe_runtimes(python: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    try:
+        done = subprocess.run(
+            [python, "-c", PROBE_CODE], capture_output=True, text=True, timeout=300, env=env
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return {"probe_error": str(exc)}
     try:
         return dict(json.loads(done.stdout.strip().splitlines()[-1]))
     except (IndexError, json.JSONDecodeError):
@@ -219,13 +243,20 @@ def ort_on_cuda(state: dict[str, Any]) -> bool:
     return (state.get("ort_providers") or [""])[0] == "CUDAExecutionProvider"
 
 
+class InstallFailed(Exception):
+    """pip failed (the message names the command)."""
+
+
 def pip(python: str, wheels: Path | None, *requirements: str, extra: Sequence[str] = ()) -> None:
     command = [python, "-m", "pip", "install", "--disable-pip-version-check", *extra]
     if wheels is not None:
         command += ["--no-index", "--find-links", str(wheels)]
     command += list(requirements)
     log("$ " + " ".join(command))
-    subprocess.run(command, check=True)
+    try:
+        subprocess.run(command, check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise InstallFailed(f"{' '.join(command[:6])} ... failed: {exc}") from exc
 
 
 def installed_version(python: str, dist: str) -> str | None:
@@ -278,7 +309,7 @@ def ensure_gpu_packages(python: str, wheels: Path | None) -> dict[str, Any]:
             # PyPI's Linux torch wheel is the CUDA build (the venv may hold the CPU build from a local disk)
             pip(python, wheels, spec, extra=("--force-reinstall",))
             record["steps"].append(f"installed {spec} (CUDA build)")
-        except subprocess.CalledProcessError as exc:
+        except InstallFailed as exc:
             record["steps"].append(f"torch's CUDA build could not be installed ({exc}): no torch baseline")
         state = probe_runtimes(python)
     record["after"] = state
@@ -314,6 +345,21 @@ def _ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}x"
 
 
+def _table_rows(rows: dict[str, dict[str, Any]], columns: Sequence[tuple[str, str, int]]) -> list[str]:
+    """One line per contender: its columns, or `not measured: why` (a refused contender has no figures)."""
+    lines = []
+    for name, row in rows.items():
+        if row.get("error"):
+            lines.append(f"| {name} | not measured: {row['error']} |" + " |" * (len(columns) - 1))
+            continue
+        cells = []
+        for key, kind, digits in columns:
+            value = row.get(key)
+            cells.append(_ratio(value) if kind == "ratio" else _fmt(value, digits))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_markdown(results: dict[str, Any]) -> str:
     """gpu.md from gpu.json: no I/O, no clock (the unit tests feed it a synthetic dict)."""
     lines = ["# GPU check (`make gpu-check`)", ""]
@@ -323,8 +369,16 @@ def write_markdown(results: dict[str, Any]) -> str:
         f"model `{results.get('model', '?')}`; `{results.get('command', 'make gpu-check')}` "
         f"took {_fmt(results.get('seconds'), 0)} s."
     )
+    if not results.get("complete", True):
+        lines += [
+            "",
+            "**Incomplete**: the run stopped before its last section; what follows is what it measured.",
+        ]
     lines.append("")
     errors = results.get("errors", {})
+    versions = results.get("versions")
+    if versions:
+        lines += ["## Versions", "", "; ".join(f"{k} {v}" for k, v in versions.items()), ""]
     provider = results.get("provider")
     if provider:
         lines += [
@@ -335,23 +389,61 @@ def write_markdown(results: dict[str, Any]) -> str:
             f"- onnxruntime {provider.get('onnxruntime', '?')}, torch {provider.get('torch', '?')}",
             "",
         ]
+    placement = results.get("placement")
+    if placement:
+        lines += [
+            f"## Node placement ({placement.get('how', '')})",
+            "",
+            "| file | nodes | by provider | compute nodes on the CPU | their ops | other CPU nodes |",
+            "|---|---:|---|---:|---|---|",
+        ]
+        for variant in ("fp16", "fp32"):
+            row = placement.get(variant)
+            if row:
+                lines.append(
+                    f"| {variant} | {row['nodes']} | {row['by_provider']} | **{row['cpu_compute_nodes']}** | "
+                    f"{row['cpu_compute_ops'] or '-'} | {row['cpu_other_ops'] or '-'} |"
+                )
+        lines.append("")
     parity = results.get("parity")
     if parity:
+        gate = parity.get("gate", {})
+        verdict = "passed" if gate.get("passed") else "FAILED: " + "; ".join(gate.get("problems", []))
         lines += [
             f"## fp16 vs fp32 on the CUDA provider ({parity['queries']} SciFact queries x "
             f"{parity['docs_per_query']} documents)",
             "",
-            "| max \\|diff\\| of logits | mean \\|diff\\| | top-10 agreement | top-1 agreement | logits dtype | "
-            "ties (sigmoid in fp32) | ties (sigmoid in fp16, for contrast) |",
-            "|---:|---:|---:|---:|---|---:|---:|",
-            f"| {parity['max_abs_diff']:.4g} | {parity['mean_abs_diff']:.3g} | "
+            "| max \\|diff\\| of logits | mean \\|diff\\| | Spearman | top-10 agreement | top-1 agreement | "
+            "logits dtype | ties (sigmoid in fp32) | ties (sigmoid in fp16, for contrast) |",
+            "|---:|---:|---:|---:|---:|---|---:|---:|",
+            f"| {parity['max_abs_diff']:.4g} | {parity['mean_abs_diff']:.3g} | {_fmt(parity.get('spearman'), 5)} | "
             f"{100 * parity['top10_agreement']:.1f}% | {100 * parity['top1_agreement']:.1f}% | "
             f"{parity['logits_dtype']} | {parity['ties_fp32_sigmoid']} | {parity['ties_fp16_sigmoid']} |",
             "",
-            "Ties: pairs in a request whose relevance_score equals another's (the gateway's sigmoid runs in "
-            "float32 on float32 logits; the fp16 column is what an fp16 sigmoid would have collapsed).",
+            f"Gate (the export's bounds {gate.get('bounds', {})}): {verdict}. Ties: pairs in a request whose "
+            "relevance_score equals another's (the gateway's sigmoid runs in float32 on float32 logits; the fp16 "
+            "column is what an fp16 sigmoid would have collapsed).",
             "",
         ]
+    baseline = results.get("baseline")
+    if baseline:
+        gate = baseline.get("gate", {})
+        lines += [
+            f"## The torch baseline (sentence-transformers {baseline.get('sentence_transformers')}, transformers "
+            f"{baseline.get('transformers')}) against the fp32 ONNX, {baseline.get('pairs')} pairs",
+            "",
+            "| sentence-transformers | max \\|diff\\| | Spearman | top-1 agreement |",
+            "|---|---:|---:|---:|",
+        ]
+        for precision in ("fp32", "fp16"):
+            fig = baseline.get(f"st_{precision}_vs_onnx_fp32")
+            if fig:
+                lines.append(
+                    f"| {precision} | {fig['max_abs_diff']:.4g} | {_fmt(fig['spearman'], 5)} | "
+                    f"{100 * fig['top1_agreement']:.1f}% |"
+                )
+        verdict = "passed" if gate.get("passed") else "FAILED: " + "; ".join(gate.get("problems", []))
+        lines += ["", f"Within the export's fp16 bounds: {verdict}.", ""]
     oom = results.get("oom")
     if oom:
         calls = ", ".join(f"{c['rows']}x{c['width']} {c['outcome']}" for c in oom.get("gpu_calls", [])[:12])
@@ -370,36 +462,44 @@ def write_markdown(results: dict[str, Any]) -> str:
     if speed:
         lines += [
             f"## Speed: {speed['requests']} requests of {speed['docs_per_request']} SciFact documents "
-            "(512-token cap), interleaved",
+            "(512-token cap), interleaved; a row counts only requests its backend served alone",
             "",
-            "| contender | p50 ms | p99 ms | pairs/s | vs torch fp16 | GPU memory MiB |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| contender | p50 ms | p99 ms | pairs/s | vs torch fp16 |",
+            "|---|---:|---:|---:|---:|",
+            *_table_rows(
+                speed["contenders"],
+                [("p50_ms", "", 1), ("p99_ms", "", 1), ("pairs_per_s", "", 1), ("vs_torch_fp16", "ratio", 0)],
+            ),
+            "",
         ]
-        for name, row in speed["contenders"].items():
-            if row.get("error"):
-                lines.append(f"| {name} | not measured: {row['error']} | | | | |")
-                continue
-            lines.append(
-                f"| {name} | {_fmt(row['p50_ms'])} | {_fmt(row['p99_ms'])} | {_fmt(row['pairs_per_s'])} | "
-                f"{_ratio(row.get('vs_torch_fp16'))} | {_fmt(row.get('gpu_memory_mb'), 0)} |"
-            )
-        lines.append("")
-    bare = results.get("bare_512")
+    bare = results.get("bare")
     if bare:
+        for tokens, rows in bare.get("tokens", {}).items():
+            lines += [
+                f"## Bare throughput, every pair at {tokens} tokens (best batch of {bare['batches_tried']})",
+                "",
+                "| contender | pairs/s | best batch | vs torch fp16 |",
+                "|---|---:|---:|---:|",
+                *_table_rows(rows, [("pairs_per_s", "", 1), ("batch", "", 0), ("vs_torch_fp16", "ratio", 0)]),
+                "",
+            ]
+    memory = results.get("memory")
+    if memory:
         lines += [
-            f"## Bare throughput, every pair at {bare['tokens']} tokens (best batch of {bare['batches_tried']})",
+            f"## GPU memory ({memory.get('how', '')})",
             "",
-            "| contender | pairs/s | best batch | vs torch fp16 |",
+            "| contender | device MiB | NVML, this process MiB | torch allocator peak MiB |",
             "|---|---:|---:|---:|",
+            *_table_rows(
+                memory["contenders"],
+                [
+                    ("device_used_delta_mb", "", 0),
+                    ("this_process_mb", "", 0),
+                    ("torch_max_allocated_mb", "", 0),
+                ],
+            ),
+            "",
         ]
-        for name, row in bare["contenders"].items():
-            if row.get("error"):
-                lines.append(f"| {name} | not measured: {row['error']} | | |")
-                continue
-            lines.append(
-                f"| {name} | {_fmt(row['pairs_per_s'])} | {row['batch']} | {_ratio(row.get('vs_torch_fp16'))} |"
-            )
-        lines.append("")
     triton = results.get("triton")
     if triton:
         lines += ["## Triton", ""]
@@ -435,6 +535,14 @@ def write_markdown(results: dict[str, Any]) -> str:
 # --- the command ---------------------------------------------------------------------------------
 
 
+class Stop(Exception):
+    """End the run with `code` after printing `message` (every failure `run` knows ends this way)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 def cmd_preflight(_: argparse.Namespace) -> int:
     started = time.monotonic()
     p = preflight()
@@ -445,52 +553,151 @@ def cmd_preflight(_: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+@dataclass
+class Prepared:
+    """What the measurement runs on, however it got there (the venv online, the bundle offline)."""
+
+    repository: Path
+    data: Path
+    baseline: Path | None
+    env: dict[str, str] | None  # the child's environment (None: this one)
+    context: dict[str, Any]
+
+
+def prepare_online(args: argparse.Namespace, python: str) -> Prepared:
     p = preflight()
     if not p.ok:
-        print(no_cuda_message(p), file=sys.stderr)
-        return EXIT_NO_CUDA
-    python = sys.executable
+        raise Stop(EXIT_NO_CUDA, no_cuda_message(p))
     if not (Path(args.data) / "scifact" / "bm25_top100.jsonl").exists():
-        print(
-            f"gpu-check: the SciFact requests are missing: {args.data}/scifact (pass --data)", file=sys.stderr
+        raise Stop(
+            EXIT_USAGE, f"gpu-check: the SciFact requests are missing: {args.data}/scifact (pass --data)"
         )
-        return 2
     wheels = Path(args.wheels).resolve() if args.wheels else None
-    install = ensure_gpu_packages(python, wheels)
+    try:
+        install = ensure_gpu_packages(python, wheels)
+    except (InstallFailed, OSError, subprocess.SubprocessError) as exc:
+        raise Stop(EXIT_INSTALL_FAILED, f"gpu-check: the install failed: {exc}") from exc
     if not ort_on_cuda(install["after"]):
-        print(
-            "gpu-check: a GPU is here but onnxruntime cannot run on it: "
-            f"{install['after'].get('ort_error') or install['after'].get('ort_providers')}. "
-            "Nothing was measured.",
-            file=sys.stderr,
-        )
-        return EXIT_CUDA_UNUSABLE
-    model, prefilter = default_sources(args.model, args.prefilter)
-    from bench.models import resolve_models
+        raise Stop(EXIT_CUDA_UNUSABLE, cuda_unusable_message(install["after"]))
+    from bench.models import ExportFailed, resolve_models
 
-    models = resolve_models(Path(args.model_repository), model, None if prefilter == "none" else prefilter)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    scratch = out / "gpu.partial.json"
-    context = {"install": install, "preflight": {"found": p.found, "notes": p.notes}, "model": model}
+    repository = Path(args.model_repository)
+    explicit = args.model or os.environ.get("RERANKER_MODEL")
+    if (repository / "reranker" / "manifest.json").is_file() and not explicit:
+        model, prefilter = None, None  # the repository as it is: never a re-export nobody asked for
+    else:
+        model, prefilter = default_sources(args.model, args.prefilter)
+    try:
+        models = resolve_models(repository, model, prefilter)
+    except ExportFailed as exc:
+        raise Stop(EXIT_EXPORT_FAILED, f"gpu-check: {exc}") from exc
+    except SystemExit as exc:
+        raise Stop(EXIT_USAGE, f"gpu-check: {exc}") from exc
+    context = {
+        "install": install,
+        "preflight": {"found": p.found, "notes": p.notes},
+        "model": models.source(),
+    }
+    return Prepared(models.repository, Path(args.data), None, None, context)
+
+
+def prepare_bundle(args: argparse.Namespace, python: str) -> Prepared:
+    from bench.gpu_bundle import BundleError, unpack
+    from bench.gpu_install import InstallError, clean_env
+
+    try:
+        unpacked = unpack(Path(args.bundle).resolve(), python)
+    except BundleError as exc:
+        raise Stop(EXIT_BUNDLE_INVALID, f"gpu-check: the bundle cannot be used: {exc}") from exc
+    except InstallError as exc:
+        raise Stop(EXIT_INSTALL_FAILED, f"gpu-check: the offline install failed: {exc}") from exc
+    except (
+        OSError,
+        tarfile.TarError,
+        ValueError,
+        KeyError,
+    ) as exc:  # a full disk, a bundle of another layout
+        raise Stop(
+            EXIT_BUNDLE_INVALID, f"gpu-check: unpacking the bundle failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    log(f"unpacked in {unpacked.record['seconds']} s: {unpacked.record['install']['installed_from_bundle']}")
+    env = clean_env([unpacked.site, REPO_ROOT])
+    p = preflight(python, env=env)
+    if not p.ok:
+        installed = unpacked.record["install"]["installed_from_bundle"]
+        raise Stop(
+            EXIT_NO_CUDA, no_cuda_message(p, f"{len(installed)} wheels installed into {unpacked.site}")
+        )
+    state = probe_runtimes(python, env)
+    if not ort_on_cuda(state):
+        raise Stop(EXIT_CUDA_UNUSABLE, cuda_unusable_message(state))
+    context = {
+        "install": {**unpacked.record["install"], "probe": state},
+        "bundle": {k: v for k, v in unpacked.record.items() if k != "install"},
+        "preflight": {"found": p.found, "notes": p.notes},
+        "model": unpacked.record["bundle"].get("model"),
+    }
+    return Prepared(unpacked.repository, unpacked.data, unpacked.baseline, env, context)
+
+
+def cuda_unusable_message(state: dict[str, Any]) -> str:
+    return (
+        "gpu-check: a GPU is here but onnxruntime cannot run on it: "
+        f"{state.get('ort_error') or state.get('probe_error') or state.get('ort_providers')}. Nothing was measured."
+    )
+
+
+def measure(prepared: Prepared, args: argparse.Namespace, python: str, out: Path, deadline: float) -> int:
+    """The measuring child, stopped (its whole process group) at the deadline; gpu.json as it left it."""
     command = [
-        python, "-m", "bench.gpu_measure", "--model-repository", str(models.repository),
-        "--data", str(args.data), "--out", str(scratch), "--context", json.dumps(context),
+        python, "-m", "bench.gpu_measure", "--model-repository", str(prepared.repository),
+        "--data", str(prepared.data), "--out", str(out / "gpu.json"), "--context", json.dumps(prepared.context),
         "--requests", str(args.requests),
+        *(["--baseline", str(prepared.baseline)] if prepared.baseline else []),
     ]  # fmt: skip
-    log("measuring: " + " ".join(command[:4]))
-    done = subprocess.run(command, cwd=REPO_ROOT)
-    if not scratch.exists():
-        print(f"gpu-check: the measurement wrote nothing (exit {done.returncode})", file=sys.stderr)
-        return done.returncode or 1
-    results = json.loads(scratch.read_text())
-    results["command"] = "make gpu-check"
-    (out / "gpu.json").write_text(json.dumps(results, indent=1) + "\n")
+    log(f"measuring (at most {max(0, deadline - time.monotonic()):.0f} s): " + " ".join(command[:4]))
+    return run_until(command, prepared.env, deadline)
+
+
+def run_until(command: Sequence[str], env: dict[str, str] | None, deadline: float) -> int:
+    """Run `command` in its own process group; at the deadline the whole group (the memory children too) is
+    killed and -SIGKILL returned."""
+    child = subprocess.Popen(list(command), cwd=REPO_ROOT, env=env, start_new_session=True)
+    try:
+        return child.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+        return -signal.SIGKILL
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    deadline = time.monotonic() + args.deadline_s
+    python = sys.executable
+    out = Path(args.out)
+    try:
+        prepared = prepare_bundle(args, python) if args.bundle else prepare_online(args, python)
+    except Stop as stop:
+        print(str(stop), file=sys.stderr)
+        return stop.code
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu.json").unlink(missing_ok=True)
+    code = measure(prepared, args, python, out, deadline)
+    if not (out / "gpu.json").exists():
+        print(f"gpu-check: the measurement wrote nothing (exit {code})", file=sys.stderr)
+        return EXIT_TIMED_OUT if code == -signal.SIGKILL else (code or 1)
+    results = json.loads((out / "gpu.json").read_text())
+    results["command"] = "make gpu-check" + (" GPU_BUNDLE=..." if args.bundle else "")
+    if code == -signal.SIGKILL:
+        results.setdefault("errors", {})["deadline"] = f"stopped after --deadline-s {args.deadline_s}"
+    (out / "gpu.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     (out / "gpu.md").write_text(write_markdown(results))
-    scratch.unlink()
     log(f"report: {out / 'gpu.md'}")
-    return 0 if not results.get("errors") else 5
+    if code == -signal.SIGKILL:
+        return EXIT_TIMED_OUT
+    if code != 0:
+        return code
+    return 0 if not results.get("errors") else EXIT_SECTIONS_FAILED
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -500,16 +707,24 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.gpu_check",
+        description=__doc__.split("\n")[0],
+        epilog="exit codes of run: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()),
+    )
     sub = ap.add_subparsers(dest="command", required=True)
     sub.add_parser("preflight", help="is there CUDA here? (standard library only)")
     run = sub.add_parser("run", help="preflight, install, export, measure, report")
-    run.add_argument("--model", default=None, help="export source (default: the stand-in when present)")
+    run.add_argument("--model", default=None, help="export source (default: the repository as it is)")
     run.add_argument("--prefilter", default=None, help="'none' for none (default: the stand-in when present)")
     run.add_argument("--model-repository", default=str(REPO_ROOT / "model_repository"))
     run.add_argument("--wheels", default=os.environ.get("GPU_WHEELS") or None)
+    run.add_argument(
+        "--bundle", default=None, help="offline: the folder the bundle's pieces were received in"
+    )
     run.add_argument("--data", default=str(REPO_ROOT.parent / "shared" / "data"))
     run.add_argument("--requests", type=int, default=30, help="timed 100-document requests per contender")
+    run.add_argument("--deadline-s", type=float, default=480.0, help="stop the measurement after this long")
     run.add_argument("--out", default=str(RESULTS))
     report = sub.add_parser("report", help="re-render gpu.md from gpu.json")
     report.add_argument("--out", default=str(RESULTS))

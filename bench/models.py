@@ -36,9 +36,9 @@ class Models:
         return self.reranker_dir / self.reranker.get("tokenizer_dir", "tokenizer")
 
     def source(self) -> str:
-        """What sentence-transformers loads: the very weights the repository was exported from."""
-        src = self.reranker["source"]
-        return str(src.get("path") or src["id"])
+        """What sentence-transformers loads: the very weights the repository was exported from (a relative
+        path, as a carried repository's manifest has, is relative to the model's folder)."""
+        return source_of(self.reranker, self.reranker_dir)
 
     def is_standin(self) -> bool:
         return self.reranker["source"].get("sha256") == STANDIN_SHA256
@@ -58,14 +58,41 @@ class Models:
         return path
 
 
+class ExportFailed(RuntimeError):
+    """`python -m export` did not produce the repository a run asked for (its own message is in the text)."""
+
+
+def source_of(manifest: dict[str, Any], folder: Path) -> str:
+    """The manifest's source as something to load: a hub id, or a path (a relative one from `folder`)."""
+    src = manifest["source"]
+    path = src.get("path")
+    if not path:
+        return str(src["id"])
+    return str(path if Path(path).is_absolute() else (folder / path).resolve())
+
+
 def _same_source(manifest: dict[str, Any], wanted: str | None) -> bool:
+    """Whether the repository was exported from `wanted` (None: whatever it was exported from). A local folder
+    is the same source when it is the recorded path, or when its weights have the recorded sha256: a
+    repository carried from another machine names that machine's path, and is still this model."""
     if wanted is None:
         return True
     src = manifest.get("source", {})
     if src.get("id") == wanted:
         return True
+    folder = Path(wanted).expanduser()
     path = src.get("path")
-    return bool(path) and Path(wanted).expanduser().resolve() == Path(path).resolve()
+    if path and Path(path).is_absolute() and folder.resolve() == Path(path).resolve():
+        return True
+    recorded = src.get("sha256")
+    if not recorded or not folder.is_dir():
+        return False
+    from export.sources import weights_sha256
+
+    try:
+        return weights_sha256(folder) == recorded
+    except Exception:  # no weights file there: not the same model
+        return False
 
 
 def resolve_models(repository: Path, model: str | None, prefilter: str | None) -> Models:
@@ -83,7 +110,7 @@ def resolve_models(repository: Path, model: str | None, prefilter: str | None) -
         pf = json.loads(pf_path.read_text()) if pf_path.exists() else None
         if not _same_source(rr, model):
             return None
-        if prefilter is not None and (pf is None or not _same_source(pf, prefilter)):
+        if prefilter not in (None, "none") and (pf is None or not _same_source(pf, prefilter)):
             return None
         return Models(repo.resolve(), rr, pf)
 
@@ -99,11 +126,17 @@ def resolve_models(repository: Path, model: str | None, prefilter: str | None) -
         log(f"{repository} was not exported from {model}; exporting it into {target}")
         cmd = [sys.executable, "-m", "export", "--model", model, "--output", str(target), "--quiet"]
         if prefilter:
-            cmd[4:4] = ["--prefilter", prefilter]
-        subprocess.run(cmd, cwd=REPO_ROOT, check=True)
+            cmd += ["--prefilter", prefilter]
+        try:
+            done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
+        except OSError as exc:
+            raise ExportFailed(f"could not run {' '.join(cmd[:3])}: {exc}") from exc
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-12:]
+            raise ExportFailed(f"export of {model} failed (exit {done.returncode}):\n" + "\n".join(tail))
         found = load(target)
     if found is None:
-        raise SystemExit(f"export into {target} did not produce a repository for {model}")
+        raise ExportFailed(f"export into {target} did not produce a repository for {model}")
     return found
 
 

@@ -21,6 +21,7 @@ import argparse
 import copy
 import re
 import sys
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,15 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any]]] = {
     "cpu, external Triton (KServe)": (
         "values-cpu.yaml",
         {"gateway": {"tritonUrl": "reranker-triton-predictor.search.svc:9000"}},
+    ),
+    "cpu, a models file": (
+        "values-cpu.yaml",
+        {
+            "gateway": {
+                "settings": {"models": "reranker,qwen3"},
+                "modelsFile": '[models.reranker]\naliases = ["small"]\n\n[models.qwen3]\nrequest_timeout_s = 60\n',
+            }
+        },
     ),
     "gpu, object store, existing key Secret": (
         "values.yaml",
@@ -306,13 +316,27 @@ def check_gateway(r: Rendered, routes: set[str]) -> list[str]:
             literal[key] = item["value"]
         elif not item.get("valueFrom", {}).get("secretKeyRef"):
             problems.append(f"{name} has neither a value nor a Secret reference")
+    scratch = tempfile.TemporaryDirectory()
     try:
+        if "models_file" in literal:  # validate the file the pod will read: the ConfigMap mounted there
+            found = mounted_file(r, pod, container, str(literal["models_file"]))
+            if found is None:
+                problems.append(
+                    f"RERANKER_MODELS_FILE={literal['models_file']} is no file of a mounted ConfigMap"
+                )
+                literal.pop("models_file")
+            else:
+                local = Path(scratch.name) / "models.toml"
+                local.write_text(found)
+                literal["models_file"] = str(local)
         settings = Settings(**literal)
     except ValidationError as exc:
         problems += [
             f"RERANKER_{str(e['loc'][0]).upper()}={e.get('input')!r}: {e['msg']}" for e in exc.errors()
         ]
         settings = None
+    finally:
+        scratch.cleanup()
 
     keys = env.get("RERANKER_API_KEYS", {}).get("valueFrom", {}).get("secretKeyRef")
     if keys:
@@ -353,6 +377,21 @@ def check_gateway(r: Rendered, routes: set[str]) -> list[str]:
                 f"RERANKER_TRITON_URL={url}, expected {expected} (protocol {settings.triton_protocol})"
             )
     return problems
+
+
+def mounted_file(r: Rendered, pod: dict[str, Any], container: dict[str, Any], path: str) -> str | None:
+    """The text of the ConfigMap key the container sees at `path` (None: no ConfigMap is mounted there)."""
+    folder, _, key = path.rpartition("/")
+    mount = next((m for m in container.get("volumeMounts", []) if m["mountPath"].rstrip("/") == folder), None)
+    if mount is None:
+        return None
+    volume: dict[str, Any] = next(
+        (v for v in pod["spec"].get("volumes", []) if v["name"] == mount["name"]), {}
+    )
+    name = volume.get("configMap", {}).get("name")
+    config = next((c for c in r.of_kind("ConfigMap") if c["metadata"]["name"] == name), None)
+    data = (config or {}).get("data", {})
+    return str(data[key]) if key in data else None
 
 
 def check_triton(r: Rendered, config_names: set[str]) -> list[str]:

@@ -40,6 +40,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="prompt template of a decoder reranker (Qwen3ForCausalLM / Qwen2ForCausalLM) whose folder does "
         "not say which it is",
     )
+    parser.add_argument("--fp32-atol", type=float, help="parity gate: the fp32 bound is max |ONNX - PyTorch| <= "
+                        "atol + rtol x the reference's largest magnitude; atol (default: the family's, 1e-4)")  # fmt: skip
+    parser.add_argument("--fp32-rtol", type=float, help="parity gate: rtol of the fp32 bound (default: the "
+                        "family's, 1e-5; decoders 2e-5)")  # fmt: skip
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
     parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit) of --model")
     parser.add_argument(
@@ -76,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     from export import build_repository
     from export.errors import ExportError
     from export.quantize import INT8_SETTINGS
+    from export.validate import Thresholds
 
     try:
         manifests = build_repository(
@@ -90,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             revision=args.revision,
             int8=replace(INT8_SETTINGS, reduce_range=not args.int8_full_range),
             template=args.template,
+            thresholds=Thresholds(fp32_atol=args.fp32_atol, fp32_rtol=args.fp32_rtol),
         )
         if args.calibration is not None:
             from export.calibrate import calibrate
@@ -118,7 +124,10 @@ def main(argv: list[str] | None = None) -> int:
 def summary(name: str, manifest: dict) -> str:
     """One line per model: family, fp32 parity, the variants written and the ones left out (with why)."""
     figures = manifest["parity"]["figures"]
-    parts = [f"{name} ({manifest.get('family', '?')}): fp32 max|diff| {figures['fp32']['max_abs_diff']:.2e}"]
+    fp32 = figures["fp32"]
+    parts = [f"{name} ({manifest.get('family', '?')}): fp32 max|diff| {fp32['max_abs_diff']:.2e}"]
+    if "bound" in fp32:
+        parts[0] += f" (bound {fp32['bound']:.2e})"
     for key in manifest["variants"]:
         if key.startswith("int8") and key in figures:
             parts.append(

@@ -33,6 +33,10 @@ from export.sources import TOKENIZER_FILES, ModelSource, file_sha256, resolve_so
 
 # The gateway reads the same flags when it picks the int8 file to serve: one reader for both.
 from gateway.cpu_features import cpu_flags as read_cpu_flags
+from gateway.families import positions_after_padding
+
+# The gateway's pair tokenizer: the gate encodes its pairs with the code that will serve them.
+from gateway.tokenization import tokenizer_from_manifest
 
 SAME_AS_MODEL = ("same", "reranker")
 NO_PREFILTER = ("", "none")
@@ -96,7 +100,8 @@ def build_repository(
     prefilter: a hub id or folder; "same" uses the cross-encoder itself (its int8 file on the CPU);
     None / "none" builds no prefilter. `cpu_flags` (this CPU's /proc/cpuinfo flags; injectable for tests)
     decides whether a requested full-range int8 file can be validated here. `template` names a decoder
-    reranker's prompt (export.families.TEMPLATES) where the model folder does not say it.
+    reranker's prompt (gateway.families.TEMPLATES) where the model folder does not say it. `thresholds` sets
+    gate bounds in place of each model family's own (gateway.families.GateBounds).
     """
     started = time.perf_counter()
     output = Path(output).resolve()
@@ -221,7 +226,7 @@ def _build_model(
         files[key] = path
 
     fused = version_dir / "model.opt.onnx"
-    no_fusion = fusion.has_optimizer(family.family, source.model_type)
+    no_fusion = fusion.unfused_reason(family)
     facts: dict[str, dict[str, Any]] = {}  # per variant: what the manifest records of its graph
     if no_fusion is not None:
         skipped["fp32-opt"] = no_fusion
@@ -229,44 +234,35 @@ def _build_model(
 
         def optimize() -> None:
             facts["fp32-opt"] = fusion.optimize_variant(
-                family, source.folder, fp32, fused, model_type=source.model_type,
+                family, source.folder, fp32, fused,
                 num_heads=int(getattr(config, "num_attention_heads", 0) or 0),
                 hidden_size=int(getattr(config, "hidden_size", 0) or 0), token_ids=token_ids,
             )  # fmt: skip
 
         build("fp32-opt", fused, "optimize (ONNX Runtime fusions)", optimize)
     int8, int8_entry = _int8_plan(name, int8, cpu_flags, progress)
-    int8_source = fused if ("fp32-opt" in files and int8.from_fused_graph) else fp32
+    from_fused = "fp32-opt" in files and int8.from_fused_graph
+    int8_source = fused if from_fused else fp32
     int8_path = version_dir / "model.int8.onnx"
-    quantizer = fusion.int8_quantizer(family.family, int8_source == fused)
+    quantizer = fusion.int8_quantizer(family, from_fused)
     build("int8", int8_path, "quantize int8 (dynamic, CPU)",
           lambda: quantizer(int8_source, int8_path, int8))  # fmt: skip
     if not int8.reduce_range:
         portable = version_dir / f"model.{quantize.PORTABLE_INT8_VARIANT}.onnx"
         build(quantize.PORTABLE_INT8_VARIANT, portable, "quantize int8 7-bit (for CPUs without VNNI)",
               lambda: quantizer(int8_source, portable, replace(int8, reduce_range=True)))  # fmt: skip
+    # The files made from the fused graph keep its fusions and, for a decoder, its key/value cache.
+    graph_facts = facts.get("fp32-opt", {})
+    derived = {"fp32-opt", "int8", quantize.PORTABLE_INT8_VARIANT} if from_fused else {"fp32-opt"}
+    cached = {k for k in files if k in derived and "kv_cache" in graph_facts}
     if BUILD_FP16:
         fp16 = version_dir / "model.fp16.onnx"
         build("fp16", fp16, "convert fp16 (GPU)", lambda: quantize.convert_fp16(fp32, fp16))
 
     with progress.step("validate against PyTorch"):
-        from_fused = (
-            {"fp32-opt", "int8", quantize.PORTABLE_INT8_VARIANT} if int8_source == fused else {"fp32-opt"}
-        )
-        cached = {k for k in files if k in from_fused and "kv_cache" in facts.get("fp32-opt", {})}
-        parity = _parity(
-            source, tokenizer, {"fp32": fp32, **files}, inputs, length, thresholds, token_ids, cached
-        )
-    figures = parity["figures"]
-    fp32_problems = validate.variant_problems("fp32", figures["fp32"], thresholds)
-    if fp32_problems:
-        raise ParityError(
-            f"{name}: parity gate failed: " + "; ".join(fp32_problems) + "; no repository was written"
-        )
-    for key in list(files):
-        problems = validate.variant_problems(key, figures[key], thresholds)
-        if problems:
-            skipped[key] = "; ".join(problems)
+        gate = _Gate(source, folder / "tokenizer", length, thresholds, token_ids)
+        parity = gate.run({"fp32": fp32, **files}, inputs, cached=cached)
+    skipped.update(gate.verdict(name, parity["figures"]))
     for key in [k for k in files if k in skipped or (k == "fp32-opt" and not KEEP_FUSED_FP32)]:
         _remove_graph(files.pop(key))
     for key, reason in skipped.items():
@@ -275,10 +271,8 @@ def _build_model(
     files = {"fp32": fp32, **files}
     _write_triton_files(folder, name, inputs, outputs, length, cpu_file=_cpu_file(files, cached))
     variants = {key: _variant(key, path, folder) for key, path in files.items()}
-    for key in variants:  # int8 files quantize the fused graph: they keep its fusions and its cache
-        graph_facts = facts.get("fp32-opt") if files[key] != fp32 and key != "fp16" else None
-        if graph_facts and (key == "fp32-opt" or int8_source == fused):
-            variants[key].update(graph_facts)
+    for key in variants.keys() & derived:
+        variants[key].update(graph_facts)
     if int8_entry.get("requires_cpu_flags") and "int8" in variants:
         variants["int8"]["requires_cpu_flags"] = int8_entry["requires_cpu_flags"]
     return {
@@ -299,7 +293,7 @@ def _build_model(
         "int8_settings": {
             **quantize.settings_dict(int8),
             "graph": int8_source.name,
-            "quantizer": fusion.int8_quantizer_name(family.family, int8_source == fused),
+            "quantizer": fusion.int8_quantizer_name(family, from_fused),
         },
         "int8": int8_entry,
         "parity": parity,
@@ -392,82 +386,97 @@ def _variant(key: str, path: Path, folder: Path) -> dict[str, Any]:
     return entry
 
 
-def _parity(
-    source: ModelSource,
-    tokenizer: Any,
-    files: dict[str, Path],
-    inputs: list[dict[str, str]],
-    length: int,
-    thresholds: validate.Thresholds,
-    token_ids: tuple[int, int] | None = None,
-    cached: set[str] | frozenset[str] = frozenset(),
-) -> dict[str, Any]:
-    """The gate's figures; `cached` variants (decoder graphs with a key/value cache) are scored the way the
-    gateway serves them: each query's head once, each document after it (export.decoder_prefix)."""
-    family = source.family
-    pairs = validate.build_parity_set(n_queries=gate_size.parity_queries(source.folder))
-    input_names = [i["name"] for i in inputs]
-    if family.template is not None:
-        encodings = validate.template_encodings(family.template, tokenizer, pairs.pairs, length)
-    else:
-        encodings = validate.tokenize_pairs(tokenizer, pairs.pairs, length)
-    pad_id = tokenizer.pad_token_id or 0
-    side = family.padding_side
-    reference = validate.reference_logits(family, source.folder, encodings, input_names, pad_id, token_ids)
-    heads = (
-        decoder_prefix.head_lengths(tokenizer, family.template, pairs.pairs, encodings)
-        if cached and family.template is not None
-        else []
-    )
-    scores = {
-        key: decoder_prefix.scores_with_heads(path, encodings, heads)
-        if key in cached
-        else validate.onnx_scores(path, encodings, input_names, pad_id, padding_side=side)
-        for key, path in files.items()
-    }
-    figures = {"fp32": validate.compare(reference, scores["fp32"], pairs.groups)}
-    # the relevance score the gateway returns: activation(logit)
-    if family.activation == "sigmoid":
-        probabilities = np.abs(_sigmoid(reference) - _sigmoid(scores["fp32"]))
-        figures["fp32"]["max_abs_diff_after_sigmoid"] = float(probabilities.max())
-    if "fp32-opt" in scores:
-        figures["fp32-opt"] = validate.compare(reference, scores["fp32-opt"], pairs.groups)
-    # int8 and fp16 are judged against the fp32 ONNX scores (their own baseline)
-    for key in ("int8", quantize.PORTABLE_INT8_VARIANT):
-        if key in scores:
-            figures[key] = validate.compare(scores["fp32"], scores[key], pairs.groups)
-    if "fp16" in scores:
-        figures["fp16"] = validate.compare(scores["fp32"], scores["fp16"], pairs.groups)
-    lengths = [len(e["input_ids"]) for e in encodings]
+class _Gate:
+    """The parity gate of one model: every file scored on the parity set, encoded by the gateway's tokenizer
+    (tokenizer/ + the manifest's family fields: the ids the server will build), judged by the family's bounds."""
+
+    def __init__(
+        self,
+        source: ModelSource,
+        tokenizer_dir: Path,
+        length: int,
+        thresholds: validate.Thresholds,
+        token_ids: tuple[int, int] | None,
+    ) -> None:
+        self.source = source
+        self.family = source.family
+        self.bounds = thresholds.bounds_for(self.family.definition.gate)
+        self.tokenizer = tokenizer_from_manifest(
+            tokenizer_dir, self.family.manifest_fields(), max_length=length
+        )
+        self.token_ids = token_ids
+
+    def run(
+        self, files: dict[str, Path], inputs: list[dict[str, str]], *, cached: set[str] | frozenset[str] = frozenset()
+    ) -> dict[str, Any]:
+        """The manifest's `parity`: fp32 and fused fp32 against PyTorch, int8 and fp16 against the fp32 graph.
+
+        The set's size follows the model's (the family's GateSize). `cached` files (decoder graphs with a
+        key/value cache) are scored the way the gateway serves them: each query's head (`Window.shared`) once,
+        each document after its cache (export.decoder_prefix)."""
+        queries = gate_size.parity_queries(self.source.folder, self.family.definition.gate_size)
+        pairs = validate.build_parity_set(n_queries=queries)
+        encoded = validate.encode_parity_set(self.tokenizer, pairs.pairs, [i["name"] for i in inputs])
+        reference = validate.reference_logits(self.family, self.source.folder, encoded, self.token_ids)
+        scores = {
+            key: decoder_prefix.scores_with_heads(path, encoded.windows)
+            if key in cached
+            else validate.onnx_scores(path, encoded)
+            for key, path in files.items()
+        }
+        figures: dict[str, dict[str, float]] = {}
+        for key in ("fp32", "fp32-opt"):
+            if key in scores:
+                figures[key] = {
+                    **validate.compare(reference.logits, scores[key], pairs.groups),
+                    "reference_scale": round(reference.scale, 6),
+                    "bound": self.bounds.fp32_bound(reference.scale),
+                }
+        # the relevance score the gateway returns: activation(logit)
+        if self.family.activation == "sigmoid":
+            probabilities = np.abs(_sigmoid(reference.logits) - _sigmoid(scores["fp32"]))
+            figures["fp32"]["max_abs_diff_after_sigmoid"] = float(probabilities.max())
+        # int8 and fp16 are judged against the fp32 ONNX scores (their own baseline)
+        for key in ("int8", quantize.PORTABLE_INT8_VARIANT, "fp16"):
+            if key in scores:
+                figures[key] = validate.compare(scores["fp32"], scores[key], pairs.groups)
+        lengths = encoded.lengths
+        return {
+            "pairs": len(pairs.pairs),
+            "queries": len(pairs.queries),
+            "pairs_at_max_length": sum(n == self.tokenizer.max_length for n in lengths),
+            "min_tokens": min(lengths),
+            "max_tokens": max(lengths),
+            "reference": self.family.head.reference,
+            "padding_side": self.tokenizer.padding_side,
+            "pad_id": self.tokenizer.pad_id,
+            "encoded_by": "gateway.tokenization.PairTokenizer (the ids the gateway builds)",
+            "ids_sha256": encoded.ids_sha256(),
+            "figures": figures,
+            "thresholds": validate.bounds_dict(self.bounds),
+            "reference_logits_head": [round(float(x), 6) for x in reference.logits[:8]],
+            **({"prefix_reuse": _prefix_reuse(cached, encoded)} if cached else {}),
+        }
+
+    def verdict(self, name: str, figures: dict[str, dict[str, float]]) -> dict[str, str]:
+        """The variants that miss their bounds, with why; ParityError when the fp32 graph does (nothing is
+        written)."""
+        fp32_problems = validate.variant_problems("fp32", figures["fp32"], self.bounds)
+        if fp32_problems:
+            raise ParityError(
+                f"{name}: parity gate failed: " + "; ".join(fp32_problems) + "; no repository was written"
+            )
+        missed = {key: validate.variant_problems(key, figures[key], self.bounds) for key in figures}
+        return {key: "; ".join(problems) for key, problems in missed.items() if problems}
+
+
+def _prefix_reuse(cached: set[str] | frozenset[str], encoded: validate.ParityInputs) -> dict[str, Any]:
+    """The manifest's `parity.prefix_reuse`: which files were scored head once, documents after its cache."""
     return {
-        "pairs": len(pairs.pairs),
-        "queries": len(pairs.queries),
-        "pairs_at_max_length": sum(n == length for n in lengths),
-        "min_tokens": min(lengths),
-        "max_tokens": max(lengths),
-        "reference": _REFERENCE[family.family],
-        "padding_side": side,
-        "figures": figures,
-        "thresholds": validate.thresholds_dict(thresholds),
-        "reference_logits_head": [round(float(x), 6) for x in reference[:8]],
-        **(
-            {"prefix_reuse": {"variants": sorted(cached), "mean_head_tokens": float(np.mean(heads))}}
-            if cached
-            else {}
-        ),
+        "variants": sorted(cached),
+        "mean_head_tokens": float(np.mean([w.shared for w in encoded.windows])),
+        "scored_by": "export.decoder_prefix.scores_with_heads (gateway.backends.prefix_reuse's order)",
     }
-
-
-_REFERENCE = {
-    "bert": "PyTorch fp32 AutoModelForSequenceClassification, separately loaded",
-    "xlm-roberta": "PyTorch fp32 AutoModelForSequenceClassification, separately loaded",
-    "modernbert": "PyTorch fp32 AutoModelForSequenceClassification, separately loaded",
-    "st-crossencoder": "PyTorch fp32 sentence-transformers CrossEncoder module stack ('scores'), separately loaded",
-    "decoder": "PyTorch fp32 AutoModelForCausalLM: logit(positive) - logit(negative) of the full vocabulary "
-    "logits at the last position, left padding (the model card's formula before its softmax/sigmoid)",
-}
-# Decoder rerankers: the model cards' max_length (Qwen3-Reranker 8192; positions allow more).
-DECODER_MAX_LENGTH = 8192
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -476,9 +485,9 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 def _max_length(tokenizer: Any, config: Any, requested: int | None, spec: str, family: Family) -> int:
     positions = int(getattr(config, "max_position_embeddings", 512) or 512)
-    if family.family == "decoder":
-        positions = min(positions, DECODER_MAX_LENGTH)
-    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+    if family.definition.max_positions is not None:
+        positions = min(positions, family.definition.max_positions)
+    if positions_after_padding(str(getattr(config, "model_type", ""))):
         positions -= int(getattr(config, "pad_token_id", 1) or 1) + 1  # position ids start after padding_idx
     limit = min(int(tokenizer.model_max_length), positions) if tokenizer.model_max_length < 1e6 else positions
     if requested is None:

@@ -75,8 +75,10 @@ def cpu_logits(
     variant, _ = cpu_variant(spec, s.cpu_precision, cpu_flags())
     path = spec.variant_path(variant)
     assert path is not None  # cpu_variant picks only files that exist
-    length = min(s.max_length or spec.max_length, spec.max_length)
-    tokenizer = PairTokenizer.from_dir(spec.tokenizer_dir, max_length=length)
+    length = s.max_length or spec.max_length
+    tokenizer = PairTokenizer.from_spec(
+        spec, max_length=length
+    )  # the template and padding side it serves with
     options = ort.SessionOptions()
     options.intra_op_num_threads = s.intra_op_threads
     session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
@@ -94,7 +96,9 @@ def cpu_logits(
         for rows in plan_batches(
             [len(w.ids) for w in windows], token_budget=s.token_budget, max_rows=max_rows
         ):
-            batch = build_batch([windows[k] for k in rows], input_names, tokenizer.pad_id)
+            batch = build_batch(
+                [windows[k] for k in rows], input_names, tokenizer.pad_id, padding_side=tokenizer.padding_side
+            )
             logits = np.asarray(session.run([output], batch.inputs)[0], dtype=np.float32)
             for k, logit in zip(rows, logits.reshape(batch.size, -1)[:, 0].tolist(), strict=True):
                 best[windows[k].doc] = max(best[windows[k].doc], logit)

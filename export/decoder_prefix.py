@@ -27,8 +27,9 @@ import numpy as np
 
 from export import fusion
 from export.errors import ExportError
-from export.families import Family, Template
 from export.fusion import FusedGraph
+from gateway.families import Family
+from gateway.tokenization import Window
 
 INPUTS = ("input_ids", "attention_mask")
 
@@ -75,19 +76,19 @@ def export_cached(
     import gc
 
     import torch
-    from transformers import AutoModelForCausalLM
 
-    recipe = fusion.recipe_for(family.family)
-    if recipe is None or family.template is None:
+    from export.torch_export import dummy_ids, load_causal_lm
+
+    recipe = family.definition.fusion
+    if recipe is None or not recipe.kv_cache or family.template is None:
         raise ExportError(f"prefix reuse is for decoder rerankers, not family {family.family!r}")
-    lm = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=torch.float32, attn_implementation=recipe.attn_implementation
-    ).eval()
+    lm = load_causal_lm(folder, recipe.attn_implementation)
     layout = layout_of(lm.config)
+    vocabulary = int(lm.config.vocab_size)
     module = _CachedScorer(lm, positive_id, negative_id)
     del lm
     batch, sequence, past = torch.export.Dim("batch"), torch.export.Dim("sequence"), torch.export.Dim("past")
-    ids = torch.randint(5, 50, (2, 9), dtype=torch.long)
+    ids = dummy_ids(vocabulary, 2, 9)
     mask = torch.ones_like(ids)
     mask[1, -3:] = 0
     cache = tuple(torch.randn(2, layout.kv_heads, 12, layout.head_dim) for _ in range(2 * layout.layers))
@@ -161,29 +162,11 @@ def _layers(cache: Any) -> list[tuple[Any, Any]]:
     return list(zip(cache.key_cache, cache.value_cache, strict=True))
 
 
-def head_lengths(
-    tokenizer: Any, template: Template, pairs: Sequence[tuple[str, str]], encodings: Any
-) -> list[int]:
-    """Per pair, the tokens its encoding shares with every pair of the same query: the template's prefix and
-    the query part's ids as far as the pair's own ids begin with them (a token merged across the boundary
-    between query and document part belongs to the document's side)."""
-    prefix = len(tokenizer(template.prefix, add_special_tokens=False)["input_ids"])
-    out = []
-    for (query, _), enc in zip(pairs, encodings, strict=True):
-        query_ids = tokenizer(template.format_query(query), add_special_tokens=False)["input_ids"]
-        body = enc["input_ids"][prefix:]
-        common = 0
-        while common < min(len(query_ids), len(body) - 1) and body[common] == query_ids[common]:
-            common += 1
-        out.append(prefix + common)
-    return out
-
-
-def scores_with_heads(
-    path: Path, encodings: Sequence[dict[str, list[int]]], heads: Sequence[int], threads: int = 2
-) -> np.ndarray:
-    """What the gateway's prefix-reuse scorer returns for these pairs: each head computed once (the cache of
-    the first pair that has it), each pair's remaining tokens after it, one row at a time."""
+def scores_with_heads(path: Path, windows: Sequence[Window], threads: int = 2) -> np.ndarray:
+    """What the gateway's prefix-reuse scorer (gateway/backends/prefix_reuse.py) returns for these windows, as
+    the gateway's PairTokenizer built them: each window's head (`Window.shared`: the template's prefix and the
+    query part) computed once, from an empty past, for the windows that have it, then each window's remaining
+    tokens after that cache, one row at a time. A window without a head runs the full computation."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -196,15 +179,16 @@ def scores_with_heads(
     kv_heads, head_dim = int(past[0].shape[1]), int(past[0].shape[3])
     empty = {i.name: np.zeros((1, kv_heads, 0, head_dim), dtype=np.float32) for i in past}
     cached: dict[bytes, dict[str, np.ndarray]] = {}
-    out = np.zeros(len(encodings), dtype=np.float64)
-    for row, (enc, shared) in enumerate(zip(encodings, heads, strict=True)):
-        ids = np.asarray(enc["input_ids"], dtype=np.int64)[None, :]
+    out = np.zeros(len(windows), dtype=np.float64)
+    for row, window in enumerate(windows):
+        ids = np.asarray(window.ids, dtype=np.int64)[None, :]
+        shared = window.shared
         key = ids[0, :shared].tobytes()
-        if key not in cached:
+        if shared and key not in cached:
             head = ids[:, :shared]
             values = session.run(present, {"input_ids": head, "attention_mask": np.ones_like(head), **empty})
             cached = {key: dict(zip([i.name for i in past], values, strict=True))}  # one query at a time
         rest = ids[:, shared:]
-        feed = {"input_ids": rest, "attention_mask": np.ones_like(rest), **cached[key]}
+        feed = {"input_ids": rest, "attention_mask": np.ones_like(rest), **(cached[key] if shared else empty)}
         out[row] = float(np.asarray(session.run(["logits"], feed)[0]).reshape(-1)[0])
     return out

@@ -10,8 +10,9 @@ What the rewriter turns the graphs into (counts per graph in the manifest's `opt
 - ModernBERT: MultiHeadAttention (its local/global sliding window stays an attention bias), RotaryEmbedding,
               Gelu (the GeGLU's activation).
 
-The recipe per family is data (`FusionRecipe`: which fusions must have happened, or the file would run as
-many small nodes and is not worth keeping). onnxscript's GQA rewrite assumes onnxruntime-genai's inputs: it
+The recipe per family is data in the family table (gateway/families.py `FamilyDefinition.fusion`, a
+`FusionRecipe`: the attention the export traces, which fusions must have happened, or the file would run as
+many small nodes and is not worth keeping, our own extra rules, whether the graph carries a key/value cache). onnxscript's GQA rewrite assumes onnxruntime-genai's inputs: it
 drops the padding mask and takes each row's length from its position ids. Our decoder graphs are therefore
 right-padded and read the score at each row's last real token, so that right pads are never attended by a
 real token (causal) and the dropped mask changes nothing; the gate checks it (fused vs PyTorch).
@@ -27,41 +28,10 @@ from typing import Any
 
 from export import onnx_export
 from export.errors import ExportError
+from gateway.families import Family, FusionRecipe
 
 # Dynamo export opset: the rewriter's contrib ops sit beside opset-18 standard ops (LayerNormalization >= 17).
 FUSED_OPSET = 18
-
-
-@dataclass(frozen=True)
-class FusionRecipe:
-    """How one family's fused graph is made and what must have been fused for it to be kept.
-
-    attn_implementation: the transformers attention the dynamo export traces (eager: plain MatMul/Softmax
-    nodes, the form the rewriter matches). required: fusion-count keys of optimize_for_ort that must be > 0.
-    kv_cache: the graph takes past key/values and returns present ones, for the shared prompt computed once.
-    """
-
-    attn_implementation: str
-    required: tuple[str, ...]
-    description: str
-    kv_cache: bool = False  # the fused graph takes and returns a key/value cache (export/decoder_prefix.py)
-    extra: tuple[str, ...] = ()  # our own rules (_EXTRA_RULES) run after onnxscript's
-
-
-RECIPES: dict[str, FusionRecipe] = {
-    "decoder": FusionRecipe(
-        "eager",
-        ("gqa", "skip_rms_normalization", "rms_normalization"),
-        "GroupQueryAttention (rotary inside), SkipSimplifiedLayerNormalization, SimplifiedLayerNormalization",
-        kv_cache=True,
-    ),
-    "modernbert": FusionRecipe(
-        "eager",
-        ("sdpa_via_mha", "rotary_embedding", "skip_layer_normalization_no_beta"),
-        "MultiHeadAttention (sliding-window bias), RotaryEmbedding, Gelu, SkipLayerNormalization (no beta)",
-        extra=("skip_layer_normalization_no_beta",),
-    ),
-}
 
 
 def _skip_layer_norm_without_beta() -> Any:
@@ -100,10 +70,6 @@ def _skip_layer_norm_without_beta() -> Any:
 
 # Our own rules, by the fusion-count key they report under; a recipe lists the ones it runs (`extra`).
 _EXTRA_RULES = {"skip_layer_normalization_no_beta": _skip_layer_norm_without_beta}
-
-
-def recipe_for(family: str) -> FusionRecipe | None:
-    return RECIPES.get(family)
 
 
 @dataclass(frozen=True)
@@ -246,12 +212,11 @@ def _library_versions() -> dict[str, str]:
 
 
 def optimize_variant(
-    family: Any,
+    family: Family,
     folder: Path,
     fp32: Path,
     output: Path,
     *,
-    model_type: str,
     num_heads: int,
     hidden_size: int,
     token_ids: tuple[int, int] | None,
@@ -262,7 +227,7 @@ def optimize_variant(
     applies or the fusion fails."""
     from export import quantize, torch_export
 
-    recipe = recipe_for(family.family)
+    recipe = family.definition.fusion
     if recipe is not None:
         graph, layout = torch_export.export_fused(
             family, folder, output,
@@ -272,7 +237,7 @@ def optimize_variant(
         if layout is not None:
             facts["kv_cache"] = layout.manifest()
         return facts
-    quantize.optimize_fp32(fp32, output, model_type, num_heads=num_heads, hidden_size=hidden_size)
+    quantize.optimize_fp32(fp32, output, family.model_type, num_heads=num_heads, hidden_size=hidden_size)
     return {
         "optimizations": {
             "library": _library_versions(),
@@ -282,11 +247,11 @@ def optimize_variant(
     }
 
 
-def has_optimizer(family: str, model_type: str) -> str | None:
-    """Why no fused graph can be built (None: a recipe or ONNX Runtime's optimizer covers it)."""
+def unfused_reason(family: Family) -> str | None:
+    """Why no fused graph can be built (None: the family's recipe or ONNX Runtime's optimizer covers it)."""
     from export import quantize
 
-    return None if recipe_for(family) is not None else quantize.fusion_unsupported(model_type)
+    return None if family.definition.fusion is not None else quantize.fusion_unsupported(family.model_type)
 
 
 def _contrib_ops(path: Path) -> dict[str, int]:
@@ -299,23 +264,27 @@ def _contrib_ops(path: Path) -> dict[str, int]:
     return dict(sorted(ops.items()))
 
 
-def int8_quantizer(family: str, fused_source: bool) -> Callable[[Path, Path, Any], None]:
-    """The int8 writer for a graph: our one-pass MatMul quantizer for a family's fused graph (a 0.6B
-    decoder's stays near its fp32 size in memory, export/quantize_matmul.py), ONNX Runtime's quantize_dynamic
-    for the rest (BERT-like encoders, whose files and figures stay what they were)."""
+def int8_quantizer(family: Family, fused_source: bool) -> Callable[[Path, Path, Any], None]:
+    """The int8 writer for a graph: our one-pass MatMul quantizer for the fused graph a family's recipe made
+    (a 0.6B decoder's stays near its fp32 size in memory, export/quantize_matmul.py), ONNX Runtime's
+    quantize_dynamic for the rest (BERT-like encoders, whose files and figures stay what they were)."""
     from export import quantize, quantize_matmul
 
-    if fused_source and recipe_for(family) is not None:
+    if _one_pass(family, fused_source):
         return lambda source, output, settings: _ignore(
             quantize_matmul.quantize_matmuls(source, output, settings)
         )
     return quantize.quantize_int8
 
 
-def int8_quantizer_name(family: str, fused_source: bool) -> str:
-    if fused_source and recipe_for(family) is not None:
+def int8_quantizer_name(family: Family, fused_source: bool) -> str:
+    if _one_pass(family, fused_source):
         return "export.quantize_matmul (DynamicQuantizeLinear + MatMulIntegerToFloat)"
     return "onnxruntime.quantization.quantize_dynamic"
+
+
+def _one_pass(family: Family, fused_source: bool) -> bool:
+    return fused_source and family.definition.fusion is not None
 
 
 def _ignore(_: object) -> None:

@@ -1,12 +1,6 @@
-"""How many parity pairs the gate scores: fewer for big models, so that a 0.6B decoder exports with its gate
-on 2 cores in minutes (issue 22: at most 15 minutes, peak RSS at most 3x its fp32 file).
-
-The gate's cost is parameters x tokens x passes (PyTorch, fp32, fused fp32, int8, fp16). Up to
-FULL_GATE_PARAMS non-embedding parameters (MiniLM, BERT-base-sized rerankers) it scores the whole set of 40
-queries x 4 documents; above, the number of queries falls in proportion, never under MIN_QUERIES (24 pairs:
-6 of them long and cut at the max length, 6 queries for the same-best-document check). A Qwen3-0.6B-sized
-decoder (440 M non-embedding parameters) gets 6 queries.
-"""
+"""How many parity pairs the gate scores for a model: the family's policy (gateway/families.py `GateSize`: fewer
+queries for big models, so that a 0.6B decoder exports with its gate on 2 cores in minutes) applied to the
+model's size, read from its safetensors headers."""
 
 from __future__ import annotations
 
@@ -14,17 +8,13 @@ import json
 import struct
 from pathlib import Path
 
-FULL_QUERIES = 40
-MIN_QUERIES = 6
-FULL_GATE_PARAMS = 70_000_000
+from gateway.families import GateSize
 
 
-def parity_queries(folder: Path, full: int = FULL_QUERIES) -> int:
-    """The gate's number of queries for the model in `folder` (full when its size cannot be read)."""
-    params = non_embedding_parameters(folder)
-    if params <= FULL_GATE_PARAMS:
-        return full
-    return max(MIN_QUERIES, min(full, full * FULL_GATE_PARAMS // params))
+def parity_queries(folder: Path, policy: GateSize) -> int:
+    """The gate's number of queries for the model in `folder` (the policy's full set when its size cannot be
+    read: no safetensors file)."""
+    return policy.queries(non_embedding_parameters(folder))
 
 
 def non_embedding_parameters(folder: Path) -> int:

@@ -17,18 +17,7 @@ import onnx
 
 from export import onnx_export
 from export.errors import ExportError
-
-# ORT's transformer optimizer knows these encoder families (BERT-like attention subgraphs).
-_ORT_MODEL_TYPES = {
-    "bert": "bert",
-    "roberta": "bert",
-    "xlm-roberta": "bert",
-    "distilbert": "bert",
-    "electra": "bert",
-    "camembert": "bert",
-    "deberta-v2": "bert",
-    "qwen3": "qwen3",
-}
+from gateway.families import ort_optimizer
 
 
 @dataclass(frozen=True)
@@ -70,24 +59,25 @@ def int8_requirement(settings: Int8Settings) -> dict[str, object]:
 
 
 def fusion_unsupported(model_type: str) -> str | None:
-    """Why no fused graph is built for this model type (None: ORT's optimizer knows it)."""
-    if model_type in _ORT_MODEL_TYPES:
+    """Why no fused graph is built for this model type (None: ORT's optimizer knows it; the family table's
+    `Backbone.ort_optimizer`)."""
+    if ort_optimizer(model_type) is not None:
         return None
     return f"ONNX Runtime's transformer optimizer has no fusion for model_type {model_type!r}"
 
 
 def optimize_fp32(source: Path, output: Path, model_type: str, *, num_heads: int, hidden_size: int) -> None:
     """Write an ORT-fused fp32 graph (Attention, SkipLayerNorm, BiasGelu); ExportError if that fails."""
-    reason = fusion_unsupported(model_type)
-    if reason is not None:
-        raise ExportError(reason)
+    optimizer_type = ort_optimizer(model_type)
+    if optimizer_type is None:
+        raise ExportError(str(fusion_unsupported(model_type)))
     from onnxruntime.transformers.optimizer import optimize_model
 
     try:
         with _quiet_ort():
             optimized = optimize_model(
                 str(source),
-                model_type=_ORT_MODEL_TYPES[model_type],
+                model_type=optimizer_type,
                 num_heads=num_heads,
                 hidden_size=hidden_size,
                 opt_level=1,

@@ -4,43 +4,45 @@ optimum auto-detects ModernBERT classifiers, sentence-transformers module stacks
 `text-ranking` (or not at all) and fails, or exports them as feature extraction and drops the head. Here
 each family is wrapped in a small torch module whose forward takes the graph's inputs positionally and
 returns `logits` [batch, 1], and torch.onnx (TorchScript exporter: no onnxscript needed) writes it with
-dynamic batch and sequence axes:
+dynamic batch and sequence axes. One builder per score head of the family table (gateway/families.py):
 
-- modernbert:      ModernBertForSequenceClassification(...).logits (eager attention, so no data-dependent
-                   mask shortcut is traced);
-- st-crossencoder: the CrossEncoder's whole module stack (Transformer -> Pooling -> Dense -> LayerNorm ->
-                   Dense), its "scores" output;
-- decoder:         the causal LM's body, the hidden state at each row's last real token (right padding; a
-                   left-padded row works too) times ONE row, lm_head[positive] - lm_head[negative]:
-                   logit(yes) - logit(no) without a vocabulary-sized output.
+- classifier (modernbert):  *ForSequenceClassification(...).logits (eager attention, so no data-dependent
+                            mask shortcut is traced);
+- module-stack (st-crossencoder): the CrossEncoder's whole module stack (Transformer -> Pooling -> Dense ->
+                            LayerNorm -> Dense), its "scores" output;
+- last-token-difference (decoder): the causal LM's body, the hidden state at each row's last real token
+                            (right padding, the family's; a left-padded row works too) times ONE row,
+                            lm_head[positive] - lm_head[negative]: logit(yes) - logit(no) without a
+                            vocabulary-sized output.
 
-`export_fused` writes the same function through the dynamo exporter and onnxscript's ONNX Runtime fusions
-(export/fusion.py): the fp32-opt file of these families.
+`export_fused` writes the same function through the dynamo exporter and onnxscript's ONNX Runtime fusions, the
+way the family's `FusionRecipe` says (export/fusion.py): the fp32-opt file of ModernBERT and the decoders.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from export import decoder_prefix, fusion, onnx_export
 from export.decoder_prefix import CacheLayout
 from export.errors import ExportError
-from export.families import Family
 from export.fusion import FusedGraph
+from gateway.families import Family, HeadKind
 
-# Inputs a family's graph takes, in order (the gateway reads them from the graph; XLM-R-like models and
-# ModernBERT have no token_type_ids).
 _DUMMY_LENGTH = 24
 
 
 def input_names(family: Family, folder: Path) -> list[str]:
-    if family.family == "st-crossencoder":
-        return ["input_ids", "attention_mask"] + (["token_type_ids"] if _st_uses_token_types(folder) else [])
-    return ["input_ids", "attention_mask"]
+    """The graph's inputs, in order (the family table's; `token_type_ids` too where the family takes them and
+    the encoder has a type vocabulary)."""
+    names = list(family.definition.inputs)
+    if family.definition.typed_inputs and _uses_token_types(folder):
+        names.append("token_type_ids")
+    return names
 
 
 def export_fp32(
@@ -57,7 +59,7 @@ def export_fp32(
 
     names = input_names(family, folder)
     wrapper = build_wrapper(family, folder, positive_id, negative_id)
-    args = dummy_inputs(family, names)
+    args = dummy_inputs(family, folder, names)
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes["logits"] = {0: "batch"}
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=".torch-onnx-") as tmp:
@@ -77,12 +79,21 @@ def export_fp32(
     onnx_export.check_plain(output)
 
 
-def dummy_inputs(family: Family, names: Sequence[str]) -> tuple[Any, ...]:
-    """Example inputs to trace: 2 rows, the second padded on the family's side (so no all-ones shortcut)."""
+def dummy_ids(vocab_size: int, batch: int, length: int) -> Any:
+    """Token ids to trace the graph with, drawn from the model's own vocabulary (any size, fixed seed)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, vocab_size, (batch, length), dtype=torch.long, generator=generator)
+
+
+def dummy_inputs(family: Family, folder: Path, names: Sequence[str]) -> tuple[Any, ...]:
+    """Example inputs to trace: 2 rows of ids from the model's vocabulary, the second padded on the family's
+    side (so no all-ones shortcut is traced)."""
     import torch
 
     batch, length = 2, _DUMMY_LENGTH
-    ids = torch.randint(5, 50, (batch, length), dtype=torch.long)
+    ids = dummy_ids(_vocab_size(folder), batch, length)
     mask = torch.ones(batch, length, dtype=torch.long)
     if family.padding_side == "left":
         mask[1, :5] = 0
@@ -105,7 +116,7 @@ def export_fused(
     the family has no recipe or the fusions did not happen."""
     import torch
 
-    recipe = fusion.recipe_for(family.family)
+    recipe = family.definition.fusion
     if recipe is None:
         raise ExportError(f"no fusion recipe for family {family.family!r}")
     if recipe.kv_cache:
@@ -119,7 +130,7 @@ def export_fused(
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     shapes = tuple({0: batch, 1: sequence} for _ in names)
     fused = fusion.export_fused(
-        wrapper, dummy_inputs(family, names), output, recipe,
+        wrapper, dummy_inputs(family, folder, names), output, recipe,
         input_names=names, output_names=["logits"], dynamic_shapes=shapes,
     )  # fmt: skip
     return fused, None
@@ -132,27 +143,52 @@ def build_wrapper(
     negative_id: int | None,
     attn_implementation: str = "eager",
 ) -> Any:
+    """The torch module whose forward takes the graph's inputs positionally and returns `logits` [batch, 1]:
+    the builder of the family's score head (`attn_implementation`: the transformers attention it traces;
+    eager, so no data-dependent mask shortcut is traced)."""
+    builder = _WRAPPERS.get(family.head.kind)
+    if builder is None:
+        raise ExportError(f"no torch exporter for the {family.head.kind} head of family {family.family!r}")
+    return builder(family, folder, positive_id, negative_id, attn_implementation)
+
+
+def _classifier_wrapper(
+    family: Family, folder: Path, positive_id: int | None, negative_id: int | None, attn_implementation: str
+) -> Any:
     import torch
+    from transformers import AutoModelForSequenceClassification
 
-    if family.family == "modernbert":
-        from transformers import AutoModelForSequenceClassification
+    model = AutoModelForSequenceClassification.from_pretrained(
+        folder, dtype=torch.float32, attn_implementation=attn_implementation
+    ).eval()
+    return _Classifier(model)
 
-        model = AutoModelForSequenceClassification.from_pretrained(
-            folder, dtype=torch.float32, attn_implementation=attn_implementation
-        ).eval()
-        return _Classifier(model)
-    if family.family == "st-crossencoder":
-        return _ModuleStack(load_st_crossencoder(folder), input_names(family, folder))
-    if family.family == "decoder":
-        if positive_id is None or negative_id is None:
-            raise ExportError("a decoder export needs the positive and negative token ids")
-        from transformers import AutoModelForCausalLM
 
-        lm = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=torch.float32, attn_implementation=attn_implementation
-        )
-        return _LastTokenLogitDifference(lm.eval(), positive_id, negative_id)
-    raise ExportError(f"no torch exporter for family {family.family!r}")
+def _module_stack_wrapper(
+    family: Family, folder: Path, positive_id: int | None, negative_id: int | None, attn_implementation: str
+) -> Any:
+    return _ModuleStack(load_st_crossencoder(folder), input_names(family, folder))
+
+
+def _last_token_wrapper(
+    family: Family, folder: Path, positive_id: int | None, negative_id: int | None, attn_implementation: str
+) -> Any:
+    return _LastTokenLogitDifference(load_causal_lm(folder, attn_implementation), *_ids(positive_id, negative_id))
+
+
+def load_causal_lm(folder: Path, attn_implementation: str = "eager") -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        folder, dtype=torch.float32, attn_implementation=attn_implementation
+    ).eval()
+
+
+def _ids(positive_id: int | None, negative_id: int | None) -> tuple[int, int]:
+    if positive_id is None or negative_id is None:
+        raise ExportError("a decoder export needs the positive and negative token ids")
+    return positive_id, negative_id
 
 
 def load_st_crossencoder(folder: Path) -> Any:
@@ -171,11 +207,17 @@ def st_scores(model: Any, feed: dict[str, Any]) -> Any:
     return features["scores"]
 
 
-def _st_uses_token_types(folder: Path) -> bool:
+def _uses_token_types(folder: Path) -> bool:
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(folder)
     return int(getattr(config, "type_vocab_size", 0) or 0) > 1
+
+
+def _vocab_size(folder: Path) -> int:
+    from transformers import AutoConfig
+
+    return int(AutoConfig.from_pretrained(folder).vocab_size)
 
 
 def _torch_module() -> Any:
@@ -205,7 +247,8 @@ class _ModuleStack(_torch_module()):  # type: ignore[misc]
 
 
 class _LastTokenLogitDifference(_torch_module()):  # type: ignore[misc]
-    """logit(positive) - logit(negative) at the last position: body -> last hidden state -> one lm_head row."""
+    """logit(positive) - logit(negative) at each row's last real token: body -> hidden state -> one lm_head
+    row."""
 
     def __init__(self, lm: Any, positive_id: int, negative_id: int) -> None:
         import torch
@@ -256,3 +299,10 @@ def last_real(hidden: Any, attention_mask: Any) -> Any:
     last = (attention_mask * positions[None, :]).amax(dim=1)
     index = last[:, None, None].expand(-1, 1, hidden.shape[2])
     return hidden.gather(1, index).squeeze(1)
+
+
+_WRAPPERS: dict[HeadKind, Callable[[Family, Path, int | None, int | None, str], Any]] = {
+    "classifier": _classifier_wrapper,
+    "module-stack": _module_stack_wrapper,
+    "last-token-difference": _last_token_wrapper,
+}

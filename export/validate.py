@@ -2,23 +2,28 @@
 
 The pairs are generated deterministically from fixed word lists (no data files needed): queries about a
 topic, documents that are relevant, partly relevant or off-topic, short or long, and a quarter of them long
-enough to be truncated at the model's max length. The gate checks numbers (max |diff| of logits) and
-ranking (Spearman and same best document per query), as optimum's validation does for numbers only.
+enough to be truncated at the model's max length. They are encoded by the gateway's own PairTokenizer (the
+family's template, truncation, pad id and padding side, `encode_parity_set`) and batched by its `build_batch`,
+so the gate scores exactly the ids the server will build. The gate checks numbers (max |diff| of logits, within
+the family's bound: gateway.families.GateBounds) and ranking (Spearman and same best document per query), as
+optimum's validation does for numbers only.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from export.errors import ExportError, ParityError
-from export.families import Family, Template
 from export.quantize import PORTABLE_INT8_VARIANT
+from gateway.families import Family, GateBounds, HeadKind
+from gateway.tokenization import PairTokenizer, Window, build_batch
 
 _TOPICS = [
     ("vitamin D", "bone density", "older adults"),
@@ -83,13 +88,20 @@ _OFFTOPIC = _OFFTOPIC_TEXT.split()
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Bounds of the gate (defaults from issue 2)."""
+    """Bounds set for this export instead of the family's own (`python -m export --fp32-atol/--fp32-rtol`);
+    None keeps the family table's (gateway.families.GateBounds, documented there)."""
 
-    fp32_max_abs_diff: float = 1e-4
-    int8_min_spearman: float = 0.98
-    int8_min_top1_agreement: float = 0.95
-    fp16_max_abs_diff: float = 0.05
-    fp16_min_spearman: float = 0.99
+    fp32_atol: float | None = None
+    fp32_rtol: float | None = None
+    int8_min_spearman: float | None = None
+    int8_min_top1_agreement: float | None = None
+    fp16_max_abs_diff: float | None = None
+    fp16_min_spearman: float | None = None
+
+    def bounds_for(self, gate: GateBounds) -> GateBounds:
+        """The family's bounds with the ones set here in their place."""
+        chosen = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        return replace(gate, **chosen)
 
 
 @dataclass(frozen=True)
@@ -133,88 +145,95 @@ def _words(rng: random.Random, vocab: Sequence[str], n: int) -> str:
     return " ".join(rng.choice(vocab) for _ in range(n)) + "."
 
 
-def tokenize_pairs(
-    tokenizer: Any, pairs: Sequence[tuple[str, str]], max_length: int
-) -> list[dict[str, list[int]]]:
-    """One encoding per pair, truncating the document only (as the gateway does)."""
-    encoded = tokenizer(
-        [q for q, _ in pairs],
-        [d for _, d in pairs],
-        truncation="only_second",
-        max_length=max_length,
-        padding=False,
-        return_token_type_ids=True,
-    )
-    keys = list(encoded.keys())
-    return [{k: encoded[k][i] for k in keys} for i in range(len(pairs))]
+@dataclass(frozen=True)
+class ParityInputs:
+    """The parity pairs as the gateway encodes them: one window each, and how the gateway pads them."""
+
+    windows: list[Window]
+    input_names: tuple[str, ...]
+    pad_id: int
+    padding_side: str
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(w.ids) for w in self.windows]
+
+    def ids_sha256(self) -> str:
+        """A digest of every pair's token ids and type ids, in order (manifest `parity.ids_sha256`): what a
+        server reading the manifest must build for the same pairs."""
+        digest = hashlib.sha256()
+        for window in self.windows:
+            digest.update(json.dumps([window.ids, window.type_ids]).encode())
+        return digest.hexdigest()
+
+    def subset(self, indices: Sequence[int]) -> ParityInputs:
+        return replace(self, windows=[self.windows[i] for i in indices])
+
+    def batches(self, batch_size: int = 16) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
+        """Length-sorted batches padded by the gateway's build_batch (on `padding_side`, the family's); yields
+        (indices, {name: int64 array})."""
+        order = sorted(range(len(self.windows)), key=lambda i: len(self.windows[i].ids))
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = build_batch(
+                [self.windows[i] for i in idx], self.input_names, self.pad_id, padding_side=self.padding_side
+            )
+            yield idx, batch.inputs
 
 
-def template_encodings(
-    template: Template, tokenizer: Any, pairs: Sequence[tuple[str, str]], max_length: int
-) -> list[dict[str, list[int]]]:
-    """Decoder pairs as the model cards build them: the prefix's ids, the formatted query + document
-    (truncated from its end so that prefix and suffix always fit), the suffix's ids; no special tokens added."""
-
-    def ids(text: str, limit: int | None = None) -> list[int]:
-        kwargs = {"truncation": True, "max_length": limit} if limit is not None else {}
-        return list(tokenizer(text, add_special_tokens=False, **kwargs)["input_ids"])
-
-    prefix, suffix = ids(template.prefix), ids(template.suffix)
-    room = max_length - len(prefix) - len(suffix)
-    if room < 8:
-        raise ExportError(
-            f"max length {max_length} leaves no room for a pair inside the {template.name} prompt"
-        )
-    out = []
+def encode_parity_set(
+    tokenizer: PairTokenizer, pairs: Sequence[tuple[str, str]], input_names: Sequence[str]
+) -> ParityInputs:
+    """Each pair as the server encodes it (`PairTokenizer.encode_pairs`: the family's template and default
+    instruction, the document cut to fit max_length, one window), for the graph's inputs."""
+    windows = []
     for query, document in pairs:
-        body = ids(template.format_query(query) + template.document.format(document=document), room)
-        input_ids = prefix + body + suffix
-        out.append({"input_ids": input_ids, "attention_mask": [1] * len(input_ids)})
-    return out
+        [window] = tokenizer.encode_pairs(query, [document]).windows
+        windows.append(window)
+    return ParityInputs(windows, tuple(input_names), tokenizer.pad_id, tokenizer.padding_side)
 
 
-def batches(
-    encodings: list[dict[str, list[int]]],
-    input_names: Sequence[str],
-    pad_id: int,
-    batch_size: int = 16,
-    padding_side: str = "right",
-):
-    """Length-sorted, padded int64 batches; yields (indices, {name: array}). Decoders pad on the left, so
-    that the last position of every row is its last real token."""
-    order = sorted(range(len(encodings)), key=lambda i: len(encodings[i]["input_ids"]))
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        width = max(len(encodings[i]["input_ids"]) for i in idx)
-        feed = {}
-        for name in input_names:
-            fill = pad_id if name == "input_ids" else 0
-            arr = np.full((len(idx), width), fill, dtype=np.int64)
-            for row, i in enumerate(idx):
-                seq = encodings[i][name]
-                if padding_side == "left":
-                    arr[row, width - len(seq) :] = seq
-                else:
-                    arr[row, : len(seq)] = seq
-            feed[name] = arr
-        yield idx, feed
-
-
-def score_all(
-    run: Callable[[dict[str, np.ndarray]], np.ndarray],
-    encodings: list[dict[str, list[int]]],
-    input_names: Sequence[str],
-    pad_id: int,
-    padding_side: str = "right",
-) -> np.ndarray:
-    out = np.zeros(len(encodings), dtype=np.float64)
-    for idx, feed in batches(encodings, input_names, pad_id, padding_side=padding_side):
+def score_all(run: Callable[[dict[str, np.ndarray]], np.ndarray], inputs: ParityInputs) -> np.ndarray:
+    out = np.zeros(len(inputs.windows), dtype=np.float64)
+    for idx, feed in inputs.batches():
         out[idx] = np.asarray(run(feed), dtype=np.float64).reshape(len(idx), -1)[:, 0]
     return out
 
 
-def pytorch_scores(model_dir: Path, encodings, input_names, pad_id: int) -> np.ndarray:
-    """Reference logits from a freshly loaded model (torch.onnx.export may have altered the exported one)."""
+@dataclass(frozen=True)
+class Reference:
+    """What the graph must output, and the magnitude its float32 rounding scales with (GateBounds)."""
+
+    logits: np.ndarray
+    scale: float
+
+
+def reference_logits(
+    family: Family,
+    model_dir: Path,
+    inputs: ParityInputs,
+    token_ids: tuple[int, int] | None = None,
+) -> Reference:
+    """What the graph must output, computed by a separately loaded PyTorch model the way of the family's score
+    head: the classifier's logit; the CrossEncoder module stack's "scores"; for a decoder the model card's
+    formula on the full causal LM: logit(positive) - logit(negative) of the vocabulary logits at the last
+    position of a left-padded batch (sigmoid of it = softmax([negative, positive])[positive]), whatever side
+    the graph's own batches are padded on: the same windows, the card's way."""
+    reference = _REFERENCES.get(family.head.kind)
+    if reference is None:
+        raise ExportError(f"no PyTorch reference for the {family.head.kind} head of family {family.family!r}")
+    return reference(model_dir, inputs, token_ids)
+
+
+def pytorch_scores(model_dir: Path, inputs: ParityInputs) -> np.ndarray:
+    """Reference logits of a classifier from a freshly loaded model (torch.onnx.export may have altered the
+    exported one)."""
+    return _classifier_reference(model_dir, inputs, None).logits
+
+
+def _classifier_reference(
+    model_dir: Path, inputs: ParityInputs, token_ids: tuple[int, int] | None
+) -> Reference:
     import torch
     from transformers import AutoModelForSequenceClassification
 
@@ -225,56 +244,62 @@ def pytorch_scores(model_dir: Path, encodings, input_names, pad_id: int) -> np.n
         with torch.inference_mode():
             return model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
 
-    return score_all(run, encodings, input_names, pad_id)
+    logits = score_all(run, inputs)
+    return Reference(logits, float(np.abs(logits).max()))
 
 
-def reference_logits(
-    family: Family,
-    model_dir: Path,
-    encodings: list[dict[str, list[int]]],
-    input_names: Sequence[str],
-    pad_id: int,
-    token_ids: tuple[int, int] | None = None,
-) -> np.ndarray:
-    """What the graph must output, computed by a separately loaded PyTorch model the family's own way:
-    the classifier's logit; the CrossEncoder module stack's "scores"; for a decoder the model card's formula
-    on the full causal LM: logit(positive) - logit(negative) of the vocabulary logits at the last position of
-    a left-padded batch (sigmoid of it = softmax([negative, positive])[positive])."""
+def _module_stack_reference(
+    model_dir: Path, inputs: ParityInputs, token_ids: tuple[int, int] | None
+) -> Reference:
     import torch
 
-    if family.family in ("bert", "xlm-roberta", "modernbert"):
-        return pytorch_scores(model_dir, encodings, input_names, pad_id)
-    if family.family == "st-crossencoder":
-        from export.torch_export import load_st_crossencoder, st_scores
+    from export.torch_export import load_st_crossencoder, st_scores
 
-        stack = load_st_crossencoder(model_dir)
+    stack = load_st_crossencoder(model_dir)
 
-        def run_stack(feed: dict[str, np.ndarray]) -> np.ndarray:
-            with torch.inference_mode():
-                return st_scores(stack, {k: torch.from_numpy(v) for k, v in feed.items()}).numpy()
+    def run(feed: dict[str, np.ndarray]) -> np.ndarray:
+        with torch.inference_mode():
+            return st_scores(stack, {k: torch.from_numpy(v) for k, v in feed.items()}).numpy()
 
-        return score_all(run_stack, encodings, input_names, pad_id)
-    if family.family == "decoder" and token_ids is not None:
-        from transformers import AutoModelForCausalLM
-
-        lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-        positive, negative = token_ids
-
-        def run_lm(feed: dict[str, np.ndarray]) -> np.ndarray:
-            with torch.inference_mode():
-                # logits_to_keep=1: the card's logits[:, -1, :] without a [batch, sequence, vocabulary] tensor
-                # (5 GB for 16 pairs of 512 tokens of a 151k vocabulary)
-                inputs = {k: torch.from_numpy(v) for k, v in feed.items()}
-                last = lm(**inputs, logits_to_keep=1).logits[:, -1, :]
-                return (last[:, positive] - last[:, negative]).unsqueeze(1).numpy()
-
-        return score_all(run_lm, encodings, input_names, pad_id, padding_side="left")
-    raise ExportError(f"no PyTorch reference for family {family.family!r}")
+    logits = score_all(run, inputs)
+    return Reference(logits, float(np.abs(logits).max()))
 
 
-def onnx_scores(
-    onnx_path: Path, encodings, input_names, pad_id: int, threads: int = 2, padding_side: str = "right"
-) -> np.ndarray:
+def _last_token_reference(
+    model_dir: Path, inputs: ParityInputs, token_ids: tuple[int, int] | None
+) -> Reference:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if token_ids is None:
+        raise ExportError("the decoder reference needs the positive and negative token ids")
+    lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    positive, negative = token_ids
+    scale = 0.0
+
+    def run(feed: dict[str, np.ndarray]) -> np.ndarray:
+        nonlocal scale
+        with torch.inference_mode():
+            # logits_to_keep=1: the card's logits[:, -1, :] without a [batch, sequence, vocabulary] tensor
+            # (5 GB for 16 pairs of 512 tokens of a 151k vocabulary)
+            tensors = {k: torch.from_numpy(v) for k, v in feed.items()}
+            last = lm(**tensors, logits_to_keep=1).logits[:, -1, :]
+            terms = last[:, [positive, negative]]
+            scale = max(scale, float(terms.abs().max()))
+            return (terms[:, 0] - terms[:, 1]).unsqueeze(1).numpy()
+
+    logits = score_all(run, replace(inputs, padding_side="left"))  # the model card pads on the left
+    return Reference(logits, scale)
+
+
+_REFERENCES: dict[HeadKind, Callable[[Path, ParityInputs, tuple[int, int] | None], Reference]] = {
+    "classifier": _classifier_reference,
+    "module-stack": _module_stack_reference,
+    "last-token-difference": _last_token_reference,
+}
+
+
+def onnx_scores(onnx_path: Path, inputs: ParityInputs, threads: int = 2) -> np.ndarray:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -282,9 +307,7 @@ def onnx_scores(
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    return score_all(
-        lambda feed: session.run(["logits"], feed)[0], encodings, input_names, pad_id, padding_side
-    )
+    return score_all(lambda feed: session.run(["logits"], feed)[0], inputs)
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -323,43 +346,50 @@ def compare(reference: np.ndarray, candidate: np.ndarray, groups: Sequence[int])
     }
 
 
-def variant_problems(key: str, figures: dict[str, float], thresholds: Thresholds) -> list[str]:
-    """The bounds that one variant's figures miss ([] when it passes the gate)."""
+FP32_FLAGS = "--fp32-atol / --fp32-rtol"
+
+
+def variant_problems(key: str, figures: dict[str, float], bounds: GateBounds) -> list[str]:
+    """The bounds that one variant's figures miss ([] when it passes the gate), each with the measured figures.
+
+    fp32 figures carry `reference_scale` (the reference's magnitude, GateBounds.fp32_bound); without it the
+    bound is the absolute part alone.
+    """
     problems = []
     if key in ("fp32", "fp32-opt"):
-        if not figures["max_abs_diff"] <= thresholds.fp32_max_abs_diff:
+        scale = float(figures.get("reference_scale", 0.0))
+        bound = bounds.fp32_bound(scale)
+        if not figures["max_abs_diff"] <= bound:
             problems.append(
-                f"{key} ONNX vs PyTorch max |diff| {figures['max_abs_diff']:.3g} > "
-                f"{thresholds.fp32_max_abs_diff:g}"
+                f"{key} ONNX vs PyTorch max |diff| {figures['max_abs_diff']:.3g} > {bound:.3g} "
+                f"(= atol {bounds.fp32_atol:g} + rtol {bounds.fp32_rtol:g} x reference scale {scale:.3g}; "
+                f"mean |diff| {figures['mean_abs_diff']:.3g}, Spearman {figures['spearman']:.6f}, same top-1 "
+                f"{figures['top1_agreement']:.1%}; {FP32_FLAGS} set the bound)"
             )
     elif key in ("int8", PORTABLE_INT8_VARIANT):  # the int8 file and, beside a full-range one, the 7-bit file
-        if not figures["spearman"] >= thresholds.int8_min_spearman:
-            problems.append(
-                f"{key} Spearman vs fp32 {figures['spearman']:.4f} < {thresholds.int8_min_spearman}"
-            )
-        if not figures["top1_agreement"] >= thresholds.int8_min_top1_agreement:
+        if not figures["spearman"] >= bounds.int8_min_spearman:
+            problems.append(f"{key} Spearman vs fp32 {figures['spearman']:.4f} < {bounds.int8_min_spearman}")
+        if not figures["top1_agreement"] >= bounds.int8_min_top1_agreement:
             problems.append(
                 f"{key} picks the fp32 best document on {figures['top1_agreement']:.1%} of queries "
-                f"< {thresholds.int8_min_top1_agreement:.0%}"
+                f"< {bounds.int8_min_top1_agreement:.0%}"
             )
     elif key == "fp16":
-        if not figures["max_abs_diff"] <= thresholds.fp16_max_abs_diff:
-            problems.append(
-                f"fp16 max |diff| {figures['max_abs_diff']:.3g} > {thresholds.fp16_max_abs_diff:g}"
-            )
-        if not figures["spearman"] >= thresholds.fp16_min_spearman:
-            problems.append(f"fp16 Spearman {figures['spearman']:.4f} < {thresholds.fp16_min_spearman}")
+        if not figures["max_abs_diff"] <= bounds.fp16_max_abs_diff:
+            problems.append(f"fp16 max |diff| {figures['max_abs_diff']:.3g} > {bounds.fp16_max_abs_diff:g}")
+        if not figures["spearman"] >= bounds.fp16_min_spearman:
+            problems.append(f"fp16 Spearman {figures['spearman']:.4f} < {bounds.fp16_min_spearman}")
     return problems
 
 
-def check_gate(name: str, figures: dict[str, dict[str, float]], thresholds: Thresholds) -> None:
+def check_gate(name: str, figures: dict[str, dict[str, float]], bounds: GateBounds) -> None:
     """Raise ParityError listing every bound that a variant misses."""
-    problems = [p for key, fig in figures.items() for p in variant_problems(key, fig, thresholds)]
+    problems = [p for key, fig in figures.items() for p in variant_problems(key, fig, bounds)]
     if problems:
         raise ParityError(
             f"{name}: parity gate failed: " + "; ".join(problems) + "; no repository was written"
         )
 
 
-def thresholds_dict(thresholds: Thresholds) -> dict[str, float]:
-    return asdict(thresholds)
+def bounds_dict(bounds: GateBounds) -> dict[str, float]:
+    return asdict(bounds)

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gateway import metrics
 from gateway.cache import CachedScore
 from gateway.domain import RerankOutcome, ScoredDocument, Stage
 from gateway.plan import RequestPlan
@@ -72,10 +71,6 @@ def assemble(
         warnings.append("the query was truncated to fit max_length")
     if truncated:
         warnings.append(f"{truncated} document(s) were longer than the scored window(s) and were truncated")
-    metrics.DOCUMENTS_PER_REQUEST.observe(n)
-    metrics.TOKENS_PER_REQUEST.observe(tokens)
-    if truncated:
-        metrics.TRUNCATED_DOCUMENTS.inc(truncated)
     return RerankOutcome(
         results=results,
         model=model,

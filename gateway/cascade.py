@@ -337,8 +337,9 @@ class Cascade:
     """Decides, per query, the keep and whether the input counts as ranked; chooses the survivors; hands
     cascaded requests to the fidelity sampler, whose measurements move the adaptive keep."""
 
-    def __init__(self, config: CascadeConfig, *, busy: Callable[[], bool]) -> None:
+    def __init__(self, config: CascadeConfig, *, busy: Callable[[], bool], model: str = "") -> None:
         self.config = config
+        self.model = model  # the prefilter metrics' `model` label: the served model whose requests these are
         self.adaptive_keep = AdaptiveKeep(  # the configured keep is honoured even outside the bounds
             config.keep,
             target=config.target_recall,
@@ -366,9 +367,9 @@ class Cascade:
     def survivors(self, prefilter: Sequence[float], keep: int, *, ranked: bool) -> list[int]:
         chosen = select_survivors(prefilter, keep, rule=self.config.rule, ranked=ranked)
         dropped = len(prefilter) - len(chosen)
-        metrics.PREFILTER_DOCUMENTS.labels("kept").inc(len(chosen))
-        metrics.PREFILTER_DOCUMENTS.labels("dropped").inc(dropped)
-        metrics.PREFILTER_DROP_RATIO.observe(dropped / len(prefilter))
+        metrics.PREFILTER_DOCUMENTS.labels("kept", self.model).inc(len(chosen))
+        metrics.PREFILTER_DOCUMENTS.labels("dropped", self.model).inc(dropped)
+        metrics.PREFILTER_DROP_RATIO.labels(self.model).observe(dropped / len(prefilter))
         return chosen
 
     def offer(

@@ -7,12 +7,19 @@ global, so tests build as many differently-configured apps as they like.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 from gateway.domain import MAX_CHUNKS_PER_DOC, MIN_MAX_LENGTH
 from gateway.endpoints import parse_endpoints
@@ -28,6 +35,119 @@ LEGACY_ALIASES: dict[str, str] = {
     "RERANKER_REQUEST_TIMEOUT_SECONDS": "request_timeout_s",
     "RERANKER_PRELOAD_MODEL": "preload",
 }
+
+
+Precision = Literal["int8", "fp32"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class ModelTable(BaseModel):
+    """One served model's table in the models file (`[models.<folder>]`). A key left out takes the flat
+    `RERANKER_*` value, so a file holding only `[models.a]` and `[models.b]` serves both with the defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    aliases: tuple[str, ...] = Field(
+        (), description="Other names a request's `model` may use for it (and /v1/models lists)."
+    )
+    max_length: int | None = Field(
+        None, ge=MIN_MAX_LENGTH, description="Tokens per pair (below the model's)."
+    )
+    cpu_precision: Precision | None = Field(None, description="Variant on the CPU: int8 or fp32.")
+    device: Device | None = Field(None, description="auto, cpu or cuda.")
+    token_budget: int | None = Field(None, ge=64, description="CPU: padded tokens per inference batch.")
+    gpu_token_budget: int | None = Field(None, ge=64, description="GPU / Triton: padded tokens per batch.")
+    max_batch_size: int | None = Field(None, ge=1, description="Rows per inference batch at most.")
+    default_instruction: str | None = Field(
+        None, min_length=1, description="A decoder reranker's instruction when a request brings none."
+    )
+    request_timeout_s: float | None = Field(None, gt=0, description="This model's request deadline.")
+    max_in_flight: int | None = Field(None, ge=1, description="This model's requests processed at once.")
+    weight: float = Field(
+        1.0,
+        gt=0,
+        description="Its share of the CPU lane while other models have work waiting (weighted fair queuing "
+        "of batches): a model of weight 2 gets twice the inference time of a model of weight 1.",
+    )
+
+    def overrides(self) -> dict[str, Any]:
+        """The flat settings this table sets for its model."""
+        return {key: getattr(self, key) for key in FLAT_PER_MODEL if getattr(self, key) is not None}
+
+    @field_validator("aliases", mode="before")
+    @classmethod
+    def _one_alias_is_a_list(cls, value: object) -> object:
+        return (value,) if isinstance(value, str) else value
+
+
+# The flat settings a model's table may set for that model alone.
+FLAT_PER_MODEL = (
+    "max_length",
+    "cpu_precision",
+    "device",
+    "token_budget",
+    "gpu_token_budget",
+    "max_batch_size",
+    "request_timeout_s",
+    "max_in_flight",
+)
+
+
+class ModelsFile(BaseModel):
+    """`RERANKER_MODELS_FILE`, read: its tables by model folder, in the file's order (the first the default)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: Path
+    models: dict[str, ModelTable]
+
+
+def read_models_file(path: Path) -> ModelsFile:
+    """Parse and validate a models file (TOML, one `[models.<folder>]` table per served model). A problem raises
+    ValueError naming the file, the model and the field:
+    `models file models.toml: model 'qwen3': max_length: Input should be greater than or equal to 8 (got 4)`."""
+    where = f"models file {path}"
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"{where}: cannot be read ({exc.strerror or exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{where}: is not valid TOML ({exc})") from None
+    unknown = sorted(set(raw) - {"models"})
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown top-level keys {unknown}; each model is a [models.<folder>] table"
+        )
+    tables = raw.get("models")
+    if not isinstance(tables, dict) or not tables:
+        raise ValueError(f"{where}: holds no [models.<folder>] table")
+    models: dict[str, ModelTable] = {}
+    for name, table in tables.items():
+        if "/" in name:
+            raise ValueError(f"{where}: model {name!r}: names a folder of the model repository, not a hub id")
+        if not isinstance(table, dict):
+            raise ValueError(f"{where}: model {name!r}: must be a table ([models.{name}]), not {table!r}")
+        try:
+            models[name] = ModelTable.model_validate(table)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(part) for part in err["loc"]) or "table"
+            got = "" if err["type"] == "extra_forbidden" else f" (got {err.get('input')!r})"
+            raise ValueError(f"{where}: model {name!r}: {field}: {err['msg']}{got}") from None
+    owner = dict.fromkeys(models, "")  # every name -> the model it is an alias of ("": its own)
+    for name, table in models.items():
+        for alias in table.aliases:
+            taken = owner.setdefault(alias, name)
+            if taken != name:
+                other = taken or alias
+                raise ValueError(
+                    f"{where}: model {name!r}: aliases: {alias!r} is already a name of model {other!r}"
+                )
+    return ModelsFile(path=path, models=models)
+
+
+def _models_file_error(message: str) -> PydanticCustomError:
+    return PydanticCustomError("models_file", message)
 
 
 class _ModelSettings(BaseSettings):
@@ -47,6 +167,30 @@ class _ModelSettings(BaseSettings):
         "picks one by folder name, manifest model_id or alias.",
     )
     prefilter_name: str = Field("prefilter", description="Prefilter folder; empty disables the first stage.")
+
+
+class _ModelsFileSettings(BaseSettings):
+    """Each served model's own settings, from one file (read and validated at start-up)."""
+
+    models_file: Annotated[ModelsFile | None, NoDecode] = Field(
+        None,
+        description="TOML file with one [models.<folder>] table per served model (aliases, max_length, "
+        "cpu_precision, device, token_budget, gpu_token_budget, max_batch_size, default_instruction, "
+        "request_timeout_s, max_in_flight, weight); keys left out take the flat RERANKER_* values. Without "
+        "RERANKER_MODELS the file's tables are the served models, the first the default.",
+    )
+
+    @field_validator("models_file", mode="before")
+    @classmethod
+    def _read(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, str | Path):
+            try:
+                return read_models_file(Path(value))
+            except ValueError as exc:  # the message names the file, the model and the field: keep it as is
+                raise _models_file_error(str(exc)) from None
+        return value
 
 
 class _PipelineSettings(BaseSettings):
@@ -193,7 +337,7 @@ class _TritonSettings(BaseSettings):
     )
 
 
-class Settings(_ModelSettings, _PipelineSettings, _ServingSettings, _TritonSettings):
+class Settings(_ModelSettings, _ModelsFileSettings, _PipelineSettings, _ServingSettings, _TritonSettings):
     """Every knob of the gateway. Environment: `RERANKER_<FIELD>` (e.g. `RERANKER_KEEP=50`)."""
 
     model_config = SettingsConfigDict(env_prefix="RERANKER_", extra="ignore", validate_default=True)
@@ -253,7 +397,50 @@ class Settings(_ModelSettings, _PipelineSettings, _ServingSettings, _TritonSetti
         for name in self.models:
             if "/" in name:
                 raise ValueError(f"models names folders of the model repository, not hub ids ({name!r})")
+        if self.models_file is not None:
+            self._check_models_file(self.models_file)
         return self
+
+    def _check_models_file(self, file: ModelsFile) -> None:
+        where = f"models file {file.path}"
+        named = [m for m in self.models if m != "all"]
+        for name, table in file.models.items():
+            if named and name not in named:
+                raise _models_file_error(
+                    f"{where}: model {name!r} is not served (RERANKER_MODELS={','.join(self.models)})"
+                )
+            if self.prefilter_name and name == self.prefilter_name:
+                raise _models_file_error(
+                    f"{where}: model {name!r}: is the prefilter's folder (prefilter_name)"
+                )
+            max_length = table.max_length or self.max_length
+            if self.chunk_overlap_tokens and max_length and self.chunk_overlap_tokens >= max_length // 2:
+                raise _models_file_error(
+                    f"{where}: model {name!r}: max_length: {max_length} must be more than twice "
+                    f"chunk_overlap_tokens ({self.chunk_overlap_tokens})"
+                )
+
+    @property
+    def configured_models(self) -> list[str]:
+        """The served models as configured, the default first: RERANKER_MODELS (`all`: resolved against the
+        repository when the app is built), else the models file's tables, else RERANKER_MODEL_NAME."""
+        if self.models:
+            return list(self.models)
+        if self.models_file is not None:
+            return list(self.models_file.models)
+        return [self.model_name]
+
+    def model_table(self, name: str) -> ModelTable:
+        """`name`'s table in the models file (an empty one, all defaults, when it has none)."""
+        if self.models_file is not None and name in self.models_file.models:
+            return self.models_file.models[name]
+        return ModelTable.model_validate({})
+
+    def for_model(self, name: str) -> Settings:
+        """These settings with `name`'s table applied: what each part built for that model reads (its
+        LoadOptions, PipelineConfig, PlanLimits, AdmissionConfig). Validated when the file was read."""
+        overrides = self.model_table(name).overrides()
+        return self.model_copy(update=overrides) if overrides else self
 
     @property
     def intra_op_threads(self) -> int:
@@ -304,5 +491,8 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
             name = f"RERANKER_{field.upper()}" if err["loc"] else "settings"
             if field in aliased:
                 name = f"{aliased[field]} (= {name})"
+            if err["type"] == "models_file":  # names the file, the model and the field itself
+                lines.append(f"  RERANKER_MODELS_FILE: {err['msg']}")
+                continue
             lines.append(f"  {name}: {err['msg']} (got {err.get('input')!r})")
         raise ConfigurationError("invalid configuration:\n" + "\n".join(lines)) from None

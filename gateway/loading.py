@@ -12,18 +12,19 @@ Decision for the cross-encoder (the prefilter always runs on the CPU, int8 when 
 - Triton configured: a TritonPool (one TritonScorer per endpoint, balanced) as the primary with that local
   scorer as the fallback.
 
-The loader takes `LoadOptions`, the slice of the settings it uses (`LoadOptions.from_settings`), so the
-same loader can be built once per served model.
+The loader takes `LoadOptions`, the slice of the settings it uses (`LoadOptions.for_model`: the flat settings
+merged with the model's table in the models file, and the manifest the composition root read once), so the
+same loader is built once per served model. Every CPU session of the process runs on one `FairLane`; each
+model takes its place on it with its weight.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,7 +32,7 @@ from gateway import metrics
 from gateway.backends.base import Scorer
 from gateway.backends.fallback import MarkDownFallback, SplittingFallback
 from gateway.backends.gpu_probe import GpuProbe, GpuStatus, NvmlProbe
-from gateway.backends.onnx_local import Lane, OnnxScorer, SessionLike, make_session
+from gateway.backends.onnx_local import FairLane, OnnxScorer, SessionLike, make_session
 from gateway.backends.prefix_reuse import PrefixReuseScorer
 from gateway.backends.triton_pool import TritonPool
 from gateway.config import Settings
@@ -77,6 +78,29 @@ class LoadOptions:
     int8_row_batches: bool = True
     reprobe_s: float = 5.0
     triton: TritonOptions | None = None
+    weight: float = 1.0  # the model's share of the CPU lane while others have batches waiting
+    default_instruction: str | None = None  # replaces the manifest's (a decoder's prompt), when set
+    spec: ModelSpec | None = None  # the manifest, read once by the composition root (None: read at load)
+    prefilter_spec: ModelSpec | None = None
+
+    @classmethod
+    def for_model(
+        cls,
+        settings: Settings,
+        name: str,
+        *,
+        spec: ModelSpec | None = None,
+        prefilter_spec: ModelSpec | None = None,
+    ) -> LoadOptions:
+        """The options of served model `name`: the flat settings with its table in the models file applied."""
+        table = settings.model_table(name)
+        return replace(
+            cls.from_settings(settings.for_model(name), name),
+            weight=table.weight,
+            default_instruction=table.default_instruction,
+            spec=spec,
+            prefilter_spec=prefilter_spec,
+        )
 
     @classmethod
     def from_settings(cls, s: Settings, model_name: str | None = None) -> LoadOptions:
@@ -125,7 +149,7 @@ class ModelLoader:
         session_factory: SessionFactory | None = None,
         cpu_session_factory: SessionFactory | None = None,
         cpu_flags_probe: Callable[[], frozenset[str]] = cpu_flags,
-        cpu_lane: Lane | None = None,
+        cpu_lane: FairLane | None = None,
         shared_prefilter: _SharedStage | None = None,
     ) -> None:
         self.options = options
@@ -134,7 +158,7 @@ class ModelLoader:
         self.cpu_session_factory = cpu_session_factory or make_session
         self.cpu_flags_probe = cpu_flags_probe
         # One CPU lane for every CPU session of the process: two models never fight over the cores.
-        self._cpu_lane = cpu_lane or Lane("ort-cpu", trim_when_idle=True)
+        self._cpu_lane = cpu_lane or FairLane("ort-cpu", trim_when_idle=True)
         # The prefilter is loaded once and shared by every served model's pipeline.
         self._prefilter_stage = shared_prefilter or _SharedStage()
 
@@ -150,7 +174,7 @@ class ModelLoader:
     def __call__(self) -> LoadedModels:
         started = time.perf_counter()
         o = self.options
-        spec = read_model_spec(o.repository, o.model_name)
+        spec = with_instruction(o.spec or read_model_spec(o.repository, o.model_name), o.default_instruction)
         check_inputs(spec.input_names)
         gpu = self.probe()
         report = DeviceReport(gpu=gpu.as_dict())
@@ -158,7 +182,7 @@ class ModelLoader:
         scorer: Scorer = local
         if o.triton is not None:
             triton = triton_pool(o.triton, spec.input_names, reprobe_s=o.reprobe_s)
-            scorer = MarkDownFallback(triton, local, reprobe_s=o.reprobe_s)
+            scorer = MarkDownFallback(triton, local, reprobe_s=o.reprobe_s, model=o.model_name)
             report.triton = {
                 "url": o.triton.url,
                 "endpoints": list(o.triton.endpoints),
@@ -175,10 +199,11 @@ class ModelLoader:
             variant=variant,
             token_budget=o.gpu_token_budget if on_gpu else o.token_budget,
             one_row_batches=o.int8_row_batches and is_dynamic_int8(variant) and o.triton is None,
+            per_query_batches=isinstance(scorer, PrefixReuseScorer),
         )
         prefilter = self._prefilter_stage.get(lambda: self._prefilter(report)) if o.prefilter_name else None
         elapsed = time.perf_counter() - started
-        metrics.MODEL_LOAD_SECONDS.set(elapsed)
+        metrics.MODEL_LOAD_SECONDS.labels(o.model_name).set(elapsed)
         report.load_seconds = round(elapsed, 3)
         log.info(
             "loaded %s (%s, %s)%s in %.2fs",
@@ -190,13 +215,17 @@ class ModelLoader:
         )
         return LoadedModels(reranker=reranker, prefilter=prefilter, device=report)
 
-    def _cpu_scorer(self, spec: ModelSpec, variant: str) -> OnnxScorer | PrefixReuseScorer:
+    def _cpu_scorer(
+        self, spec: ModelSpec, variant: str, *, weight: float = 1.0
+    ) -> OnnxScorer | PrefixReuseScorer:
         path = spec.variant_path(variant)
         assert path is not None
         session = self.cpu_session_factory(path, device="cpu", threads=self.options.threads)
+        model = spec.folder.name
+        lane = self._cpu_lane.share(model, weight)
         if spec.variants[variant].get("kv_cache"):  # a decoder graph with a key/value cache: the head once
-            return PrefixReuseScorer(session, name="onnx-cpu", lane=self._cpu_lane)
-        return OnnxScorer(session, name="onnx-cpu", lane=self._cpu_lane)
+            return PrefixReuseScorer(session, name="onnx-cpu", lane=lane, model=model)
+        return OnnxScorer(session, name="onnx-cpu", lane=lane, model=model)
 
     def _local_reranker(self, spec: ModelSpec, gpu: GpuStatus, report: DeviceReport) -> tuple[Scorer, str]:
         o = self.options
@@ -211,15 +240,15 @@ class ModelLoader:
             else:
                 cuda = self._cuda_scorer(spec, gpu_var, report)
                 if cuda is not None:
-                    fallback = self._cpu_scorer(spec, cpu_var)
-                    composed = SplittingFallback(cuda, fallback)
+                    fallback = self._cpu_scorer(spec, cpu_var, weight=o.weight)
+                    composed = SplittingFallback(cuda, fallback, model=o.model_name)
                     report.cuda, report.cuda_used = "used", True
                     return composed, gpu_var
             if o.device == "cuda":
                 log.warning("RERANKER_DEVICE=cuda but %s; serving on the CPU", report.cuda)
             else:
                 log.info("cross-encoder on the CPU: %s", report.cuda)
-        return self._cpu_scorer(spec, cpu_var), cpu_var
+        return self._cpu_scorer(spec, cpu_var, weight=o.weight), cpu_var
 
     def _cuda_scorer(self, spec: ModelSpec, variant: str, report: DeviceReport) -> OnnxScorer | None:
         path = spec.variant_path(variant)
@@ -233,7 +262,7 @@ class ModelLoader:
         if provider != "CUDAExecutionProvider":  # onnxruntime-gpu falls back silently without CUDA libs
             report.cuda = f"not used: the session runs on {provider} (CUDA libraries missing?)"
             return None
-        return OnnxScorer(session, name="onnx-cuda")
+        return OnnxScorer(session, name="onnx-cuda", model=spec.folder.name)
 
     def _cpu_variant(self, spec: ModelSpec, precision: str, report: DeviceReport) -> str:
         variant, passed_over = cpu_variant(spec, precision, self.cpu_flags_probe())
@@ -244,18 +273,20 @@ class ModelLoader:
 
     def _prefilter(self, report: DeviceReport) -> ModelStage:
         o = self.options
-        spec = read_model_spec(o.repository, o.prefilter_name)
+        spec = o.prefilter_spec or read_model_spec(o.repository, o.prefilter_name)
         check_inputs(spec.input_names)
         variant = self._cpu_variant(spec, "int8", report)
         max_length = min(o.prefilter_max_length or spec.max_length, spec.max_length)
+        scorer = self._cpu_scorer(spec, variant)
         return ModelStage(
             spec=spec,
             tokenizer=PairTokenizer.from_spec(spec, max_length=max_length),
-            scorer=self._cpu_scorer(spec, variant),
+            scorer=scorer,
             max_length=max_length,
             variant=variant,
             token_budget=o.token_budget,
             one_row_batches=o.int8_row_batches and is_dynamic_int8(variant),
+            per_query_batches=isinstance(scorer, PrefixReuseScorer),
         )
 
     def for_model(self, options: LoadOptions) -> ModelLoader:
@@ -286,28 +317,42 @@ class _SharedStage:
             return self._stage
 
 
-def served_model_names(
-    repository: Path, models: list[str], model_name: str, prefilter_name: str
-) -> list[str]:
-    """The folders served, the default first: RERANKER_MODELS as given, `all` for every cross-encoder of the
-    repository (folders with a manifest, the prefilter's and prefilter-role ones left out, default first),
-    else RERANKER_MODEL_NAME alone."""
-    if models != ["all"]:
-        return list(models) or [model_name]
-    found = []
-    for manifest in sorted(repository.glob("*/manifest.json")):
-        folder = manifest.parent.name
-        try:
-            role = json.loads(manifest.read_text()).get("role", "reranker")
-        except (OSError, ValueError):
-            role = "reranker"  # a broken manifest is reported when that model loads
-        if folder != prefilter_name and role != "prefilter":
-            found.append(folder)
-    if not found:
-        raise ModelRepositoryError(
-            f"RERANKER_MODELS=all: no cross-encoder in {repository} (run `make export`)"
+Manifests = Mapping[str, ModelSpec | ModelRepositoryError]
+
+
+def read_manifests(
+    repository: Path, configured: list[str], default: str, prefilter_name: str
+) -> dict[str, ModelSpec | ModelRepositoryError]:
+    """Each served model's manifest, read once (the composition root hands them down), the default first:
+    the configured folders, or with `all` every cross-encoder of the repository (folders with a manifest, the
+    prefilter's and prefilter-role ones left out, `default` first). A folder whose manifest is missing or
+    broken maps to its error, which its load reports (with `all`, a broken manifest counts as a reranker)."""
+    names = configured
+    if configured == ["all"]:
+        names = sorted(
+            (m.parent.name for m in repository.glob("*/manifest.json") if m.parent.name != prefilter_name),
+            key=lambda name: (name != default, name),
         )
-    return sorted(found, key=lambda name: name != model_name)
+    specs: dict[str, ModelSpec | ModelRepositoryError] = {}
+    for name in names:
+        try:
+            specs[name] = read_model_spec(repository, name)
+        except ModelRepositoryError as exc:
+            specs[name] = exc
+    if configured == ["all"]:
+        specs = {n: s for n, s in specs.items() if not (isinstance(s, ModelSpec) and s.role == "prefilter")}
+        if not specs:
+            raise ModelRepositoryError(
+                f"RERANKER_MODELS=all: no cross-encoder in {repository} (run `make export`)"
+            )
+    return specs
+
+
+def with_instruction(spec: ModelSpec, instruction: str | None) -> ModelSpec:
+    """`spec` with its prompt's default instruction replaced (a model's table in the models file)."""
+    if instruction is None or spec.template is None:
+        return spec
+    return replace(spec, template=replace(spec.template, default_instruction=instruction))
 
 
 def triton_pool(options: TritonOptions, input_names: tuple[str, ...], *, reprobe_s: float) -> TritonPool:
@@ -334,17 +379,36 @@ def triton_pool(options: TritonOptions, input_names: tuple[str, ...], *, reprobe
     )
 
 
-def describe_repository(repository: Path, names: list[str]) -> dict[str, Any]:
-    """Manifest facts for /info before anything is loaded (reads JSON only)."""
+def describe_repository(manifests: Manifests) -> dict[str, Any]:
+    """Manifest facts for /info before anything is loaded (from the manifests read at start-up)."""
     out: dict[str, Any] = {}
-    for name in filter(None, names):
-        try:
-            spec = read_model_spec(repository, name)
+    for name, spec in manifests.items():
+        if isinstance(spec, ModelRepositoryError):
+            out[name] = {"error": spec.message}
+        else:
             out[name] = {
                 "model_id": spec.model_id,
                 "max_length": spec.max_length,
                 "variants": sorted(spec.variants),
             }
-        except ModelRepositoryError as exc:
-            out[name] = {"error": exc.message}
     return out
+
+
+def missing_models(settings: Settings) -> dict[str, str]:
+    """The folders the settings would serve (the cross-encoders and the prefilter) that the repository lacks,
+    each with why (`python -m gateway check`, which `make serve` runs first)."""
+    repository = settings.model_repository
+    try:
+        manifests = dict(
+            read_manifests(
+                repository, settings.configured_models, settings.model_name, settings.prefilter_name
+            )
+        )
+    except ModelRepositoryError as exc:  # RERANKER_MODELS=all over an empty repository
+        manifests = {settings.model_name: exc}
+    if settings.prefilter_name:
+        try:
+            manifests[settings.prefilter_name] = read_model_spec(repository, settings.prefilter_name)
+        except ModelRepositoryError as exc:
+            manifests[settings.prefilter_name] = exc
+    return {name: spec.message for name, spec in manifests.items() if isinstance(spec, ModelRepositoryError)}

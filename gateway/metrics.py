@@ -1,4 +1,11 @@
-"""Prometheus metrics (default registry, module level: one set per process, shared by every app)."""
+"""Prometheus metrics (default registry, module level: one set per process, shared by every app).
+
+Several models share one process, so every request, queue, phase, scorer and fallback metric carries `model`
+(vLLM labels its metrics `model_name`): for a request, the served model its body picked (empty when the
+request failed before a model was chosen, and for the ops routes); for a runtime (scorer calls, fallbacks,
+the lane, the work rate), the model whose weights ran, which is the prefilter's folder for the one prefilter
+every model shares.
+"""
 
 from __future__ import annotations
 
@@ -14,64 +21,101 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 _COUNT_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 
 REQUESTS = Counter(
-    "reranker_requests_total", "HTTP requests by route and status", ["route", "method", "status"]
+    "reranker_requests_total",
+    "HTTP requests by route, status and model",
+    ["route", "method", "status", "model"],
 )
 REQUEST_LATENCY = Histogram(
-    "reranker_request_duration_seconds", "HTTP request latency", ["route", "status"], buckets=_LATENCY_BUCKETS
+    "reranker_request_duration_seconds",
+    "HTTP request latency",
+    ["route", "status", "model"],
+    buckets=_LATENCY_BUCKETS,
 )
-IN_FLIGHT = Gauge("reranker_in_flight_requests", "Rerank requests admitted and not yet answered")
+IN_FLIGHT = Gauge("reranker_in_flight_requests", "Rerank requests admitted and not yet answered", ["model"])
 QUEUED_WORK = Gauge(
-    "reranker_queued_work_tokens", "Estimated tokens of the admitted requests not yet answered (admission)"
+    "reranker_queued_work_seconds",
+    "Estimated seconds of runtime work of the admitted requests not yet answered (admission)",
+    ["model"],
 )
-WORK_RATE = Gauge("reranker_work_rate_tokens_per_second", "Measured scoring throughput the admission uses")
+WORK_RATE = Gauge(
+    "reranker_work_rate_tokens_per_second",
+    "A model's measured speed (tokens per second of its runtime's service time) that admission prices work by",
+    ["model"],
+)
 CANCELLED = Counter(
-    "reranker_cancelled_requests_total", "Requests whose work was stopped before it finished", ["reason"]
+    "reranker_cancelled_requests_total",
+    "Requests whose work was stopped before it finished",
+    ["reason", "model"],
 )
-REJECTED = Counter("reranker_rejected_requests_total", "Requests refused before scoring", ["reason"])
+REJECTED = Counter(
+    "reranker_rejected_requests_total", "Requests refused before scoring, or timed out", ["reason", "model"]
+)
 DOCUMENTS_PER_REQUEST = Histogram(
-    "reranker_request_documents", "Documents per rerank query", buckets=_COUNT_BUCKETS
+    "reranker_request_documents", "Documents per rerank query", ["model"], buckets=_COUNT_BUCKETS
 )
 TOKENS_PER_REQUEST = Histogram(
     "reranker_request_tokens",
     "Tokens of all pairs built for one rerank query",
+    ["model"],
     buckets=(0, 100, 500, 1000, 5000, 10_000, 20_000, 50_000, 100_000, 500_000),
 )
 BATCH_SIZE = Histogram(
-    "reranker_batch_size", "Rows per inference batch", ["stage"], buckets=(1, 2, 4, 8, 16, 32, 64, 128)
+    "reranker_batch_size",
+    "Rows per inference batch",
+    ["stage", "model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
 BATCH_TOKENS = Histogram(
     "reranker_batch_padded_tokens",
     "Padded tokens (rows x longest) per inference batch",
-    ["stage"],
+    ["stage", "model"],
     buckets=(64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768),
 )
 PREFILTER_DOCUMENTS = Counter(
-    "reranker_prefilter_documents_total", "Documents through the prefilter, kept or dropped", ["outcome"]
+    "reranker_prefilter_documents_total",
+    "Documents through the prefilter, kept or dropped",
+    ["outcome", "model"],
 )
 PREFILTER_DROP_RATIO = Histogram(
     "reranker_prefilter_drop_ratio",
     "Share of a query's documents the prefilter cut",
+    ["model"],
     buckets=(0, 0.1, 0.25, 0.5, 0.7, 0.8, 0.9, 0.95, 1),
 )
 TRUNCATED_DOCUMENTS = Counter(
-    "reranker_truncated_documents_total", "Documents longer than the scored windows"
+    "reranker_truncated_documents_total", "Documents longer than the scored windows", ["model"]
 )
-CACHE_LOOKUPS = Counter("reranker_cache_lookups_total", "Pair score cache lookups", ["stage", "result"])
+CACHE_LOOKUPS = Counter(
+    "reranker_cache_lookups_total", "Pair score cache lookups", ["stage", "result", "model"]
+)
 FALLBACKS = Counter(
-    "reranker_fallbacks_total", "Batches a fallback backend scored", ["from_backend", "to_backend", "reason"]
+    "reranker_fallbacks_total",
+    "Batches a fallback backend scored",
+    ["from_backend", "to_backend", "reason", "model"],
+)
+LANE_QUEUED = Gauge(
+    "reranker_lane_queued_batches", "Batches waiting for the CPU inference lane, per model", ["model"]
+)
+LANE_BATCHES = Counter(
+    "reranker_lane_batches_total", "Batches the CPU inference lane ran, per model", ["model"]
+)
+LANE_BUSY = Counter(
+    "reranker_lane_busy_seconds_total",
+    "Seconds the CPU inference lane spent on a model's batches (its share of the cores)",
+    ["model"],
 )
 # `backend` is the scorer's name, the one the response's `backend` field and reranker_fallbacks_total use:
 # onnx-cpu, onnx-cuda (in process), triton-grpc, triton-http; `protocol` is how it is reached (inproc, grpc,
 # http); `outcome` is "ok" or the failure's reason (cuda_oom, runtime, unavailable, timeout, ...).
 SCORER_CALLS = Counter(
     "reranker_scorer_calls_total",
-    "Batch calls per scorer (backend: the scorer's name, as in the response) by protocol and outcome",
-    ["backend", "protocol", "outcome"],
+    "Batch calls per scorer (backend: the scorer's name, as in the response) by protocol, outcome and model",
+    ["backend", "protocol", "outcome", "model"],
 )
 PHASE_SECONDS = Histogram(
     "reranker_phase_duration_seconds",
     "Seconds one rerank call spent per phase (tokenize, lane_wait, inference, assemble) and model stage",
-    ["phase", "stage"],
+    ["phase", "stage", "model"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 TRITON_ENDPOINT_CALLS = Counter(
@@ -113,7 +157,7 @@ CASCADE_AGREEMENT_MEAN = Gauge(
     "reranker_cascade_rank_agreement_mean", "Mean rank agreement with single stage over the recent samples"
 )
 CASCADE_KEEP = Gauge("reranker_cascade_keep", "The default keep the cascade uses now (adaptive)")
-MODEL_LOAD_SECONDS = Gauge("reranker_model_load_seconds", "Seconds the last model load took")
+MODEL_LOAD_SECONDS = Gauge("reranker_model_load_seconds", "Seconds the model's last load took", ["model"])
 
 
 class _ProcessCollector(Collector):

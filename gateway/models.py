@@ -1,4 +1,4 @@
-"""What a load produces: per stage a tokenizer, a scorer and its spec, and where they run."""
+"""What a load produces: per stage a tokenizer, a scorer, its spec and its measured speed, and where they run."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.backends.base import Scorer, describe_scorer
+from gateway.cost import WorkMeter
 from gateway.repository import ModelSpec
 from gateway.tokenization import PairTokenizer
 
@@ -23,6 +24,12 @@ class ModelStage:
     variant: str  # the ONNX variant the local runtime loaded ("int8", "fp32", "fp16", ...)
     token_budget: int = 512  # padded tokens per batch for this stage's runtime
     one_row_batches: bool = False  # each pair alone: its score must not depend on its neighbours
+    # each batch holds one query's windows: the scorer computes their shared prompt head once (prefix reuse)
+    per_query_batches: bool = False
+    meter: WorkMeter = field(init=False)  # this model's speed (gateway/cost.py), labelled by its folder
+
+    def __post_init__(self) -> None:
+        self.meter = WorkMeter(self.spec.folder.name)
 
     @property
     def max_rows(self) -> int | None:
@@ -43,7 +50,13 @@ class ModelStage:
             "token_budget": self.token_budget,
             "scorer": describe_scorer(self.scorer),
             "one_row_batches": self.one_row_batches,
+            "per_query_batches": self.per_query_batches,
+            "tokens_per_second": _rounded(self.meter.per_second),
         }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
 
 
 @dataclass
@@ -56,6 +69,11 @@ class DeviceReport:
     cpu_variant: dict[str, str] = field(default_factory=dict)  # model -> why a preferred file was passed over
     triton: dict[str, Any] | None = None
     load_seconds: float = 0.0
+
+    @property
+    def where(self) -> str:
+        """Where the cross-encoder runs: "triton" (local fallback behind it), "cuda" or "cpu"."""
+        return "triton" if self.triton is not None else "cuda" if self.cuda_used else "cpu"
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"gpu": dict(self.gpu)}
@@ -93,6 +111,16 @@ class ModelSlot:
         self._loader = loader
         self.models: LoadedModels | None = None
         self._task: asyncio.Task[LoadedModels] | None = None
+        self.error: str | None = None  # why the last load failed (until one succeeds)
+
+    @property
+    def state(self) -> str:
+        """ "loaded", "loading", "failed" (the last load raised; the next caller retries) or "not_loaded"."""
+        if self.models is not None:
+            return "loaded"
+        if self._task is not None and not self._task.done():
+            return "loading"
+        return "failed" if self.error is not None else "not_loaded"
 
     async def load(self) -> LoadedModels:
         if self.models is not None:
@@ -104,10 +132,12 @@ class ModelSlot:
             self.models = await asyncio.shield(task)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
             if self._task is task:
                 self._task = None
+            self.error = str(exc) or type(exc).__name__
             raise
+        self.error = None
         return self.models
 
     def require(self) -> LoadedModels:

@@ -3,7 +3,9 @@
 `Reranker` only orchestrates named parts, like TEI's `Infer`: `plan_request` (gateway/plan.py) resolves the
 request, `StageScorer` (gateway/scoring.py) scores a stage through the pair cache, `Cascade`
 (gateway/cascade.py) decides keep and survivors, `assemble` (gateway/assembly.py) ranks. Knows neither HTTP
-nor a runtime: the models come from a loader the composition root (gateway/app.py) hands in.
+nor a runtime: the models come from a loader the composition root (gateway/app.py) hands in. With `warm_up`
+the load ends by measuring each stage's speed on synthetic pairs (`ModelSpeed`, gateway/speed.py), which
+admission prices this model's work by from the first request on.
 """
 
 from __future__ import annotations
@@ -24,21 +26,29 @@ from gateway.domain import PhaseTimes, RerankOutcome, RerankQuery
 from gateway.models import LoadedModels, ModelSlot
 from gateway.plan import PlanLimits, RequestPlan, StageWindows, plan_request
 from gateway.scoring import PairJob, StageResult, StageScorer
+from gateway.speed import ModelSpeed
 
 Loader = Callable[[], LoadedModels]
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """What the pipeline depends on (a slice of `Settings`)."""
+    """What the pipeline depends on (a slice of `Settings`, merged with the model's own table); `model` is the
+    served model's name, the `model` label of its metrics."""
 
     limits: PlanLimits = field(default_factory=PlanLimits)
     cascade: CascadeConfig = field(default_factory=CascadeConfig)
     max_batch_size: int = 64
+    model: str = "reranker"
 
     @classmethod
-    def from_settings(cls, s: Settings) -> PipelineConfig:
-        return cls(PlanLimits.from_settings(s), CascadeConfig.from_settings(s), s.max_batch_size)
+    def from_settings(cls, s: Settings, model: str | None = None) -> PipelineConfig:
+        return cls(
+            PlanLimits.from_settings(s),
+            CascadeConfig.from_settings(s),
+            s.max_batch_size,
+            model=model or s.model_name,
+        )
 
 
 def default_pool() -> ThreadPoolExecutor:
@@ -56,14 +66,18 @@ class Reranker:
         *,
         cache: PairScoreCache | None = None,
         pool: Executor | None = None,
+        warm_up: bool = False,
     ) -> None:
         self.config = config
+        self.name = config.model
         self.slot = ModelSlot(loader)
         self.cache = cache if cache is not None else PairScoreCache(50_000, 3600.0)
         self._pool = pool or default_pool()
         self._owns_pool = pool is None
+        self._warm_up = warm_up  # measure each stage's speed at load (else the first requests measure it)
+        self.speed = ModelSpeed(config.model)  # what admission prices this model's work by
         self._active = 0  # foreground rerank calls running; the fidelity sampler yields to them
-        self.cascade = Cascade(config.cascade, busy=lambda: self._active > 0)
+        self.cascade = Cascade(config.cascade, busy=lambda: self._active > 0, model=config.model)
         self._stages: dict[str, StageScorer] = {}
 
     @property
@@ -78,7 +92,10 @@ class Reranker:
         models = await self.slot.load()
         if not self._stages:  # the first caller back from the (shared) load builds the stage scorers
             self.cascade.calibrated(models.reranker.spec.cascade.get("keep"))
-            self._stages = _stage_scorers(models, self.cache, self._pool, self.config.max_batch_size)
+            self._stages = _stage_scorers(models, self.cache, self._pool, self.config)
+            self.speed.attach(models, self._stages)
+            if self._warm_up:
+                await self.speed.warm_up()
         return models
 
     async def ready(self) -> bool:
@@ -101,10 +118,14 @@ class Reranker:
     def plan(self, queries: Sequence[RerankQuery]) -> list[RequestPlan]:
         """Each query checked and resolved against the loaded model (raises for a query that breaks a rule)."""
         models = self.slot.require()
+        template = models.reranker.spec.template
         windows = StageWindows(
             models.reranker.max_length,
             models.prefilter.max_length if models.prefilter else None,
-            takes_instruction=models.reranker.spec.template is not None,
+            takes_instruction=template is not None,
+            reranker_specials=models.reranker.tokenizer.special_tokens,
+            prefilter_specials=models.prefilter.tokenizer.special_tokens if models.prefilter else 0,
+            default_instruction=template.default_instruction if template else None,
         )
         limits, keep_for = self.config.limits, self.cascade.keep_for
         return [plan_request(q, limits, windows, keep_for(q.keep, q.ranked_input)) for q in queries]
@@ -150,13 +171,21 @@ class Reranker:
             backend = scored_by or ("cache" if p.unique else models.reranker.scorer.name)
             scores = StageScores(kept, prefilter, backend, ce.cache_hits[k] + pre_hits, ce.query_truncated[k])
             spec = models.reranker.spec
-            outcomes.append(assemble(p, scores, model=spec.model_id, activation=spec.score_activation))
+            outcome = assemble(p, scores, model=spec.model_id, activation=spec.score_activation)
+            outcomes.append(outcome)
+            self._observe(p, outcome)
             if p.use_prefilter:
                 self._offer_sample(p, kept, prefilter)
         assembled = time.perf_counter() - started
-        metrics.PHASE_SECONDS.labels("assemble", "reranker").observe(assembled)
+        metrics.PHASE_SECONDS.labels("assemble", "reranker", self.name).observe(assembled)
         timings = ce.timings + PhaseTimes(assemble=assembled) + (pre.timings if pre else PhaseTimes())
         return [replace(o, timings=timings) for o in outcomes]
+
+    def _observe(self, plan: RequestPlan, outcome: RerankOutcome) -> None:
+        metrics.DOCUMENTS_PER_REQUEST.labels(self.name).observe(len(plan.query.documents))
+        metrics.TOKENS_PER_REQUEST.labels(self.name).observe(outcome.prompt_tokens)
+        if outcome.truncated_documents:
+            metrics.TRUNCATED_DOCUMENTS.labels(self.name).inc(outcome.truncated_documents)
 
     def _offer_sample(
         self, plan: RequestPlan, kept: dict[int, CachedScore], prefilter: list[CachedScore]
@@ -177,9 +206,23 @@ class Reranker:
         logits = {u: sc.logit for u, sc in kept.items()}
         self.cascade.offer(logits, [sc.logit for sc in prefilter], len(plan.unique), plan.keep, score_cut)
 
+    def status(self) -> dict[str, Any]:
+        """What /health says of this model without touching it: its state, and once loaded where it runs."""
+        models = self.slot.models
+        out: dict[str, Any] = {"state": self.slot.state}
+        if models is not None:
+            out["backend"] = models.reranker.scorer.name
+            out["device"] = models.device.where
+            out["variant"] = models.reranker.variant
+        elif self.slot.error is not None:
+            out["error"] = self.slot.error
+        return out
+
     def info(self) -> dict[str, Any]:
         models, c = self.slot.models, self.config
         return {
+            "name": self.name,
+            **self.status(),
             "loaded": models is not None,
             "models": {st.spec.role: st.describe() for st in models.stages()} if models else {},
             "backend": models.reranker.scorer.name if models else None,
@@ -208,11 +251,13 @@ def _job(plan: RequestPlan, unique: Sequence[int] | range, *, pre: bool = False)
 
 
 def _stage_scorers(
-    models: LoadedModels, cache: PairScoreCache, pool: Executor, max_batch_size: int
+    models: LoadedModels, cache: PairScoreCache, pool: Executor, config: PipelineConfig
 ) -> dict[str, StageScorer]:
     stages = {"reranker": models.reranker, "prefilter": models.prefilter}
     return {
-        role: StageScorer(stage, cache, pool, role=role, max_batch_size=max_batch_size)
+        role: StageScorer(
+            stage, cache, pool, role=role, max_batch_size=config.max_batch_size, model=config.model
+        )
         for role, stage in stages.items()
         if stage is not None
     }

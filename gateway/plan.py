@@ -2,8 +2,10 @@
 every later step uses (documents deduplicated, the keep and whether the prefilter runs, the pair length,
 windows per document and their overlap, the character cuts, and admission's work estimate).
 
-Admission (gateway/api/admission.py) plans before it admits, so the estimate it judges by is the work the
-pipeline will do; the pipeline then runs the plans it was handed.
+Admission (gateway/admission.py) plans before it admits, so the estimate it judges by is the work the
+pipeline will do; the pipeline then runs the plans it was handed. The estimate is in tokens per stage, counted
+with the model's own pair layout (its special tokens, or a decoder's prompt template and instruction); each
+stage's measured speed (gateway/cost.py) turns it into seconds.
 """
 
 from __future__ import annotations
@@ -16,8 +18,6 @@ from gateway.domain import MAX_CHUNKS_PER_DOC, RerankQuery, validate_query
 from gateway.errors import InputTooLong
 
 CHARS_PER_TOKEN = 4.0  # the estimate before tokenizing: English text averages about 4 characters a token
-PREFILTER_COST = 0.3  # a prefilter token costs about a third of a cross-encoder one (2 layers against 6)
-SPECIAL_TOKENS = 3  # [CLS] query [SEP] document [SEP]
 
 
 @dataclass(frozen=True)
@@ -55,11 +55,31 @@ class PairOptions:
 
 @dataclass(frozen=True)
 class StageWindows:
-    """The pair lengths of the loaded stages, which a plan needs (None: that stage is not loaded)."""
+    """What a plan needs of the loaded stages: their pair lengths (None: no prefilter loaded) and the tokens a
+    pair costs beyond its query and document (the tokenizer's `special_tokens`: [CLS]/[SEP], or a decoder's
+    prompt template)."""
 
     reranker: int
     prefilter: int | None
     takes_instruction: bool = False  # the cross-encoder has a prompt template (a decoder reranker)
+    reranker_specials: int = 3
+    prefilter_specials: int = 3
+    default_instruction: str | None = None  # what a decoder's prompt carries when a request brings none
+
+
+@dataclass(frozen=True)
+class WorkEstimate:
+    """A plan's work before tokenizing, in tokens per stage (admission prices each at its stage's speed)."""
+
+    reranker: float = 0.0
+    prefilter: float = 0.0
+
+    def __add__(self, other: WorkEstimate) -> WorkEstimate:
+        return WorkEstimate(self.reranker + other.reranker, self.prefilter + other.prefilter)
+
+    @property
+    def tokens(self) -> float:
+        return self.reranker + self.prefilter
 
 
 @dataclass(frozen=True)
@@ -77,7 +97,7 @@ class RequestPlan:
     prefilter_pairs: PairOptions | None
     notes: tuple[str, ...]  # warnings from fitting the request to the limits
     shift: dict[int, int]  # request index -> characters cut from a document's start (left truncation)
-    estimated_tokens: float  # the work admission judges by
+    work: WorkEstimate  # the work admission judges by
 
     def shifted(self, index: int, chunk: tuple[int, int] | None) -> tuple[int, int] | None:
         """A window's character offsets in the document as sent (before a left cut)."""
@@ -128,23 +148,31 @@ def plan_request(
         prefilter_pairs=prefilter_pairs,
         notes=tuple(notes),
         shift=shift,
-        estimated_tokens=0.0,
+        work=WorkEstimate(),
     )
-    return replace(plan, estimated_tokens=estimate_tokens(plan))
+    return replace(plan, work=estimate_work(plan, windows))
 
 
-def estimate_tokens(plan: RequestPlan) -> float:
-    """The plan's work before tokenizing: characters / 4 per distinct pair, capped at its scored windows; a
-    prefilter pass over every document plus the cross-encoder on the `keep` longest."""
+def estimate_work(plan: RequestPlan, windows: StageWindows) -> WorkEstimate:
+    """The plan's tokens before tokenizing, per stage: characters / 4 of the query (and of a decoder's
+    instruction) and of each distinct document, plus the stage's own tokens per pair, each pair capped at its
+    scored windows; a prefilter pass over every document, then the cross-encoder on the `keep` longest."""
     query = len(plan.query.query) / CHARS_PER_TOKEN
-    pairs_opt = plan.reranker_pairs
-    cap = pairs_opt.max_length * pairs_opt.max_chunks
-    pairs = [min(query + len(d) / CHARS_PER_TOKEN + SPECIAL_TOKENS, cap) for d in plan.unique]
-    total = 0.0
+    opts = plan.reranker_pairs
+    instruction = opts.instruction or windows.default_instruction
+    own = float(windows.reranker_specials)
+    if windows.takes_instruction and instruction:
+        own += len(instruction) / CHARS_PER_TOKEN
+    cap = opts.max_length * opts.max_chunks
+    pairs = [min(query + len(d) / CHARS_PER_TOKEN + own, cap) for d in plan.unique]
+    prefilter = 0.0
     if plan.use_prefilter and plan.prefilter_pairs is not None:
-        total += PREFILTER_COST * sum(min(p, plan.prefilter_pairs.max_length) for p in pairs)
+        limit = plan.prefilter_pairs.max_length
+        prefilter = sum(
+            min(query + len(d) / CHARS_PER_TOKEN + windows.prefilter_specials, limit) for d in plan.unique
+        )
         pairs = sorted(pairs)[-plan.keep :]
-    return total + sum(pairs)
+    return WorkEstimate(reranker=sum(pairs), prefilter=prefilter)
 
 
 def fit_to_limits(q: RerankQuery, limits: PlanLimits) -> tuple[RerankQuery, list[str], dict[int, int]]:

@@ -5,7 +5,7 @@ The composition root (gateway/app.py) builds one `ServedModel` per served cross-
 the default), and hands the `ServedModels` to the HTTP layer; every dialect passes the request's `model` to
 `resolve`. With one model served any name is accepted (Open WebUI, Dify and RAGFlow send whatever the user typed;
 infinity and TEI serve one model the same way); with several, a name no model answers to is an `UnknownModel`
-naming the served ones (gateway/api/errors.py gives it its status per dialect). Nothing here knows HTTP.
+naming the served ones (each by its configured name, its model id and its aliases) (gateway/api/errors.py gives it its status per dialect). Nothing here knows HTTP.
 """
 
 from __future__ import annotations
@@ -13,12 +13,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
-from gateway.errors import RerankError, UnknownModel
+from gateway.errors import UnknownModel
 from gateway.models import LoadedModels
-from gateway.repository import read_model_spec
+from gateway.repository import ModelSpec
 
 P = TypeVar("P")
 
@@ -95,7 +94,7 @@ class ServedModels(Generic[P]):
         for model in self.models:
             if model.answers_to(name):
                 return model
-        served = "; ".join(", ".join(m.listed_names()) for m in self.models)
+        served = "; ".join(", ".join(dict.fromkeys((m.name, *m.listed_names()))) for m in self.models)
         raise UnknownModel(f"the model {name!r} is not served here; served models: {served}", name=name)
 
 
@@ -108,14 +107,14 @@ class HoldsModels(Protocol):
 
 def describe_pipeline(
     pipeline: HoldsModels,
-    repository: Path,
+    spec: ModelSpec | None,
     folder: str,
     *,
     family: str | None = None,
     default_instruction: str | None = None,
 ) -> Describe:
-    """A description of a pipeline's cross-encoder: the loaded model's id and pair length, else the manifest's
-    in `repository/folder` (read once), else the folder's name (not remembered: a later export is seen)."""
+    """A description of a pipeline's cross-encoder: the loaded model's id and pair length (remembered), else
+    the manifest's (`spec`, read at start-up by the composition root), else the folder's name."""
     known: list[ModelDescription] = []
 
     def describe() -> ModelDescription:
@@ -124,14 +123,10 @@ def describe_pipeline(
         models = pipeline.models
         if models is not None:
             stage = models.reranker
-            model_id, max_tokens = stage.spec.model_id, stage.max_length
-        else:
-            try:
-                spec = read_model_spec(repository, folder)
-            except RerankError:
-                return ModelDescription(folder, family, None, default_instruction)
-            model_id, max_tokens = spec.model_id, spec.max_length
-        known.append(ModelDescription(model_id, family, max_tokens, default_instruction))
-        return known[0]
+            known.append(ModelDescription(stage.spec.model_id, family, stage.max_length, default_instruction))
+            return known[0]
+        if spec is not None:
+            return ModelDescription(spec.model_id, family, spec.max_length, default_instruction)
+        return ModelDescription(folder, family, None, default_instruction)
 
     return describe

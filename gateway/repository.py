@@ -2,116 +2,31 @@
 
 A model family is data here, not a code path: the manifest says the family, the padding side, the score's
 activation and, for decoder rerankers, the prompt template the tokenizer wraps each pair in. Manifests
-written before those fields existed read with the defaults of the families they could hold (a classifier
-scored through a sigmoid, right padding, no template).
+written before those fields existed read with the defaults of the family table (gateway/families.py) for the
+families they could hold (a classifier scored through a sigmoid, right padding, no template).
 """
 
 from __future__ import annotations
 
 import json
-import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from gateway.errors import ModelRepositoryError
+from gateway.families import (
+    ACTIVATIONS,
+    FAMILY_NAMES,
+    PADDING_SIDES,
+    Activation,
+    ManifestFieldError,
+    PaddingSide,
+    PromptTemplate,
+    family_definition,
+    family_of_older_manifest,
+)
 
-Family = Literal["bert", "xlm-roberta", "modernbert", "st-crossencoder", "decoder"]
-FAMILIES: tuple[Family, ...] = ("bert", "xlm-roberta", "modernbert", "st-crossencoder", "decoder")
-PaddingSide = Literal["right", "left"]
-PADDING_SIDES: tuple[PaddingSide, ...] = ("right", "left")
-Activation = Literal["sigmoid", "identity"]
-ACTIVATIONS: tuple[Activation, ...] = ("sigmoid", "identity")
-
-
-class ManifestFieldError(ValueError):
-    """One field of manifest.json holds a value the gateway cannot use; `field` is its dotted name."""
-
-    def __init__(self, field_name: str, problem: str) -> None:
-        super().__init__(f"field {field_name!r}: {problem}")
-        self.field = field_name
-
-
-@dataclass(frozen=True)
-class PromptTemplate:
-    """A decoder reranker's prompt: prefix + query part + document part + suffix, each tokenized alone.
-
-    `query` is a format with `{query}` (and optionally `{instruction}`), `document` one with `{document}`;
-    prefix and suffix are plain text (special tokens written as text). `instruction`, when set, is a format
-    with `{instruction}` put before the query part only when there is an instruction (mxbai-rerank-v2 writes
-    an `instruction: ...` line only then); `default_instruction` is used when a request brings none.
-    """
-
-    name: str
-    prefix: str
-    query: str
-    document: str
-    suffix: str
-    default_instruction: str | None = None
-    instruction: str | None = None
-    positive_token: str | None = None
-    negative_token: str | None = None
-
-    @classmethod
-    def from_manifest(cls, raw: Any) -> PromptTemplate:
-        """Parse the manifest's `template` object; a wrong value raises ManifestFieldError naming it."""
-        if not isinstance(raw, dict):
-            raise ManifestFieldError("template", f"must be an object or null, not {type(raw).__name__}")
-
-        def text(key: str, *, required: bool = True) -> str | None:
-            value = raw.get(key)
-            if value is None and not required:
-                return None
-            if not isinstance(value, str):
-                raise ManifestFieldError(f"template.{key}", f"must be a string, not {value!r}")
-            return value
-
-        query, document = text("query"), text("document")
-        instruction = text("instruction", required=False)
-        assert query is not None and document is not None
-        with_instruction = text("query_with_instruction", required=False)
-        if instruction is None and with_instruction is not None:
-            # The exporter's form (mxbai-rerank-v2): the query part as written when an instruction is given,
-            # i.e. an instruction line before the plain query part.
-            if not with_instruction.endswith(query):
-                raise ManifestFieldError(
-                    "template.query_with_instruction", f"must end with the query part {query!r}"
-                )
-            instruction = with_instruction[: -len(query)]
-        _check_format("template.query", query, required={"query"}, allowed={"query", "instruction"})
-        _check_format("template.document", document, required={"document"}, allowed={"document"})
-        if instruction is not None:
-            _check_format(
-                "template.instruction", instruction, required={"instruction"}, allowed={"instruction"}
-            )
-        return cls(
-            name=str(text("name")),
-            prefix=str(text("prefix")),
-            query=query,
-            document=document,
-            suffix=str(text("suffix")),
-            default_instruction=text("default_instruction", required=False),
-            instruction=instruction,
-            positive_token=text("positive_token", required=False),
-            negative_token=text("negative_token", required=False),
-        )
-
-
-def _check_format(name: str, fmt: str, *, required: set[str], allowed: set[str]) -> None:
-    """Each required field exactly once, no other field, no stray brace: the tokenizer splits on them."""
-    try:
-        parsed = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(fmt) if f is not None]
-    except ValueError as exc:
-        raise ManifestFieldError(name, f"is not a valid format string ({exc}): {fmt!r}") from exc
-    if any(spec or conv for _, spec, conv in parsed):
-        raise ManifestFieldError(name, f"fields take no conversion or format spec: {fmt!r}")
-    fields = [f for f, _, _ in parsed]
-    unknown = sorted({str(f) for f in fields} - allowed)
-    if unknown:
-        raise ManifestFieldError(name, f"has unknown fields {unknown} (allowed: {sorted(allowed)}): {fmt!r}")
-    for key in required:
-        if fields.count(key) != 1:
-            raise ManifestFieldError(name, f"must hold {{{key}}} exactly once: {fmt!r}")
+__all__ = ["ManifestFieldError", "ModelSpec", "PromptTemplate", "read_families", "read_model_spec"]
 
 
 @dataclass(frozen=True)
@@ -132,7 +47,7 @@ class ModelSpec:
     variants: dict[str, dict[str, Any]]
     version: str
     cascade: dict[str, Any] = field(default_factory=dict)  # calibrated by `python -m export --calibration`
-    family: Family = "bert"
+    family: str = "bert"  # a name of gateway.families.FAMILIES
     architecture: str = ""
     padding_side: PaddingSide = "right"
     pooling: str = "cls"
@@ -153,21 +68,6 @@ class ModelSpec:
         return path.stat().st_size if path else 0
 
 
-def family_of_architecture(architecture: str, model_type: str = "") -> Family:
-    """The family an older manifest (no `family`) implies: it could only hold a classifier."""
-    if architecture.startswith("ModernBert") or model_type == "modernbert":
-        return "modernbert"
-    if architecture.startswith(("XLMRoberta", "Roberta", "Camembert")) or model_type in (
-        "xlm-roberta",
-        "roberta",
-        "camembert",
-    ):
-        return "xlm-roberta"
-    if architecture.endswith("ForCausalLM"):
-        return "decoder"
-    return "bert"
-
-
 def _choice(value: Any, key: str, allowed: tuple[str, ...], default: str) -> str:
     if value is None:
         return default
@@ -184,12 +84,14 @@ def read_families(manifest: dict[str, Any]) -> dict[str, Any]:
     architecture = manifest.get("architecture") or ""
     if not isinstance(architecture, str):
         raise ManifestFieldError("architecture", f"must be a string, not {architecture!r}")
-    implied = family_of_architecture(architecture, str(manifest.get("model_type") or ""))
-    family = _choice(manifest.get("family"), "family", FAMILIES, implied)
-    padding_side = _choice(manifest.get("padding_side"), "padding_side", PADDING_SIDES, "right")
+    implied = family_of_older_manifest(architecture, str(manifest.get("model_type") or ""))
+    definition = family_definition(_choice(manifest.get("family"), "family", FAMILY_NAMES, implied.name))
+    padding_side = _choice(
+        manifest.get("padding_side"), "padding_side", PADDING_SIDES, definition.padding_side
+    )
     pooling = manifest.get("pooling")
     if pooling is None:
-        pooling = "last-token" if family == "decoder" else "cls"
+        pooling = definition.pooling
     if not isinstance(pooling, str):
         raise ManifestFieldError("pooling", f"must be a string, not {pooling!r}")
     score = manifest.get("score")
@@ -197,14 +99,16 @@ def read_families(manifest: dict[str, Any]) -> dict[str, Any]:
         score = {}
     if not isinstance(score, dict):
         raise ManifestFieldError("score", f"must be an object, not {score!r}")
-    activation = _choice(score.get("activation"), "score.activation", ACTIVATIONS, "sigmoid")
+    activation = _choice(score.get("activation"), "score.activation", ACTIVATIONS, definition.head.activation)
     formula = score.get("formula") or ""
     if not isinstance(formula, str):
         raise ManifestFieldError("score.formula", f"must be a string, not {formula!r}")
     raw_template = manifest.get("template")
     template = None if raw_template is None else PromptTemplate.from_manifest(raw_template)
-    if family == "decoder" and template is None:
-        raise ManifestFieldError("template", "a decoder reranker needs its prompt template (got null)")
+    if definition.needs_template and template is None:
+        raise ManifestFieldError(
+            "template", f"a {definition.name} reranker needs its prompt template (got null)"
+        )
     skipped = manifest.get("variants_skipped")
     if skipped is None:
         skipped = {}
@@ -213,7 +117,7 @@ def read_families(manifest: dict[str, Any]) -> dict[str, Any]:
     ):
         raise ManifestFieldError("variants_skipped", f"must map variant names to reasons, not {skipped!r}")
     return {
-        "family": family,
+        "family": definition.name,
         "architecture": architecture,
         "padding_side": padding_side,
         "pooling": pooling,

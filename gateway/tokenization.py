@@ -20,16 +20,18 @@ from __future__ import annotations
 
 import json
 import string
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
 
 from gateway.domain import EncodedBatch
 from gateway.errors import InputTooLong, ModelRepositoryError
-from gateway.repository import ModelSpec, PromptTemplate
+from gateway.families import PromptTemplate
+from gateway.repository import ModelSpec, read_families
 
 SUPPORTED_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids", "position_ids"})
 # A BERT word piece rarely spans more than this many characters: documents are cut to
@@ -277,6 +279,17 @@ class PairTokenizer:
         enc = self._tok.encode(text, add_special_tokens=False)
         body = next((k for k, (a, _) in enumerate(enc.offsets) if a >= end), len(enc.ids))
         return list(enc.ids), body, self._plain_ids(text[end:]) if end < len(text) else []
+
+
+def tokenizer_from_manifest(
+    tokenizer_dir: Path, manifest: Mapping[str, Any], *, max_length: int
+) -> PairTokenizer:
+    """The PairTokenizer a manifest's family fields describe (template, padding side), read as the gateway reads
+    them: the build step's parity gate encodes its pairs with it before the manifest is written."""
+    fields = read_families(dict(manifest))
+    return PairTokenizer.from_dir(
+        tokenizer_dir, max_length=max_length, template=fields["template"], padding_side=fields["padding_side"]
+    )
 
 
 class _DocumentReader:

@@ -98,9 +98,15 @@ def tiny_model_factory() -> Callable[..., Path]:
     return make_tiny_cross_encoder
 
 
+# The gateway modules the build step runs: the family table, and the manifest reader and tokenizer the parity
+# gate encodes its pairs with.
+EXPORTER_GATEWAY_MODULES = ("families.py", "repository.py", "tokenization.py")
+
+
 def _exporter_fingerprint() -> hashlib._Hash:
     digest = hashlib.sha256()
-    for path in sorted((REPO_ROOT / "export").glob("*.py")):
+    gateway = [REPO_ROOT / "gateway" / name for name in EXPORTER_GATEWAY_MODULES]
+    for path in [*sorted((REPO_ROOT / "export").glob("*.py")), *gateway]:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest

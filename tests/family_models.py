@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import model_cards as cards
+
 MARKER = "family_models.json"
 
 # The words the tiny tokenizers are trained on: the exporter's parity set and the templates' text, so that
@@ -32,23 +34,6 @@ _EXTRA_TEXT = [
     "the weather is nice today. a railway timetable for the harbour.",
 ]
 
-QWEN3_PREFIX = (
-    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
-    'Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
-)
-QWEN3_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
-QWEN3_TASK = "Given a web search query, retrieve relevant passages that answer the query"
-MXBAI_PREFIX = (
-    "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
-    "<|im_start|>user\n"
-)
-MXBAI_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n"
-MXBAI_TASK = (
-    "You are a search relevance expert who evaluates how well documents match search queries. For each "
-    "query-document pair, carefully analyze the semantic relationship between them, then provide your binary "
-    "relevance judgment (0 for not relevant, 1 for relevant).\nRelevance:"
-)
-
 
 def _corpus() -> list[str]:
     from export.validate import build_parity_set
@@ -56,11 +41,11 @@ def _corpus() -> list[str]:
     parity = build_parity_set()
     texts = [*_EXTRA_TEXT, *parity.queries, *(d for _, d in parity.pairs[:80])]
     texts += [
-        QWEN3_PREFIX,
-        QWEN3_SUFFIX,
-        QWEN3_TASK,
-        MXBAI_PREFIX,
-        MXBAI_TASK,
+        cards.QWEN3_PREFIX,
+        cards.QWEN3_SUFFIX,
+        cards.QWEN3_DEFAULT_INSTRUCTION,
+        cards.MXBAI_PREFIX,
+        cards.MXBAI_TASK_PROMPT,
         "<Instruct>: <Query>: <Document>:",
     ]
     texts += ["instruction: query: document:"] * 5
@@ -150,6 +135,48 @@ def build_bert(target: Path, *, seed: int = 0) -> Path:
     return target
 
 
+def _sentencepiece_like_tokenizer(target: Path, model_max_length: int = 512) -> Any:
+    """An XLM-R-style tokenizer: `<s> q </s></s> d </s>` (RobertaProcessing), `<pad>` = 1, no token type ids."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.train_from_iterator(_corpus(), trainers.BpeTrainer(vocab_size=700, special_tokens=specials))
+    tok.post_processor = processors.RobertaProcessing(
+        sep=("</s>", tok.token_to_id("</s>")), cls=("<s>", tok.token_to_id("<s>"))
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>",
+        unk_token="<unk>", pad_token="<pad>", mask_token="<mask>", model_max_length=model_max_length,
+        model_input_names=["input_ids", "attention_mask"],
+    )  # fmt: skip
+    fast.save_pretrained(target)
+    return fast
+
+
+def build_xlm_roberta(target: Path, *, seed: int = 0) -> Path:
+    """XLMRobertaForSequenceClassification, 1 logit (bge-reranker-base layout: no token type ids, position ids
+    after padding_idx)."""
+    import torch
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+    target.mkdir(parents=True, exist_ok=True)
+    tokenizer = _sentencepiece_like_tokenizer(target)
+    assert tokenizer.pad_token_id == 1
+    torch.manual_seed(seed)
+    config = XLMRobertaConfig(
+        vocab_size=len(tokenizer), hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=256, max_position_embeddings=514, type_vocab_size=1, num_labels=1,
+        initializer_range=0.1, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+    )  # fmt: skip
+    XLMRobertaForSequenceClassification(config).eval().save_pretrained(target)
+    _mark(target, family="xlm-roberta")
+    return target
+
+
 def _tiny_modernbert_config(tokenizer: Any, **overrides: object) -> Any:
     from transformers import ModernBertConfig
 
@@ -186,6 +213,39 @@ def build_modernbert(target: Path, *, seed: int = 0, **config: object) -> Path:
     model = ModernBertForSequenceClassification(
         _tiny_modernbert_config(tokenizer, **{"classifier_pooling": "mean", **config})
     )
+    model.eval().save_pretrained(target)
+    _mark(target, family="modernbert")
+    return target
+
+
+def build_tiny_vocab_modernbert(target: Path, *, seed: int = 0) -> Path:
+    """A ModernBERT classifier whose vocabulary has 40 entries (a word-level tokenizer: the specials and 35
+    words, everything else [UNK]): the export must trace it with ids from that vocabulary."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import ModernBertForSequenceClassification, PreTrainedTokenizerFast
+
+    target.mkdir(parents=True, exist_ok=True)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words = ["what", "is", "the", "capital", "of", "france", "paris", "and", "largest", "city", "how", "do",
+             "plants", "make", "food", "use", "light", "water", "sugar", "does", "vitamin", "affect", "bone",
+             "density", "in", "older", "adults", "effect", "on", "risk", "study", "weather", "today", "query",
+             "document"]  # fmt: skip
+    vocab = {token: i for i, token in enumerate([*specials, *words])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+        mask_token="[MASK]", model_max_length=512, model_input_names=["input_ids", "attention_mask"],
+    )  # fmt: skip
+    tokenizer.save_pretrained(target)
+    assert len(tokenizer) == 40
+    torch.manual_seed(seed)
+    model = ModernBertForSequenceClassification(_tiny_modernbert_config(tokenizer))
     model.eval().save_pretrained(target)
     _mark(target, family="modernbert")
     return target
@@ -264,13 +324,28 @@ def _tiny_decoder(target: Path, config_cls: Any, model_cls: Any, seed: int, **ov
     return target
 
 
-def build_qwen3_reranker(target: Path, *, seed: int = 0, **config: object) -> Path:
+def build_qwen3_reranker(
+    target: Path, *, seed: int = 0, lm_head_std: float | None = None, **config: object
+) -> Path:
     """Qwen3ForCausalLM in the Qwen3-Reranker layout (yes/no at the last token). The folder does not say
     "reranker" unless its name does: export it with --template qwen3-reranker. `config` overrides the tiny
-    shape (bench/families.py builds a Qwen3-0.6B-sized one)."""
+    shape (bench/families.py builds a Qwen3-0.6B-sized one). `lm_head_std`: an untied output layer drawn with
+    this spread, for vocabulary logits as large as a trained deep model's (|logit| ~ lm_head_std x
+    sqrt(hidden_size) after the final RMSNorm)."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    _tiny_decoder(target, Qwen3Config, Qwen3ForCausalLM, seed, **{"head_dim": 16, **config})
+    overrides: dict[str, object] = {"head_dim": 16, **config}
+    if lm_head_std is not None:
+        overrides["tie_word_embeddings"] = False
+    _tiny_decoder(target, Qwen3Config, Qwen3ForCausalLM, seed, **overrides)
+    if lm_head_std is not None:
+        import torch
+
+        model = Qwen3ForCausalLM.from_pretrained(target, dtype=torch.float32)
+        torch.manual_seed(seed + 1)
+        with torch.no_grad():
+            model.lm_head.weight.normal_(0.0, lm_head_std)
+        model.eval().save_pretrained(target)
     _mark(target, family="decoder", template="qwen3-reranker")
     return target
 
@@ -289,45 +364,56 @@ def family_of(folder: Path) -> dict[str, str]:
 
 
 def reference_scores(
-    folder: Path, pairs: Sequence[tuple[str, str]], *, instruction: str | None = None
+    folder: Path,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    instruction: str | None = None,
+    max_length: int = 8192,
 ) -> list[float]:
-    """Relevance scores as the model's own library computes them (after its default activation)."""
+    """Relevance scores as the model's own library computes them (after its default activation).
+    `max_length`: the decoder libraries' own (mxbai's counts the query and the document only)."""
     folder = Path(folder)
     kind = family_of(folder)
     if kind["family"] == "decoder" and kind["template"] == "qwen3-reranker":
-        return _qwen3_card_scores(folder, pairs, instruction)
+        return _qwen3_card_scores(folder, pairs, instruction, max_length)
     if kind["family"] == "decoder":
-        return _mxbai_v2_scores(folder, pairs, instruction)
+        return _mxbai_v2_scores(folder, pairs, instruction, max_length)
     from sentence_transformers import CrossEncoder
 
     model = CrossEncoder(str(folder), device="cpu")  # Sigmoid for one label (CrossEncoder's default)
     return [float(s) for s in model.predict(list(pairs), batch_size=16, convert_to_numpy=True)]
 
 
+def qwen3_card_input_ids(
+    tokenizer: Any, pairs: Sequence[tuple[str, str]], instruction: str | None, max_length: int = 8192
+) -> list[list[int]]:
+    """The Qwen3-Reranker model card's process_inputs (transformers usage), verbatim in substance: each pair's
+    ids, `max_length` counting the whole prompt."""
+    prefix_tokens = tokenizer.encode(cards.QWEN3_PREFIX, add_special_tokens=False)
+    suffix_tokens = tokenizer.encode(cards.QWEN3_SUFFIX, add_special_tokens=False)
+    texts = [cards.qwen3_format_instruction(instruction, q, d) for q, d in pairs]
+    inputs = tokenizer(
+        texts, padding=False, truncation="longest_first", return_attention_mask=False,
+        max_length=max_length - len(prefix_tokens) - len(suffix_tokens),
+    )  # fmt: skip
+    return [prefix_tokens + ids + suffix_tokens for ids in inputs["input_ids"]]
+
+
 def _qwen3_card_scores(
     folder: Path, pairs: Sequence[tuple[str, str]], instruction: str | None, max_length: int = 8192
 ) -> list[float]:
-    """The Qwen3-Reranker model card's code (transformers usage), verbatim in substance."""
+    """The Qwen3-Reranker model card's code (transformers usage): softmax over [no, yes] at the last token."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    token_false_id = tokenizer.convert_tokens_to_ids("no")
-    token_true_id = tokenizer.convert_tokens_to_ids("yes")
-    prefix_tokens = tokenizer.encode(QWEN3_PREFIX, add_special_tokens=False)
-    suffix_tokens = tokenizer.encode(QWEN3_SUFFIX, add_special_tokens=False)
-    task = instruction or QWEN3_TASK
-    texts = [f"<Instruct>: {task}\n<Query>: {q}\n<Document>: {d}" for q, d in pairs]
+    token_false_id = tokenizer.convert_tokens_to_ids(cards.QWEN3_FALSE)
+    token_true_id = tokenizer.convert_tokens_to_ids(cards.QWEN3_TRUE)
+    ids = qwen3_card_input_ids(tokenizer, pairs, instruction, max_length)
     scores: list[float] = []
-    for start in range(0, len(texts), 16):
-        inputs = tokenizer(
-            texts[start : start + 16], padding=False, truncation="longest_first",
-            return_attention_mask=False, max_length=max_length - len(prefix_tokens) - len(suffix_tokens),
-        )  # fmt: skip
-        for i, ele in enumerate(inputs["input_ids"]):
-            inputs["input_ids"][i] = prefix_tokens + ele + suffix_tokens
-        batch = tokenizer.pad(inputs, padding=True, return_tensors="pt", max_length=max_length)
+    for start in range(0, len(ids), 16):
+        batch = tokenizer.pad({"input_ids": ids[start : start + 16]}, padding=True, return_tensors="pt")
         with torch.no_grad():
             last = model(**batch).logits[:, -1, :]
             pair = torch.stack([last[:, token_false_id], last[:, token_true_id]], dim=1)
@@ -335,9 +421,47 @@ def _qwen3_card_scores(
     return scores
 
 
-def _mxbai_v2_scores(folder: Path, pairs: Sequence[tuple[str, str]], instruction: str | None) -> list[float]:
-    """mxbai_rerank.MxbaiRerankV2.prepare_inputs + forward (mixedbread-ai/mxbai-rerank @ 8e709dc, v0.1.6),
-    then its sigmoid normalisation's core: sigmoid(logit("1") - logit("0"))."""
+def mxbai_v2_input_ids(
+    tokenizer: Any,
+    pairs: Sequence[tuple[str, str]],
+    instruction: str | None,
+    *,
+    model_max_length: int,
+    max_length: int = 8192,
+) -> list[list[int]]:
+    """mxbai_rerank.MxbaiRerankV2.prepare_inputs (mixedbread-ai/mxbai-rerank @ 8e709dc, v0.1.6): each pair's ids.
+    `max_length` counts the query and the document only; the prompt's own tokens come on top."""
+
+    def ids(text: str) -> list[int]:
+        return tokenizer(text, return_tensors=None, add_special_tokens=False)["input_ids"]
+
+    task, sep = ids(cards.MXBAI_TASK_PROMPT), ids(cards.MXBAI_SEP)
+    prefix, suffix = ids(cards.MXBAI_PREFIX), ids(cards.MXBAI_SUFFIX)
+    predefined = len(prefix) + len(task) + len(suffix) + len(sep)
+    if max_length + predefined > model_max_length:
+        max_length = model_max_length - predefined
+    out = []
+    for query, document in pairs:
+        query_prompt = cards.mxbai_query_text(query, instruction)
+        q = tokenizer(query_prompt, add_special_tokens=False, max_length=max_length * 3 // 4, truncation=True)
+        doc_max = min(model_max_length - len(q["input_ids"]) - predefined, max_length)
+        d = tokenizer(
+            cards.MXBAI_DOC_PROMPT.format(document=document), add_special_tokens=False, max_length=doc_max,
+            truncation=True,
+        )  # fmt: skip
+        item = tokenizer.prepare_for_model(
+            q["input_ids"], sep + d["input_ids"], truncation="only_second", max_length=max_length,
+            padding=False, return_attention_mask=False, return_token_type_ids=False, add_special_tokens=False,
+        )  # fmt: skip
+        out.append(prefix + item["input_ids"] + sep + task + suffix)
+    return out
+
+
+def _mxbai_v2_scores(
+    folder: Path, pairs: Sequence[tuple[str, str]], instruction: str | None, max_length: int = 8192
+) -> list[float]:
+    """mxbai_rerank.MxbaiRerankV2.prepare_inputs + forward, then its sigmoid normalisation's core:
+    sigmoid(logit("1") - logit("0"))."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -345,31 +469,12 @@ def _mxbai_v2_scores(folder: Path, pairs: Sequence[tuple[str, str]], instruction
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     model_max_length = AutoConfig.from_pretrained(folder).max_position_embeddings
-    max_length = 8192
-
-    def ids(text: str) -> list[int]:
-        return tokenizer(text, return_tensors=None, add_special_tokens=False)["input_ids"]
-
-    yes_loc, no_loc = ids("1")[0], ids("0")[0]
-    task, sep = ids(MXBAI_TASK), ids("\n")
-    prefix, suffix = ids(MXBAI_PREFIX), ids(MXBAI_SUFFIX)
-    predefined = len(prefix) + len(task) + len(suffix) + len(sep)
-    if max_length + predefined > model_max_length:
-        max_length = model_max_length - predefined
-    items = []
-    for query, document in pairs:
-        query_prompt = f"query: {query}"
-        if instruction:
-            query_prompt = f"instruction: {instruction}\n{query_prompt}"
-        q = tokenizer(query_prompt, add_special_tokens=False, max_length=max_length * 3 // 4, truncation=True)
-        doc_max = min(model_max_length - len(q["input_ids"]) - predefined, max_length)
-        d = tokenizer(f"document: {document}", add_special_tokens=False, max_length=doc_max, truncation=True)
-        item = tokenizer.prepare_for_model(
-            q["input_ids"], sep + d["input_ids"], truncation="only_second", max_length=max_length,
-            padding=False, return_attention_mask=False, return_token_type_ids=False, add_special_tokens=False,
-        )  # fmt: skip
-        input_ids = prefix + item["input_ids"] + sep + task + suffix
-        items.append({"input_ids": input_ids, "attention_mask": [1] * len(input_ids)})
+    yes_loc = tokenizer(cards.MXBAI_POS, add_special_tokens=False)["input_ids"][0]
+    no_loc = tokenizer(cards.MXBAI_NEG, add_special_tokens=False)["input_ids"][0]
+    ids = mxbai_v2_input_ids(
+        tokenizer, pairs, instruction, model_max_length=model_max_length, max_length=max_length
+    )
+    items = [{"input_ids": row, "attention_mask": [1] * len(row)} for row in ids]
     scores: list[float] = []
     for start in range(0, len(items), 16):
         batch = tokenizer.pad(
@@ -408,12 +513,10 @@ def exported_scores(
             rows.append({n: list(enc[n]) for n in names})
             continue
         instr = instruction or template["default_instruction"]
-        query_format = template["query"]
-        if instr and template.get("query_with_instruction"):
-            query_format = template["query_with_instruction"]
+        lead = template["instruction"].format(instruction=instr) if instr and template["instruction"] else ""
         parts = [
             template["prefix"],
-            query_format.format(instruction=instr or "", query=query),
+            lead + template["query"].format(instruction=instr or "", query=query),
             template["document"].format(document=document),
             template["suffix"],
         ]

@@ -4,8 +4,7 @@
 NFC, ByteLevel without a prefix space, `<|endoftext|>` as pad, the chat special tokens appended after the
 learnt vocabulary, `<think>`/`</think>` as plain added tokens) that `transformers.AutoTokenizer` loads.
 `build_modernbert_tokenizer(dir)` writes a byte-level BPE with ModernBERT's `[CLS] q [SEP] d [SEP]`
-post-processor and no token type ids. The prompt templates of the decoder rerankers, as manifest.json holds
-them, are QWEN3_RERANKER_TEMPLATE and MXBAI_RERANK_V2_TEMPLATE (checked against the model cards' code).
+post-processor and no token type ids. The decoder rerankers' prompts are the model cards' (tests/model_cards.py).
 """
 
 from __future__ import annotations
@@ -20,46 +19,6 @@ QWEN_SPLIT = (
 )
 QWEN_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 QWEN_ADDED = ("<think>", "</think>")  # added tokens Qwen3 does not mark special
-
-# Qwen3-Reranker model card: prefix + format_instruction(instruction, query, doc) + suffix, where
-# format_instruction is "<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}".
-QWEN3_RERANKER_TEMPLATE: dict[str, Any] = {
-    "name": "qwen3-reranker",
-    "prefix": (
-        "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
-        'Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
-    ),
-    "query": "<Instruct>: {instruction}\n<Query>: {query}\n",
-    "document": "<Document>: {document}",
-    "suffix": "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
-    "default_instruction": "Given a web search query, retrieve relevant passages that answer the query",
-    "positive_token": "yes",
-    "negative_token": "no",
-}
-
-# mxbai_rerank.MxbaiRerankV2 (mixedbread-ai/mxbai-rerank): chat prefix + tok(query prompt) + tok(sep) +
-# tok(document prompt) + tok(sep) + tok(task prompt) + tok(chat suffix), sep "\n"; the instruction line
-# "instruction: ...\n" comes only with an instruction. A "\n" before a letter is its own pre-token, so the
-# separators can join the document part and the suffix without changing a single id.
-MXBAI_TASK_PROMPT = (
-    "You are a search relevance expert who evaluates how well documents match search queries. For each "
-    "query-document pair, carefully analyze the semantic relationship between them, then provide your binary "
-    "relevance judgment (0 for not relevant, 1 for relevant).\nRelevance:"
-)
-MXBAI_RERANK_V2_TEMPLATE: dict[str, Any] = {
-    "name": "mxbai-rerank-v2",
-    "prefix": (
-        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
-        "<|im_start|>user\n"
-    ),
-    "instruction": "instruction: {instruction}\n",
-    "query": "query: {query}",
-    "document": "\ndocument: {document}",
-    "suffix": "\n" + MXBAI_TASK_PROMPT + "<|im_end|>\n<|im_start|>assistant\n",
-    "default_instruction": None,
-    "positive_token": "1",
-    "negative_token": "0",
-}
 
 _CORPUS = (
     "Berlin has a population of 3,520,031 registered inhabitants in an area of 891.82 square kilometers.",

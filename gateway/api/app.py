@@ -149,19 +149,23 @@ def _limited(receive: Receive, limit: int) -> Receive:
 
 
 def _record(scope: Scope, request_id: str, status: int, elapsed: float) -> None:
-    """The request's HTTP metrics and its one access-log line."""
+    """The request's HTTP metrics and its one access-log line, with the served model it picked (empty before a
+    model was chosen: ops routes, a body refused before its model was resolved)."""
     route = scope.get("route")
     path = getattr(route, "path", None) or "unmatched"
-    metrics.REQUESTS.labels(path, scope["method"], str(status)).inc()
-    metrics.REQUEST_LATENCY.labels(path, str(status)).observe(elapsed)
-    docs = scope["state"].get("documents")
+    state = scope["state"]
+    model = state.get("model") or ""
+    metrics.REQUESTS.labels(path, scope["method"], str(status), model).inc()
+    metrics.REQUEST_LATENCY.labels(path, str(status), model).observe(elapsed)
+    docs = state.get("documents")
     access_log.info(
-        "%s %s %s %d %.1fms%s",
+        "%s %s %s %d %.1fms%s%s",
         request_id,
         scope["method"],
         scope["path"],
         status,
         elapsed * 1000,
+        f" model={model}" if model else "",
         f" docs={docs}" if docs is not None else "",
     )
 

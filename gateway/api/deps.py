@@ -23,7 +23,7 @@ from gateway.registry import ServedModel, ServedModels
 
 
 class RunsQueries(Protocol):
-    """Admission control (gateway/api/admission.py): limits, admission by queued work, the timeout, then
+    """Admission control (gateway/admission.py): limits, admission by queued work, the timeout, then
     `reranker` (the served model the request picked; None: the default) ranks the queries."""
 
     async def run(
@@ -109,6 +109,7 @@ class Inference:
         `reranker_cancelled_requests_total`."""
         served = self.model(model)
         request = self.request
+        request.state.model = served.name  # the `model` of its metrics and access-log line
         request.state.documents = sum(len(q.documents) for q in queries)  # for the access log
         work = asyncio.ensure_future(self.admission.run(list(queries), reranker=served.pipeline))
         left = asyncio.ensure_future(_client_left(request))
@@ -117,7 +118,7 @@ class Inference:
             if not work.done():
                 work.cancel()
                 await asyncio.wait({work}, timeout=CANCEL_GRACE_S)  # its place is given back before we answer
-                metrics.CANCELLED.labels("client_disconnected").inc()
+                metrics.CANCELLED.labels("client_disconnected", served.name).inc()
                 raise ClientDisconnected("the client closed the connection; the request's work was stopped")
         finally:
             for task in (work, left):

@@ -59,7 +59,8 @@ OpsFactsDep = Annotated[OpsFacts, Depends(get_ops_facts)]
 
 
 async def health(services: ServicesDep, facts: OpsFactsDep) -> dict[str, Any]:
-    """What every served model has loaded; the default model's backend."""
+    """Each served model's state, backend and device (`served_models`); the default model's backend at the top
+    level, as the first version had it."""
     models = services.models.default.pipeline.models
     loaded = [
         stage.spec.name
@@ -75,6 +76,7 @@ async def health(services: ServicesDep, facts: OpsFactsDep) -> dict[str, Any]:
         "backend": models.reranker.scorer.name if models else None,
         # the first version's field: the cross-encoder is loaded and runs on a GPU
         "gpu_model_loaded": models is not None and "cuda" in models.reranker.scorer.name,
+        "served_models": {served.name: served.pipeline.status() for served in services.models},
     }
 
 
@@ -92,7 +94,8 @@ async def ready(services: ServicesDep) -> JSONResponse:
 
 
 async def info(services: ServicesDep, facts: OpsFactsDep) -> dict[str, Any]:
-    """The default model's pipeline as it describes itself, the repository, the limits, whether keys are on."""
+    """The default model's pipeline as it describes itself, the repository, the limits, whether keys are on,
+    and every served model as it describes itself (`served_models`: state, backend, device, speed, ...)."""
     reranker = services.models.default.pipeline
     out = reranker.info()
     out["repository"] = facts.repository
@@ -100,8 +103,7 @@ async def info(services: ServicesDep, facts: OpsFactsDep) -> dict[str, Any]:
         out["manifests"] = services.describe_repository()
     out["limits"] = dict(facts.limits)
     out["auth"] = facts.auth
-    if len(services.models) > 1:  # the others, as each describes itself (the default's is the top level)
-        out["served_models"] = {served.name: served.pipeline.info() for served in services.models}
+    out["served_models"] = {served.name: served.pipeline.info() for served in services.models}
     return out
 
 

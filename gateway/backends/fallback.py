@@ -6,7 +6,7 @@
 - `MarkDownFallback` (Triton -> local ONNX Runtime): after a failure the primary is marked down and skipped,
   and re-probed in the background until it answers ready (`gateway.backends.health`).
 
-Every batch the fallback scores is counted in `reranker_fallbacks_total{from_backend,to_backend,reason}`.
+Every batch the fallback scores is counted in `reranker_fallbacks_total{from_backend,to_backend,reason,model}`.
 """
 
 from __future__ import annotations
@@ -50,9 +50,11 @@ class FallbackScorer(ABC):
         reprobe_s: float = REPROBE_S,
         probe_timeout_s: float = PRIMARY_PROBE_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
+        model: str = "",
     ) -> None:
         self.primary = primary
         self.fallback = fallback
+        self.model = model  # the metrics' `model` label
         self.name = primary.name
         self.input_names = primary.input_names
         sizes = [s for s in (primary.max_batch_size, fallback.max_batch_size) if s]
@@ -69,7 +71,7 @@ class FallbackScorer(ABC):
     async def score(self, batch: EncodedBatch) -> BatchScores: ...
 
     async def _on_fallback(self, batch: EncodedBatch, reason: str) -> BatchScores:
-        metrics.FALLBACKS.labels(self.primary.name, self.fallback.name, reason).inc()
+        metrics.FALLBACKS.labels(self.primary.name, self.fallback.name, reason, self.model).inc()
         try:
             return await attempt(self.fallback, batch)
         except Exception as exc:
@@ -103,9 +105,14 @@ class SplittingFallback(FallbackScorer):
     The primary is never marked down (an OOM on one big batch says nothing about the next)."""
 
     def __init__(
-        self, primary: Scorer, fallback: Scorer, *, probe_timeout_s: float = PRIMARY_PROBE_TIMEOUT_S
+        self,
+        primary: Scorer,
+        fallback: Scorer,
+        *,
+        probe_timeout_s: float = PRIMARY_PROBE_TIMEOUT_S,
+        model: str = "",
     ) -> None:
-        super().__init__(primary, fallback, probe_timeout_s=probe_timeout_s)  # never marked down
+        super().__init__(primary, fallback, probe_timeout_s=probe_timeout_s, model=model)  # never marked down
 
     async def score(self, batch: EncodedBatch) -> BatchScores:
         try:

@@ -1,21 +1,24 @@
 """Local ONNX Runtime scorer (CPU or CUDA execution provider).
 
 Sessions are tuned for throughput on few cores: intra-op threads = cores, one inference at a time per
-lane (a single-thread executor shared by the CPU sessions, so two models never fight over the cores),
-full graph optimisation. `session.run` releases the GIL, so the event loop keeps serving meanwhile.
+lane (one thread shared by the CPU sessions, so two models never fight over the cores; its batches are
+scheduled by weighted fair queuing across models, `FairLane`), full graph optimisation. `session.run`
+releases the GIL, so the event loop keeps serving meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import ctypes.util
 import logging
 import re
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -117,45 +120,178 @@ def _preload_cuda_libraries(ort: Any) -> None:
         log.info("onnxruntime.preload_dlls() failed: %s", exc)
 
 
-class Lane:
-    """One inference thread shared by the sessions that must not run at once (the CPU models).
+@dataclass
+class _Job:
+    fn: Callable[[EncodedBatch], np.ndarray]
+    batch: EncodedBatch
+    future: Future[tuple[np.ndarray, float]]
+    submitted: float
 
-    It returns freed heap memory to the OS when it runs dry, and every `TRIM_EVERY` batches of a long
-    queue (trimming after every batch would make the next one page-fault its buffers in again).
-    """
 
-    TRIM_EVERY = 16
+class LaneShare:
+    """One model's place in a `FairLane`: its queue of batches, its weight, the service it has received.
 
-    def __init__(self, name: str, *, trim_when_idle: bool) -> None:
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
-        self.trim_when_idle = trim_when_idle
-        self.pending = 0
-        self._since_trim = 0
+    `served_s` is the lane time its batches took; `virtual` that time divided by the weight (the scheduler's
+    clock for this model), lifted to the busy models' level when it comes back from idle (so time spent idle
+    is not saved up to starve the others later)."""
+
+    def __init__(self, lane: FairLane, model: str, weight: float) -> None:
+        self.lane = lane
+        self.model = model
+        self.weight = weight
+        self.queue: deque[_Job] = deque()
+        self.served_s = 0.0
+        self.virtual = 0.0
+        self.batches = 0
+        self.closed = False
 
     async def run_timed(
         self, fn: Callable[[EncodedBatch], np.ndarray], batch: EncodedBatch
     ) -> tuple[np.ndarray, float]:
-        """`fn(batch)` on the lane's thread, and the seconds the batch waited for the thread."""
-        loop = asyncio.get_running_loop()
-        self.pending += 1
-        submitted = time.perf_counter()
-
-        def timed() -> tuple[np.ndarray, float]:
-            queued = time.perf_counter() - submitted
-            return fn(batch), queued
-
+        """`fn(batch)` on the lane's thread when this model's turn comes; the result and the seconds the batch
+        waited. Cancelling the caller drops the batch if it has not started."""
+        future = self.lane.submit(self, fn, batch)
+        self.lane.pending += 1
         try:
-            return await loop.run_in_executor(self.executor, timed)
+            return await asyncio.wrap_future(future)
         finally:
-            self.pending -= 1
-            self._since_trim += 1
-            if self.trim_when_idle and (self.pending == 0 or self._since_trim >= self.TRIM_EVERY):
-                self._since_trim = 0
-                with contextlib.suppress(RuntimeError):  # the lane was shut down meanwhile
-                    loop.run_in_executor(self.executor, release_heap)
+            self.lane.pending -= 1
 
     def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        """Drop this model's queued batches (its scorer closes); the lane stops when no model is left on it."""
+        self.lane.leave(self)
+
+
+class FairLane:
+    """One inference thread shared by the sessions that must not run at once (the CPU models), scheduled by
+    weighted fair queuing of batches: the next batch comes from the model with the least weighted service
+    received (`LaneShare.virtual`) among those with batches waiting, ties to the one that waited longest.
+    A model's burst therefore waits behind at most the batch that is running, never behind another model's
+    whole queue; while several are busy each gets lane time in proportion to its weight.
+
+    It returns freed heap memory to the OS when it runs dry, and every `TRIM_EVERY` batches of a long queue
+    (trimming after every batch would make the next one page-fault its buffers in again). `served` keeps the
+    order the last `HISTORY` batches ran in, by model (the fairness tests read it).
+    """
+
+    TRIM_EVERY = 16
+    HISTORY = 4096
+
+    def __init__(self, name: str, *, trim_when_idle: bool) -> None:
+        self.name = name
+        self.trim_when_idle = trim_when_idle
+        self.pending = 0  # batches submitted by callers still waiting for their result
+        self.served: deque[str] = deque(maxlen=self.HISTORY)
+        self._shares: dict[str, LaneShare] = {}
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._running: LaneShare | None = None
+        self._clock = 0.0  # the virtual service of the last batch picked
+        self._since_trim = 0
+
+    def share(self, model: str, weight: float = 1.0) -> LaneShare:
+        """`model`'s place on this lane (made on first use; a later call sets its weight)."""
+        with self._cond:
+            share = self._shares.get(model)
+            if share is None or share.closed:
+                share = self._shares[model] = LaneShare(self, model, weight)
+            share.weight = weight
+            return share
+
+    async def run_timed(
+        self, fn: Callable[[EncodedBatch], np.ndarray], batch: EncodedBatch
+    ) -> tuple[np.ndarray, float]:
+        """`fn(batch)` as a model with no name of its own (a lane used by one session)."""
+        return await self.share("").run_timed(fn, batch)
+
+    def submit(
+        self, share: LaneShare, fn: Callable[[EncodedBatch], np.ndarray], batch: EncodedBatch
+    ) -> Future[tuple[np.ndarray, float]]:
+        future: Future[tuple[np.ndarray, float]] = Future()
+        with self._cond:
+            if share.closed:
+                raise RuntimeError(f"the lane share of {share.model!r} is closed")
+            if not share.queue and share is not self._running:
+                # Back from idle: level with the busy models, not below them.
+                busy = [
+                    s.virtual
+                    for s in self._shares.values()
+                    if s is not share and (s.queue or s is self._running)
+                ]
+                share.virtual = max(share.virtual, min(busy, default=self._clock))
+            share.queue.append(_Job(fn, batch, future, time.perf_counter()))
+            metrics.LANE_QUEUED.labels(share.model).set(len(share.queue))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return future
+
+    def _next(self) -> tuple[LaneShare, _Job] | None:
+        """Under the lock: the next batch by weighted fair queuing; None once every model has left."""
+        while True:
+            waiting = [s for s in self._shares.values() if s.queue]
+            if waiting:
+                share = min(waiting, key=lambda s: (s.virtual, s.queue[0].submitted))
+                job = share.queue.popleft()
+                metrics.LANE_QUEUED.labels(share.model).set(len(share.queue))
+                self._running, self._clock = share, share.virtual
+                return share, job
+            if not self._shares or all(s.closed for s in self._shares.values()):
+                self._thread = None
+                return None
+            self._cond.wait()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                picked = self._next()
+            if picked is None:
+                return
+            share, job = picked
+            if not job.future.set_running_or_notify_cancel():  # its caller left while it waited
+                with self._cond:
+                    self._running = None
+                continue
+            self.served.append(share.model)
+            started = time.perf_counter()
+            failure: BaseException | None = None
+            try:
+                logits = job.fn(job.batch)
+            except BaseException as exc:
+                failure = exc
+            elapsed = time.perf_counter() - started
+            with self._cond:  # charged before the caller hears back, so its counters are current
+                self._running = None
+                share.served_s += elapsed
+                share.virtual += elapsed / share.weight
+                share.batches += 1
+                idle = not any(s.queue for s in self._shares.values())
+            metrics.LANE_BUSY.labels(share.model).inc(elapsed)
+            metrics.LANE_BATCHES.labels(share.model).inc()
+            if failure is not None:
+                job.future.set_exception(failure)
+            else:
+                job.future.set_result((logits, started - job.submitted))
+            self._since_trim += 1
+            if self.trim_when_idle and (idle or self._since_trim >= self.TRIM_EVERY):
+                self._since_trim = 0
+                release_heap()
+
+    def leave(self, share: LaneShare) -> None:
+        with self._cond:
+            share.closed = True
+            while share.queue:
+                share.queue.popleft().future.cancel()
+            metrics.LANE_QUEUED.labels(share.model).set(0)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Every model leaves: queued batches are dropped, the thread ends after the running one."""
+        with self._cond:
+            shares = list(self._shares.values())
+        for share in shares:
+            self.leave(share)
 
 
 class OnnxScorer:
@@ -166,17 +302,19 @@ class OnnxScorer:
         session: SessionLike,
         *,
         name: str,
-        lane: Lane | None = None,
+        lane: LaneShare | None = None,
         max_batch_size: int | None = None,
+        model: str = "",
     ) -> None:
         self.session = session
         self.name = name
+        self.model = model  # the metrics' `model` label: the folder of the model this session runs
         self.on_gpu = name.endswith("cuda")
         self.input_names: tuple[str, ...] = tuple(i.name for i in session.get_inputs())
         outputs = [o.name for o in session.get_outputs()]
         self._output = "logits" if "logits" in outputs else outputs[0]
         self.max_batch_size = max_batch_size
-        self._lane = lane or Lane(f"ort-{name}", trim_when_idle=not self.on_gpu)
+        self._lane = lane or FairLane(f"ort-{name}", trim_when_idle=not self.on_gpu).share(model)
 
     @property
     def provider(self) -> str:
@@ -189,10 +327,10 @@ class OnnxScorer:
             out = self.session.run([self._output], feed)[0]
         except Exception as exc:
             reason = classify_failure(exc, on_gpu=self.on_gpu)
-            metrics.SCORER_CALLS.labels(backend=self.name, protocol="inproc", outcome=reason).inc()
+            metrics.SCORER_CALLS.labels(self.name, "inproc", reason, self.model).inc()
             log.warning("%s failed on a batch of %d (%s): %s", self.name, batch.size, reason, exc)
             raise ScorerFailure(f"{self.name} inference failed ({reason})", reason=reason) from exc
-        metrics.SCORER_CALLS.labels(backend=self.name, protocol="inproc", outcome="ok").inc()
+        metrics.SCORER_CALLS.labels(self.name, "inproc", "ok", self.model).inc()
         logits = np.asarray(out, dtype=np.float32)
         return logits.reshape(logits.shape[0], -1)[:, 0]
 
@@ -204,4 +342,4 @@ class OnnxScorer:
         return True
 
     async def close(self) -> None:
-        self._lane.close()  # idempotent; a shared lane drops its queued batches with its first user
+        self._lane.close()  # idempotent; drops this model's queued batches, the lane ends with its last model

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gateway import metrics
-from gateway.backends.onnx_local import Lane, ScorerFailure, SessionLike, classify_failure
+from gateway.backends.onnx_local import FairLane, LaneShare, ScorerFailure, SessionLike, classify_failure
 from gateway.domain import BatchScores, EncodedBatch
 
 log = logging.getLogger(__name__)
@@ -59,27 +59,29 @@ class KvLayout:
 
 
 class PrefixReuseScorer:
-    """Scorer over a cached decoder graph: the head once per request, then each document after it."""
-
-    reuses_prefix = True  # the stage batches each query's windows apart, so that every batch shares a head
+    """Scorer over a cached decoder graph: the head once per request, then each document after it (the loader
+    sets its stage's `per_query_batches`, so that every batch holds one query's windows and shares a head).
+    Its batches run on the CPU lane's share of its model, like OnnxScorer's."""
 
     def __init__(
         self,
         session: SessionLike,
         *,
         name: str,
-        lane: Lane | None = None,
+        lane: LaneShare | None = None,
         max_batch_size: int | None = None,
         head_entries: int = HEAD_CACHE_ENTRIES,
+        model: str = "",
     ) -> None:
         self.session = session
         self.name = name
+        self.model = model  # the metrics' `model` label and the model's share of the fair lane
         self.layout = KvLayout.of(session)
         self.input_names: tuple[str, ...] = tuple(
             i.name for i in session.get_inputs() if not i.name.startswith("past_key_values.")
         )
         self.max_batch_size = max_batch_size
-        self._lane = lane or Lane(f"ort-{name}", trim_when_idle=True)
+        self._lane = lane or FairLane(f"ort-{name}", trim_when_idle=True).share(model)
         self._heads: OrderedDict[bytes, list[np.ndarray]] = OrderedDict()
         self._head_entries = head_entries
         self.head_runs = 0  # heads computed (the rest came from the LRU): what the tests and /info read
@@ -91,10 +93,10 @@ class PrefixReuseScorer:
             logits = self._with_head(batch) if reuse else self._full(batch)
         except Exception as exc:
             reason = classify_failure(exc, on_gpu=False)
-            metrics.SCORER_CALLS.labels(backend=self.name, protocol="inproc", outcome=reason).inc()
+            metrics.SCORER_CALLS.labels(self.name, "inproc", reason, self.model).inc()
             log.warning("%s failed on a batch of %d (%s): %s", self.name, batch.size, reason, exc)
             raise ScorerFailure(f"{self.name} inference failed ({reason})", reason=reason) from exc
-        metrics.SCORER_CALLS.labels(backend=self.name, protocol="inproc", outcome="ok").inc()
+        metrics.SCORER_CALLS.labels(self.name, "inproc", "ok", self.model).inc()
         return logits
 
     def _full(self, batch: EncodedBatch) -> np.ndarray:
@@ -143,7 +145,7 @@ class PrefixReuseScorer:
 
     async def close(self) -> None:
         self._heads.clear()
-        self._lane.close()
+        self._lane.close()  # idempotent; drops this model's queued batches, the lane ends with its last model
 
     def info(self) -> dict[str, object]:
         return {"name": self.name, "prefix_reuse": True, "heads_computed": self.head_runs}

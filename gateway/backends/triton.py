@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 Protocol = Literal["grpc", "http"]
 
 
-def _record(protocol: str, outcome: str) -> None:
-    metrics.SCORER_CALLS.labels(backend=f"triton-{protocol}", protocol=protocol, outcome=outcome).inc()
+def _record(protocol: str, outcome: str, model: str) -> None:
+    metrics.SCORER_CALLS.labels(f"triton-{protocol}", protocol, outcome, model).inc()
 
 
 class TritonFailed(BackendFailed):
@@ -228,17 +228,17 @@ class TritonScorer:
                 ]  # fmt: skip
                 results = await asyncio.gather(*(self._infer(connection, part) for part in parts))
             except _Failure as failure:
-                _record(self.protocol, failure.outcome)
+                _record(self.protocol, failure.outcome, self.model_name)
                 if failure.outcome in ("unavailable", "timeout"):
                     self._clients.retire(connection)
                 raise TritonFailed(failure.message, reason=failure.outcome) from None
         logits = np.concatenate(results).astype(np.float32, copy=False)
         if logits.shape != (batch.size,):
-            _record(self.protocol, "error")
+            _record(self.protocol, "error", self.model_name)
             raise TritonFailed(
                 reason="error", message=f"{self.name}: expected {batch.size} logits, got shape {logits.shape}"
             )
-        _record(self.protocol, "ok")
+        _record(self.protocol, "ok", self.model_name)
         return BatchScores(logits=logits, backend=self.name)
 
     async def _infer(self, connection: _Connection, inputs: dict[str, np.ndarray]) -> np.ndarray:

@@ -112,6 +112,10 @@ def test_every_benchmark_runs_on_a_tiny_input(
     levels = results["sweep"]["levels"]
     assert [lv["clients"] for lv in levels] == [1, 2] and all(lv["ok"] == lv["requests"] for lv in levels)
 
+    # several models in one gateway (the two tiny models for seconds): both served, every small answer 200
+    assert results["mixed"]["checks"]["every_small_answer_200"] is True
+    assert "`/metrics` at the end" in (out / "mixed.md").read_text()
+
     report = (out / "report.md").read_text()
     for heading in (
         "## Ranking quality",

@@ -38,12 +38,12 @@ def test_llamaindex_jina_rerank_shows_the_401_message(gateway_url):
 
 
 def test_llamaindex_jina_rerank_shows_the_429_message(real_model_repository, tmp_path, api_key):
-    """A gateway whose queue can hold 5 s of work: while a request of far more work runs (two 512-token
-    windows per document, 600 documents), the next ones are refused with 429 + Retry-After, and JinaRerank
-    raises the server's message. The heavy request stays in flight for the whole 5 s timeout, which leaves
-    the two refused requests room on a loaded machine (it was 2 s)."""
+    """A gateway whose 5 s deadline admits 4 s of work: while a request of about 3 s runs (sized from the
+    model's speed in /metrics, measured at load), another of the same size would not finish in time and is
+    refused at once with 429 + Retry-After, and JinaRerank raises the server's message. Any size between 2 and
+    4 s of work does it, so the speed may drift while the test runs."""
     module = need_client("llama_index.postprocessor.jinaai_rerank")
-    heavy = {"query": QUERY, "documents": [f"{i} " + " ".join(PASSAGES) * 24 for i in range(600)]}
+    long_text = " ".join(PASSAGES) * 24  # two 512-token windows a document: 1,024 tokens of work each
     headers = {"Authorization": f"Bearer {api_key}"}
     with running_gateway(
         real_model_repository,
@@ -53,15 +53,11 @@ def test_llamaindex_jina_rerank_shows_the_429_message(real_model_repository, tmp
         RERANKER_KEEP="0",
         RERANKER_CACHE_SIZE="0",
     ) as url:
-        # a few requests first, so the gateway has measured its own speed (half a second of work at least)
-        warm = {"query": QUERY, "documents": heavy["documents"][:6]}
-        for _ in range(8):
-            r = httpx.post(f"{url}/v1/rerank", json=warm, headers=headers, timeout=60)
-            assert r.status_code == 200, r.text
-            metrics = httpx.get(f"{url}/metrics", timeout=10).text
-            if float(re.search(r"^reranker_work_rate_tokens_per_second (\S+)$", metrics, re.M)[1]) > 0:
-                break
-            warm = {"query": QUERY, "documents": [d + " again" for d in warm["documents"]]}
+        metrics = httpx.get(f"{url}/metrics", timeout=10).text
+        rate = re.search(r'^reranker_work_rate_tokens_per_second\{model="reranker"\} (\S+)$', metrics, re.M)
+        assert rate and float(rate[1]) > 0, "the model's speed is measured at load"
+        count = max(1, round(3.0 * float(rate[1]) / 1024))
+        heavy = {"query": QUERY, "documents": [f"{i} {long_text}" for i in range(count)]}
         statuses: list[int] = []
         worker = threading.Thread(
             target=lambda: statuses.append(
@@ -70,21 +66,25 @@ def test_llamaindex_jina_rerank_shows_the_429_message(real_model_repository, tmp
         )
         worker.start()
         try:
-            raw = None
             for _ in range(40):  # until the heavy request is admitted and counted (bounded: 4 s)
                 metrics = httpx.get(f"{url}/metrics", timeout=10).text
-                if "reranker_in_flight_requests 1.0" in metrics:
+                if 'reranker_in_flight_requests{model="reranker"} 1.0' in metrics:
                     break
                 threading.Event().wait(0.1)
-            raw = httpx.post(
-                f"{url}/v1/rerank", json={"query": QUERY, "documents": PASSAGES}, headers=headers, timeout=60
-            )
+            again = {"query": QUERY, "documents": [f"again {d}" for d in heavy["documents"]]}
+            raw = httpx.post(f"{url}/v1/rerank", json=again, headers=headers, timeout=60)
             assert raw.status_code == 429, raw.text
             assert int(raw.headers["Retry-After"]) >= 1
             assert raw.json()["detail"] == raw.json()["message"]
+            from llama_index.core.schema import NodeWithScore, TextNode
+
+            same_size = [
+                NodeWithScore(node=TextNode(text=f"node {d}", id_=f"n{i}"), score=0.5)
+                for i, d in enumerate(heavy["documents"])
+            ]
             reranker = module.JinaRerank(api_key=api_key, base_url=f"{url}/v1", model=MODEL, top_n=2)
             with pytest.raises(RuntimeError, match="request_timeout_s"):
-                reranker.postprocess_nodes(nodes(), query_str=QUERY)
+                reranker.postprocess_nodes(same_size, query_str=QUERY)
         finally:
             worker.join(timeout=120)
         assert statuses and statuses[0] in (200, 504)

@@ -38,7 +38,14 @@ def test_the_work_of_a_client_that_left_is_stopped(real_model_repository, tmp_pa
     after it answers at once instead of waiting behind it, and /metrics counts the cancelled request."""
     headers = {"Authorization": f"Bearer {api_key}"}
     heavy = {"query": QUERY, "documents": [f"{i} " + " ".join(PASSAGES) * 8 for i in range(400)]}
-    with running_gateway(real_model_repository, tmp_path, RERANKER_KEEP="0", RERANKER_CACHE_SIZE="0") as url:
+    # a deadline long enough for the heavy request to be admitted (else it is refused at once as too large)
+    with running_gateway(
+        real_model_repository,
+        tmp_path,
+        RERANKER_KEEP="0",
+        RERANKER_CACHE_SIZE="0",
+        RERANKER_REQUEST_TIMEOUT_S="600",
+    ) as url:
         small = {"query": QUERY, "documents": PASSAGES[:2]}
         assert httpx.post(f"{url}/v1/rerank", json=small, headers=headers, timeout=60).status_code == 200
         started = time.monotonic()
@@ -53,8 +60,13 @@ def test_the_work_of_a_client_that_left_is_stopped(real_model_repository, tmp_pa
         metrics = ""
         for _ in range(20):  # the cancellation is counted within a poll interval (bounded: 2 s)
             metrics = httpx.get(f"{url}/metrics", timeout=10).text
-            if 'reranker_cancelled_requests_total{reason="client_disconnected"} 1.0' in metrics:
+            if (
+                'reranker_cancelled_requests_total{model="reranker",reason="client_disconnected"} 1.0'
+                in metrics
+            ):
                 break
             time.sleep(0.1)
-        assert 'reranker_cancelled_requests_total{reason="client_disconnected"} 1.0' in metrics
+        assert (
+            'reranker_cancelled_requests_total{model="reranker",reason="client_disconnected"} 1.0' in metrics
+        )
         assert gave_up < 3.0

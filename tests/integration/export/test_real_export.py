@@ -10,10 +10,11 @@ import onnxruntime as ort
 import pytest
 from google.protobuf import text_format
 from tokenizers import Tokenizer
-from transformers import AutoTokenizer
 from tritonclient.grpc import model_config_pb2
 
 from export import validate
+from gateway.repository import read_model_spec
+from gateway.tokenization import PairTokenizer
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_models]
 
@@ -95,16 +96,16 @@ def test_manifest_parity_figures_hold_against_a_fresh_pytorch_model(
     parity = manifest["parity"]
     source = Path(manifest["source"]["path"])
     assert source.parent == real_models_dir
-    tokenizer = AutoTokenizer.from_pretrained(folder / manifest["tokenizer_dir"])
+    spec = read_model_spec(real_model_repository, model)
     pairs = validate.build_parity_set()
-    encodings = validate.tokenize_pairs(tokenizer, pairs.pairs, manifest["max_length"])
-    names = [i["name"] for i in manifest["inputs"]]
-    fp32 = validate.onnx_scores(folder / manifest["variants"]["fp32"]["file"], encodings, names, 0)
-    int8 = validate.onnx_scores(folder / manifest["variants"]["int8"]["file"], encodings, names, 0)
+    encodings = validate.encode_parity_set(PairTokenizer.from_spec(spec), pairs.pairs, spec.input_names)
+    assert encodings.ids_sha256() == parity["ids_sha256"]  # the gate scored the ids the gateway builds
+    fp32 = validate.onnx_scores(folder / manifest["variants"]["fp32"]["file"], encodings)
+    int8 = validate.onnx_scores(folder / manifest["variants"]["int8"]["file"], encodings)
 
     # PyTorch on the first 5 queries (20 pairs, 5 of them at 512 tokens) keeps the test short on 2 cores
     subset = [i for i, g in enumerate(pairs.groups) if g < 5]
-    reference = validate.pytorch_scores(source, [encodings[i] for i in subset], names, 0)
+    reference = validate.pytorch_scores(source, encodings.subset(subset))
     diff = np.abs(reference - fp32[subset]).max()
     assert diff <= 1e-4
     assert diff <= parity["figures"]["fp32"]["max_abs_diff"] + 1e-6

@@ -39,7 +39,7 @@ def build(repo, gpu_free_mb: int) -> tuple[object, list]:
 
 def fallbacks(metrics_text: str) -> float:
     m = re.search(
-        r'reranker_fallbacks_total\{from_backend="onnx-cuda",reason="cuda_oom",to_backend="onnx-cpu"\} ([\d.]+)',
+        r'reranker_fallbacks_total\{from_backend="onnx-cuda",model="reranker",reason="cuda_oom",to_backend="onnx-cpu"\} ([\d.]+)',
         metrics_text,
     )
     return float(m.group(1)) if m else 0.0

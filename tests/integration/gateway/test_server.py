@@ -72,7 +72,9 @@ def test_repeated_request_hits_the_cache(gateway_process):
     assert first.cache_hits == 0 and second.cache_hits == 3 and second.backend == "cache"
     assert [r.index for r in first.results] == [r.index for r in second.results]
     metrics = httpx.get(gateway_process.url + "/metrics").text
-    assert re.search(r'reranker_cache_lookups_total\{result="hit",stage="reranker"\} [1-9]', metrics)
+    assert re.search(
+        r'reranker_cache_lookups_total\{model="reranker",result="hit",stage="reranker"\} [1-9]', metrics
+    )
 
 
 def test_long_document_chunks_find_the_relevant_window(gateway_process):
@@ -142,14 +144,14 @@ def test_ops_routes_and_request_id_in_the_log(gateway_process):
         timeout=30,
     )
     assert r.headers["x-request-id"] == "it-req-42"
-    line = r"it-req-42 POST /rerank 200 [\d.]+ms docs=1"
+    line = r"it-req-42 POST /rerank 200 [\d.]+ms model=reranker docs=1"
     for _ in range(40):  # the access line is written after the response is sent (bounded: 2 s)
         if re.search(line, gateway_process.log_text()):
             break
         time.sleep(0.05)
     assert re.search(line, gateway_process.log_text())
     metrics = httpx.get(gateway_process.url + "/metrics").text
-    assert 'reranker_requests_total{method="POST",route="/rerank",status="200"}' in metrics
+    assert 'reranker_requests_total{method="POST",model="reranker",route="/rerank",status="200"}' in metrics
     assert "reranker_process_rss_bytes" in metrics
 
 

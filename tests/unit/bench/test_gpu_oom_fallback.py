@@ -36,7 +36,7 @@ DOCS = [
     "Bananas are yellow.",
     "Trains run on rails.",
 ]
-LABELS = {"from_backend": "onnx-cuda", "to_backend": "onnx-cpu", "reason": "cuda_oom"}
+LABELS = {"from_backend": "onnx-cuda", "to_backend": "onnx-cpu", "reason": "cuda_oom", "model": "reranker"}
 ARENA_OOM = (
     "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while running Gemm node. "
     "Name:'/bert/encoder/layer.0/attention/self/query/Gemm' Status Message: "

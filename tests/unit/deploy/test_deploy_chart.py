@@ -97,6 +97,20 @@ def test_whole_numbers_reach_the_gateway_without_an_exponent(routes) -> None:
     assert check.check_gateway(r, routes) == []
 
 
+def test_the_models_file_is_mounted_and_validated_as_the_gateway_reads_it(rendered, routes) -> None:
+    r = rendered["cpu, a models file"]
+    gateway = _gateway(r)
+    env = {e["name"]: e.get("value") for e in gateway["env"]}
+    assert env["RERANKER_MODELS_FILE"] == "/etc/reranker/models.toml"
+    assert any(m["mountPath"] == "/etc/reranker" and m["readOnly"] for m in gateway["volumeMounts"])
+    assert "[models.qwen3]" in r.of_kind("ConfigMap")[0]["data"]["models.toml"]
+    bad = check.scenario_values(
+        "values-cpu.yaml", {"gateway": {"modelsFile": "[models.qwen3]\nweight = 0\n"}}
+    )
+    problems = check.check_gateway(check.render(bad), routes)
+    assert any("model 'qwen3': weight: Input should be greater than 0" in p for p in problems), problems
+
+
 def test_settings_the_chart_owns_are_refused() -> None:
     values = check.scenario_values("values.yaml", {"gateway": {"settings": {"triton_url": "elsewhere:8001"}}})
     with pytest.raises(HelmRenderError, match=r"gateway\.settings\.triton_url is set by the chart"):

@@ -213,13 +213,34 @@ def test_registry_resolves_names_aliases_and_ids():
     assert one.default.listed_names() == ["only"]  # described by its name when nothing else is known
 
 
-def test_a_pipeline_is_described_from_what_it_loaded_else_its_manifest(tiny_model_repository, tmp_path):
+def test_a_pipeline_is_described_from_what_it_loaded_else_its_manifest(tiny_model_repository):
+    from gateway.repository import read_model_spec
+
     pipeline = FakePipeline("unused")
-    missing = describe_pipeline(pipeline, tmp_path, "reranker")
-    assert missing() == ModelDescription("reranker")  # no manifest yet: the folder's name, not remembered
-    from_manifest = describe_pipeline(pipeline, tiny_model_repository, "reranker", family="bert-classifier")
+    missing = describe_pipeline(pipeline, None, "reranker")
+    assert missing() == ModelDescription("reranker")  # no manifest at start-up: the folder's name
+    spec = read_model_spec(tiny_model_repository, "reranker")  # what the composition root read once
+    from_manifest = describe_pipeline(pipeline, spec, "reranker", family="bert-classifier")
     assert from_manifest() == ModelDescription("tiny-reranker", "bert-classifier", 512, None)
     stage = SimpleNamespace(spec=SimpleNamespace(model_id="loaded/model"), max_length=256)
     pipeline.models = SimpleNamespace(reranker=stage)
-    assert describe_pipeline(pipeline, tmp_path, "reranker")() == ModelDescription("loaded/model", None, 256)
-    assert from_manifest().id == "tiny-reranker"  # read once, then remembered
+    assert describe_pipeline(pipeline, None, "reranker")() == ModelDescription("loaded/model", None, 256)
+    assert from_manifest() == ModelDescription("loaded/model", "bert-classifier", 256, None)  # once loaded
+    pipeline.models = None
+    assert from_manifest().id == "loaded/model"  # what it loaded is remembered
+
+
+def test_an_unknown_model_answer_lists_configured_names_as_well_as_ids():
+    models = ServedModels(
+        [
+            ServedModel(
+                "small", ALPHA, aliases=("fast",), describe=lambda: ModelDescription("org/alpha-reranker")
+            ),
+            ServedModel("big", BETA, describe=lambda: ModelDescription("org/beta-reranker")),
+        ]
+    )
+    with pytest.raises(UnknownModel) as failure:
+        models.resolve("medium")
+    message = failure.value.message
+    assert "served models: small, org/alpha-reranker, fast; big, org/beta-reranker" in message
+    assert models.resolve("small").pipeline is ALPHA and models.resolve("org/beta-reranker").pipeline is BETA

@@ -32,10 +32,12 @@ def test_failed_gate_writes_nothing_and_keeps_the_old_repository(tiny_source: Pa
     output = tmp_path / "model_repository"
     (output / "reranker").mkdir(parents=True)
     (output / "reranker" / "previous").write_text("the last good export")
-    impossible = Thresholds(fp32_max_abs_diff=-1.0)  # only an fp32 graph off PyTorch aborts the export
+    impossible = Thresholds(fp32_atol=-1.0, fp32_rtol=0.0)  # only an fp32 graph off PyTorch aborts the export
 
     with pytest.raises(
-        ParityError, match=r"fp32 ONNX vs PyTorch max \|diff\| .* > -1.*no repository was written"
+        ParityError,
+        match=r"fp32 ONNX vs PyTorch max \|diff\| .* > -1 \(= atol -1 \+ rtol 0 x reference scale .*"
+        r"mean \|diff\| .*Spearman .*--fp32-atol / --fp32-rtol set the bound\).*no repository was written",
     ):
         build_repository(str(tiny_source), None, output, quiet=True, thresholds=impossible)
 
@@ -153,3 +155,27 @@ def test_cli_shows_progress_at_a_terminal(tiny_source: Path, tmp_path: Path):
     assert result.returncode == 0, result.stderr
     for step in ("export fp32 ONNX", "quantize int8", "validate against PyTorch", "int8 Spearman"):
         assert step in result.stderr
+
+
+def test_cli_failing_gate_prints_its_figures_and_names_the_flags(tiny_source: Path, tmp_path: Path):
+    result = subprocess.run(
+        [sys.executable, "-m", "export", "--model", str(tiny_source), "--prefilter", "none",
+         "--output", str(tmp_path / "repo"), "--max-length", "128", "--quiet",
+         "--fp32-atol", "-1", "--fp32-rtol", "0"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1
+    message = result.stderr
+    assert "export failed: reranker: parity gate failed: fp32 ONNX vs PyTorch max |diff|" in message
+    assert "(= atol -1 + rtol 0 x reference scale " in message and "mean |diff| " in message
+    assert "--fp32-atol / --fp32-rtol set the bound" in message
+    assert not (tmp_path / "repo" / "reranker").exists()
+
+
+def test_gate_flags_default_to_the_family_bounds():
+    from export.__main__ import parse_args
+
+    args = parse_args([])
+    assert (args.fp32_atol, args.fp32_rtol) == (None, None)
+    args = parse_args(["--fp32-atol", "2e-4", "--fp32-rtol", "1e-4"])
+    assert (args.fp32_atol, args.fp32_rtol) == (2e-4, 1e-4)

@@ -6,12 +6,12 @@ import threading
 import pytest
 from fastapi.testclient import TestClient
 
-from gateway.api.admission import WorkRate
 from gateway.api.deps import bound_services
 from gateway.api.dialects.cohere import CohereRerankResponse
 from gateway.api.schemas import RerankResponse
 from gateway.app import create_app
 from gateway.config import Settings
+from gateway.domain import RerankQuery
 from gateway.pipeline import Reranker
 
 QUERY = "berlin population"
@@ -24,6 +24,8 @@ DOCS = ["Berlin has a large population.", "New York has museums.", "Trains in Sp
 def settings(tiny_model_repository) -> Settings:
     return Settings(
         model_repository=tiny_model_repository,
+        # pinned: on a CUDA machine the real probe would load fp16 on the GPU, not the int8 these tests assert
+        device="cpu",
         threads=1,
         max_documents=5,
         max_document_chars=100,
@@ -159,8 +161,9 @@ def test_preload_off_loads_on_first_request(tiny_model_repository):
 
 def test_admission_queues_what_can_finish_in_time_and_refuses_the_rest(make_reranker):
     """max_in_flight 1: a second request waits for the slot (no 429) while the queued work can finish within
-    the request timeout; when the measured rate says it cannot, 429 with Retry-After and a message saying
-    why; a request that runs past the timeout is a 504."""
+    the request timeout; when the model's measured speed says it cannot, 429 with Retry-After and a message
+    saying why; work too large for the deadline even alone is refused at once (413); a request that runs past
+    the timeout all the same (the runtime slowed down after its speed was measured) is a 504."""
     reranker, ce, _ = make_reranker(keep=0, max_in_flight=1, request_timeout_s=1.0)
     release = threading.Event()
     original = ce.score
@@ -200,15 +203,20 @@ def test_admission_queues_what_can_finish_in_time_and_refuses_the_rest(make_rera
         second.join(5)
         assert results == {"first": 200, "second": 200}
 
-        admission.rate = WorkRate(initial=10.0)  # 10 tokens a second: no queue can finish within 1 s
+        # The model's speed: DOCS take 0.6 s of the 0.8 s the 1 s deadline admits (ADMIT_WITHIN)
+        tokens = reranker.plan([RerankQuery(QUERY, tuple(DOCS))])[0].work.reranker
+        reranker.models.reranker.meter.reset_to(tokens / 0.6)
         release.clear()
         held = post("held", [f"{d} (not cached)" for d in DOCS])
         wait_in_flight(1)
         refused = c.post("/rerank", json={"query": QUERY, "documents": DOCS})
         assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
         assert "would not finish within request_timeout_s (1.0s)" in refused.json()["error"]
+        reranker.models.reranker.meter.reset_to(tokens / 2.0)  # now 2 s: more than the deadline even alone
+        too_large = c.post("/rerank", json={"query": QUERY, "documents": DOCS})
+        assert too_large.status_code == 413 and too_large.json()["limit"] == "request_timeout_s"
         held.join(5)
-        assert results["held"] == 504
+        assert results["held"] == 504  # admitted at 0.6 s, held past the deadline
         release.set()
         assert c.post("/rerank", json={"query": QUERY, "documents": DOCS[:1]}).status_code == 200
 

@@ -182,5 +182,5 @@ def test_json_metrics_and_gpu_model_loaded(client):
     assert client.get("/metrics").headers["content-type"].startswith("text/plain")
     m = client.get("/metrics", headers={"Accept": "application/json"}).json()
     assert m["rss_bytes"] > 0 and m["num_threads"] >= 1 and "cpu_percent" in m
-    assert "reranker_in_flight_requests" in m["metrics"]
+    assert 'reranker_in_flight_requests{model="reranker"}' in m["metrics"]
     assert client.get("/health").json()["gpu_model_loaded"] is False

@@ -29,8 +29,9 @@ def test_cpu_loads_int8_and_the_prefilter(tiny_model_repository):
 
 
 def test_fp32_precision_loads_an_fp32_variant(tiny_model_repository):
+    # the device pinned: on a CUDA machine the real probe would take the GPU and its fp16 file
     loaded = ModelLoader.from_settings(
-        settings(tiny_model_repository, cpu_precision="fp32", prefilter_name="")
+        settings(tiny_model_repository, cpu_precision="fp32", prefilter_name="", device="cpu")
     )()
     assert loaded.reranker.variant in ("fp32", "fp32-opt") and loaded.prefilter is None
 
@@ -63,7 +64,7 @@ def test_cuda_oom_halves_then_falls_back_to_cpu_and_keeps_serving(tiny_model_rep
         s, gpu_probe=probe(80_000), session_factory=oom_session_factory(ok_rows=0, sessions=sessions)
     )
     reranker = Reranker(PipelineConfig.from_settings(s), loader)
-    before = metrics.FALLBACKS.labels("onnx-cuda", "onnx-cpu", "cuda_oom")._value.get()
+    before = metrics.FALLBACKS.labels("onnx-cuda", "onnx-cpu", "cuda_oom", "reranker")._value.get()
 
     async def go():
         first = await reranker.rerank(RerankQuery(QUERY, DOCS))
@@ -77,7 +78,9 @@ def test_cuda_oom_halves_then_falls_back_to_cpu_and_keeps_serving(tiny_model_rep
     assert sessions[0].calls[:3] == [4, 2, 2]  # the batch, then its halves once
     assert first.backend == second.backend == "onnx-cpu"
     assert len(first.results) == 4
-    assert metrics.FALLBACKS.labels("onnx-cuda", "onnx-cpu", "cuda_oom")._value.get() == before + 4
+    assert (
+        metrics.FALLBACKS.labels("onnx-cuda", "onnx-cpu", "cuda_oom", "reranker")._value.get() == before + 4
+    )
 
 
 def test_missing_repository_is_a_clear_error(tmp_path):

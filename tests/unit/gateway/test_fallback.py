@@ -41,7 +41,7 @@ def batch(n: int) -> EncodedBatch:
 
 
 def fallbacks(reason: str) -> float:
-    return metrics.FALLBACKS.labels("onnx-cuda", "onnx-cpu", reason)._value.get()
+    return metrics.FALLBACKS.labels("onnx-cuda", "onnx-cpu", reason, "")._value.get()
 
 
 def test_oom_halves_once_on_the_primary():

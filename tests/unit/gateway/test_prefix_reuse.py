@@ -14,7 +14,7 @@ import pytest
 
 from gateway.backends.onnx_local import OnnxScorer
 from gateway.backends.prefix_reuse import MIN_SHARED_TOKENS, PrefixReuseScorer
-from gateway.repository import PromptTemplate
+from gateway.families import QWEN3_RERANKER
 from gateway.scoring import _by_job
 from gateway.tokenization import PairTokenizer, build_batch
 
@@ -56,10 +56,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
 
 
 def _tokenizer(folder: Path, max_length: int = 512) -> PairTokenizer:
-    from export.families import QWEN3_RERANKER
-
-    template = PromptTemplate.from_manifest(QWEN3_RERANKER.manifest())
-    return PairTokenizer.from_dir(folder, max_length=max_length, template=template, padding_side="right")
+    return PairTokenizer.from_dir(folder, max_length=max_length, template=QWEN3_RERANKER, padding_side="right")
 
 
 def _scores(model, batch) -> tuple[np.ndarray, np.ndarray, PrefixReuseScorer]:

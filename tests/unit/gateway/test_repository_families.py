@@ -8,12 +8,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from family_tokenizers import MXBAI_RERANK_V2_TEMPLATE, QWEN3_RERANKER_TEMPLATE, build_qwen_tokenizer
+from family_tokenizers import build_qwen_tokenizer
 from tokenizers import Tokenizer
 
 from gateway.errors import ModelRepositoryError
-from gateway.repository import PromptTemplate, read_model_spec
+from gateway.families import MXBAI_RERANK_V2, QWEN3_RERANKER
+from gateway.repository import read_model_spec
 from gateway.tokenization import PairTokenizer
+
+# The manifest's `template` objects as the exporter writes them (their text is pinned to the model cards in
+# test_tokenization_templates.py).
+QWEN3_RERANKER_TEMPLATE = QWEN3_RERANKER.manifest()
+MXBAI_RERANK_V2_TEMPLATE = MXBAI_RERANK_V2.manifest()
 
 DECODER_FIELDS: dict[str, Any] = {
     "family": "decoder",
@@ -92,7 +98,7 @@ def test_decoder_manifest_gives_the_template_and_left_padding(tmp_path, qwen_tok
     assert spec.padding_side == "left" and spec.pooling == "last-token"
     assert spec.score_activation == "sigmoid" and "logit(yes)" in spec.score_formula
     assert spec.variants_skipped == {"int8": "int8 Spearman 0.30 < 0.98"}
-    assert spec.template == PromptTemplate(**QWEN3_RERANKER_TEMPLATE)
+    assert spec.template == QWEN3_RERANKER
     tok = PairTokenizer.from_spec(spec, max_length=4096)
     assert tok.max_length == 2048  # a caller may lower the model's limit, never raise it
     assert tok.padding_side == "left" and tok.prompt == spec.template
@@ -105,9 +111,36 @@ def test_decoder_manifest_gives_the_template_and_left_padding(tmp_path, qwen_tok
 def test_mxbai_template_reads_with_its_optional_instruction_line(tmp_path, qwen_tokenizer):
     write_model(tmp_path, qwen_tokenizer, **{**DECODER_FIELDS, "template": MXBAI_RERANK_V2_TEMPLATE})
     spec = read_model_spec(tmp_path, "model")
-    assert spec.template is not None
+    assert spec.template == MXBAI_RERANK_V2
     assert spec.template.instruction == "instruction: {instruction}\n"
     assert spec.template.default_instruction is None
+
+
+def test_an_older_mxbai_manifest_with_query_with_instruction_reads_as_the_same_template(
+    tmp_path, qwen_tokenizer
+):
+    # what the exporter wrote before the template had one spelling: the whole query part with the instruction
+    older = {k: v for k, v in MXBAI_RERANK_V2_TEMPLATE.items() if k != "instruction"}
+    older["query_with_instruction"] = "instruction: {instruction}\nquery: {query}"
+    write_model(tmp_path, qwen_tokenizer, **{**DECODER_FIELDS, "template": older})
+    spec = read_model_spec(tmp_path, "model")
+    assert spec.template == MXBAI_RERANK_V2
+    tok = PairTokenizer.from_spec(spec)
+    new = tmp_path / "new"
+    write_model(new, qwen_tokenizer, **{**DECODER_FIELDS, "template": MXBAI_RERANK_V2_TEMPLATE})
+    current = PairTokenizer.from_spec(read_model_spec(new, "model"))
+    for instruction in (None, "Find the answer"):
+        ids = tok.encode_pairs("q?", ["d."], instruction=instruction).windows[0].ids
+        assert ids == current.encode_pairs("q?", ["d."], instruction=instruction).windows[0].ids
+    bad = {**older, "query_with_instruction": "instruction: {instruction}\nask: {query}"}
+    write_model(tmp_path / "bad", qwen_tokenizer, **{**DECODER_FIELDS, "template": bad})
+    with pytest.raises(ModelRepositoryError, match=r"'template\.query_with_instruction'"):
+        read_model_spec(tmp_path / "bad", "model")
+
+
+def test_a_new_manifest_writes_one_spelling_of_the_instruction():
+    assert "query_with_instruction" not in MXBAI_RERANK_V2_TEMPLATE
+    assert MXBAI_RERANK_V2_TEMPLATE["instruction"] == "instruction: {instruction}\n"
 
 
 @pytest.mark.parametrize(

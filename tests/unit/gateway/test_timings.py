@@ -11,16 +11,16 @@ from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
 from gateway.app import create_app
-from gateway.backends.onnx_local import Lane
+from gateway.backends.onnx_local import FairLane
 from gateway.domain import BatchScores, EncodedBatch, RerankQuery
 
 QUERY = "berlin population"
 DOCS = ["Berlin has a large population.", "Trains in Spain.", "Berlin population figures."]
 
 
-def phase_count(phase: str, stage: str) -> float:
+def phase_count(phase: str, stage: str, model: str = "reranker") -> float:
     value = REGISTRY.get_sample_value(
-        "reranker_phase_duration_seconds_count", {"phase": phase, "stage": stage}
+        "reranker_phase_duration_seconds_count", {"phase": phase, "stage": stage, "model": model}
     )
     return value or 0.0
 
@@ -29,7 +29,7 @@ def test_lane_reports_how_long_a_batch_waited_for_its_thread():
     """The first batch takes the idle thread; the second waits until the first lets go. Event-based: the
     first holds the thread until the second is queued and then 0.3 s more, so a loaded machine's slow
     thread pick-up cannot make the figures cross."""
-    lane = Lane("test-lane", trim_when_idle=False)
+    lane = FairLane("test-lane", trim_when_idle=False)
     batch = EncodedBatch({"input_ids": np.zeros((1, 4), dtype=np.int64)})
     running, release = threading.Event(), threading.Event()
     held_s = 0.3

@@ -1,6 +1,8 @@
-"""Decoder prompt templates: our pair ids against the model cards' own code, on a Qwen-style tokenizer.
+"""Decoder prompt templates: the templates pinned to the model cards' text, and our pair ids against the cards'
+own code, on a Qwen-style tokenizer.
 
-The references below are the model cards' tokenization, written with transformers on the same folder:
+The card text comes from tests/model_cards.py (copied from the cards), never from gateway.families, the code under
+test. The id references below are the model cards' tokenization, written with transformers on the same folder:
 Qwen3-Reranker's `process_inputs` (prefix + tokenizer(format_instruction(...)) + suffix, the middle cut by
 `truncation='longest_first'`) and mxbai_rerank.MxbaiRerankV2.prepare_inputs (every piece tokenized alone).
 """
@@ -10,23 +12,18 @@ from __future__ import annotations
 import itertools
 import random
 
+import model_cards as cards
 import numpy as np
 import pytest
-from family_tokenizers import (
-    MXBAI_RERANK_V2_TEMPLATE,
-    MXBAI_TASK_PROMPT,
-    QWEN3_RERANKER_TEMPLATE,
-    build_modernbert_tokenizer,
-    build_qwen_tokenizer,
-)
+from family_tokenizers import build_modernbert_tokenizer, build_qwen_tokenizer
 
 from gateway.errors import InputTooLong
-from gateway.repository import PromptTemplate
+from gateway.families import MXBAI_RERANK_V2, QWEN3_RERANKER, TEMPLATES, PromptTemplate
 from gateway.tokenization import PairTokenizer, build_batch
 
-QWEN3 = PromptTemplate.from_manifest(QWEN3_RERANKER_TEMPLATE)
-MXBAI = PromptTemplate.from_manifest(MXBAI_RERANK_V2_TEMPLATE)
-DEFAULT_INSTRUCTION = QWEN3_RERANKER_TEMPLATE["default_instruction"]
+QWEN3 = QWEN3_RERANKER
+MXBAI = MXBAI_RERANK_V2
+DEFAULT_INSTRUCTION = cards.QWEN3_DEFAULT_INSTRUCTION
 
 QUERY = "How many people live in Berlin?"
 BERLIN = "Berlin has a population of 3,520,031 registered inhabitants in an area of 891.82 square kilometers."
@@ -68,10 +65,9 @@ def mxbai(qwen_dir):
 
 def qwen3_card(hf, query: str, doc: str, instruction: str | None = None, max_length: int = 8192) -> list[int]:
     """Qwen3-Reranker model card: format_instruction + process_inputs, one pair."""
-    prefix = hf.encode(QWEN3_RERANKER_TEMPLATE["prefix"], add_special_tokens=False)
-    suffix = hf.encode(QWEN3_RERANKER_TEMPLATE["suffix"], add_special_tokens=False)
-    instruction = instruction or DEFAULT_INSTRUCTION
-    pair = f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}"
+    prefix = hf.encode(cards.QWEN3_PREFIX, add_special_tokens=False)
+    suffix = hf.encode(cards.QWEN3_SUFFIX, add_special_tokens=False)
+    pair = cards.qwen3_format_instruction(instruction, query, doc)
     body = hf(
         [pair],
         padding=False,
@@ -88,14 +84,41 @@ def mxbai_card(hf, query: str, doc: str, instruction: str | None = None) -> list
     def ids(text: str) -> list[int]:
         return hf(text, return_tensors=None, add_special_tokens=False)["input_ids"]
 
-    query_prompt = f"query: {query}"
-    if instruction:
-        query_prompt = "".join([f"instruction: {instruction}", "\n", query_prompt])
-    sep = ids("\n")
-    body = ids(query_prompt) + sep + ids(f"document: {doc}")
-    prefix = MXBAI_RERANK_V2_TEMPLATE["prefix"]
-    suffix = "<|im_end|>\n<|im_start|>assistant\n"
-    return ids(prefix) + body + sep + ids(MXBAI_TASK_PROMPT) + ids(suffix)
+    sep = ids(cards.MXBAI_SEP)
+    body = (
+        ids(cards.mxbai_query_text(query, instruction))
+        + sep
+        + ids(cards.MXBAI_DOC_PROMPT.format(document=doc))
+    )
+    return ids(cards.MXBAI_PREFIX) + body + sep + ids(cards.MXBAI_TASK_PROMPT) + ids(cards.MXBAI_SUFFIX)
+
+
+def test_qwen3_template_is_the_model_cards_text():
+    assert QWEN3.prefix == cards.QWEN3_PREFIX and QWEN3.suffix == cards.QWEN3_SUFFIX
+    assert QWEN3.default_instruction == cards.QWEN3_DEFAULT_INSTRUCTION
+    assert (QWEN3.positive_token, QWEN3.negative_token) == (cards.QWEN3_TRUE, cards.QWEN3_FALSE)
+    for instruction in (None, "Find the passage"):
+        used = instruction or QWEN3.default_instruction
+        text = QWEN3.query.format(instruction=used, query="Q?") + QWEN3.document.format(document="D.")
+        assert text == cards.qwen3_format_instruction(instruction, "Q?", "D.")
+
+
+def test_mxbai_template_is_the_librarys_text():
+    assert MXBAI.prefix == cards.MXBAI_PREFIX
+    assert MXBAI.suffix == cards.MXBAI_SEP + cards.MXBAI_TASK_PROMPT + cards.MXBAI_SUFFIX
+    assert MXBAI.default_instruction is None and MXBAI.instruction is not None
+    assert (MXBAI.positive_token, MXBAI.negative_token) == (cards.MXBAI_POS, cards.MXBAI_NEG)
+    assert MXBAI.query.format(query="Q?") == cards.mxbai_query_text("Q?", None)
+    with_instruction = MXBAI.instruction.format(instruction="Find it") + MXBAI.query.format(query="Q?")
+    assert with_instruction == cards.mxbai_query_text("Q?", "Find it")
+    assert MXBAI.document.format(document="D.") == cards.MXBAI_SEP + cards.MXBAI_DOC_PROMPT.format(
+        document="D."
+    )
+
+
+def test_every_template_reads_back_from_its_manifest_entry():
+    for template in TEMPLATES.values():
+        assert PromptTemplate.from_manifest(template.manifest()) == template
 
 
 def test_the_test_tokenizer_is_qwen_shaped(hf, qwen):

@@ -83,7 +83,7 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- if not (has .Values.triton.mode (list "gpu" "cpu")) -}}
 {{- fail (printf "triton.mode must be gpu or cpu, got %q" .Values.triton.mode) -}}
 {{- end -}}
-{{- range $name := list "model_repository" "host" "port" "triton_url" "api_keys" -}}
+{{- range $name := list "model_repository" "host" "port" "triton_url" "api_keys" "models_file" -}}
 {{- if hasKey $.Values.gateway.settings $name -}}
 {{- fail (printf "gateway.settings.%s is set by the chart; remove it" $name) -}}
 {{- end -}}
@@ -121,4 +121,8 @@ app.kubernetes.io/component: {{ index . 1 }}
       mountPath: {{ include "reranker.volumeMount" $ctx }}
       readOnly: true
 {{- end }}
+{{- end -}}
+
+{{- define "reranker.modelsFileConfigMap" -}}
+{{- printf "%s-models-file" (include "reranker.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
