@@ -407,7 +407,11 @@ class _Gate:
         self.token_ids = token_ids
 
     def run(
-        self, files: dict[str, Path], inputs: list[dict[str, str]], *, cached: set[str] | frozenset[str] = frozenset()
+        self,
+        files: dict[str, Path],
+        inputs: list[dict[str, str]],
+        *,
+        cached: set[str] | frozenset[str] = frozenset(),
     ) -> dict[str, Any]:
         """The manifest's `parity`: fp32 and fused fp32 against PyTorch, int8 and fp16 against the fp32 graph.
 

@@ -164,9 +164,7 @@ def _layers(cache: Any) -> list[tuple[Any, Any]]:
 
 def scores_with_heads(path: Path, windows: Sequence[Window], threads: int = 2) -> np.ndarray:
     """What the gateway's prefix-reuse scorer (gateway/backends/prefix_reuse.py) returns for these windows, as
-    the gateway's PairTokenizer built them: each window's head (`Window.shared`: the template's prefix and the
-    query part) computed once, from an empty past, for the windows that have it, then each window's remaining
-    tokens after that cache, one row at a time. A window without a head runs the full computation."""
+    the gateway's PairTokenizer built them (the cached graph at `path`, see `score_windows`)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -174,6 +172,14 @@ def scores_with_heads(path: Path, windows: Sequence[Window], threads: int = 2) -
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return score_windows(session, windows)
+
+
+def score_windows(session: Any, windows: Sequence[Window]) -> np.ndarray:
+    """Each window's head (`Window.shared`: the template's prefix and the query part) computed once, from an
+    empty past, for the windows in a row that have it, then each window's remaining tokens after that cache, one
+    row at a time (the order of gateway/backends/prefix_reuse.py); a window without a head runs the full
+    computation from an empty past."""
     past = [i for i in session.get_inputs() if i.name.startswith("past_key_values.")]
     present = [o.name for o in session.get_outputs() if o.name.startswith("present.")]
     kv_heads, head_dim = int(past[0].shape[1]), int(past[0].shape[3])

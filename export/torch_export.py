@@ -173,7 +173,9 @@ def _module_stack_wrapper(
 def _last_token_wrapper(
     family: Family, folder: Path, positive_id: int | None, negative_id: int | None, attn_implementation: str
 ) -> Any:
-    return _LastTokenLogitDifference(load_causal_lm(folder, attn_implementation), *_ids(positive_id, negative_id))
+    return _LastTokenLogitDifference(
+        load_causal_lm(folder, attn_implementation), *_ids(positive_id, negative_id)
+    )
 
 
 def load_causal_lm(folder: Path, attn_implementation: str = "eager") -> Any:

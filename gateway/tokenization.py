@@ -8,7 +8,9 @@ windows ("chunks") that are scored separately, the best one winning.
 
 Decoder rerankers (Qwen3-Reranker, mxbai-rerank-v2) have no pair template in their tokenizer: the manifest's
 prompt template gives it instead (prefix, query part, document part, suffix, each tokenized alone as the
-model cards do), and their batches are padded on the left, so the last position is every row's last token.
+model cards do), and their batches are padded on the manifest's side: on the right for the decoders exported now
+(their graphs read each row's last real token; the rows of one query share a head, `Window.shared`, which a
+prefix-reusing scorer computes once), on the left for older manifests (the last position is every row's last token).
 Tokenizing part by part equals the model cards' ids wherever the card's own pieces meet or the tokenizer's
 pre-tokenizer always splits: Qwen3-Reranker tokenizes "<Instruct>: ..\n<Query>: ..\n<Document>: .." as one
 text, and Qwen's split regex always breaks between that newline and "<Document>", so the query part ends

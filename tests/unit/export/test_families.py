@@ -310,7 +310,13 @@ def test_the_gate_scored_the_ids_the_gateway_builds(
     parity = manifest["parity"]
     assert parity["ids_sha256"] == encoded.ids_sha256()
     assert (parity["pad_id"], parity["padding_side"]) == (served.pad_id, served.padding_side)
-    assert served.padding_side == ("left" if key in DECODERS else "right")
+    assert served.padding_side == "right"  # decoders too: the fused graphs take no padding mask
+    if key in DECODERS:  # the cached graphs were gated head once, at the heads the gateway's windows declare
+        reuse = parity["prefix_reuse"]
+        assert reuse["mean_head_tokens"] == pytest.approx(np.mean([w.shared for w in encoded.windows]))
+        assert "fp32-opt" in reuse["variants"] and min(w.shared for w in encoded.windows) > 0
+    else:
+        assert "prefix_reuse" not in parity
     assert parity["pairs_at_max_length"] > 0  # truncation is part of what is compared
     hf = AutoTokenizer.from_pretrained(folder / "tokenizer")
     assert [w.ids for w in encoded.windows] == _card_ids(key, hf, pairs, spec.max_length)
@@ -321,7 +327,7 @@ def test_mxbai_v2_with_an_instruction_and_truncation_through_the_exported_manife
     exported: Callable[[str], tuple[Path, dict, str]], folders: dict[str, Path]
 ):
     """The gateway's tokenizer, built from the exported manifest, against mxbai_rerank's own prepare_inputs and
-    formula: with an instruction, a document cut to fit, and a short one beside it in one left-padded batch."""
+    formula: with an instruction, a document cut to fit, and a short one beside it in one (right-)padded batch."""
     import onnxruntime as ort
     from transformers import AutoTokenizer
 
@@ -408,8 +414,9 @@ def test_dummy_ids_come_from_the_models_own_vocabulary():
 def test_calibration_scores_a_decoder_with_its_prompt(
     exported: Callable[[str], tuple[Path, dict, str]], folders: dict[str, Path], tmp_path: Path
 ):
-    """`--calibration` scores pairs the way the gateway serves them: a decoder inside its prompt template, left
-    padded (the card's scores), not as a bare query/document pair."""
+    """`--calibration` scores pairs the way the gateway serves them: a decoder inside its prompt template (the
+    card's scores), its cached graph head once and each document after it, not as a bare query/document
+    pair."""
     import shutil
 
     from export.calibrate import cpu_logits

@@ -13,6 +13,7 @@ import pytest
 
 from export import decoder_prefix, torch_export
 from export.sources import resolve_source
+from gateway.tokenization import Window
 
 TEMPLATES = {"qwen3": "qwen3-reranker", "mxbai": "mxbai-rerank-v2", "modernbert": None}
 EXPECTED_OPS = {
@@ -87,8 +88,13 @@ def test_head_cache_then_each_document_equals_the_full_computation(graphs, key: 
     head = 23  # rows share their first 23 tokens (a prompt prefix + query part); the third adds one token
     feed["input_ids"][:, :head] = feed["input_ids"][0, :head]
     expected = _session(plain).run(["logits"], feed)[0][:, 0]
-    encodings = [{"input_ids": list(feed["input_ids"][r, :n])} for r, n in enumerate(lengths)]
-    got = decoder_prefix.scores_with_heads(fused, encodings, [head] * len(lengths))
+    windows = [
+        Window(
+            doc=r, ids=[int(i) for i in feed["input_ids"][r, :n]], type_ids=[0] * n, chars=(0, 0), shared=head
+        )
+        for r, n in enumerate(lengths)
+    ]
+    got = decoder_prefix.scores_with_heads(fused, windows)
     assert np.abs(got - expected).max() <= 1e-4
     assert layers == 2
 
@@ -120,3 +126,24 @@ def test_int8_of_the_fused_graph_quantizes_every_weight_matmul(graphs, key: str,
     reference = _session(fused).run(["logits"], feed)[0][:, 0]
     int8 = _session(out).run(["logits"], feed)[0][:, 0]
     assert np.corrcoef(reference, int8)[0, 1] > 0.9
+
+
+def test_the_gate_is_sized_by_the_models_non_embedding_parameters(tmp_path: Path):
+    """The family's GateSize: the whole set up to 70 M non-embedding parameters (MiniLM, BERT-base), fewer
+    queries in proportion above (ModernBERT-base 25), never under 6 (a 0.6B decoder); the size is read from the
+    safetensors headers, the embedding matrix left out (a lookup costs nothing)."""
+    from transformers import AutoModelForCausalLM
+
+    from export import gate_size
+    from gateway.families import FAMILIES, GateSize
+
+    policy = GateSize()
+    assert [policy.queries(n) for n in (22_000_000, 70_000_000, 110_000_000, 440_000_000, 10**10)] == [
+        40, 40, 25, 6, 6,
+    ]  # fmt: skip
+    assert FAMILIES["decoder"].gate_size == FAMILIES["modernbert"].gate_size == policy
+    folder = fm.build_qwen3_reranker(tmp_path / "qwen3")  # tied output layer: stored once, as the embedding
+    lm = AutoModelForCausalLM.from_pretrained(folder)
+    expected = sum(p.numel() for name, p in lm.named_parameters() if "embed_tokens" not in name)
+    assert gate_size.non_embedding_parameters(folder) == expected > 0
+    assert gate_size.parity_queries(folder, GateSize(full_params=expected // 2)) == 20

@@ -12,9 +12,14 @@ import family_models as fm
 import numpy as np
 import pytest
 
-from gateway.backends.onnx_local import OnnxScorer
+from gateway import metrics
+from gateway.backends.onnx_local import FairLane, OnnxScorer
 from gateway.backends.prefix_reuse import MIN_SHARED_TOKENS, PrefixReuseScorer
+from gateway.domain import RerankQuery
 from gateway.families import QWEN3_RERANKER
+from gateway.loading import LoadOptions, ModelLoader
+from gateway.pipeline import PipelineConfig, Reranker
+from gateway.repository import read_model_spec
 from gateway.scoring import _by_job
 from gateway.tokenization import PairTokenizer, build_batch
 
@@ -56,7 +61,9 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
 
 
 def _tokenizer(folder: Path, max_length: int = 512) -> PairTokenizer:
-    return PairTokenizer.from_dir(folder, max_length=max_length, template=QWEN3_RERANKER, padding_side="right")
+    return PairTokenizer.from_dir(
+        folder, max_length=max_length, template=QWEN3_RERANKER, padding_side="right"
+    )
 
 
 def _scores(model, batch) -> tuple[np.ndarray, np.ndarray, PrefixReuseScorer]:
@@ -118,3 +125,38 @@ def test_stage_batches_keep_each_query_apart():
     assert sorted(i for rows in plan for i in rows) == list(range(5))
     assert all(len({jobs[i] for i in rows}) == 1 for rows in plan)
     assert all(len(rows) <= 2 for rows in plan)
+
+
+def test_a_cached_decoder_is_served_on_the_fair_lane_and_warms_up(tiny_decoder_repository: Path):
+    """Through the loader and the pipeline: the cached graph is served by PrefixReuseScorer on its model's share
+    of the CPU lane (metrics labelled with the model), each query's batches share one head, the warm-up
+    measures its speed, and the scores equal the plain graph's full computation."""
+    spec = read_model_spec(tiny_decoder_repository, "reranker")
+    assert spec.variants["fp32-opt"]["kv_cache"]["layers"] == 2 and spec.padding_side == "right"
+    lane = FairLane("test-cpu", trim_when_idle=False)
+    options = LoadOptions(tiny_decoder_repository, "reranker", device="cpu", cpu_precision="fp32", threads=2)
+    reranker = Reranker(PipelineConfig(model="reranker"), ModelLoader(options, cpu_lane=lane), warm_up=True)
+    ok = metrics.SCORER_CALLS.labels("onnx-cpu", "inproc", "ok", "reranker")
+    before = ok._value.get()
+
+    async def run():
+        models = await reranker.load()
+        outcome = await reranker.rerank(RerankQuery(QUERY, tuple(DOCS), keep=0))
+        await reranker.close()
+        return models, outcome
+
+    models, outcome = asyncio.run(run())
+    stage = models.reranker
+    scorer = stage.scorer
+    assert isinstance(scorer, PrefixReuseScorer) and stage.variant == "fp32-opt" and stage.per_query_batches
+    assert stage.meter.measured and stage.meter.per_second  # the warm-up measured the cached graph
+    assert set(lane.served) == {"reranker"} and ok._value.get() > before
+    assert scorer.head_runs == 2  # the warm-up's query once, the request's query once
+    tok = PairTokenizer.from_spec(spec, max_length=stage.max_length)
+    enc = tok.encode_pairs(QUERY, DOCS)
+    plain = _session(spec.variant_path("fp32"))
+    full = OnnxScorer(plain, name="onnx-cpu").run_sync(
+        build_batch(enc.windows, NAMES, tok.pad_id, padding_side="right")
+    )
+    served = {d.index: d.logit for d in outcome.results}
+    assert np.abs(np.array([served[i] for i in range(len(DOCS))]) - full).max() <= 1e-4
