@@ -147,3 +147,36 @@ def test_the_gate_is_sized_by_the_models_non_embedding_parameters(tmp_path: Path
     expected = sum(p.numel() for name, p in lm.named_parameters() if "embed_tokens" not in name)
     assert gate_size.non_embedding_parameters(folder) == expected > 0
     assert gate_size.parity_queries(folder, GateSize(full_params=expected // 2)) == 20
+
+
+def test_int8_of_a_graph_with_external_data_is_written_tensor_by_tensor(graphs, tmp_path: Path):
+    """A fused graph whose weights sit in an external data file (a 0.6B decoder's) gets an int8 file with external
+    data, written as each tensor is made: the same tensors as the in-memory path writes, and the same scores."""
+    from onnx import numpy_helper
+
+    from export import quantize, quantize_matmul
+
+    _, fused, layers = graphs["qwen3"]
+    external = tmp_path / "external" / "model.opt.onnx"
+    external.parent.mkdir()
+    onnx.save(onnx.load(str(fused)), str(external), save_as_external_data=True, location="model.opt.onnx.data",
+              size_threshold=1024)  # fmt: skip
+    inline, streamed = tmp_path / "inline.onnx", tmp_path / "external" / "model.int8.onnx"
+    count = quantize_matmul.quantize_matmuls(fused, inline, quantize.INT8_SETTINGS)
+    assert quantize_matmul.quantize_matmuls(external, streamed, quantize.INT8_SETTINGS) == count
+    proto = onnx.load(str(streamed), load_external_data=False)
+    assert {t.name for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL} >= {
+        n.input[1] for n in proto.graph.node if n.op_type == "MatMulIntegerToFloat"
+    }  # every int8 weight in the data file
+    expected = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(inline)).graph.initializer}
+    got = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(streamed)).graph.initializer}
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
+        assert got[name].dtype == value.dtype and np.array_equal(got[name], value), name
+    feed = {
+        **_batch(4),
+        **{n: np.zeros((4, 2, 0, 16), np.float32) for n in decoder_prefix.past_names(layers)},
+    }
+    assert np.array_equal(
+        _session(streamed).run(["logits"], feed)[0], _session(inline).run(["logits"], feed)[0]
+    )
