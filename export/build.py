@@ -34,6 +34,7 @@ from export.sources import TOKENIZER_FILES, ModelSource, file_sha256, resolve_so
 # The gateway reads the same flags when it picks the int8 file to serve: one reader for both.
 from gateway.cpu_features import cpu_flags as read_cpu_flags
 from gateway.families import positions_after_padding
+from gateway.heap import release_heap
 
 # The gateway's pair tokenizer: the gate encodes its pairs with the code that will serve them.
 from gateway.tokenization import tokenizer_from_manifest
@@ -70,6 +71,7 @@ class Progress:
             if not self.quiet:
                 print(" failed", file=sys.stderr, flush=True)
             raise
+        release_heap()  # what the step freed goes back to the OS, not into the next step's peak
         if not self.quiet:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
             print(
@@ -422,12 +424,15 @@ class _Gate:
         pairs = validate.build_parity_set(n_queries=queries)
         encoded = validate.encode_parity_set(self.tokenizer, pairs.pairs, [i["name"] for i in inputs])
         reference = validate.reference_logits(self.family, self.source.folder, encoded, self.token_ids)
-        scores = {
-            key: decoder_prefix.scores_with_heads(path, encoded.windows)
-            if key in cached
-            else validate.onnx_scores(path, encoded)
-            for key, path in files.items()
-        }
+        release_heap()  # each model in turn: the PyTorch one's freed memory is not kept beside the next one
+        scores: dict[str, np.ndarray] = {}
+        for key, path in files.items():
+            scores[key] = (
+                decoder_prefix.scores_with_heads(path, encoded.windows)
+                if key in cached
+                else validate.onnx_scores(path, encoded)
+            )
+            release_heap()
         figures: dict[str, dict[str, float]] = {}
         for key in ("fp32", "fp32-opt"):
             if key in scores:
