@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import shutil
 import sys
 import tempfile
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from export import onnx_export, quantize, triton_repo, validate
+from export import decoder_prefix, fusion, gate_size, onnx_export, quantize, triton_repo, validate
 from export.errors import ExportError, ParityError, SourceError
 from export.families import Family
 from export.sources import TOKENIZER_FILES, ModelSource, file_sha256, resolve_source
@@ -33,6 +34,7 @@ from export.sources import TOKENIZER_FILES, ModelSource, file_sha256, resolve_so
 # The gateway reads the same flags when it picks the int8 file to serve: one reader for both.
 from gateway.cpu_features import cpu_flags as read_cpu_flags
 from gateway.families import positions_after_padding
+from gateway.heap import release_heap
 
 # The gateway's pair tokenizer: the gate encodes its pairs with the code that will serve them.
 from gateway.tokenization import tokenizer_from_manifest
@@ -69,8 +71,14 @@ class Progress:
             if not self.quiet:
                 print(" failed", file=sys.stderr, flush=True)
             raise
+        release_heap()  # what the step freed goes back to the OS, not into the next step's peak
         if not self.quiet:
-            print(f" {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+            print(
+                f" {time.perf_counter() - start:.1f}s (peak RSS so far {peak:.1f} GiB)",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def build_repository(
@@ -220,31 +228,42 @@ def _build_model(
         files[key] = path
 
     fused = version_dir / "model.opt.onnx"
-    no_fusion = quantize.fusion_unsupported(source.model_type)
+    no_fusion = fusion.unfused_reason(family)
+    facts: dict[str, dict[str, Any]] = {}  # per variant: what the manifest records of its graph
     if no_fusion is not None:
         skipped["fp32-opt"] = no_fusion
     else:
-        build("fp32-opt", fused, "optimize (ORT attention fusion)", lambda: quantize.optimize_fp32(
-            fp32, fused, source.model_type,
-            num_heads=int(getattr(config, "num_attention_heads", 0) or 0),
-            hidden_size=int(getattr(config, "hidden_size", 0) or 0),
-        ))  # fmt: skip
+
+        def optimize() -> None:
+            facts["fp32-opt"] = fusion.optimize_variant(
+                family, source.folder, fp32, fused,
+                num_heads=int(getattr(config, "num_attention_heads", 0) or 0),
+                hidden_size=int(getattr(config, "hidden_size", 0) or 0), token_ids=token_ids,
+            )  # fmt: skip
+
+        build("fp32-opt", fused, "optimize (ONNX Runtime fusions)", optimize)
     int8, int8_entry = _int8_plan(name, int8, cpu_flags, progress)
-    int8_source = fused if ("fp32-opt" in files and int8.from_fused_graph) else fp32
+    from_fused = "fp32-opt" in files and int8.from_fused_graph
+    int8_source = fused if from_fused else fp32
     int8_path = version_dir / "model.int8.onnx"
+    quantizer = fusion.int8_quantizer(family, from_fused)
     build("int8", int8_path, "quantize int8 (dynamic, CPU)",
-          lambda: quantize.quantize_int8(int8_source, int8_path, int8))  # fmt: skip
+          lambda: quantizer(int8_source, int8_path, int8))  # fmt: skip
     if not int8.reduce_range:
         portable = version_dir / f"model.{quantize.PORTABLE_INT8_VARIANT}.onnx"
         build(quantize.PORTABLE_INT8_VARIANT, portable, "quantize int8 7-bit (for CPUs without VNNI)",
-              lambda: quantize.quantize_int8(int8_source, portable, replace(int8, reduce_range=True)))  # fmt: skip
+              lambda: quantizer(int8_source, portable, replace(int8, reduce_range=True)))  # fmt: skip
+    # The files made from the fused graph keep its fusions and, for a decoder, its key/value cache.
+    graph_facts = facts.get("fp32-opt", {})
+    derived = {"fp32-opt", "int8", quantize.PORTABLE_INT8_VARIANT} if from_fused else {"fp32-opt"}
+    cached = {k for k in files if k in derived and "kv_cache" in graph_facts}
     if BUILD_FP16:
         fp16 = version_dir / "model.fp16.onnx"
         build("fp16", fp16, "convert fp16 (GPU)", lambda: quantize.convert_fp16(fp32, fp16))
 
     with progress.step("validate against PyTorch"):
         gate = _Gate(source, folder / "tokenizer", length, thresholds, token_ids)
-        parity = gate.run({"fp32": fp32, **files}, inputs)
+        parity = gate.run({"fp32": fp32, **files}, inputs, cached=cached)
     skipped.update(gate.verdict(name, parity["figures"]))
     for key in [k for k in files if k in skipped or (k == "fp32-opt" and not KEEP_FUSED_FP32)]:
         _remove_graph(files.pop(key))
@@ -252,8 +271,10 @@ def _build_model(
         progress.warn(f"{name}: {key} left out: {reason}")
 
     files = {"fp32": fp32, **files}
-    _write_triton_files(folder, name, inputs, outputs, length, cpu_file=_cpu_file(files))
+    _write_triton_files(folder, name, inputs, outputs, length, cpu_file=_cpu_file(files, cached))
     variants = {key: _variant(key, path, folder) for key, path in files.items()}
+    for key in variants.keys() & derived:
+        variants[key].update(graph_facts)
     if int8_entry.get("requires_cpu_flags") and "int8" in variants:
         variants["int8"]["requires_cpu_flags"] = int8_entry["requires_cpu_flags"]
     return {
@@ -271,7 +292,11 @@ def _build_model(
         "tokenizer_dir": "tokenizer",
         "variants": variants,
         "variants_skipped": skipped,
-        "int8_settings": {**quantize.settings_dict(int8), "graph": int8_source.name},
+        "int8_settings": {
+            **quantize.settings_dict(int8),
+            "graph": int8_source.name,
+            "quantizer": fusion.int8_quantizer_name(family, from_fused),
+        },
         "int8": int8_entry,
         "parity": parity,
         "export_seconds": 0.0,
@@ -280,10 +305,11 @@ def _build_model(
     }
 
 
-def _cpu_file(files: dict[str, Path]) -> str:
-    """The file the CPU onnxruntime config serves: int8 where it passed the gate, else the best fp32 file."""
+def _cpu_file(files: dict[str, Path], cached: set[str] | frozenset[str] = frozenset()) -> str:
+    """The file the CPU onnxruntime config serves: int8 where it passed the gate, else the best fp32 file;
+    never a `cached` one (a decoder graph with key/value cache inputs, which Triton's config does not feed)."""
     for key in ("int8", quantize.PORTABLE_INT8_VARIANT, "fp32-opt", "fp32"):
-        if key in files:
+        if key in files and key not in cached:
             return files[key].name
     raise ExportError("no graph to serve")
 
@@ -382,12 +408,31 @@ class _Gate:
         )
         self.token_ids = token_ids
 
-    def run(self, files: dict[str, Path], inputs: list[dict[str, str]]) -> dict[str, Any]:
-        """The manifest's `parity`: fp32 and fused fp32 against PyTorch, int8 and fp16 against the fp32 graph."""
-        pairs = validate.build_parity_set()
+    def run(
+        self,
+        files: dict[str, Path],
+        inputs: list[dict[str, str]],
+        *,
+        cached: set[str] | frozenset[str] = frozenset(),
+    ) -> dict[str, Any]:
+        """The manifest's `parity`: fp32 and fused fp32 against PyTorch, int8 and fp16 against the fp32 graph.
+
+        The set's size follows the model's (the family's GateSize). `cached` files (decoder graphs with a
+        key/value cache) are scored the way the gateway serves them: each query's head (`Window.shared`) once,
+        each document after its cache (export.decoder_prefix)."""
+        queries = gate_size.parity_queries(self.source.folder, self.family.definition.gate_size)
+        pairs = validate.build_parity_set(n_queries=queries)
         encoded = validate.encode_parity_set(self.tokenizer, pairs.pairs, [i["name"] for i in inputs])
         reference = validate.reference_logits(self.family, self.source.folder, encoded, self.token_ids)
-        scores = {key: validate.onnx_scores(path, encoded) for key, path in files.items()}
+        release_heap()  # each model in turn: the PyTorch one's freed memory is not kept beside the next one
+        scores: dict[str, np.ndarray] = {}
+        for key, path in files.items():
+            scores[key] = (
+                decoder_prefix.scores_with_heads(path, encoded.windows)
+                if key in cached
+                else validate.onnx_scores(path, encoded)
+            )
+            release_heap()
         figures: dict[str, dict[str, float]] = {}
         for key in ("fp32", "fp32-opt"):
             if key in scores:
@@ -419,6 +464,7 @@ class _Gate:
             "figures": figures,
             "thresholds": validate.bounds_dict(self.bounds),
             "reference_logits_head": [round(float(x), 6) for x in reference.logits[:8]],
+            **({"prefix_reuse": _prefix_reuse(cached, encoded)} if cached else {}),
         }
 
     def verdict(self, name: str, figures: dict[str, dict[str, float]]) -> dict[str, str]:
@@ -431,6 +477,15 @@ class _Gate:
             )
         missed = {key: validate.variant_problems(key, figures[key], self.bounds) for key in figures}
         return {key: "; ".join(problems) for key, problems in missed.items() if problems}
+
+
+def _prefix_reuse(cached: set[str] | frozenset[str], encoded: validate.ParityInputs) -> dict[str, Any]:
+    """The manifest's `parity.prefix_reuse`: which files were scored head once, documents after its cache."""
+    return {
+        "variants": sorted(cached),
+        "mean_head_tokens": float(np.mean([w.shared for w in encoded.windows])),
+        "scored_by": "export.decoder_prefix.scores_with_heads (gateway.backends.prefix_reuse's order)",
+    }
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -494,7 +549,10 @@ def _copy_as(source: Path, target: Path, name: str, manifest: dict[str, Any]) ->
     shutil.copytree(source, target)
     manifest = {**manifest, "name": name, "role": "prefilter", "same_as": manifest["name"]}
     variants = manifest["variants"]
-    cpu_file = _cpu_file({k: target / v["file"] for k, v in variants.items()})
+    cpu_file = _cpu_file(
+        {k: target / v["file"] for k, v in variants.items()},
+        {k for k, v in variants.items() if v.get("kv_cache")},
+    )
     _write_triton_files(
         target, name, manifest["inputs"], manifest["outputs"], manifest["max_length"], cpu_file=cpu_file
     )

@@ -63,6 +63,7 @@ def cpu_logits(
     import numpy as np
     import onnxruntime as ort
 
+    from export import decoder_prefix
     from gateway.config import Settings
     from gateway.cpu_features import cpu_flags, cpu_variant, is_dynamic_int8
     from gateway.repository import read_model_spec
@@ -85,6 +86,7 @@ def cpu_logits(
     tokenizer = PairTokenizer.from_spec(
         spec, max_length=length
     )  # the template and padding side it serves with
+    cached = bool(spec.variants[variant].get("kv_cache"))  # a decoder's cached graph: served head once
     options = ort.SessionOptions()
     options.intra_op_num_threads = s.intra_op_threads
     session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
@@ -99,6 +101,12 @@ def cpu_logits(
         )
         windows = encoded.windows
         best = [-np.inf] * len(item["documents"])  # a long document's best window wins, as in the gateway
+        if cached:  # the gateway's PrefixReuseScorer: the query's head once, each window after its cache
+            scores = decoder_prefix.score_windows(session, windows)
+            for window, logit in zip(windows, scores.tolist(), strict=True):
+                best[window.doc] = max(best[window.doc], float(np.float32(logit)))
+            out.append([float(x) for x in best])
+            continue
         for rows in plan_batches(
             [len(w.ids) for w in windows], token_budget=s.token_budget, max_rows=max_rows
         ):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -119,16 +120,113 @@ def quantize_int8(source: Path, output: Path, settings: Int8Settings = INT8_SETT
 
 
 def convert_fp16(source: Path, output: Path) -> None:
-    """fp16 weights and math with int64 inputs and float32 logits kept, so the same client works."""
+    """fp16 weights and math with int64 inputs and float32 logits kept, so the same client works.
+
+    onnxruntime's converter (`convert_float_to_float16`: the graph's types, its casts around the ops that stay
+    float32) runs on the graph with its inline tensors. Weights kept in an external data file (a graph over the
+    protobuf limit: a 0.6B decoder's 2.2 GB) are not loaded with it: the converter only retypes them, and
+    `_stream_external` then converts them one at a time from a memory map of the fp32 data file into
+    `<output>.data`, so the peak memory is the graph plus one tensor (converting the whole loaded model peaked at
+    11.5 GiB on the 0.6B decoder, 5x its fp32 file). A graph without external data converts as it always did.
+    """
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = onnx.load(str(source), load_external_data=True)
+    model = onnx.load(str(source), load_external_data=False)
+    # External tensors go through the converter as dims alone (shape inference would look for their file):
+    # their bytes stay in the fp32 data file until _stream_external reads them.
+    external: dict[str, list[tuple[str, str]]] = {}
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            external[tensor.name] = [(e.key, e.value) for e in tensor.external_data]
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
     try:
-        with _quiet_ort():
+        with _quiet_ort(), _value_info_from_dims(bool(external)):
             converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=None)
     except Exception as exc:
         raise ExportError(f"fp16 conversion of {source.name} failed: {type(exc).__name__}: {exc}") from exc
-    onnx_export.save_model(converted, output)
+    if not external:
+        onnx_export.save_model(converted, output)
+        return
+    for tensor in converted.graph.initializer:
+        if tensor.name in external:
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in external[tensor.name]:
+                tensor.external_data.add(key=key, value=value)
+    _stream_external(converted, source.parent, output)
+
+
+# Elements converted at a time (16 MiB of float32): the converter's clamping makes several temporaries per call.
+_FP16_CHUNK = 4 * 2**20
+# Offsets of tensors of at least 1 MiB in the data file are multiples of 64 KiB (onnx's own external-data
+# layout), so ONNX Runtime can map them.
+_ALIGN, _ALIGN_FROM = 65536, 2**20
+
+
+def _stream_external(model: onnx.ModelProto, folder: Path, output: Path) -> None:
+    """Write model as output with its external tensors in `<output>.data`: each read alone from the data file
+    it points at (in `folder`), converted to float16 where the converter retyped it (its own elementwise
+    conversion, chunk by chunk: the same values as converting the whole tensor), copied as is otherwise."""
+    import numpy as np
+    from onnxruntime.transformers.float16 import convert_np_to_float16
+
+    data = output.with_name(output.name + ".data")
+    data.unlink(missing_ok=True)
+    with data.open("wb") as out:
+        for tensor in model.graph.initializer:
+            if tensor.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            info = {e.key: e.value for e in tensor.external_data}
+            offset, length = int(info.get("offset", 0)), int(info["length"])
+            mapped = np.memmap(
+                folder / info["location"], dtype=np.uint8, mode="r", offset=offset, shape=(length,)
+            )
+            if length >= _ALIGN_FROM and out.tell() % _ALIGN:
+                out.write(b"\0" * (_ALIGN - out.tell() % _ALIGN))
+            start = out.tell()
+            if tensor.data_type == onnx.TensorProto.FLOAT16 and length == 4 * _elements(tensor):
+                values = np.frombuffer(
+                    mapped, dtype=np.float32
+                )  # retyped by the converter, still float32 bytes
+                for at in range(0, values.size, _FP16_CHUNK):
+                    out.write(convert_np_to_float16(values[at : at + _FP16_CHUNK]).tobytes())
+            else:
+                out.write(mapped.tobytes())
+            del mapped
+            del tensor.external_data[:]
+            for key, value in (
+                ("location", data.name),
+                ("offset", str(start)),
+                ("length", str(out.tell() - start)),
+            ):
+                tensor.external_data.add(key=key, value=value)
+    onnx.save(model, str(output))
+
+
+@contextlib.contextmanager
+def _value_info_from_dims(active: bool) -> Iterator[None]:
+    """The converter describes each converted initializer by `numpy_helper.to_array(tensor).shape`, which needs
+    the tensor's bytes; its dims say the same without them (external tensors carry dims alone here)."""
+    if not active:
+        yield
+        return
+    from unittest import mock
+
+    from onnx import helper
+    from onnxruntime.transformers import float16
+
+    def from_dims(tensor: onnx.TensorProto) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
+
+    with mock.patch.object(float16, "make_value_info_from_tensor", from_dims):
+        yield
+
+
+def _elements(tensor: onnx.TensorProto) -> int:
+    count = 1
+    for dim in tensor.dims:
+        count *= int(dim)
+    return count
 
 
 def settings_dict(settings: Int8Settings) -> dict[str, object]:

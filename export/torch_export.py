@@ -10,21 +10,27 @@ dynamic batch and sequence axes. One builder per score head of the family table 
                             mask shortcut is traced);
 - module-stack (st-crossencoder): the CrossEncoder's whole module stack (Transformer -> Pooling -> Dense ->
                             LayerNorm -> Dense), its "scores" output;
-- last-token-difference (decoder): the causal LM's body, the hidden state at the LAST position (left padding:
-                            the last real token of every row) times ONE row, lm_head[positive] -
-                            lm_head[negative]: logit(yes) - logit(no) without a vocabulary-sized output.
+- last-token-difference (decoder): the causal LM's body, the hidden state at each row's last real token
+                            (right padding, the family's; a left-padded row works too) times ONE row,
+                            lm_head[positive] - lm_head[negative]: logit(yes) - logit(no) without a
+                            vocabulary-sized output.
+
+`export_fused` writes the same function through the dynamo exporter and onnxscript's ONNX Runtime fusions, the
+way the family's `FusionRecipe` says (export/fusion.py): the fp32-opt file of ModernBERT and the decoders.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from export import onnx_export
+from export import decoder_prefix, fusion, onnx_export
+from export.decoder_prefix import CacheLayout
 from export.errors import ExportError
+from export.fusion import FusedGraph
 from gateway.families import Family, HeadKind
 
 _DUMMY_LENGTH = 24
@@ -53,15 +59,7 @@ def export_fp32(
 
     names = input_names(family, folder)
     wrapper = build_wrapper(family, folder, positive_id, negative_id)
-    batch, length = 2, _DUMMY_LENGTH
-    ids = dummy_ids(_vocab_size(folder), batch, length)
-    mask = torch.ones(batch, length, dtype=torch.long)
-    if family.padding_side == "left":
-        mask[1, :5] = 0  # a left-padded row, so no all-ones shortcut is traced
-    else:
-        mask[1, -5:] = 0
-    dummy = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
-    args = tuple(dummy[n] for n in names)
+    args = dummy_inputs(family, folder, names)
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes["logits"] = {0: "batch"}
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=".torch-onnx-") as tmp:
@@ -89,43 +87,110 @@ def dummy_ids(vocab_size: int, batch: int, length: int) -> Any:
     return torch.randint(0, vocab_size, (batch, length), dtype=torch.long, generator=generator)
 
 
-def build_wrapper(family: Family, folder: Path, positive_id: int | None, negative_id: int | None) -> Any:
+def dummy_inputs(family: Family, folder: Path, names: Sequence[str]) -> tuple[Any, ...]:
+    """Example inputs to trace: 2 rows of ids from the model's vocabulary, the second padded on the family's
+    side (so no all-ones shortcut is traced)."""
+    import torch
+
+    batch, length = 2, _DUMMY_LENGTH
+    ids = dummy_ids(_vocab_size(folder), batch, length)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    if family.padding_side == "left":
+        mask[1, :5] = 0
+    else:
+        mask[1, -5:] = 0
+    dummy = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    return tuple(dummy[n] for n in names)
+
+
+def export_fused(
+    family: Family,
+    folder: Path,
+    output: Path,
+    *,
+    positive_id: int | None,
+    negative_id: int | None,
+) -> tuple[FusedGraph, CacheLayout | None]:
+    """Write output: the family's graph fused for ONNX Runtime (export.fusion), same inputs and outputs as
+    export_fp32's plus, where the recipe says so, a key/value cache (export.decoder_prefix); ExportError when
+    the family has no recipe or the fusions did not happen."""
+    import torch
+
+    recipe = family.definition.fusion
+    if recipe is None:
+        raise ExportError(f"no fusion recipe for family {family.family!r}")
+    if recipe.kv_cache:
+        if positive_id is None or negative_id is None:
+            raise ExportError("a decoder export needs the positive and negative token ids")
+        return decoder_prefix.export_cached(
+            family, folder, output, positive_id=positive_id, negative_id=negative_id
+        )
+    names = input_names(family, folder)
+    wrapper = build_wrapper(family, folder, positive_id, negative_id, recipe.attn_implementation)
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    shapes = tuple({0: batch, 1: sequence} for _ in names)
+    fused = fusion.export_fused(
+        wrapper, dummy_inputs(family, folder, names), output, recipe,
+        input_names=names, output_names=["logits"], dynamic_shapes=shapes,
+    )  # fmt: skip
+    return fused, None
+
+
+def build_wrapper(
+    family: Family,
+    folder: Path,
+    positive_id: int | None,
+    negative_id: int | None,
+    attn_implementation: str = "eager",
+) -> Any:
     """The torch module whose forward takes the graph's inputs positionally and returns `logits` [batch, 1]:
-    the builder of the family's score head."""
+    the builder of the family's score head (`attn_implementation`: the transformers attention it traces;
+    eager, so no data-dependent mask shortcut is traced)."""
     builder = _WRAPPERS.get(family.head.kind)
     if builder is None:
         raise ExportError(f"no torch exporter for the {family.head.kind} head of family {family.family!r}")
-    return builder(family, folder, positive_id, negative_id)
+    return builder(family, folder, positive_id, negative_id, attn_implementation)
 
 
 def _classifier_wrapper(
-    family: Family, folder: Path, positive_id: int | None, negative_id: int | None
+    family: Family, folder: Path, positive_id: int | None, negative_id: int | None, attn_implementation: str
 ) -> Any:
     import torch
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(
-        folder, dtype=torch.float32, attn_implementation="eager"
+        folder, dtype=torch.float32, attn_implementation=attn_implementation
     ).eval()
     return _Classifier(model)
 
 
 def _module_stack_wrapper(
-    family: Family, folder: Path, positive_id: int | None, negative_id: int | None
+    family: Family, folder: Path, positive_id: int | None, negative_id: int | None, attn_implementation: str
 ) -> Any:
     return _ModuleStack(load_st_crossencoder(folder), input_names(family, folder))
 
 
 def _last_token_wrapper(
-    family: Family, folder: Path, positive_id: int | None, negative_id: int | None
+    family: Family, folder: Path, positive_id: int | None, negative_id: int | None, attn_implementation: str
 ) -> Any:
+    return _LastTokenLogitDifference(
+        load_causal_lm(folder, attn_implementation), *_ids(positive_id, negative_id)
+    )
+
+
+def load_causal_lm(folder: Path, attn_implementation: str = "eager") -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
+    return AutoModelForCausalLM.from_pretrained(
+        folder, dtype=torch.float32, attn_implementation=attn_implementation
+    ).eval()
+
+
+def _ids(positive_id: int | None, negative_id: int | None) -> tuple[int, int]:
     if positive_id is None or negative_id is None:
         raise ExportError("a decoder export needs the positive and negative token ids")
-    lm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager")
-    return _LastTokenLogitDifference(lm.eval(), positive_id, negative_id)
+    return positive_id, negative_id
 
 
 def load_st_crossencoder(folder: Path) -> Any:
@@ -169,7 +234,8 @@ class _Classifier(_torch_module()):  # type: ignore[misc]
         self.model = model
 
     def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        positions = row_positions(input_ids)
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits
 
 
 class _ModuleStack(_torch_module()):  # type: ignore[misc]
@@ -183,7 +249,8 @@ class _ModuleStack(_torch_module()):  # type: ignore[misc]
 
 
 class _LastTokenLogitDifference(_torch_module()):  # type: ignore[misc]
-    """logit(positive) - logit(negative) at the last position: body -> last hidden state -> one lm_head row."""
+    """logit(positive) - logit(negative) at each row's last real token: body -> hidden state -> one lm_head
+    row."""
 
     def __init__(self, lm: Any, positive_id: int, negative_id: int) -> None:
         import torch
@@ -208,12 +275,35 @@ class _LastTokenLogitDifference(_torch_module()):  # type: ignore[misc]
         keep = causal[None, None, :, :] & attention_mask[:, None, None, :].bool()
         blocked = torch.finfo(torch.float32).min
         mask = torch.zeros(keep.shape, dtype=torch.float32).masked_fill(~keep, blocked)
-        hidden = self.body(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
-        logits = self.head(hidden[:, -1, :])
+        hidden = self.body(
+            input_ids=input_ids, attention_mask=mask, position_ids=row_positions(input_ids), use_cache=False
+        ).last_hidden_state
+        logits = self.head(last_real(hidden, attention_mask))
         return logits + self.offset if self.offset else logits
 
 
-_WRAPPERS: dict[HeadKind, Callable[[Family, Path, int | None, int | None], Any]] = {
+def row_positions(input_ids: Any, start: Any = 0) -> Any:
+    """Position ids [batch, sequence] counting from `start` in every row: explicit per row, because ONNX
+    Runtime's fused RotaryEmbedding and GroupQueryAttention read one row of positions per batch row."""
+    import torch
+
+    batch, length = input_ids.shape
+    positions = torch.arange(length, device=input_ids.device, dtype=torch.long) + start
+    return positions[None, :].expand(batch, length)
+
+
+def last_real(hidden: Any, attention_mask: Any) -> Any:
+    """Each row's hidden state at its last real token [batch, hidden], whichever side it was padded on:
+    the largest position whose mask is 1."""
+    import torch
+
+    positions = torch.arange(hidden.shape[1], device=hidden.device, dtype=attention_mask.dtype)
+    last = (attention_mask * positions[None, :]).amax(dim=1)
+    index = last[:, None, None].expand(-1, 1, hidden.shape[2])
+    return hidden.gather(1, index).squeeze(1)
+
+
+_WRAPPERS: dict[HeadKind, Callable[[Family, Path, int | None, int | None, str], Any]] = {
     "classifier": _classifier_wrapper,
     "module-stack": _module_stack_wrapper,
     "last-token-difference": _last_token_wrapper,

@@ -121,9 +121,14 @@ class PhaseTimes:
 
 @dataclass(frozen=True)
 class EncodedBatch:
-    """Model inputs for one batch: int64 arrays [batch, seq], keyed by the model's declared input names."""
+    """Model inputs for one batch: int64 arrays [batch, seq], keyed by the model's declared input names.
+
+    `shared_prefix`: how many leading tokens every row has in common (a decoder's prompt head: template prefix
+    and query part), so that a scorer may compute them once; 0 when the rows share none.
+    """
 
     inputs: dict[str, np.ndarray]
+    shared_prefix: int = 0
 
     @property
     def size(self) -> int:

@@ -2,17 +2,17 @@
 
 A family is data: an entry of FAMILIES says how a source folder is recognised, which graph the exporter builds
 (inputs, padding side, pooling, score head and its activation), the prompt templates a decoder reranker takes,
-and the parity gate's bounds; BACKBONES says, per config.json `model_type`, which classifier or causal-LM family
+how its fused fp32 graph is made (`FusionRecipe`), and the parity gate's bounds and size; BACKBONES says, per config.json `model_type`, which classifier or causal-LM family
 it belongs to, what ONNX Runtime's transformer optimizer makes of it and how its positions count. Adding a family
 or a model type is adding an entry: no other module compares family names or model types.
 
-| family          | recognised by (source folder)                                         | graph built by         |
-|-----------------|-----------------------------------------------------------------------|------------------------|
-| bert            | Bert/DistilBert/Electra/DebertaV2 ...ForSequenceClassification, 1 label | optimum                |
-| xlm-roberta     | XLMRoberta/Roberta/Camembert ...ForSequenceClassification, 1 label    | optimum                |
-| modernbert      | ModernBertForSequenceClassification, 1 label                          | torch.onnx             |
-| st-crossencoder | sentence-transformers modules.json: Transformer (encoder) -> Pooling -> Dense/LayerNorm ... -> Dense(1, "scores") | torch.onnx, the whole module stack |
-| decoder         | Qwen3ForCausalLM / Qwen2ForCausalLM + a reranker prompt template      | torch.onnx, logit(pos) - logit(neg) at the last position |
+| family          | recognised by (source folder)                                         | graph built by         | fused fp32 graph (fp32-opt) |
+|-----------------|-----------------------------------------------------------------------|------------------------|-----------------------------|
+| bert            | Bert/DistilBert/Electra/DebertaV2 ...ForSequenceClassification, 1 label | optimum                | ORT optimizer (bert)   |
+| xlm-roberta     | XLMRoberta/Roberta/Camembert ...ForSequenceClassification, 1 label    | optimum                | ORT optimizer (bert)        |
+| modernbert      | ModernBertForSequenceClassification, 1 label                          | torch.onnx             | onnxscript ORT fusions      |
+| st-crossencoder | sentence-transformers modules.json: Transformer (encoder) -> Pooling -> Dense/LayerNorm ... -> Dense(1, "scores") | torch.onnx, the whole module stack | none |
+| decoder         | Qwen3ForCausalLM / Qwen2ForCausalLM + a reranker prompt template      | torch.onnx, logit(pos) - logit(neg) at the last real token (right padding) | onnxscript ORT fusions, with a key/value cache |
 
 `detect_family` refuses with UnsupportedSource (the exporter's SourceError) what cannot be exported correctly:
 an encoder without a head (`ModernBertModel`, `BertModel`: the layout of the encoder-only ONNX file published
@@ -240,6 +240,67 @@ class GateBounds:
         return self.fp32_atol + self.fp32_rtol * abs(scale)
 
 
+@dataclass(frozen=True)
+class GateSize:
+    """How many parity queries the gate scores (4 documents each), by the model's size: the gate's cost is
+    parameters x tokens x passes (PyTorch, fp32, fused fp32, int8, fp16), and a 0.6B decoder must export with its
+    gate on 2 cores in minutes (issue 22: at most 15 minutes, peak RSS at most 3x its fp32 file).
+
+    Up to `full_params` non-embedding parameters (MiniLM, BERT-base-sized rerankers) the whole set of
+    `full_queries`; above, the number falls in proportion, never under `min_queries` (24 pairs: 6 of them long
+    and cut at the max length, 6 queries for the same-best-document check). A Qwen3-0.6B-sized decoder (440 M
+    non-embedding parameters) gets 6 queries, ModernBERT-base (110 M) 25.
+    """
+
+    full_queries: int = 40
+    min_queries: int = 6
+    full_params: int = 70_000_000
+
+    def queries(self, non_embedding_params: int) -> int:
+        if non_embedding_params <= self.full_params:
+            return self.full_queries
+        scaled = self.full_queries * self.full_params // non_embedding_params
+        return max(self.min_queries, min(self.full_queries, scaled))
+
+
+# --- fused graphs --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FusionRecipe:
+    """How a family's fused fp32 graph (fp32-opt) is made where ONNX Runtime's transformer optimizer has no
+    fusion for it: a dynamo export of the family's graph with transformers' `attn_implementation` (eager: plain
+    MatMul/Softmax nodes, the form the rewriter matches), rewritten by onnxscript's ONNX Runtime fusions
+    (export/fusion.py). `required`: the fusion counts that must be > 0, else the file would run as many small
+    nodes and is not kept. `extra`: our own rewrite rules run after onnxscript's (by their count key).
+    `kv_cache`: the graph takes and returns a key/value cache (the shared prompt computed once,
+    export/decoder_prefix.py; served by gateway/backends/prefix_reuse.py).
+    """
+
+    attn_implementation: str
+    required: tuple[str, ...]
+    description: str
+    kv_cache: bool = False
+    extra: tuple[str, ...] = ()
+
+
+# Decoders: GroupQueryAttention with the rotary embedding inside, RMSNorm with and without the residual add.
+_DECODER_FUSION = FusionRecipe(
+    "eager",
+    ("gqa", "skip_rms_normalization", "rms_normalization"),
+    "GroupQueryAttention (rotary inside), SkipSimplifiedLayerNormalization, SimplifiedLayerNormalization",
+    kv_cache=True,
+)
+# ModernBERT: attention (its local/global sliding window as an attention bias), rotary embedding, the GeGLU's
+# Gelu, and the residual add + bias-less LayerNorm (a rule onnxscript lacks).
+_MODERNBERT_FUSION = FusionRecipe(
+    "eager",
+    ("sdpa_via_mha", "rotary_embedding", "skip_layer_normalization_no_beta"),
+    "MultiHeadAttention (sliding-window bias), RotaryEmbedding, Gelu, SkipLayerNormalization (no beta)",
+    extra=("skip_layer_normalization_no_beta",),
+)
+
+
 # --- the families --------------------------------------------------------------------------------------------
 
 
@@ -267,6 +328,8 @@ class FamilyDefinition:
     type vocabulary. pooling: the manifest's default, `pooling_config_key` in config.json may say another.
     templates: the prompt templates a decoder reranker is exported with (empty: the tokenizer's pair encoding).
     max_positions: a cap on the pair length below the position table (the decoder cards' 8192).
+    fusion: how the fused fp32 graph is made (None: ONNX Runtime's optimizer for the backbone, `Backbone`).
+    gate_size: how many parity pairs the gate scores for a model of this family, by its size.
     """
 
     name: str
@@ -280,6 +343,8 @@ class FamilyDefinition:
     templates: tuple[str, ...] = ()
     max_positions: int | None = None
     gate: GateBounds = field(default_factory=GateBounds)
+    fusion: FusionRecipe | None = None
+    gate_size: GateSize = field(default_factory=GateSize)
 
     @property
     def needs_template(self) -> bool:
@@ -298,7 +363,7 @@ _MODULE_STACK = ScoreHead(
 )
 _LAST_TOKEN = ScoreHead(
     "last-token-difference",
-    formula="logit({positive!r}) - logit({negative!r}) at the last token (left padding)",
+    formula="logit({positive!r}) - logit({negative!r}) at the last real token",
     reference="PyTorch fp32 AutoModelForCausalLM: logit(positive) - logit(negative) of the full vocabulary "
     "logits at the last position, left padding (the model card's formula before its softmax/sigmoid)",
 )
@@ -307,17 +372,27 @@ FAMILIES: dict[str, FamilyDefinition] = {
     for f in (
         FamilyDefinition("bert", "optimum", _CLASSIFIER, typed_inputs=True),
         FamilyDefinition("xlm-roberta", "optimum", _CLASSIFIER, typed_inputs=True),
-        FamilyDefinition("modernbert", "torch", _CLASSIFIER, pooling_config_key="classifier_pooling"),
+        FamilyDefinition(
+            "modernbert",
+            "torch",
+            _CLASSIFIER,
+            pooling_config_key="classifier_pooling",
+            fusion=_MODERNBERT_FUSION,
+        ),
         FamilyDefinition("st-crossencoder", "torch", _MODULE_STACK, typed_inputs=True),
         FamilyDefinition(
             "decoder",
             "torch",
             _LAST_TOKEN,
-            padding_side="left",
+            # Right: onnxscript's GroupQueryAttention rewrite drops the padding mask (export/fusion.py), and a
+            # right pad comes after every real token of a causal model, which therefore never attends to one;
+            # every decoder graph reads the score at each row's last real token.
+            padding_side="right",
             pooling="last-token",
             templates=tuple(TEMPLATES),
             max_positions=8192,
             gate=GateBounds(fp32_rtol=2e-5),
+            fusion=_DECODER_FUSION,
         ),
     )
 }
@@ -331,7 +406,9 @@ class Backbone:
     """A config.json `model_type`: the family its *ForSequenceClassification / *ForCausalLM belongs to.
 
     architecture: the class-name prefix transformers gives it (an older manifest without `model_type`).
-    ort_optimizer: `onnxruntime.transformers.optimizer`'s model_type for its fused fp32 graph (None: no fusion).
+    ort_optimizer: `onnxruntime.transformers.optimizer`'s model_type for its fused fp32 graph (None: no fusion),
+    used where the family has no `FusionRecipe` (the recipe comes first: a Qwen3 decoder's fused graph is the
+    recipe's, not the optimizer's).
     positions_after_padding: position ids start after padding_idx (RoBERTa-like), so two fewer pair tokens fit.
     """
 

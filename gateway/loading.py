@@ -33,6 +33,7 @@ from gateway.backends.base import Scorer
 from gateway.backends.fallback import MarkDownFallback, SplittingFallback
 from gateway.backends.gpu_probe import GpuProbe, GpuStatus, NvmlProbe
 from gateway.backends.onnx_local import FairLane, OnnxScorer, SessionLike, make_session
+from gateway.backends.prefix_reuse import PrefixReuseScorer
 from gateway.backends.triton_pool import TritonPool
 from gateway.config import Settings
 from gateway.cpu_features import cpu_flags, cpu_variant, is_dynamic_int8
@@ -200,6 +201,7 @@ class ModelLoader:
             one_row_batches=o.int8_row_batches and is_dynamic_int8(variant) and o.triton is None,
             # Triton's default config runs model.onnx (fp32; TensorRT fp16 on the GPU): the fp32 logits.
             primary_variant="fp32" if o.triton is not None else None,
+            per_query_batches=isinstance(scorer, PrefixReuseScorer),
         )
         prefilter = self._prefilter_stage.get(lambda: self._prefilter(report)) if o.prefilter_name else None
         elapsed = time.perf_counter() - started
@@ -215,12 +217,17 @@ class ModelLoader:
         )
         return LoadedModels(reranker=reranker, prefilter=prefilter, device=report)
 
-    def _cpu_scorer(self, spec: ModelSpec, variant: str, *, weight: float = 1.0) -> OnnxScorer:
+    def _cpu_scorer(
+        self, spec: ModelSpec, variant: str, *, weight: float = 1.0
+    ) -> OnnxScorer | PrefixReuseScorer:
         path = spec.variant_path(variant)
         assert path is not None
         session = self.cpu_session_factory(path, device="cpu", threads=self.options.threads)
         model = spec.folder.name
-        return OnnxScorer(session, name="onnx-cpu", lane=self._cpu_lane.share(model, weight), model=model)
+        lane = self._cpu_lane.share(model, weight)
+        if spec.variants[variant].get("kv_cache"):  # a decoder graph with a key/value cache: the head once
+            return PrefixReuseScorer(session, name="onnx-cpu", lane=lane, model=model)
+        return OnnxScorer(session, name="onnx-cpu", lane=lane, model=model)
 
     def _local_reranker(self, spec: ModelSpec, gpu: GpuStatus, report: DeviceReport) -> tuple[Scorer, str]:
         o = self.options
@@ -272,14 +279,16 @@ class ModelLoader:
         check_inputs(spec.input_names)
         variant = self._cpu_variant(spec, "int8", report)
         max_length = min(o.prefilter_max_length or spec.max_length, spec.max_length)
+        scorer = self._cpu_scorer(spec, variant)
         return ModelStage(
             spec=spec,
             tokenizer=PairTokenizer.from_spec(spec, max_length=max_length),
-            scorer=self._cpu_scorer(spec, variant),
+            scorer=scorer,
             max_length=max_length,
             variant=variant,
             token_budget=o.token_budget,
             one_row_batches=o.int8_row_batches and is_dynamic_int8(variant),
+            per_query_batches=isinstance(scorer, PrefixReuseScorer),
         )
 
     def for_model(self, options: LoadOptions) -> ModelLoader:

@@ -26,6 +26,8 @@ class ModelStage:
     one_row_batches: bool = False  # each pair alone: its score must not depend on its neighbours
     # The variant the primary backend runs when it is not `variant` (Triton's default config: fp32).
     primary_variant: str | None = None
+    # each batch holds one query's windows: the scorer computes their shared prompt head once (prefix reuse)
+    per_query_batches: bool = False
     meter: WorkMeter = field(init=False)  # this model's speed (gateway/cost.py), labelled by its folder
 
     def __post_init__(self) -> None:
@@ -56,6 +58,7 @@ class ModelStage:
             "token_budget": self.token_budget,
             "scorer": describe_scorer(self.scorer),
             "one_row_batches": self.one_row_batches,
+            "per_query_batches": self.per_query_batches,
             "tokens_per_second": _rounded(self.meter.per_second),
         }
 

@@ -227,9 +227,7 @@ class StageScorer:
             for w in enc.windows:
                 windows.append(w)
                 owners.append(WindowOwner(j, miss[w.doc], w.chars, len(w.ids)))
-        plan = plan_batches(
-            [len(w.ids) for w in windows], token_budget=self.stage.token_budget, max_rows=self.max_rows
-        )
+        plan = self._plan([len(w.ids) for w in windows], [o.job for o in owners])
         names, pad_id, side = self.stage.scorer.input_names, tokenizer.pad_id, tokenizer.padding_side
         batches = [
             (
@@ -239,6 +237,14 @@ class StageScorer:
             for rows in plan
         ]
         return _Prepared(batches, chunked, truncated, query_truncated)
+
+    def _plan(self, lengths: Sequence[int], jobs: Sequence[int]) -> list[list[int]]:
+        """Length buckets; within each query when the stage's scorer computes a shared prompt head once
+        (`ModelStage.per_query_batches`: every batch then shares one head)."""
+        budget = self.stage.token_budget
+        if self.stage.per_query_batches:
+            return _by_job(lengths, jobs, budget, self.max_rows)
+        return plan_batches(lengths, token_budget=budget, max_rows=self.max_rows)
 
     def _phase_times(
         self, started: float, tokenized: float, scored: float, results: Sequence[BatchScores]
@@ -252,6 +258,16 @@ class StageScorer:
         metrics.PHASE_SECONDS.labels("lane_wait", self.role, self.model).observe(lane_wait)
         metrics.PHASE_SECONDS.labels("inference", self.role, self.model).observe(inference)
         return PhaseTimes(tokenize=tokenize, lane_wait=lane_wait, inference=inference)
+
+
+def _by_job(lengths: Sequence[int], jobs: Sequence[int], token_budget: int, max_rows: int) -> list[list[int]]:
+    """Length buckets within each job: every batch then holds one query's windows (one shared head)."""
+    plan: list[list[int]] = []
+    for job in dict.fromkeys(jobs):
+        rows = [k for k, j in enumerate(jobs) if j == job]
+        buckets = plan_batches([lengths[k] for k in rows], token_budget=token_budget, max_rows=max_rows)
+        plan.extend([rows[i] for i in bucket] for bucket in buckets)
+    return plan
 
 
 _WARM_UP_QUERY = "how do rivers carry sediment to the sea"

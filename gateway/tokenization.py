@@ -8,7 +8,9 @@ windows ("chunks") that are scored separately, the best one winning.
 
 Decoder rerankers (Qwen3-Reranker, mxbai-rerank-v2) have no pair template in their tokenizer: the manifest's
 prompt template gives it instead (prefix, query part, document part, suffix, each tokenized alone as the
-model cards do), and their batches are padded on the left, so the last position is every row's last token.
+model cards do), and their batches are padded on the manifest's side: on the right for the decoders exported now
+(their graphs read each row's last real token; the rows of one query share a head, `Window.shared`, which a
+prefix-reusing scorer computes once), on the left for older manifests (the last position is every row's last token).
 Tokenizing part by part equals the model cards' ids wherever the card's own pieces meet or the tokenizer's
 pre-tokenizer always splits: Qwen3-Reranker tokenizes "<Instruct>: ..\n<Query>: ..\n<Document>: .." as one
 text, and Qwen's split regex always breaks between that newline and "<Document>", so the query part ends
@@ -66,6 +68,7 @@ class Window:
     ids: list[int]
     type_ids: list[int]
     chars: tuple[int, int]  # character offsets of the window in the document
+    shared: int = 0  # leading tokens every window of this query has too (prompt prefix + query part)
 
 
 @dataclass(frozen=True)
@@ -245,6 +248,9 @@ class PairTokenizer:
         return Window(
             doc=doc_index,
             ids=[*t.prefix, *q_ids, *t.middle, *piece, *t.suffix],
+            # a prompt template's head (the document part comes after the query part); an encoder pair's
+            # special tokens and segment ids make a head that no scorer reuses
+            shared=len(t.prefix) + len(q_ids) + len(t.middle) if self.prompt is not None else 0,
             type_ids=[
                 *t.prefix_types,
                 *((t.query_type,) * len(q_ids)),
@@ -563,7 +569,16 @@ def build_batch(
                 inputs[name] = np.broadcast_to(np.arange(width, dtype=np.int64), (rows, width)).copy()
         else:
             raise ModelRepositoryError(f"the model declares input {name!r}, which the gateway cannot build")
-    return EncodedBatch(inputs)
+    return EncodedBatch(inputs, shared_prefix=0 if left else shared_head(windows))
+
+
+def shared_head(windows: Sequence[Window]) -> int:
+    """How many leading tokens all windows share as their declared head (0 when their heads differ)."""
+    shared = min(w.shared for w in windows)
+    if shared == 0:
+        return 0
+    head = windows[0].ids[:shared]
+    return shared if all(w.ids[:shared] == head for w in windows[1:]) else 0
 
 
 def check_inputs(input_names: Sequence[str]) -> None:

@@ -195,3 +195,22 @@ def real_model_repository(real_models_dir: Path) -> Path:
         build_repository(str(reranker), prefilter_arg, repository, quiet=True)
 
     return cached_repository(key, build)
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder_repository() -> Path:
+    """Repository with a tiny random Qwen3 reranker as `reranker` (its fused fp32-opt graph takes a key/value
+    cache: served the shared prompt once), no prefilter; built by `build_repository` with its gate (cached)."""
+    import family_models as fm
+
+    digest = _exporter_fingerprint()
+    digest.update(Path(fm.__file__).read_bytes())
+    key = "decoder-" + digest.hexdigest()[:16]
+
+    def build(repository: Path) -> None:
+        from export import build_repository
+
+        folder = fm.build_qwen3_reranker(repository.parent / "sources" / "tiny-qwen3-reranker")
+        build_repository(str(folder), None, repository, quiet=True, max_length=256, template="qwen3-reranker")
+
+    return cached_repository(key, build)

@@ -9,8 +9,6 @@ releases the GIL, so the event loop keeps serving meanwhile.
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import logging
 import re
 import threading
@@ -27,29 +25,12 @@ import numpy as np
 from gateway import metrics
 from gateway.domain import BatchScores, EncodedBatch
 from gateway.errors import BackendFailed
+from gateway.heap import release_heap  # batches free their activation buffers: RSS follows the running one
 
 log = logging.getLogger(__name__)
 
 _CUDA_OOM = re.compile(r"out of memory|CUDNN_STATUS_ALLOC_FAILED|Failed to allocate memory|OOM", re.I)
 _CUDA_ERROR = re.compile(r"CUDA|CUBLAS|CUDNN|cudaError", re.I)
-
-
-def _malloc_trim() -> Callable[[], None]:
-    """glibc keeps the freed activation buffers of a big batch (its mmap threshold grows after the first
-    one), so RSS would stay at the peak of the largest batch ever run; malloc_trim hands them back."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return lambda: None
-
-    def release() -> None:
-        trim(0)
-
-    return release
-
-
-release_heap = _malloc_trim()
 
 
 class ScorerFailure(BackendFailed):

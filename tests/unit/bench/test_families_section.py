@@ -24,15 +24,18 @@ def test_the_tiny_families_section_runs_end_to_end(tmp_path: Path) -> None:
     assert [f["key"] for f in written["families"]] == ["modernbert", "qwen3-reranker"]
     for family in written["families"]:
         manifest = family["manifest"]
-        assert {"fp32", "int8"} <= set(manifest["variants"])
+        assert {"fp32", "fp32-opt", "int8"} <= set(manifest["variants"])  # fused for both families
         assert "no parity gate" in manifest["parity"]
     assert written["families"][1]["manifest"]["family"] == "decoder"
-    for key in ("modernbert", "qwen3-reranker"):
+    assert list(results["speed"]) == ["modernbert", "qwen3-reranker", "qwen3-reranker@100tok"]
+    assert results["speed"]["qwen3-reranker@100tok"]["scenario"]["doc_tokens"] == families.SHORT_DOC_TOKENS
+    for key, baseline in (("modernbert", families.BASELINE), ("qwen3-reranker", families.CARD),
+                          ("qwen3-reranker@100tok", families.CARD)):  # fmt: skip
         speed = results["speed"][key]
         assert speed["failures"] == {}
         rows = {r["config"]: r for r in speed["rows"]}
-        assert set(rows) == {families.BASELINE, "gateway-int8"}
-        assert rows[families.BASELINE]["throughput_x_st"] == 1.0
+        assert set(rows) == {baseline, "gateway-int8"}
+        assert rows[baseline]["throughput_x_st"] == 1.0
         gateway = rows["gateway-int8"]
         assert gateway["docs_per_s"] > 0 and gateway["throughput_x_st"] > 0
         # the same function: int8 of a tiny random model stays close to sentence-transformers' scores

@@ -60,7 +60,7 @@ def test_families_are_detected_from_the_folder(folders: dict[str, Path]):
     assert (st.pooling, st.activation) == ("cls", "sigmoid")
     assert st.manifest_fields()["sentence_transformers"]["layout_matched"] == ST_LAYOUT_VERSION
     qwen3 = resolve_source(str(folders["qwen3"]), template="qwen3-reranker").family
-    assert (qwen3.family, qwen3.padding_side, qwen3.pooling) == ("decoder", "left", "last-token")
+    assert (qwen3.family, qwen3.padding_side, qwen3.pooling) == ("decoder", "right", "last-token")
     assert qwen3.template is not None and qwen3.template.positive_token == "yes"
 
 
@@ -209,7 +209,7 @@ def test_family_exports_and_matches_pytorch(
         architecture,
         pooling,
     )
-    assert manifest["padding_side"] == ("left" if family == "decoder" else "right")
+    assert manifest["padding_side"] == "right"
     assert manifest["score"]["activation"] == "sigmoid"
     assert manifest["outputs"] == [{"name": "logits", "dtype": "float32"}]
     assert [i["name"] for i in manifest["inputs"]] == ["input_ids", "attention_mask"]
@@ -236,8 +236,17 @@ def test_family_exports_and_matches_pytorch(
         head = manifest["sentence_transformers"]
         assert head["layout_matched"] == ST_LAYOUT_VERSION
         assert [m["type"] for m in head["modules"]][-1] == "Dense"
-    if key in ("modernbert", "st"):  # ORT's optimizer has no ModernBERT fusion: skipped with that reason
+    if key == "st":  # no fusion recipe for a module stack, and ORT's optimizer has no ModernBERT fusion
         assert "no fusion for model_type 'modernbert'" in manifest["variants_skipped"]["fp32-opt"]
+        return
+    # ModernBERT and the decoders: a fused graph (export/fusion.py), its contrib ops recorded
+    fused = manifest["variants"]["fp32-opt"]
+    ops = fused["optimizations"]["contrib_ops"]
+    assert ("GroupQueryAttention" if family == "decoder" else "MultiHeadAttention") in ops
+    assert manifest["parity"]["figures"]["fp32-opt"]["max_abs_diff"] <= 1e-4
+    if family == "decoder":  # the cached graph, gated the way the gateway serves it (head once)
+        assert fused["kv_cache"]["layers"] == 2
+        assert "fp32-opt" in manifest["parity"]["prefix_reuse"]["variants"]
 
 
 @pytest.mark.slow
@@ -246,7 +255,7 @@ def test_decoder_instruction_and_batch_position_do_not_change_a_row(
 ):
     folder, _, _ = exported("qwen3")
     alone = fm.exported_scores(folder, PAIRS[:1])
-    batched = fm.exported_scores(folder, PAIRS)  # row 0 is left-padded behind the longest pair
+    batched = fm.exported_scores(folder, PAIRS)  # row 0 is padded beside the longest pair
     assert abs(alone[0] - batched[0]) <= 1e-5
     instruction = "Given a question, find the passage that answers it"
     assert fm.exported_scores(folder, PAIRS[:2], instruction=instruction) == pytest.approx(
@@ -301,7 +310,13 @@ def test_the_gate_scored_the_ids_the_gateway_builds(
     parity = manifest["parity"]
     assert parity["ids_sha256"] == encoded.ids_sha256()
     assert (parity["pad_id"], parity["padding_side"]) == (served.pad_id, served.padding_side)
-    assert served.padding_side == ("left" if key in DECODERS else "right")
+    assert served.padding_side == "right"  # decoders too: the fused graphs take no padding mask
+    if key in DECODERS:  # the cached graphs were gated head once, at the heads the gateway's windows declare
+        reuse = parity["prefix_reuse"]
+        assert reuse["mean_head_tokens"] == pytest.approx(np.mean([w.shared for w in encoded.windows]))
+        assert "fp32-opt" in reuse["variants"] and min(w.shared for w in encoded.windows) > 0
+    else:
+        assert "prefix_reuse" not in parity
     assert parity["pairs_at_max_length"] > 0  # truncation is part of what is compared
     hf = AutoTokenizer.from_pretrained(folder / "tokenizer")
     assert [w.ids for w in encoded.windows] == _card_ids(key, hf, pairs, spec.max_length)
@@ -312,7 +327,7 @@ def test_mxbai_v2_with_an_instruction_and_truncation_through_the_exported_manife
     exported: Callable[[str], tuple[Path, dict, str]], folders: dict[str, Path]
 ):
     """The gateway's tokenizer, built from the exported manifest, against mxbai_rerank's own prepare_inputs and
-    formula: with an instruction, a document cut to fit, and a short one beside it in one left-padded batch."""
+    formula: with an instruction, a document cut to fit, and a short one beside it in one (right-)padded batch."""
     import onnxruntime as ort
     from transformers import AutoTokenizer
 
@@ -399,8 +414,9 @@ def test_dummy_ids_come_from_the_models_own_vocabulary():
 def test_calibration_scores_a_decoder_with_its_prompt(
     exported: Callable[[str], tuple[Path, dict, str]], folders: dict[str, Path], tmp_path: Path
 ):
-    """`--calibration` scores pairs the way the gateway serves them: a decoder inside its prompt template, left
-    padded (the card's scores), not as a bare query/document pair."""
+    """`--calibration` scores pairs the way the gateway serves them: a decoder inside its prompt template (the
+    card's scores), its cached graph head once and each document after it, not as a bare query/document
+    pair."""
     import shutil
 
     from export.calibrate import cpu_logits
