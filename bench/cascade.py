@@ -315,7 +315,7 @@ def _http_check(repository: Path, data: BeirSet, queries: int) -> dict[str, Any]
         time.sleep(5)  # give a fidelity sample in flight the time to finish
         metrics_text = client.get(f"{gw.url}/metrics").text
         info = client.get(f"{gw.url}/info").json()["pipeline"]["cascade"]
-    count = re.search(r"^reranker_cascade_recall_at_10_count (\S+)$", metrics_text, re.M)
+    count = re.search(r"^reranker_cascade_recall_at_10_count\{model=\"[^\"]+\"\} (\S+)$", metrics_text, re.M)
     return {
         "queries": queries,
         "ndcg": {name: evaluate(data.qrels, run)["ndcg@10"] for name, run in runs.items()},

@@ -136,8 +136,10 @@ class FidelitySampler:
         busy: Callable[[], bool],
         on_result: Callable[[Fidelity], None] | None = None,
         rng: random.Random | None = None,
+        model: str = "",
     ) -> None:
         self.rate = rate
+        self.model = model  # the metrics' `model` label
         self._busy = busy
         self._on_result = on_result
         self._rng = rng or random.Random()
@@ -193,17 +195,19 @@ class FidelitySampler:
         )
         self._recent.append(result)
         self._count("measured")
-        metrics.CASCADE_RECALL.observe(result.recall_at_10)
-        metrics.CASCADE_RANK_AGREEMENT.observe(result.rank_agreement)
+        metrics.CASCADE_RECALL.labels(self.model).observe(result.recall_at_10)
+        metrics.CASCADE_RANK_AGREEMENT.labels(self.model).observe(result.rank_agreement)
         recall, agreement = self.means()
-        metrics.CASCADE_RECALL_MEAN.set(recall if recall is not None else float("nan"))
-        metrics.CASCADE_AGREEMENT_MEAN.set(agreement if agreement is not None else float("nan"))
+        metrics.CASCADE_RECALL_MEAN.labels(self.model).set(recall if recall is not None else float("nan"))
+        metrics.CASCADE_AGREEMENT_MEAN.labels(self.model).set(
+            agreement if agreement is not None else float("nan")
+        )
         if self._on_result is not None:
             self._on_result(result)
 
     def _count(self, outcome: str) -> None:
         self.counts[outcome] += 1
-        metrics.CASCADE_SAMPLES.labels(outcome).inc()
+        metrics.CASCADE_SAMPLES.labels(outcome, self.model).inc()
 
     def summary(self) -> dict[str, Any]:
         recent = list(self._recent)
@@ -247,7 +251,9 @@ class AdaptiveKeep:
         window: int = 20,
         grow: float = 1.25,
         shrink: float = 0.9,
+        model: str = "",
     ) -> None:
+        self._keep_gauge = metrics.CASCADE_KEEP.labels(model)
         self.low, self.high = low, max(low, high)
         self.keep = min(max(start, self.low), self.high)
         self.target = target
@@ -257,7 +263,7 @@ class AdaptiveKeep:
         self._samples: list[float] = []
         self._floor = self.low  # the smallest keep not known to fall short
         self.changes = 0
-        metrics.CASCADE_KEEP.set(self.keep)
+        self._keep_gauge.set(self.keep)
 
     @property
     def enabled(self) -> bool:
@@ -268,7 +274,7 @@ class AdaptiveKeep:
         self.low, self.high = min(self.low, keep), max(self.high, keep)
         self.keep = keep
         self._samples.clear()
-        metrics.CASCADE_KEEP.set(self.keep)
+        self._keep_gauge.set(self.keep)
 
     def observe(self, recall_at_10: float, keep: int) -> None:
         """One measurement; ignored unless it was taken at the current keep."""
@@ -289,7 +295,7 @@ class AdaptiveKeep:
         if self.keep != old:
             self.changes += 1
             log.info("cascade keep %d -> %d (recall@10 %.3f, target %.3f)", old, self.keep, mean, self.target)
-        metrics.CASCADE_KEEP.set(self.keep)
+        self._keep_gauge.set(self.keep)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -345,8 +351,11 @@ class Cascade:
             target=config.target_recall,
             low=min(config.keep_min, config.keep),
             high=max(config.keep_max, config.keep),
+            model=model,
         )
-        self.sampler = FidelitySampler(config.sample_rate, busy=busy, on_result=self._on_fidelity)
+        self.sampler = FidelitySampler(
+            config.sample_rate, busy=busy, on_result=self._on_fidelity, model=model
+        )
 
     def calibrated(self, keep: int | None) -> None:
         """The manifest's calibrated keep, used unless RERANKER_KEEP was set."""

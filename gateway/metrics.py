@@ -138,25 +138,31 @@ _SHARE_BUCKETS = (0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1)
 CASCADE_SAMPLES = Counter(
     "reranker_cascade_samples_total",
     "Cascaded requests picked for a fidelity measurement, by outcome",
-    ["outcome"],
+    ["outcome", "model"],
 )
 CASCADE_RECALL = Histogram(
     "reranker_cascade_recall_at_10",
     "Share of the single-stage top 10 that a sampled cascaded request kept in its top 10",
+    ["model"],
     buckets=_SHARE_BUCKETS,
 )
 CASCADE_RANK_AGREEMENT = Histogram(
     "reranker_cascade_rank_agreement",
     "Spearman correlation of a sampled cascaded ranking with the single-stage ranking",
+    ["model"],
     buckets=_SHARE_BUCKETS,
 )
 CASCADE_RECALL_MEAN = Gauge(
-    "reranker_cascade_recall_at_10_mean", "Mean recall@10 against single stage over the recent samples"
+    "reranker_cascade_recall_at_10_mean",
+    "Mean recall@10 against single stage over the recent samples",
+    ["model"],
 )
 CASCADE_AGREEMENT_MEAN = Gauge(
-    "reranker_cascade_rank_agreement_mean", "Mean rank agreement with single stage over the recent samples"
+    "reranker_cascade_rank_agreement_mean",
+    "Mean rank agreement with single stage over the recent samples",
+    ["model"],
 )
-CASCADE_KEEP = Gauge("reranker_cascade_keep", "The default keep the cascade uses now (adaptive)")
+CASCADE_KEEP = Gauge("reranker_cascade_keep", "The default keep the cascade uses now (adaptive)", ["model"])
 MODEL_LOAD_SECONDS = Gauge("reranker_model_load_seconds", "Seconds the model's last load took", ["model"])
 
 

@@ -61,6 +61,7 @@ def test_fidelity_is_measured_in_the_background_and_shown_in_info_and_metrics(cl
         time.sleep(0.05)
     assert fidelity["samples"]["measured"] >= 1 and 0.0 <= fidelity["recall_at_10"] <= 1.0
     metrics = client.get("/metrics").text
-    count = re.search(r"^reranker_cascade_recall_at_10_count (\S+)$", metrics, re.M)
+    count = re.search(r"^reranker_cascade_recall_at_10_count\{model=\"reranker\"\} (\S+)$", metrics, re.M)
     assert count is not None and float(count.group(1)) >= 1
-    assert "reranker_cascade_rank_agreement_mean" in metrics and "reranker_cascade_keep" in metrics
+    assert 'reranker_cascade_rank_agreement_mean{model="reranker"}' in metrics
+    assert 'reranker_cascade_keep{model="reranker"}' in metrics
