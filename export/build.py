@@ -200,81 +200,24 @@ def _build_model(
     _copy_tokenizer(source.folder, folder / "tokenizer", tokenizer)
 
     fp32 = version_dir / "model.onnx"
-    with progress.step(f"export fp32 ONNX ({family.family}, opset {opset})"):
-        if family.exporter == "optimum":
-            onnx_export.export_fp32(source.folder, fp32, opset=opset, quiet=quiet)
-        else:
-            from export import torch_export
-
-            torch_export.export_fp32(
-                family, source.folder, fp32, opset=opset,
-                positive_id=token_ids[0] if token_ids else None,
-                negative_id=token_ids[1] if token_ids else None,
-            )  # fmt: skip
-    inputs, outputs = onnx_export.graph_io(fp32)
-    if [o["name"] for o in outputs] != ["logits"]:
-        raise ExportError(f"{source.spec}: expected one output named 'logits', the graph has {outputs}")
-
-    skipped: dict[str, str] = {}
-    files: dict[str, Path] = {}
-
-    def build(key: str, path: Path, message: str, make: Callable[[], None]) -> None:
-        with progress.step(message):
-            try:
-                make()
-            except ExportError as exc:
-                skipped[key] = str(exc)
-                return
-        files[key] = path
-
-    fused = version_dir / "model.opt.onnx"
-    no_fusion = fusion.unfused_reason(family)
-    facts: dict[str, dict[str, Any]] = {}  # per variant: what the manifest records of its graph
-    if no_fusion is not None:
-        skipped["fp32-opt"] = no_fusion
-    else:
-
-        def optimize() -> None:
-            facts["fp32-opt"] = fusion.optimize_variant(
-                family, source.folder, fp32, fused,
-                num_heads=int(getattr(config, "num_attention_heads", 0) or 0),
-                hidden_size=int(getattr(config, "hidden_size", 0) or 0), token_ids=token_ids,
-            )  # fmt: skip
-
-        build("fp32-opt", fused, "optimize (ONNX Runtime fusions)", optimize)
+    inputs, outputs = _export_fp32(
+        source, fp32, opset=opset, token_ids=token_ids, progress=progress, quiet=quiet
+    )
     int8, int8_entry = _int8_plan(name, int8, cpu_flags, progress)
-    from_fused = "fp32-opt" in files and int8.from_fused_graph
-    int8_source = fused if from_fused else fp32
-    int8_path = version_dir / "model.int8.onnx"
-    quantizer = fusion.int8_quantizer(family, from_fused)
-    build("int8", int8_path, "quantize int8 (dynamic, CPU)",
-          lambda: quantizer(int8_source, int8_path, int8))  # fmt: skip
-    if not int8.reduce_range:
-        portable = version_dir / f"model.{quantize.PORTABLE_INT8_VARIANT}.onnx"
-        build(quantize.PORTABLE_INT8_VARIANT, portable, "quantize int8 7-bit (for CPUs without VNNI)",
-              lambda: quantizer(int8_source, portable, replace(int8, reduce_range=True)))  # fmt: skip
-    # The files made from the fused graph keep its fusions and, for a decoder, its key/value cache.
-    graph_facts = facts.get("fp32-opt", {})
-    derived = {"fp32-opt", "int8", quantize.PORTABLE_INT8_VARIANT} if from_fused else {"fp32-opt"}
-    cached = {k for k in files if k in derived and "kv_cache" in graph_facts}
-    if BUILD_FP16:
-        fp16 = version_dir / "model.fp16.onnx"
-        build("fp16", fp16, "convert fp16 (GPU)", lambda: quantize.convert_fp16(fp32, fp16))
+    built = _Variants(version_dir, progress)
+    built.build_all(source, config, fp32, int8, token_ids)
 
     with progress.step("validate against PyTorch"):
         gate = _Gate(source, folder / "tokenizer", length, thresholds, token_ids)
-        parity = gate.run({"fp32": fp32, **files}, inputs, cached=cached)
-    skipped.update(gate.verdict(name, parity["figures"]))
-    for key in [k for k in files if k in skipped or (k == "fp32-opt" and not KEEP_FUSED_FP32)]:
-        _remove_graph(files.pop(key))
-    for key, reason in skipped.items():
-        progress.warn(f"{name}: {key} left out: {reason}")
+        parity = gate.run({"fp32": fp32, **built.files}, inputs, cached=built.cached)
+    built.skipped.update(gate.verdict(name, parity["figures"]))
+    built.drop_skipped(name)
 
-    files = {"fp32": fp32, **files}
-    _write_triton_files(folder, name, inputs, outputs, length, cpu_file=_cpu_file(files, cached))
+    files = {"fp32": fp32, **built.files}
+    _write_triton_files(folder, name, inputs, outputs, length, cpu_file=_cpu_file(files, built.cached))
     variants = {key: _variant(key, path, folder) for key, path in files.items()}
-    for key in variants.keys() & derived:
-        variants[key].update(graph_facts)
+    for key in variants.keys() & built.derived:
+        variants[key].update(built.graph_facts)
     if int8_entry.get("requires_cpu_flags") and "int8" in variants:
         variants["int8"]["requires_cpu_flags"] = int8_entry["requires_cpu_flags"]
     return {
@@ -291,11 +234,11 @@ def _build_model(
         "outputs": outputs,
         "tokenizer_dir": "tokenizer",
         "variants": variants,
-        "variants_skipped": skipped,
+        "variants_skipped": built.skipped,
         "int8_settings": {
             **quantize.settings_dict(int8),
-            "graph": int8_source.name,
-            "quantizer": fusion.int8_quantizer_name(family, from_fused),
+            "graph": built.int8_source.name,
+            "quantizer": fusion.int8_quantizer_name(family, built.from_fused),
         },
         "int8": int8_entry,
         "parity": parity,
@@ -303,6 +246,113 @@ def _build_model(
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": _versions(),
     }
+
+
+def _export_fp32(
+    source: ModelSource,
+    fp32: Path,
+    *,
+    opset: int,
+    token_ids: tuple[int, int] | None,
+    progress: Progress,
+    quiet: bool,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The plain fp32 graph (optimum, or our builder for the heads optimum cannot export): its inputs and
+    outputs, which must be one output named `logits`."""
+    family = source.family
+    with progress.step(f"export fp32 ONNX ({family.family}, opset {opset})"):
+        if family.exporter == "optimum":
+            onnx_export.export_fp32(source.folder, fp32, opset=opset, quiet=quiet)
+        else:
+            from export import torch_export
+
+            torch_export.export_fp32(
+                family, source.folder, fp32, opset=opset,
+                positive_id=token_ids[0] if token_ids else None,
+                negative_id=token_ids[1] if token_ids else None,
+            )  # fmt: skip
+    inputs, outputs = onnx_export.graph_io(fp32)
+    if [o["name"] for o in outputs] != ["logits"]:
+        raise ExportError(f"{source.spec}: expected one output named 'logits', the graph has {outputs}")
+    return inputs, outputs
+
+
+class _Variants:
+    """The variants built from the fp32 graph: the fused fp32, int8 (from the fused graph where the family
+    says so), the 7-bit int8 and fp16. One that fails to build is left out, its reason in `skipped`."""
+
+    def __init__(self, version_dir: Path, progress: Progress) -> None:
+        self.version_dir = version_dir
+        self.progress = progress
+        self.files: dict[str, Path] = {}
+        self.skipped: dict[str, str] = {}
+        self.graph_facts: dict[str, Any] = {}  # what the manifest records of the fused graph (and its int8)
+        self.derived: set[str] = {"fp32-opt"}  # the files made from the fused graph: they carry its facts
+        self.cached: set[str] = set()  # files with a decoder's key/value cache inputs
+        self.from_fused = False
+        self.int8_source = version_dir / "model.onnx"
+
+    def build(self, key: str, path: Path, message: str, make: Callable[[], object]) -> None:
+        with self.progress.step(message):
+            try:
+                make()
+            except ExportError as exc:
+                self.skipped[key] = str(exc)
+                return
+        self.files[key] = path
+
+    def build_all(
+        self,
+        source: ModelSource,
+        config: Any,
+        fp32: Path,
+        int8: quantize.Int8Settings,
+        token_ids: tuple[int, int] | None,
+    ) -> None:
+        family, folder = source.family, self.version_dir
+        fused = folder / "model.opt.onnx"
+        no_fusion = fusion.unfused_reason(family)
+        if no_fusion is not None:
+            self.skipped["fp32-opt"] = no_fusion
+        else:
+
+            def optimize() -> None:
+                self.graph_facts = fusion.optimize_variant(
+                    family, source.folder, fp32, fused,
+                    num_heads=int(getattr(config, "num_attention_heads", 0) or 0),
+                    hidden_size=int(getattr(config, "hidden_size", 0) or 0), token_ids=token_ids,
+                )  # fmt: skip
+
+            self.build("fp32-opt", fused, "optimize (ONNX Runtime fusions)", optimize)
+        self.from_fused = "fp32-opt" in self.files and int8.from_fused_graph
+        self.int8_source = source_graph = fused if self.from_fused else fp32
+        quantizer = fusion.int8_quantizer(family, self.from_fused)
+        int8_path = folder / "model.int8.onnx"
+        self.build(
+            "int8",
+            int8_path,
+            "quantize int8 (dynamic, CPU)",
+            lambda: quantizer(source_graph, int8_path, int8),
+        )
+        if not int8.reduce_range:
+            portable = folder / f"model.{quantize.PORTABLE_INT8_VARIANT}.onnx"
+            self.build(quantize.PORTABLE_INT8_VARIANT, portable, "quantize int8 7-bit (for CPUs without VNNI)",
+                       lambda: quantizer(source_graph, portable, replace(int8, reduce_range=True)))  # fmt: skip
+        # The files made from the fused graph keep its fusions and, for a decoder, its key/value cache.
+        if self.from_fused:
+            self.derived |= {"int8", quantize.PORTABLE_INT8_VARIANT}
+        if "kv_cache" in self.graph_facts:
+            self.cached = {k for k in self.files if k in self.derived}
+        if BUILD_FP16:
+            fp16 = folder / "model.fp16.onnx"
+            self.build("fp16", fp16, "convert fp16 (GPU)", lambda: quantize.convert_fp16(fp32, fp16))
+
+    def drop_skipped(self, name: str) -> None:
+        """Remove the files the gate left out (and the fused fp32 unless it is kept), and say why."""
+        for key in [k for k in self.files if k in self.skipped or (k == "fp32-opt" and not KEEP_FUSED_FP32)]:
+            _remove_graph(self.files.pop(key))
+        for key, reason in self.skipped.items():
+            self.progress.warn(f"{name}: {key} left out: {reason}")
 
 
 def _cpu_file(files: dict[str, Path], cached: set[str] | frozenset[str] = frozenset()) -> str:
