@@ -15,17 +15,13 @@ full computation: the same graph with an empty past.
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 
-from gateway import metrics
-from gateway.backends.onnx_local import FairLane, LaneShare, ScorerFailure, SessionLike, classify_failure
-from gateway.domain import BatchScores, EncodedBatch
-
-log = logging.getLogger(__name__)
+from gateway.backends.onnx_local import LaneShare, OnnxScorer, SessionLike
+from gateway.domain import EncodedBatch
 
 # Heads kept per scorer: a request's batches run one after another, so one is enough for a request; a few
 # more serve concurrent requests. One head costs layers x 2 x kv_heads x head_dim x tokens x 4 bytes (a
@@ -58,10 +54,10 @@ class KvLayout:
         return {name: zeros for name in self.past}
 
 
-class PrefixReuseScorer:
+class PrefixReuseScorer(OnnxScorer):
     """Scorer over a cached decoder graph: the head once per request, then each document after it (the loader
     sets its stage's `per_query_batches`, so that every batch holds one query's windows and shares a head).
-    Its batches run on the CPU lane's share of its model, like OnnxScorer's."""
+    The rest (failures, metrics, the CPU lane's share of its model) is OnnxScorer's."""
 
     def __init__(
         self,
@@ -73,31 +69,15 @@ class PrefixReuseScorer:
         head_entries: int = HEAD_CACHE_ENTRIES,
         model: str = "",
     ) -> None:
-        self.session = session
-        self.name = name
-        self.model = model  # the metrics' `model` label and the model's share of the fair lane
+        super().__init__(session, name=name, lane=lane, max_batch_size=max_batch_size, model=model)
         self.layout = KvLayout.of(session)
-        self.input_names: tuple[str, ...] = tuple(
-            i.name for i in session.get_inputs() if not i.name.startswith("past_key_values.")
-        )
-        self.max_batch_size = max_batch_size
-        self._lane = lane or FairLane(f"ort-{name}", trim_when_idle=True).share(model)
+        self.input_names = tuple(n for n in self.input_names if not n.startswith("past_key_values."))
         self._heads: OrderedDict[bytes, list[np.ndarray]] = OrderedDict()
         self._head_entries = head_entries
         self.head_runs = 0  # heads computed (the rest came from the LRU): what the tests and /info read
 
-    def run_sync(self, batch: EncodedBatch) -> np.ndarray:
-        """Blocking inference: float32 logits, one per row."""
-        try:
-            reuse = batch.shared_prefix >= MIN_SHARED_TOKENS
-            logits = self._with_head(batch) if reuse else self._full(batch)
-        except Exception as exc:
-            reason = classify_failure(exc, on_gpu=False)
-            metrics.SCORER_CALLS.labels(self.name, "inproc", reason, self.model).inc()
-            log.warning("%s failed on a batch of %d (%s): %s", self.name, batch.size, reason, exc)
-            raise ScorerFailure(f"{self.name} inference failed ({reason})", reason=reason) from exc
-        metrics.SCORER_CALLS.labels(self.name, "inproc", "ok", self.model).inc()
-        return logits
+    def _infer(self, batch: EncodedBatch) -> np.ndarray:
+        return self._with_head(batch) if batch.shared_prefix >= MIN_SHARED_TOKENS else self._full(batch)
 
     def _full(self, batch: EncodedBatch) -> np.ndarray:
         feed = {name: batch.inputs[name] for name in self.input_names}
@@ -136,16 +116,9 @@ class PrefixReuseScorer:
             self._heads.popitem(last=False)
         return present
 
-    async def score(self, batch: EncodedBatch) -> BatchScores:
-        logits, queued = await self._lane.run_timed(self.run_sync, batch)
-        return BatchScores(logits=logits, backend=self.name, queued_s=queued)
-
-    async def ready(self) -> bool:
-        return True
-
     async def close(self) -> None:
         self._heads.clear()
-        self._lane.close()  # idempotent; drops this model's queued batches, the lane ends with its last model
+        await super().close()
 
     def info(self) -> dict[str, object]:
         return {"name": self.name, "prefix_reuse": True, "heads_computed": self.head_runs}

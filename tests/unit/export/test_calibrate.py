@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from calibration_data import copy_repository
 
 from export.__main__ import parse_args
 from export.calibrate import KEEPS, calibrate, cpu_logits, read_calibration
@@ -17,19 +16,6 @@ from export.errors import ExportError
 from gateway.app import build_reranker
 from gateway.config import Settings
 from gateway.domain import RerankQuery
-
-
-def _copy_repository(source: Path, target: Path) -> Path:
-    """A writable copy whose ONNX files are links into the shared test cache (manifests are real copies)."""
-
-    def link_or_copy(src: str, dst: str) -> None:
-        if src.endswith(".onnx"):
-            os.symlink(src, dst)
-        else:
-            shutil.copy2(src, dst)
-
-    shutil.copytree(source, target, copy_function=link_or_copy)
-    return target
 
 
 def _calibration_file(path: Path, queries: int = 3, docs: int = 30) -> Path:
@@ -45,7 +31,7 @@ def _calibration_file(path: Path, queries: int = 3, docs: int = 30) -> Path:
 
 
 def test_calibration_writes_the_smallest_keep_meeting_the_target(tiny_model_repository, tmp_path):
-    repo = _copy_repository(tiny_model_repository, tmp_path / "repo")
+    repo = copy_repository(tiny_model_repository, tmp_path / "repo")
     entry = calibrate(repo, _calibration_file(tmp_path / "cal.jsonl"), target=0.95, rule="prefilter")
     manifest = json.loads((repo / "reranker" / "manifest.json").read_text())
     assert manifest["cascade"] == entry and entry["queries"] == 3
