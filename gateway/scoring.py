@@ -159,12 +159,14 @@ class StageScorer:
             self.stage.meter.record(tokens, started + result.queued_s, time.perf_counter())
         return result
 
-    async def warm_up(self, *, pair_tokens: int = 256) -> None:
+    async def warm_up(self, *, pair_tokens: int | None = None) -> None:
         """Measure this stage's speed before traffic does: one short pair to wake the runtime (its first call
-        allocates), then synthetic pairs of `pair_tokens` (at most the stage's window) filling two batches of
-        its token budget, through the real tokenizer, batching and runtime, past the cache."""
+        allocates), then synthetic pairs of `pair_tokens` (default and at most: the stage's window, the long
+        documents that cost most a token; a 16-layer decoder measured 1,284 tokens/s on 256-token pairs and
+        826 on full 512-token windows, and admission priced a flood 36% short) filling two batches of its
+        token budget, through the real tokenizer, batching and runtime, past the cache."""
         stage = self.stage
-        length = min(pair_tokens, stage.max_length)
+        length = min(pair_tokens or stage.max_length, stage.max_length)
         opts = PairOptions(max_length=length, max_chunks=1, overlap=0, truncate=True, direction="right")
         words = _WARM_UP_TEXT.split()
         document = " ".join(words[i % len(words)] for i in range(length))  # a word is a token or more
