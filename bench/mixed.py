@@ -2,7 +2,7 @@
 
 One gateway (`python -m gateway`, real uvicorn on 127.0.0.1) serves two models from one models file: the MiniLM
 stand-in (`minilm`, int8) and a decoder reranker costing more than 10x per token (`qwen3`: a random-weight
-Qwen3ForCausalLM in the Qwen3-Reranker layout, 16 layers x hidden 1024, with the real Qwen3 tokenizer, int8),
+Qwen3ForCausalLM in the Qwen3-Reranker layout, 20 layers x hidden 1024, with the real Qwen3 tokenizer, int8),
 both exported with `python -m export --prefilter none` (cached under bench/.work/mixed). A light client sends
 small requests (10 short documents) to the small model, first alone, then while 6 clients flood the decoder
 with 20 x 400-word documents. The report (bench/results/mixed.{json,md}): the small model's p50/p99 in both
@@ -42,11 +42,12 @@ SMALL, BIG = "minilm", "qwen3"
 SMALL_SOURCE = REPO_ROOT.parent / "shared" / "models" / "minilm-l6-rerank-standin"
 QWEN3_TOKENIZER = REPO_ROOT.parent / "shared" / "tokenizers" / "qwen3"
 BIG_MAX_LENGTH = 512
-# A Qwen3-Reranker-layout decoder at 16 layers x hidden 1024 (Qwen3-0.6B's width, 16 of its 28 layers) with the
-# real vocabulary rows: about 24x MiniLM-L6's multiply-adds per token. Served int8 from its fused graph with the
-# shared prompt computed once, 8 layers measured only 6x MiniLM's cost per token (the issue asks at least 10x).
+# A Qwen3-Reranker-layout decoder at 20 layers x hidden 1024 (Qwen3-0.6B's width, 20 of its 28 layers) with the
+# real vocabulary rows: about 30x MiniLM-L6's multiply-adds per token. Served int8 from its fused graph with the
+# shared prompt computed once, 8 layers measured only 6x MiniLM's cost per token and 16 layers 10-12x from run to
+# run (the issue asks at least 10x).
 QWEN3_BENCH: dict[str, Any] = {
-    "vocab_size": 151669, "hidden_size": 1024, "num_hidden_layers": 16, "num_attention_heads": 16,
+    "vocab_size": 151669, "hidden_size": 1024, "num_hidden_layers": 20, "num_attention_heads": 16,
     "num_key_value_heads": 8, "intermediate_size": 3072, "head_dim": 128, "tie_word_embeddings": True,
     "max_position_embeddings": 1024, "initializer_range": 0.02,
 }  # fmt: skip
@@ -109,7 +110,8 @@ def build_repository(work: Path = MIXED_WORK, *, rebuild: bool = False) -> Path:
     _export(["--model", str(SMALL_SOURCE), "--prefilter", "none", "--output", str(repository),
              "--name", SMALL, "--quiet"], logs / "export-minilm.log")  # fmt: skip
     source = build_decoder_source(work / "qwen3-source")
-    log(f"mixed: exporting {BIG} (16 x 1024 decoder, real Qwen3 tokenizer) with its parity gate")
+    shape = f"{QWEN3_BENCH['num_hidden_layers']} x {QWEN3_BENCH['hidden_size']}"
+    log(f"mixed: exporting {BIG} ({shape} decoder, real Qwen3 tokenizer) with its parity gate")
     _export(["--model", str(source), "--template", "qwen3-reranker", "--prefilter", "none",
              "--output", str(repository), "--name", BIG, "--max-length", str(BIG_MAX_LENGTH)],
             logs / "export-qwen3.log")  # fmt: skip

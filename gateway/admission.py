@@ -6,8 +6,10 @@ already queued, the in-flight bound, the deadline. Per served model: each has it
 query, pairs per request), plans the queries on the model (gateway/plan.py: their tokens per stage, counted
 with the model's own pair layout) and prices them in seconds at that model's measured speed (gateway/speed.py:
 measured at load by a warm-up, kept current from its batches; never another model's). It admits the request
-when it can finish before its deadline: the model's queued work and its own, plus what the other models'
-queued work takes of the runtime meanwhile under weighted fair sharing, plus one batch already running.
+when it can finish before its deadline: the model's queued work and its own, plus what the other models take
+of the runtime meanwhile under weighted fair sharing (their queued work, or the share their batches held
+recently when that is more), plus one batch already running. Admitted work is priced again at each decision,
+at the speed measured now: a model that slows down while it shares the machine makes its queue longer.
 Otherwise it says no at once (Overloaded -> 429 with Retry-After: when enough will have drained), instead of
 queueing work that would answer 504 after the wait. A request whose own work exceeds the deadline, however
 empty the queue, is refused at once too, as a limit (LimitExceeded `request_timeout_s` -> 413: send less);
@@ -22,8 +24,10 @@ request (its client left) gives back its place and its queued work.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from gateway import metrics
 from gateway.config import Settings
@@ -36,6 +40,8 @@ from gateway.plan import RequestPlan
 # runtime's service time, not tokenizing, the HTTP round trip or a machine that slows down meanwhile, and a
 # request refused at once (429) serves its client better than one answered 504 after waiting.
 ADMIT_WITHIN = 0.8
+# The other models' recent share of the runtime counts up to this much of it (the rest is this model's).
+MOST_HELD_BY_OTHERS = 0.9
 # A speed measured longer ago than this is measured again before it refuses a request as too large.
 STALE_SPEED_S = 60.0
 
@@ -71,25 +77,57 @@ class AdmissionConfig:
             )
 
 
+class Priced(Protocol):
+    """What admission reads of a model's speed (gateway/speed.py `ModelSpeed`)."""
+
+    def seconds(self, plans: Sequence[RequestPlan]) -> float | None: ...
+    def busy_share(self) -> float: ...
+    @property
+    def batch_seconds(self) -> float: ...
+
+
 @dataclass
 class ModelQueue:
-    """One served model's admitted requests: how many, their estimated runtime seconds, their slots."""
+    """One served model's admitted requests: how many, their estimated runtime seconds at the model's current
+    speed, their slots; and what the model's recent batches took of the runtime."""
 
     name: str
     config: AdmissionConfig
     in_flight: int = 0  # admitted and not yet answered (running or waiting for a slot)
     queued_s: float = 0.0  # their estimated runtime seconds (0 for work priced before a speed was known)
     batch_s: float = 0.0  # how long one of its batches holds the runtime
+    busy_share: float = 0.0  # the share of the recent seconds its batches held the runtime
+    speed: Priced | None = None  # the model's measured speed, which prices its admitted work again
+    _admitted: dict[int, tuple[Sequence[RequestPlan], float]] = field(default_factory=dict, repr=False)
+    _tickets: Iterator[int] = field(default_factory=itertools.count, repr=False)
     _slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = field(default=None, repr=False)
 
-    def enter(self, seconds: float) -> None:
+    def enter(self, seconds: float, plans: Sequence[RequestPlan] = ()) -> int:
+        """Admit a request of `plans`, priced `seconds` now; its ticket, for `leave`."""
+        ticket = next(self._tickets)
+        self._admitted[ticket] = (plans, seconds)
         self.in_flight += 1
         self.queued_s += seconds
         self._publish()
+        return ticket
 
-    def leave(self, seconds: float) -> None:
+    def leave(self, ticket: int) -> None:
+        self._admitted.pop(ticket, None)
         self.in_flight -= 1
-        self.queued_s = max(0.0, self.queued_s - seconds) if self.in_flight else 0.0
+        self.reprice()
+
+    def reprice(self) -> None:
+        """The admitted work in seconds at the model's speed now (it drifts while other work shares the
+        machine; work admitted before the speed was known gets its price), and its recent use of the runtime."""
+        speed = self.speed
+        total = 0.0
+        for plans, charged in self._admitted.values():
+            seconds = speed.seconds(plans) if speed is not None and plans else None
+            total += charged if seconds is None else seconds
+        self.queued_s = total
+        if speed is not None:
+            self.batch_s = speed.batch_seconds
+            self.busy_share = speed.busy_share()
         self._publish()
 
     def slots(self) -> asyncio.Semaphore:
@@ -147,11 +185,12 @@ class Admission:
             if age is None or age > STALE_SPEED_S:  # a refusal must not rest on an old figure
                 await speed.remeasure()
                 seconds = speed.seconds(plans)
-        queue.batch_s = speed.batch_seconds
+        queue.speed = speed
+        for q in self._queues.values():
+            q.reprice()
         if seconds is not None:
             self._admit(queue, seconds)
-        charged = seconds or 0.0
-        queue.enter(charged)
+        ticket = queue.enter(seconds or 0.0, plans)
         timeout = queue.config.request_timeout_s
         try:
             return await asyncio.wait_for(self._run(queue, reranker, plans), timeout)
@@ -159,16 +198,21 @@ class Admission:
             metrics.REJECTED.labels("timeout", queue.name).inc()
             raise RequestTimedOut(f"the request took longer than request_timeout_s ({timeout}s)") from None
         finally:
-            queue.leave(charged)
+            queue.leave(ticket)
 
     def finish_seconds(self, queue: ModelQueue, seconds: float) -> float:
         """When `seconds` more of `queue`'s work would be done, with the work already admitted: under weighted
         fair sharing, while the runtime does the X seconds this model has queued (its own included), each other
-        model B with work queued gets up to X * weight_B / weight of it; and a batch already running is not
-        pre-empted."""
+        model B takes up to X * weight_B / weight of it: its queued work, or, when more, the share of the
+        runtime its batches held recently (a stream of small requests queues little at any moment but keeps
+        coming); and a batch already running is not pre-empted."""
         own = queue.queued_s + seconds
-        others = [q for q in self._queues.values() if q is not queue and q.in_flight]
-        shared = sum(min(q.queued_s, own * q.config.weight / queue.config.weight) for q in others)
+        others = [q for q in self._queues.values() if q is not queue and (q.in_flight or q.busy_share)]
+        held = min(MOST_HELD_BY_OTHERS, sum(q.busy_share for q in others))
+        shared = sum(
+            min(max(q.queued_s, own * q.busy_share / (1 - held)), own * q.config.weight / queue.config.weight)
+            for q in others
+        )
         running = max((q.batch_s for q in others), default=0.0)
         return own + shared + running
 
@@ -195,10 +239,15 @@ class Admission:
             return
         metrics.REJECTED.labels("overloaded", queue.name).inc()
         busy = sum(q.queued_s for q in self._queues.values())
+        streams = ", ".join(
+            f"{q.name!r} held {q.busy_share:.0%} of the runtime"
+            for q in self._queues.values()
+            if q is not queue and q.busy_share >= 0.01
+        )
         raise Overloaded(
             f"{self.in_flight} requests hold about {busy:.1f}s of work ({queue.in_flight} of them for "
-            f"{queue.name!r}, {queue.queued_s:.1f}s); with this request's {seconds:.1f}s they would not finish "
-            f"within request_timeout_s ({timeout}s)",
+            f"{queue.name!r}, {queue.queued_s:.1f}s){' and recently ' + streams if streams else ''}; with this "
+            f"request's {seconds:.1f}s they would not finish within request_timeout_s ({timeout}s)",
             retry_after=finish_s - budget,  # when enough of the queue has drained; the HTTP layer rounds up
         )
 

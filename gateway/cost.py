@@ -14,20 +14,26 @@ the meter counts the union of their service intervals, so concurrency shows as s
 from __future__ import annotations
 
 import time
+from collections import deque
 
 from gateway import metrics
 
 
 class WorkMeter:
     """Tokens per second of service time of one model, from its batches; older measurements fade (halved
-    every `horizon_s` of service time), so the rate follows the machine when other work slows it."""
+    every `horizon_s` of service time), so the rate follows the machine when other work slows it. It also
+    knows what share of the last `recent_s` seconds (wall clock) the model's batches were in service: what a
+    model that shares the runtime with it will not get meanwhile."""
 
-    def __init__(self, model: str, *, horizon_s: float = 60.0) -> None:
+    def __init__(self, model: str, *, horizon_s: float = 20.0, recent_s: float = 15.0) -> None:
         self.model = model
         self.horizon_s = horizon_s
+        self.recent_s = recent_s
         self._tokens = 0.0
         self._busy_s = 0.0
         self._until = 0.0  # the end of the latest service interval counted (perf_counter seconds)
+        self._recent: deque[tuple[float, float]] = deque()  # (finished, busy seconds) within recent_s
+        self._recent_busy_s = 0.0
         self._batch_s: float | None = None  # a batch's service time, smoothed
         self.batches = 0
         self.measured_at: float | None = None  # time.monotonic() of the last batch measured
@@ -56,9 +62,11 @@ class WorkMeter:
         """A batch of `tokens` (unpadded) that was in service from `started` to `finished` (perf_counter)."""
         if finished <= started or tokens <= 0:
             return
-        busy = finished - max(started, self._until)
+        busy = max(0.0, finished - max(started, self._until))
         self._until = max(self._until, finished)
-        self._busy_s += max(0.0, busy)
+        self._busy_s += busy
+        self._recent.append((finished, busy))
+        self._recent_busy_s += busy
         self._tokens += tokens
         took = finished - started
         self._batch_s = took if self._batch_s is None else 0.8 * self._batch_s + 0.2 * took
@@ -70,6 +78,15 @@ class WorkMeter:
         rate = self.per_second
         if rate is not None:
             metrics.WORK_RATE.labels(self.model).set(rate)
+
+    def busy_share(self, now: float | None = None) -> float:
+        """The share of the last `recent_s` seconds (perf_counter) this model's batches were in service."""
+        now = time.perf_counter() if now is None else now
+        while self._recent and self._recent[0][0] < now - self.recent_s:
+            self._recent_busy_s -= self._recent.popleft()[1]
+        if not self._recent:
+            self._recent_busy_s = 0.0
+        return min(1.0, max(0.0, self._recent_busy_s / self.recent_s))
 
     def reset(self) -> None:
         """Forget what was measured (a new measurement follows)."""

@@ -81,6 +81,10 @@ class ModelSpeed:
         """Seconds since the cross-encoder's speed was last measured (None: never)."""
         return self._models.reranker.meter.age_s() if self._models else None
 
+    def busy_share(self) -> float:
+        """The share of the recent seconds the cross-encoder's batches held its runtime (0: unloaded)."""
+        return self._models.reranker.meter.busy_share() if self._models else 0.0
+
     @property
     def batch_seconds(self) -> float:
         """How long one of this model's batches holds the runtime (another model's batch may wait that long)."""

@@ -48,6 +48,16 @@ def test_overlapping_batches_count_their_time_once():
     assert meter.per_second == pytest.approx(3000 / 1.5)
 
 
+def test_a_meter_knows_what_share_of_the_recent_seconds_its_batches_held():
+    meter = WorkMeter("m", recent_s=10.0)
+    assert meter.busy_share(now=0.0) == 0.0
+    meter.record(100, 1.0, 2.0)
+    meter.record(100, 1.5, 4.0)  # overlaps the first by half a second: 3 s in service
+    assert meter.busy_share(now=5.0) == pytest.approx(0.3)
+    assert meter.busy_share(now=12.5) == pytest.approx(0.2)  # the first batch's second left the window
+    assert meter.busy_share(now=30.0) == 0.0
+
+
 def test_old_measurements_fade_but_keep_the_rate():
     meter = WorkMeter("m", horizon_s=2.0)
     for k in range(5):
@@ -170,6 +180,10 @@ class HeldModel:
         self.loaded = True
         self.release = asyncio.Event()
         self.ran = 0
+        self.busy = 0.0  # the share of the recent seconds its batches held the runtime
+
+    def busy_share(self) -> float:
+        return self.busy
 
     async def load(self) -> None:
         return None
@@ -246,6 +260,52 @@ def test_the_finish_time_counts_the_other_models_share_of_the_runtime():
     assert favoured.finish_seconds(favoured.queue("fast"), 5.0) == pytest.approx(5 + 5 / 4 + 0.5)
     # the slow model's queue is only so long: what it does not have, it does not take
     assert equal.finish_seconds(equal.queue("fast"), 20.0) == pytest.approx(20 + 8 + 0.5)
+
+
+def test_admitted_work_is_priced_again_at_the_speed_measured_now():
+    """A model slows down while it shares the machine: its admitted work is longer than when it was admitted,
+    and a request that would have fitted at the old speed is refused."""
+    slow = HeldModel("slow", seconds=2.0)  # deadline 10 s: 8 s admitted
+    admission = _admission(slow)
+    q = [RerankQuery(QUERY, DOCS)]
+
+    async def go():
+        held = [asyncio.ensure_future(admission.run(q, slow)) for _ in range(2)]  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        assert admission.queue("slow").queued_s == pytest.approx(4.0)
+        slow.cost = 3.0  # 1.5x slower now: 6 s queued, 9 s with the next one
+        with pytest.raises(Overloaded) as refused:
+            await admission.run(q, slow)  # type: ignore[arg-type]
+        assert admission.queue("slow").queued_s == pytest.approx(6.0)
+        slow.release.set()
+        await asyncio.gather(*held)
+        return refused.value
+
+    refused = asyncio.run(go())
+    assert refused.retry_after == pytest.approx(9.0 - ADMIT_WITHIN * 10.0)
+    assert admission.queue("slow").queued_s == 0
+
+
+def test_a_stream_of_small_requests_counts_by_its_recent_share_of_the_runtime():
+    """A model that queues little at any moment but keeps sending takes its recent share meanwhile."""
+    slow, fast = HeldModel("slow", 4.0), HeldModel("fast", 0.01, batch_seconds=0.05)
+    admission = _admission(slow, fast, timeout=10.0)
+    fast_queue = admission.queue("fast")
+    fast_queue.busy_share, fast_queue.batch_s = 0.2, 0.05  # nothing queued, 20 % of the runtime recently
+    # 4 s of slow work gets 80 % of the runtime: 5 s, of which the fast stream takes 1 s; one fast batch runs
+    assert admission.finish_seconds(admission.queue("slow"), 4.0) == pytest.approx(4 + 1 + 0.05)
+    fast_queue.busy_share = 0.95  # a flood on the fast model takes at most its fair share (weights 1:1)
+    assert admission.finish_seconds(admission.queue("slow"), 4.0) == pytest.approx(4 + 4 + 0.05)
+    with pytest.raises(Overloaded, match="'fast' held 95% of the runtime"):
+        asyncio.run(admission.run([RerankQuery(QUERY, DOCS)], slow))  # type: ignore[arg-type]
+    fast_queue.busy_share = 0.2
+    fast.busy = 0.5  # admission reads the share from the model's speed at each decision
+    slow.release.set()
+    assert asyncio.run(admission.run([RerankQuery(QUERY, DOCS)], slow)) == ["done"]  # type: ignore[arg-type]
+    assert admission.queue("slow").busy_share == 0.0 and fast_queue.busy_share == 0.2  # fast: not asked yet
+    fast.release.set()
+    asyncio.run(admission.run([RerankQuery(QUERY, DOCS)], fast))  # type: ignore[arg-type]
+    assert fast_queue.busy_share == 0.5
 
 
 def test_unpriced_work_is_admitted():
