@@ -94,28 +94,32 @@ def cpu_logits(
     outputs = [o.name for o in session.get_outputs()]
     output = "logits" if "logits" in outputs else outputs[0]
     max_rows = 1 if s.int8_row_batches and is_dynamic_int8(variant) else s.max_batch_size
-    out: list[list[float]] = []
-    for item in items:
-        encoded = tokenizer.encode_pairs(
-            item["query"], item["documents"], max_chunks=s.max_chunks_per_doc, overlap=s.chunk_overlap_tokens
-        )
-        windows = encoded.windows
-        best = [-np.inf] * len(item["documents"])  # a long document's best window wins, as in the gateway
-        if cached:  # the gateway's PrefixReuseScorer: the query's head once, each window after its cache
-            scores = decoder_prefix.score_windows(session, windows)
-            for window, logit in zip(windows, scores.tolist(), strict=True):
-                best[window.doc] = max(best[window.doc], float(np.float32(logit)))
-            out.append([float(x) for x in best])
-            continue
+
+    def logits(windows: list[Any]) -> list[float]:
+        """Each window's logit, the way the gateway runs them: after the query's cached head (a decoder's
+        PrefixReuseScorer), or in the token-budget batches it plans."""
+        if cached:
+            return [float(np.float32(x)) for x in decoder_prefix.score_windows(session, windows).tolist()]
+        found = [0.0] * len(windows)
         for rows in plan_batches(
             [len(w.ids) for w in windows], token_budget=s.token_budget, max_rows=max_rows
         ):
             batch = build_batch(
                 [windows[k] for k in rows], input_names, tokenizer.pad_id, padding_side=tokenizer.padding_side
             )
-            logits = np.asarray(session.run([output], batch.inputs)[0], dtype=np.float32)
-            for k, logit in zip(rows, logits.reshape(batch.size, -1)[:, 0].tolist(), strict=True):
-                best[windows[k].doc] = max(best[windows[k].doc], logit)
+            scored = np.asarray(session.run([output], batch.inputs)[0], dtype=np.float32)
+            for k, logit in zip(rows, scored.reshape(batch.size, -1)[:, 0].tolist(), strict=True):
+                found[k] = logit
+        return found
+
+    out: list[list[float]] = []
+    for item in items:
+        encoded = tokenizer.encode_pairs(
+            item["query"], item["documents"], max_chunks=s.max_chunks_per_doc, overlap=s.chunk_overlap_tokens
+        )
+        best = [-np.inf] * len(item["documents"])  # a long document's best window wins, as in the gateway
+        for window, logit in zip(encoded.windows, logits(encoded.windows), strict=True):
+            best[window.doc] = max(best[window.doc], logit)
         out.append([float(x) for x in best])
     return out
 

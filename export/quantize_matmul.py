@@ -41,73 +41,33 @@ def quantize_matmuls(source: Path, output: Path, settings: Int8Settings) -> int:
         raise ExportError("quantize_matmuls writes per-channel QInt8 weights only")
     model = onnx.load(str(source), load_external_data=False)
     graph = model.graph
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer)
+    store = _Weights(source.parent, output, external)
+    rewrite = _Rewrite(source.parent, store, qmax=64.0 if settings.reduce_range else 127.0)
     weights = {t.name: t for t in graph.initializer}
     uses: dict[str, int] = {}
     for node in graph.node:
         for name in node.input:
             uses[name] = uses.get(name, 0) + 1
-    qmax = 64.0 if settings.reduce_range else 127.0
-    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer)
-    store = _Weights(source.parent, output, external)
-    replaced = 0
-    nodes = []
-    activations: dict[str, list[str]] = {}
-    added = []
     for node in graph.node:
-        weight = (
-            weights.get(node.input[1])
-            if node.op_type == "MatMul" and node.domain in ("", "ai.onnx")
-            else None
-        )
-        if weight is None or len(weight.dims) != 2 or weight.data_type != onnx.TensorProto.FLOAT:
-            nodes.append(node)
+        weight = _float_weight(node, weights)
+        if weight is None:
+            rewrite.nodes.append(node)
             continue
-        w = _read(weight, source.parent)
-        absmax = np.abs(w).max(axis=0)
-        scale = np.where(absmax > 0, absmax / qmax, 1.0).astype(np.float32)
-        q = np.clip(np.rint(w / scale), -qmax, qmax).astype(np.int8)
-        base = weight.name
-        quantized = store.add(q, f"{base}_quantized")
-        scales = numpy_helper.from_array(scale, f"{base}_scale")
-        zero = numpy_helper.from_array(np.zeros(scale.shape, dtype=np.int8), f"{base}_zero_point")
-        added.extend([quantized, scales, zero])
-        activation = node.input[0]
-        if activation not in activations:  # one quantization per activation, shared by its MatMuls (Q, K, V)
-            activations[activation] = [
-                f"{activation}_{part}" for part in ("quantized", "scale", "zero_point")
-            ]
-            nodes.append(
-                helper.make_node(
-                    "DynamicQuantizeLinear",
-                    [activation],
-                    activations[activation],
-                    name=f"{activation}_quantize",
-                )
-            )
-        a_q, a_scale, a_zero = activations[activation]
-        nodes.append(
-            helper.make_node(
-                "MatMulIntegerToFloat",
-                [a_q, quantized.name, a_scale, scales.name, a_zero, zero.name],
-                list(node.output),
-                name=f"{node.name or base}_quant",
-                domain="com.microsoft",
-            )
-        )
-        uses[base] -= 1
-        del w, q
-        replaced += 1
-    if not replaced:
+        rewrite.quantize(node, weight)
+        uses[weight.name] -= 1
+    if not rewrite.replaced:
         store.close()
         raise ExportError(f"{source.name} has no MatMul with a 2-D float weight to quantize")
     # the weights that stay fp32 (embeddings, norms): inline, or copied into the output's data file
     kept = [store.keep(t) for t in graph.initializer if uses.get(t.name, 1) > 0]
     store.close()
     del graph.node[:]
-    graph.node.extend(nodes)
+    graph.node.extend(rewrite.nodes)
     del graph.initializer[:]
-    graph.initializer.extend([*kept, *added])
-    del kept, added
+    graph.initializer.extend([*kept, *rewrite.added])
+    replaced = rewrite.replaced
+    del kept, rewrite
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     gc.collect()
@@ -116,6 +76,66 @@ def quantize_matmuls(source: Path, output: Path, settings: Int8Settings) -> int:
     else:
         onnx_export.save_model(model, output)
     return replaced
+
+
+def _float_weight(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto]) -> onnx.TensorProto | None:
+    """The 2-D float weight `node` multiplies by, when it is a MatMul of one (else None)."""
+    if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
+        return None
+    weight = weights.get(node.input[1])
+    if weight is None or len(weight.dims) != 2 or weight.data_type != onnx.TensorProto.FLOAT:
+        return None
+    return weight
+
+
+def _per_channel_int8(w: np.ndarray, qmax: float) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 of a [in, out] weight with one scale per output column: (values, scales)."""
+    absmax = np.abs(w).max(axis=0)
+    scale = np.where(absmax > 0, absmax / qmax, 1.0).astype(np.float32)
+    return np.clip(np.rint(w / scale), -qmax, qmax).astype(np.int8), scale
+
+
+class _Rewrite:
+    """The int8 graph's nodes and new initializers, built MatMul by MatMul."""
+
+    def __init__(self, folder: Path, store: _Weights, *, qmax: float) -> None:
+        self.folder, self.store, self.qmax = folder, store, qmax
+        self.nodes: list[onnx.NodeProto] = []
+        self.added: list[onnx.TensorProto] = []
+        self.replaced = 0
+        self._activations: dict[str, list[str]] = {}  # activation -> its quantized value, scale, zero point
+
+    def quantize(self, node: onnx.NodeProto, weight: onnx.TensorProto) -> None:
+        """`node` (a MatMul by `weight`) as MatMulIntegerToFloat of its quantized activation and weight."""
+        q, scale = _per_channel_int8(_read(weight, self.folder), self.qmax)
+        base = weight.name
+        quantized = self.store.add(q, f"{base}_quantized")
+        scales = numpy_helper.from_array(scale, f"{base}_scale")
+        zero = numpy_helper.from_array(np.zeros(scale.shape, dtype=np.int8), f"{base}_zero_point")
+        self.added.extend([quantized, scales, zero])
+        a_q, a_scale, a_zero = self._quantized_activation(node.input[0])
+        self.nodes.append(
+            helper.make_node(
+                "MatMulIntegerToFloat",
+                [a_q, quantized.name, a_scale, scales.name, a_zero, zero.name],
+                list(node.output),
+                name=f"{node.name or base}_quant",
+                domain="com.microsoft",
+            )
+        )
+        self.replaced += 1
+
+    def _quantized_activation(self, activation: str) -> list[str]:
+        """One DynamicQuantizeLinear per activation, shared by the MatMuls that read it (Q, K, V)."""
+        if activation not in self._activations:
+            outputs = [f"{activation}_{part}" for part in ("quantized", "scale", "zero_point")]
+            self._activations[activation] = outputs
+            self.nodes.append(
+                helper.make_node(
+                    "DynamicQuantizeLinear", [activation], outputs, name=f"{activation}_quantize"
+                )
+            )
+        return self._activations[activation]
 
 
 class _Weights:

@@ -428,6 +428,28 @@ def stop_servers(pid_file: Path, ports: Iterable[int], timeout_s: float = 20.0) 
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    pid_file = args.pid_file or _pid_file(args.root)
+    ports = (args.http_port, args.grpc_port, args.metrics_port)
+    if args.command == "stop":
+        return _stop(pid_file, ports)
+    if args.command in ("serve", "check"):
+        running = running_server(pid_file, ports)
+        if running is not None:
+            _log(f"error: {running.describe()}; `make triton-stop` stops it")
+            return 1
+    try:
+        installed = install(args.root)
+        if args.command == "setup":
+            _log(f"installed under {installed.root}")
+            return 0
+        return _serve(args, installed, pid_file, ports)
+    except TritonSetupError as exc:
+        _log(f"error: {exc}")
+        return 1
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m export.triton_local", description=__doc__.split("\n")[0])
     parser.add_argument(
         "command",
@@ -447,72 +469,65 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-port", type=int, default=8002)
     parser.add_argument("--model-config-name", default="cpu")
     parser.add_argument("--ready-timeout", type=float, default=180.0)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    pid_file = args.pid_file or _pid_file(args.root)
-    ports = (args.http_port, args.grpc_port, args.metrics_port)
-    if args.command == "stop":
-        stopped = stop_servers(pid_file, ports)
-        for found in stopped:
-            _log(f"stopped the tritonserver with pid {found.pid} (ports {', '.join(map(str, found.ports))})")
-        if not stopped:
-            _log(
-                f"no tritonserver runs (none recorded in {pid_file}, none on ports {', '.join(map(str, ports))})"
-            )
-        return 0
-    if args.command in ("serve", "check"):
-        running = running_server(pid_file, ports)
-        if running is not None:
-            _log(f"error: {running.describe()}; `make triton-stop` stops it")
-            return 1
-    try:
-        installed = install(args.root)
-        if args.command == "setup":
-            _log(f"installed under {installed.root}")
-            return 0
-        server = TritonServer(
-            installed,
-            args.repository,
-            http_port=args.http_port,
-            grpc_port=args.grpc_port,
-            metrics_port=args.metrics_port,
-            model_config_name=args.model_config_name,
-            log_path=installed.root / "tritonserver.log" if args.command == "check" else None,
+
+def _stop(pid_file: Path, ports: tuple[int, int, int]) -> int:
+    stopped = stop_servers(pid_file, ports)
+    for found in stopped:
+        _log(f"stopped the tritonserver with pid {found.pid} (ports {', '.join(map(str, found.ports))})")
+    if not stopped:
+        _log(
+            f"no tritonserver runs (none recorded in {pid_file}, none on ports {', '.join(map(str, ports))})"
         )
-        stop_requested = False
+    return 0
 
-        def request_stop(signum: int, frame: object) -> None:
-            nonlocal stop_requested
-            stop_requested = True
 
-        signal.signal(signal.SIGTERM, request_stop)
-        with server:
-            assert server.process is not None
-            own_record = f"{server.process.pid} {' '.join(map(str, ports))}\n"
-            pid_file.parent.mkdir(parents=True, exist_ok=True)
-            pid_file.write_text(own_record)
-            try:
-                server.wait_ready(args.ready_timeout)
-                _log(f"ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics :{server.metrics_port}")
-                if args.command == "check":
-                    return 0
-                _log("Ctrl-C to stop")
-                while not stop_requested and server.process.poll() is None:
-                    time.sleep(0.5)
-                if server.process.poll() is not None:
-                    _log(f"tritonserver exited with code {server.process.returncode}")
-                    return 0 if server.process.returncode == 0 else 1
-            except KeyboardInterrupt:
-                pass
-            finally:
-                _log("stopping")
-                with contextlib.suppress(OSError):
-                    if pid_file.read_text() == own_record:  # never another server's record
-                        pid_file.unlink()
-        return 0
-    except TritonSetupError as exc:
-        _log(f"error: {exc}")
-        return 1
+def _serve(
+    args: argparse.Namespace, installed: TritonInstall, pid_file: Path, ports: tuple[int, int, int]
+) -> int:
+    """`serve` (until Ctrl-C, SIGTERM or the server's exit) or `check` (until ready), with the server recorded
+    in `pid_file` meanwhile."""
+    server = TritonServer(
+        installed,
+        args.repository,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        model_config_name=args.model_config_name,
+        log_path=installed.root / "tritonserver.log" if args.command == "check" else None,
+    )
+    stop_requested = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    with server:
+        assert server.process is not None
+        own_record = f"{server.process.pid} {' '.join(map(str, ports))}\n"
+        pid_file.parent.mkdir(parents=True, exist_ok=True)
+        pid_file.write_text(own_record)
+        try:
+            server.wait_ready(args.ready_timeout)
+            _log(f"ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics :{server.metrics_port}")
+            if args.command == "check":
+                return 0
+            _log("Ctrl-C to stop")
+            while not stop_requested and server.process.poll() is None:
+                time.sleep(0.5)
+            if server.process.poll() is not None:
+                _log(f"tritonserver exited with code {server.process.returncode}")
+                return 0 if server.process.returncode == 0 else 1
+        except KeyboardInterrupt:
+            pass
+        finally:
+            _log("stopping")
+            with contextlib.suppress(OSError):
+                if pid_file.read_text() == own_record:  # never another server's record
+                    pid_file.unlink()
+    return 0
 
 
 if __name__ == "__main__":
