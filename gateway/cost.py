@@ -67,6 +67,7 @@ class WorkMeter:
         self._busy_s += busy
         self._recent.append((finished, busy))
         self._recent_busy_s += busy
+        self._forget_before(finished - self.recent_s)
         self._tokens += tokens
         took = finished - started
         self._batch_s = took if self._batch_s is None else 0.8 * self._batch_s + 0.2 * took
@@ -82,11 +83,16 @@ class WorkMeter:
     def busy_share(self, now: float | None = None) -> float:
         """The share of the last `recent_s` seconds (perf_counter) this model's batches were in service."""
         now = time.perf_counter() if now is None else now
-        while self._recent and self._recent[0][0] < now - self.recent_s:
+        self._forget_before(now - self.recent_s)
+        return min(1.0, max(0.0, self._recent_busy_s / self.recent_s))
+
+    def _forget_before(self, moment: float) -> None:
+        """Drop the batches that finished before `moment` from the recent ones (called by every batch too, so
+        a model nobody asks about keeps no more than its last `recent_s` of batches)."""
+        while self._recent and self._recent[0][0] < moment:
             self._recent_busy_s -= self._recent.popleft()[1]
         if not self._recent:
             self._recent_busy_s = 0.0
-        return min(1.0, max(0.0, self._recent_busy_s / self.recent_s))
 
     def reset(self) -> None:
         """Forget what was measured (a new measurement follows)."""

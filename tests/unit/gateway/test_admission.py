@@ -56,6 +56,9 @@ def test_a_meter_knows_what_share_of_the_recent_seconds_its_batches_held():
     assert meter.busy_share(now=5.0) == pytest.approx(0.3)
     assert meter.busy_share(now=12.5) == pytest.approx(0.2)  # the first batch's second left the window
     assert meter.busy_share(now=30.0) == 0.0
+    for k in range(1000):  # batches nobody asks about: only the last recent_s of them are kept
+        meter.record(10, 100.0 + k, 100.5 + k)
+    assert len(meter._recent) <= 11 and meter.busy_share(now=1100.0) == pytest.approx(0.5)
 
 
 def test_old_measurements_fade_but_keep_the_rate():
