@@ -10,6 +10,7 @@ cross-encoder's manifest.json as `cascade.keep`, which the gateway starts from w
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -67,7 +68,7 @@ def cpu_logits(
     from gateway.config import Settings
     from gateway.cpu_features import cpu_flags, cpu_variant, is_dynamic_int8
     from gateway.repository import read_model_spec
-    from gateway.tokenization import PairTokenizer, build_batch, check_inputs, plan_batches
+    from gateway.tokenization import PairTokenizer, check_inputs
 
     s = Settings(  # type: ignore[call-arg]
         model_repository=repository,
@@ -90,38 +91,46 @@ def cpu_logits(
     options = ort.SessionOptions()
     options.intra_op_num_threads = s.intra_op_threads
     session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-    input_names = [i.name for i in session.get_inputs()]
-    outputs = [o.name for o in session.get_outputs()]
-    output = "logits" if "logits" in outputs else outputs[0]
     max_rows = 1 if s.int8_row_batches and is_dynamic_int8(variant) else s.max_batch_size
-
-    def logits(windows: list[Any]) -> list[float]:
-        """Each window's logit, the way the gateway runs them: after the query's cached head (a decoder's
-        PrefixReuseScorer), or in the token-budget batches it plans."""
-        if cached:
-            return [float(np.float32(x)) for x in decoder_prefix.score_windows(session, windows).tolist()]
-        found = [0.0] * len(windows)
-        for rows in plan_batches(
-            [len(w.ids) for w in windows], token_budget=s.token_budget, max_rows=max_rows
-        ):
-            batch = build_batch(
-                [windows[k] for k in rows], input_names, tokenizer.pad_id, padding_side=tokenizer.padding_side
-            )
-            scored = np.asarray(session.run([output], batch.inputs)[0], dtype=np.float32)
-            for k, logit in zip(rows, scored.reshape(batch.size, -1)[:, 0].tolist(), strict=True):
-                found[k] = logit
-        return found
-
     out: list[list[float]] = []
     for item in items:
         encoded = tokenizer.encode_pairs(
             item["query"], item["documents"], max_chunks=s.max_chunks_per_doc, overlap=s.chunk_overlap_tokens
         )
+        windows = encoded.windows
+        if cached:  # the gateway's PrefixReuseScorer: the query's head once, each window after its cache
+            logits = [float(np.float32(x)) for x in decoder_prefix.score_windows(session, windows).tolist()]
+        else:
+            logits = _batched_logits(
+                session, windows, tokenizer, token_budget=s.token_budget, max_rows=max_rows
+            )
         best = [-np.inf] * len(item["documents"])  # a long document's best window wins, as in the gateway
-        for window, logit in zip(encoded.windows, logits(encoded.windows), strict=True):
+        for window, logit in zip(windows, logits, strict=True):
             best[window.doc] = max(best[window.doc], logit)
         out.append([float(x) for x in best])
     return out
+
+
+def _batched_logits(
+    session: Any, windows: Sequence[Any], tokenizer: Any, *, token_budget: int, max_rows: int
+) -> list[float]:
+    """Each window's logit, run in the token-budget batches the gateway plans for them."""
+    import numpy as np
+
+    from gateway.tokenization import build_batch, plan_batches
+
+    input_names = [i.name for i in session.get_inputs()]
+    outputs = [o.name for o in session.get_outputs()]
+    output = "logits" if "logits" in outputs else outputs[0]
+    found = [0.0] * len(windows)
+    for rows in plan_batches([len(w.ids) for w in windows], token_budget=token_budget, max_rows=max_rows):
+        batch = build_batch(
+            [windows[k] for k in rows], input_names, tokenizer.pad_id, padding_side=tokenizer.padding_side
+        )
+        scored = np.asarray(session.run([output], batch.inputs)[0], dtype=np.float32)
+        for k, logit in zip(rows, scored.reshape(batch.size, -1)[:, 0].tolist(), strict=True):
+            found[k] = logit
+    return found
 
 
 def calibrate(
