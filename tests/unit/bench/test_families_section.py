@@ -45,7 +45,9 @@ def test_the_tiny_families_section_runs_end_to_end(tmp_path: Path) -> None:
     alone = memory["gateway-int8-modernbert"]
     assert "error" not in both and "error" not in alone
     assert both["served"] == ["modernbert", "qwen3-reranker"]
-    assert both["rss_peak_bytes"] >= alone["rss_peak_bytes"] > 0
+    # two tiny models weigh a few MB: within the allocator's noise a process holding both may peak a little lower
+    # (a CI rehearsal saw 137.77 MB against 137.92 MB alone), never far lower
+    assert both["rss_peak_bytes"] >= 0.97 * alone["rss_peak_bytes"] > 0
     report = (out / "families.md").read_text()
     assert (
         "| qwen3-reranker | 1 x 2 |" in report and "| gateway-int8 | modernbert + qwen3-reranker |" in report
