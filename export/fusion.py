@@ -238,12 +238,14 @@ def optimize_variant(
     num_heads: int,
     hidden_size: int,
     token_ids: tuple[int, int] | None,
+    plain_layer_norms: bool = True,
 ) -> dict[str, Any]:
     """Write the fp32-opt file for any family and return what the manifest records of it (`optimizations`,
     and `kv_cache` for a cached decoder graph): the family's fusion recipe where it has one, else ONNX
     Runtime's own transformer optimizer on the fp32 graph (BERT-like encoders); ExportError when neither
-    applies or the fusion fails."""
-    from export import quantize, torch_export
+    applies or the fusion fails. `plain_layer_norms`: LayerNorms as plain ops (export/layer_norm.py; off only
+    for `python -m bench.cpu_kernels`, which measures both)."""
+    from export import layer_norm, quantize, torch_export
 
     recipe = family.definition.fusion
     if recipe is not None:
@@ -254,15 +256,20 @@ def optimize_variant(
         facts: dict[str, Any] = {"optimizations": graph.manifest(recipe)}
         if layout is not None:
             facts["kv_cache"] = layout.manifest()
-        return facts
-    quantize.optimize_fp32(fp32, output, family.model_type, num_heads=num_heads, hidden_size=hidden_size)
-    return {
-        "optimizations": {
-            "library": _library_versions(),
-            "method": "onnxruntime.transformers.optimizer.optimize_model (opt_level 1) on model.onnx",
-            "contrib_ops": _contrib_ops(output),
+    else:
+        quantize.optimize_fp32(fp32, output, family.model_type, num_heads=num_heads, hidden_size=hidden_size)
+        facts = {
+            "optimizations": {
+                "library": _library_versions(),
+                "method": "onnxruntime.transformers.optimizer.optimize_model (opt_level 1) on model.onnx",
+            }
         }
-    }
+    # before int8 is quantized from this graph, so both CPU files carry it (export/layer_norm.py says why)
+    facts["optimizations"]["layer_norms_as_plain_ops"] = (
+        layer_norm.decompose_file(output) if plain_layer_norms else 0
+    )
+    facts["optimizations"]["contrib_ops"] = _contrib_ops(output)
+    return facts
 
 
 def unfused_reason(family: Family) -> str | None:

@@ -243,6 +243,14 @@ def test_family_exports_and_matches_pytorch(
     fused = manifest["variants"]["fp32-opt"]
     ops = fused["optimizations"]["contrib_ops"]
     assert ("GroupQueryAttention" if family == "decoder" else "MultiHeadAttention") in ops
+    # ModernBERT's LayerNorms as plain ops (export/layer_norm.py); the decoders' RMSNorms keep their kernels
+    plain_norms = fused["optimizations"]["layer_norms_as_plain_ops"]
+    assert (
+        (plain_norms == 0 and "SkipSimplifiedLayerNormalization" in ops)
+        if family == "decoder"
+        else plain_norms > 0
+    )
+    assert "SkipLayerNormalization" not in ops
     assert manifest["parity"]["figures"]["fp32-opt"]["max_abs_diff"] <= 1e-4
     if family == "decoder":  # the cached graph, gated the way the gateway serves it (head once)
         assert fused["kv_cache"]["layers"] == 2

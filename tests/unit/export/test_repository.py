@@ -59,6 +59,9 @@ def test_manifest_has_the_contract_keys_and_true_file_hashes(tiny_model_reposito
     assert (
         "Attention" in fused_ops and manifest["variants"]["int8"]["optimizations"]["contrib_ops"] == fused_ops
     )
+    # its LayerNorms as plain ops (export/layer_norm.py), in the files the CPU serves
+    assert manifest["variants"]["fp32-opt"]["optimizations"]["layer_norms_as_plain_ops"] > 0
+    assert "SkipLayerNormalization" not in fused_ops
     assert "kv_cache" not in manifest["variants"]["fp32-opt"] and "prefix_reuse" not in manifest["parity"]
 
     variants = manifest["variants"]

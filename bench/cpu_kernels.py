@@ -1,0 +1,178 @@
+"""`python -m bench.cpu_kernels --source FOLDER`: what two CPU choices are worth on one model's graphs.
+
+1. LayerNorms as plain ops (export/layer_norm.py) against ONNX Runtime's fused LayerNorm kernels, whose
+   per-row loop is scalar.
+2. The session's CPU memory arena (gateway/backends/onnx_local.py `make_session`) on against off. Between
+   runs the heap is handed back to the OS every `FairLane.TRIM_EVERY` batches, as the gateway's CPU lane does:
+   without the arena, a batch after that starts on fresh pages.
+
+From the source model folder it builds the fused fp32 graph twice (its LayerNorms fused, and as plain ops) and
+the int8 file of each, the exporter's own functions without the gate; then runs one pair of `--tokens` tokens
+through each file, in each arena setting, interleaved round by round (the order rotated), `--threads` threads.
+Figures: mean ms a pair and the ratio to the fused-kernel graph without the arena; max |diff| of the logits
+against that same graph (fp32: the same function; int8: each file's own rounding). Writes
+bench/results/cpu_kernels.{json,md} (`--output`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def build_graphs(source: Path, work: Path) -> tuple[Any, dict[str, Path]]:
+    """(the model's config, {"fp32 fused-kernel": ..., "fp32 plain-op": ..., "int8 ...": ...})."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from export import build, fusion, layer_norm, onnx_export, quantize, torch_export
+    from export.sources import resolve_source
+
+    model = resolve_source(str(source), quiet=True)
+    family = model.family
+    config = AutoConfig.from_pretrained(model.folder)
+    tokenizer = AutoTokenizer.from_pretrained(model.folder, use_fast=True)
+    token_ids = build._template_token_ids(tokenizer, family, model.spec)
+    fp32 = work / "model.onnx"
+    if family.exporter == "optimum":
+        onnx_export.export_fp32(model.folder, fp32, quiet=True)
+    else:
+        torch_export.export_fp32(
+            family, model.folder, fp32, opset=onnx_export.DEFAULT_OPSET,
+            positive_id=token_ids[0] if token_ids else None, negative_id=token_ids[1] if token_ids else None,
+        )  # fmt: skip
+    fused, plain = work / "fused-kernel.onnx", work / "plain-op.onnx"
+    fusion.optimize_variant(
+        family, model.folder, fp32, fused, num_heads=int(config.num_attention_heads),
+        hidden_size=int(config.hidden_size), token_ids=token_ids, plain_layer_norms=False,
+    )  # fmt: skip
+    shutil.copy(fused, plain)
+    if not layer_norm.decompose_file(plain):
+        raise SystemExit(f"{source}: the fused graph has no LayerNorm to rewrite")
+    graphs = {"fp32 fused-kernel": fused, "fp32 plain-op": plain}
+    quantizer = fusion.int8_quantizer(family, True)
+    for kind, path in (("fused-kernel", fused), ("plain-op", plain)):
+        graphs[f"int8 {kind}"] = work / f"{kind}.int8.onnx"
+        quantizer(path, graphs[f"int8 {kind}"], quantize.INT8_SETTINGS)
+    return config, graphs
+
+
+def _feed(session: Any, tokens: int, vocab: int) -> dict[str, np.ndarray]:
+    ids = np.random.default_rng(0).integers(5, min(900, vocab), (1, tokens))
+    feed = {}
+    for i in session.get_inputs():
+        if i.name == "input_ids":
+            feed[i.name] = ids
+        elif i.name == "attention_mask":
+            feed[i.name] = np.ones_like(ids)
+        else:  # token_type_ids: one segment is enough for timing
+            feed[i.name] = np.zeros_like(ids)
+    return feed
+
+
+def measure(
+    graphs: dict[str, Path], *, tokens: int, vocab: int, rounds: int, threads: int
+) -> list[dict[str, Any]]:
+    from gateway.backends.onnx_local import FairLane, make_session
+    from gateway.heap import release_heap
+
+    runs = []
+    for name, path in graphs.items():
+        for arena in (False, True):
+            session = make_session(path, device="cpu", threads=threads, cpu_arena=arena)
+            runs.append({"graph": name, "arena": arena, "session": session, "seconds": []})
+    feeds = [_feed(r["session"], tokens, vocab) for r in runs]
+    for run, feed in zip(runs, feeds, strict=True):
+        run["logits"] = run["session"].run(None, feed)[0]  # also the warm-up
+    batches = 0
+    for round_ in range(rounds):
+        shift = round_ % len(runs)
+        for index in list(range(len(runs)))[shift:] + list(range(len(runs)))[:shift]:
+            start = time.perf_counter()
+            runs[index]["session"].run(None, feeds[index])
+            runs[index]["seconds"].append(time.perf_counter() - start)
+            batches += 1
+            if batches % FairLane.TRIM_EVERY == 0:
+                release_heap()
+    rows = []
+    for run in runs:
+        precision = run["graph"].split()[0]
+        base = next(r for r in runs if r["graph"] == f"{precision} fused-kernel" and not r["arena"])
+        ms = 1000 * float(np.mean(run["seconds"]))
+        rows.append({
+            "graph": run["graph"], "arena": run["arena"], "ms": round(ms, 2),
+            "x_baseline": round(1000 * float(np.mean(base["seconds"])) / ms, 3),
+            "max_abs_diff": float(np.abs(run["logits"] - base["logits"]).max()),
+        })  # fmt: skip
+    return rows
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [
+        "# CPU kernels: LayerNorms as plain ops, and the memory arena",
+        "",
+        f"`{results['command']}`, {results['started']}, {results['seconds']:.0f} s, {results['threads']} threads "
+        f"on {results['cpu']}: one pair of {results['tokens']} tokens through each file, {results['rounds']} "
+        f"rounds interleaved. Model `{results['source']}` ({results['model_type']}).",
+        "",
+        "Baseline of each precision: its graph with ONNX Runtime's fused LayerNorm kernels, arena off. "
+        "x baseline above 1 is faster. max |diff|: the logits against that baseline (int8: each file rounds on "
+        "its own).",
+        "",
+        "| graph | LayerNorm | arena | ms a pair | x baseline | max abs diff |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for row in results["rows"]:
+        precision, kind = row["graph"].split()
+        lines.append(
+            f"| {precision} | {'plain ops' if kind == 'plain-op' else 'fused kernel'} | "
+            f"{'on' if row['arena'] else 'off'} | {row['ms']:.1f} | {row['x_baseline']:.2f} | "
+            f"{row['max_abs_diff']:.2e} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    from bench.cli import machine
+
+    parser = argparse.ArgumentParser(prog="python -m bench.cpu_kernels", description=__doc__.split("\n")[0])
+    parser.add_argument("--source", type=Path, required=True, help="a Hugging Face model folder")
+    parser.add_argument("--tokens", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--name", default="cpu_kernels", help="file stem of the results")
+    args = parser.parse_args(argv)
+    started = dt.datetime.now(dt.timezone.utc)
+    with tempfile.TemporaryDirectory(prefix="cpu-kernels-") as work:
+        config, graphs = build_graphs(args.source, Path(work))
+        rows = measure(
+            graphs, tokens=args.tokens, vocab=int(config.vocab_size), rounds=args.rounds, threads=args.threads
+        )
+    results = {
+        "command": "python -m bench.cpu_kernels " + " ".join(sys.argv[1:] if argv is None else argv),
+        "started": started.isoformat(timespec="seconds"), "source": str(args.source), "model_type": config.model_type,
+        "tokens": args.tokens, "rounds": args.rounds, "threads": args.threads,
+        "cpu": machine().get("cpu", "unknown CPU"), "rows": rows,
+        "seconds": (dt.datetime.now(dt.timezone.utc) - started).total_seconds(),
+    }  # fmt: skip
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / f"{args.name}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.output / f"{args.name}.md").write_text(markdown(results))
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
