@@ -34,7 +34,7 @@ def build_graphs(source: Path, work: Path) -> tuple[Any, dict[str, Path]]:
     """(the model's config, {"fp32 fused-kernel": ..., "fp32 plain-op": ..., "int8 ...": ...})."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from export import build, fusion, layer_norm, onnx_export, quantize, torch_export
+    from export import build, fusion, layer_norm, onnx_export, quantize
     from export.sources import resolve_source
 
     model = resolve_source(str(source), quiet=True)
@@ -43,13 +43,14 @@ def build_graphs(source: Path, work: Path) -> tuple[Any, dict[str, Path]]:
     tokenizer = AutoTokenizer.from_pretrained(model.folder, use_fast=True)
     token_ids = build._template_token_ids(tokenizer, family, model.spec)
     fp32 = work / "model.onnx"
-    if family.exporter == "optimum":
-        onnx_export.export_fp32(model.folder, fp32, quiet=True)
-    else:
-        torch_export.export_fp32(
-            family, model.folder, fp32, opset=onnx_export.DEFAULT_OPSET,
-            positive_id=token_ids[0] if token_ids else None, negative_id=token_ids[1] if token_ids else None,
-        )  # fmt: skip
+    build._export_fp32(
+        model,
+        fp32,
+        opset=onnx_export.DEFAULT_OPSET,
+        token_ids=token_ids,
+        progress=build.Progress(True),
+        quiet=True,
+    )
     fused, plain = work / "fused-kernel.onnx", work / "plain-op.onnx"
     fusion.optimize_variant(
         family, model.folder, fp32, fused, num_heads=int(config.num_attention_heads),

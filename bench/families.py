@@ -149,7 +149,7 @@ def export_ungated(
     """
     from transformers import AutoConfig, AutoTokenizer
 
-    from export import build, fusion, onnx_export, quantize, torch_export
+    from export import build, fusion, onnx_export, quantize
     from export.errors import ExportError
     from export.sources import resolve_source
 
@@ -167,15 +167,15 @@ def export_ungated(
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     fp32 = version_dir / "model.onnx"
-    if family.exporter == "optimum":
-        onnx_export.export_fp32(source.folder, fp32, quiet=True)
-    else:
-        torch_export.export_fp32(
-            family, source.folder, fp32, opset=onnx_export.DEFAULT_OPSET,
-            positive_id=token_ids[0] if token_ids else None, negative_id=token_ids[1] if token_ids else None,
-        )  # fmt: skip
+    inputs, outputs = build._export_fp32(
+        source,
+        fp32,
+        opset=onnx_export.DEFAULT_OPSET,
+        token_ids=token_ids,
+        progress=build.Progress(True),
+        quiet=True,
+    )
     seconds["fp32"] = time.perf_counter() - t0
-    inputs, outputs = onnx_export.graph_io(fp32)
     files: dict[str, Path] = {"fp32": fp32}
     skipped: dict[str, str] = {"fp16": "not built by the bench (a GPU file)"}
     fused = version_dir / "model.opt.onnx"

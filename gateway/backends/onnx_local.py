@@ -25,7 +25,7 @@ import numpy as np
 from gateway import metrics
 from gateway.domain import BatchScores, EncodedBatch
 from gateway.errors import BackendFailed
-from gateway.heap import release_heap  # batches free their activation buffers: RSS follows the running one
+from gateway.heap import release_heap  # what batches free outside the sessions' arenas goes back to the OS
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,8 @@ class FairLane:
     whole queue; while several are busy each gets lane time in proportion to its weight.
 
     It returns freed heap memory to the OS when it runs dry, and every `TRIM_EVERY` batches of a long queue
-    (trimming after every batch would make the next one page-fault its buffers in again). `served` keeps the
+    (trimming after every batch would make the next one page-fault its buffers in again; a session's own
+    intermediate tensors stay in its CPU arena, see `make_session`). `served` keeps the
     order the last `HISTORY` batches ran in, by model (the fairness tests read it).
     """
 
