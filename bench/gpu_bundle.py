@@ -299,11 +299,15 @@ def converter_versions() -> dict[str, str]:
     return versions
 
 
-def derive_fp16(fp32: Path, out: Path) -> dict[str, Any]:
-    """The exporter's own converter, as `make export` runs it; what came out and with what."""
-    from export.quantize import convert_fp16
+def derive_fp16(fp32: Path, out: Path, gpu_fusion: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The exporter's own converter, as `make export` runs it (fused for the CUDA provider with the manifest's
+    fp16 `gpu_fusion`, where it has one); what came out and with what."""
+    from export.quantize import GpuFusion, convert_fp16
 
-    convert_fp16(fp32, out)
+    fusion = None
+    if gpu_fusion:
+        fusion = GpuFusion(gpu_fusion["model_type"], gpu_fusion["num_heads"], gpu_fusion["hidden_size"])
+    convert_fp16(fp32, out, fusion)
     return {"sha256": sha256_file(out), "bytes": out.stat().st_size, "versions": converter_versions()}
 
 
@@ -321,6 +325,7 @@ def carried_manifest(manifest: dict[str, Any], fp16: dict[str, Any]) -> dict[str
         "precision": "fp16",
         "target": "gpu",
         "derived_at_unpack": "export.quantize.convert_fp16 of the fp32 file",
+        "gpu_fusion": fp16.get("gpu_fusion"),
     }
     return {
         **manifest,
@@ -411,7 +416,8 @@ def build(
             "an fp32 file with external data is not carried by this bundle (one graph file only)"
         )
     log(f"deriving fp16 from {fp32} with the exporter's converter")
-    fp16 = derive_fp16(fp32, stage / "model.fp16.onnx")
+    gpu_fusion = manifest["variants"].get("fp16", {}).get("gpu_fusion")
+    fp16 = {**derive_fp16(fp32, stage / "model.fp16.onnx", gpu_fusion), "gpu_fusion": gpu_fusion}
     (stage / "model.fp16.onnx").unlink()
     carried = carried_manifest(manifest, fp16)
     (stage / "repository" / "reranker" / "manifest.json").write_text(json.dumps(carried, indent=1) + "\n")
@@ -586,6 +592,7 @@ def unpack(stash: Path, python: str | None = None) -> Unpacked:
         "derive-fp16",
         str(folder / manifest["variants"]["fp32"]["file"]),
         str(folder / FP16_FILE),
+        json.dumps(manifest["variants"]["fp16"].get("gpu_fusion")),
     )
     expected = manifest["variants"]["fp16"]["sha256"]
     if "error" in fp16:
@@ -694,6 +701,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     f = sub.add_parser("derive-fp16", help=argparse.SUPPRESS)
     f.add_argument("fp32")
     f.add_argument("out")
+    f.add_argument("gpu_fusion", nargs="?", default="null", help="the manifest's fp16 gpu_fusion, as JSON")
     d = sub.add_parser("derive-baseline", help=argparse.SUPPRESS)
     d.add_argument("fp32")
     d.add_argument("files")
@@ -712,7 +720,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(unpack(Path(args.stash)).record, indent=1))
             return 0
         if args.command == "derive-fp16":
-            print(json.dumps(derive_fp16(Path(args.fp32), Path(args.out))))
+            print(json.dumps(derive_fp16(Path(args.fp32), Path(args.out), json.loads(args.gpu_fusion))))
             return 0
         from bench.onnx_weights import write_baseline
 

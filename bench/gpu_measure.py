@@ -585,6 +585,23 @@ def section_oom(repository: Path, requests: Sequence[tuple[str, list[str]]], res
         **evidence,
     }
     asyncio.run(reranker.close())
+    problems = oom_problems(results["oom"])
+    if REQUIRE_CUDA and problems:
+        raise RuntimeError("the forced CUDA OOM did not take the documented path: " + "; ".join(problems))
+
+
+def oom_problems(found: dict[str, Any]) -> list[str]:
+    """What the forced OOM must show: no request failed, a failed GPU batch retried in halves, the rest
+    scored on the CPU and counted as `cuda_oom` (the first H200 run showed none of the last two: the
+    arena's refusal was not read as an OOM)."""
+    problems = []
+    if found.get("failed_requests"):
+        problems.append(f"{found['failed_requests']} of {found['requests']} requests failed")
+    if not found.get("halved"):
+        problems.append("no failed GPU batch was retried in halves")
+    if not found.get("fallbacks_cuda_oom"):
+        problems.append('no CUDA -> CPU fallback counted with reason="cuda_oom"')
+    return problems
 
 
 FALLBACK_LINE = re.compile(
@@ -608,6 +625,23 @@ def oom_evidence(calls: Sequence[dict[str, Any]], metrics_text: str, before: flo
         "fallbacks_cuda_oom": (float(found.group(1)) if found else 0.0) - before,
         "metrics_line": found.group(0) if found else None,
     }
+
+
+UNFUSED_FP16 = "fp16 unfused"
+
+
+def unfused_fp16(spec: Any) -> Path | None:
+    """Where the repository's fp16 file is fused for the CUDA provider (its manifest's `gpu_fusion`): the same fp32
+    graph converted unfused, as exports made it before, in a temporary folder (so both are timed side by side);
+    None when the fp16 file is the unfused one."""
+    manifest = json.loads((spec.folder / "manifest.json").read_text())
+    if not manifest["variants"].get("fp16", {}).get("gpu_fusion"):
+        return None
+    from export.quantize import convert_fp16
+
+    out = Path(tempfile.mkdtemp(prefix="unfused-fp16-")) / "model.onnx"
+    convert_fp16(variant_file(spec, "fp32"), out)
+    return out
 
 
 def section_bare(bare: Bare, source: str | None, requests: Requests, results: dict[str, Any]) -> None:
@@ -645,9 +679,14 @@ def section_bare(bare: Bare, source: str | None, requests: Requests, results: di
             raise RuntimeError(f"no pair reaches {tokens} tokens")
         windows = (windows * (max(BARE_BATCHES) // len(windows) + 1))[: max(BARE_BATCHES)]
         contenders: dict[str, dict[str, Any]] = {}
-        for variant in ("fp16", "fp32"):
+        for variant in ("fp16", "fp32", UNFUSED_FP16):
             try:
-                session = cuda_session(variant_file(bare.spec, variant), threads=threads)
+                path = (
+                    unfused_fp16(bare.spec) if variant == UNFUSED_FP16 else variant_file(bare.spec, variant)
+                )
+                if path is None:
+                    continue
+                session = cuda_session(path, threads=threads)
             except Exception as exc:
                 contenders[f"onnx-cuda {variant}"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
                 continue

@@ -218,6 +218,8 @@ def _build_model(
     variants = {key: _variant(key, path, folder) for key, path in files.items()}
     for key in variants.keys() & built.derived:
         variants[key].update(built.graph_facts)
+    if "fp16" in variants:
+        variants["fp16"]["gpu_fusion"] = built.fp16_fusion_facts()
     if int8_entry.get("requires_cpu_flags") and "int8" in variants:
         variants["int8"]["requires_cpu_flags"] = int8_entry["requires_cpu_flags"]
     return {
@@ -291,6 +293,15 @@ class _Variants:
         self.cached: set[str] = set()  # files with a decoder's key/value cache inputs
         self.from_fused = False
         self.int8_source = version_dir / "model.onnx"
+        self.gpu_fusion: quantize.GpuFusion | None = None  # how the fp16 file was fused for the CUDA provider
+
+    def fp16_fusion_facts(self) -> dict[str, Any] | None:
+        """The manifest's fp16 `gpu_fusion`: the optimizer's arguments (bench.gpu_bundle re-derives the file with
+        them) and the fused ops the file holds; None for an fp16 file converted unfused."""
+        if self.gpu_fusion is None or "fp16" not in self.files:
+            return None
+        ops = fusion.contrib_ops(self.files["fp16"])
+        return {**self.gpu_fusion.manifest(), "contrib_ops": ops} if ops else None
 
     def build(self, key: str, path: Path, message: str, make: Callable[[], object]) -> None:
         with self.progress.step(message):
@@ -345,7 +356,16 @@ class _Variants:
             self.cached = {k for k in self.files if k in self.derived}
         if BUILD_FP16:
             fp16 = folder / "model.fp16.onnx"
-            self.build("fp16", fp16, "convert fp16 (GPU)", lambda: quantize.convert_fp16(fp32, fp16))
+            # BERT-like encoders: fused for the CUDA provider first (families with their own recipe, and
+            # decoders over the protobuf limit, convert unfused)
+            if no_fusion is None and family.definition.fusion is None:
+                self.gpu_fusion = quantize.GpuFusion(
+                    family.model_type,
+                    num_heads=int(getattr(config, "num_attention_heads", 0) or 0),
+                    hidden_size=int(getattr(config, "hidden_size", 0) or 0),
+                )
+            message = "convert fp16 (GPU" + (", fused for the CUDA provider)" if self.gpu_fusion else ")")
+            self.build("fp16", fp16, message, lambda: quantize.convert_fp16(fp32, fp16, self.gpu_fusion))
 
     def drop_skipped(self, name: str) -> None:
         """Remove the files the gate left out (and the fused fp32 unless it is kept), and say why."""

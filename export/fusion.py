@@ -268,7 +268,7 @@ def optimize_variant(
     facts["optimizations"]["layer_norms_as_plain_ops"] = (
         layer_norm.decompose_file(output) if plain_layer_norms else 0
     )
-    facts["optimizations"]["contrib_ops"] = _contrib_ops(output)
+    facts["optimizations"]["contrib_ops"] = contrib_ops(output)
     return facts
 
 
@@ -279,7 +279,8 @@ def unfused_reason(family: Family) -> str | None:
     return None if family.definition.fusion is not None else quantize.fusion_unsupported(family.model_type)
 
 
-def _contrib_ops(path: Path) -> dict[str, int]:
+def contrib_ops(path: Path) -> dict[str, int]:
+    """The com.microsoft (fused) ops of a graph, counted by type."""
     import onnx
 
     ops: dict[str, int] = {}

@@ -29,7 +29,13 @@ from gateway.heap import release_heap  # what batches free outside the sessions'
 
 log = logging.getLogger(__name__)
 
-_CUDA_OOM = re.compile(r"out of memory|CUDNN_STATUS_ALLOC_FAILED|Failed to allocate memory|OOM", re.I)
+# The arena's own refusal ("BFCArena::AllocateRawInternal ... Available memory of N is smaller than requested
+# bytes of M") is what onnxruntime-gpu 1.31 raised on an H200 under a gpu_mem_limit (`make gpu-check`).
+_CUDA_OOM = re.compile(
+    r"out of memory|CUDNN_STATUS_ALLOC_FAILED|Failed to allocate memory|OOM|BFCArena::AllocateRaw"
+    r"|Available memory of \d+ is smaller than requested bytes",
+    re.I,
+)
 _CUDA_ERROR = re.compile(r"CUDA|CUBLAS|CUDNN|cudaError", re.I)
 
 

@@ -2,9 +2,8 @@
 HTTP app, with a "CUDA" session that fails the way ONNX Runtime's arena does under a small `gpu_mem_limit`.
 
 tests/unit/gateway/test_factory.py and test_fallback.py already cover the halving and the CPU fallback with
-CUDA's own "out of memory" text. Here: the arena's text ("Failed to allocate memory for requested buffer")
-that gpu_mem_limit produces, a batch whose halves split between the GPU and the CPU, the request answering
-200, the counter as /metrics exposes it, and gpu-check's own evidence (`oom_evidence`) read from the same.
+CUDA's own "out of memory" text. Here: the arena's text that gpu_mem_limit really produces (read off an H200),
+a batch whose halves split between the GPU and the CPU, the request answering 200, the counter as /metrics exposes it, and gpu-check's own evidence (`oom_evidence`) read from the same.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
-from bench.gpu_measure import RecordingSession, oom_evidence
+from bench.gpu_measure import RecordingSession, oom_evidence, oom_problems
 from gateway.app import create_app
 from gateway.backends.fallback import FallbackScorer
 from gateway.backends.gpu_probe import FixedProbe, GpuStatus
@@ -37,12 +36,15 @@ DOCS = [
     "Trains run on rails.",
 ]
 LABELS = {"from_backend": "onnx-cuda", "to_backend": "onnx-cpu", "reason": "cuda_oom", "model": "reranker"}
+# Verbatim from the first `make gpu-check` on a GPU (onnxruntime-gpu 1.31.1, H200, gpu_mem_limit 51 MiB). The text
+# this test carried before, written from onnxruntime's source, ended in "Failed to allocate memory for requested
+# buffer"; 1.31.1 does not print that, so the gateway read the refusal as a plain runtime error (no halving, no
+# cuda_oom count) until classify_failure learned the arena's own words.
 ARENA_OOM = (
-    "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while running Gemm node. "
-    "Name:'/bert/encoder/layer.0/attention/self/query/Gemm' Status Message: "
-    "/onnxruntime_src/onnxruntime/core/framework/bfc_arena.cc:376 void* onnxruntime::BFCArena::AllocateRawInternal"
-    "(size_t, bool, onnxruntime::Stream*, bool, onnxruntime::WaitNotificationFn) Available memory of 1048576 is "
-    "smaller than requested bytes of 6291456 Failed to allocate memory for requested buffer of size 6291456"
+    "[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running Gather node. "
+    "Name:'/bert/embeddings/token_type_embeddings/Gather' Status Message: "
+    "/onnxruntime_src/onnxruntime/core/framework/bfc_arena.cc:360 void* onnxruntime::BFCArena::AllocateRawInternal"
+    "(size_t, bool, onnxruntime::Stream*) Available memory of 1453568 is smaller than requested bytes of 12582912"
 )
 
 
@@ -138,3 +140,17 @@ def test_oom_evidence_without_a_fallback_says_so() -> None:
         "fallbacks_cuda_oom": 0.0,
         "metrics_line": None,
     }
+
+
+def test_the_oom_section_fails_when_the_path_is_not_taken() -> None:
+    """The first H200 run: every request answered 200 from the CPU, but no batch was halved and nothing was
+    counted as cuda_oom. gpu-check passed that section then; now it names both."""
+    first_h200 = {"requests": 2, "failed_requests": 0, "halved": False, "fallbacks_cuda_oom": 0.0}
+    assert oom_problems(first_h200) == [
+        "no failed GPU batch was retried in halves",
+        'no CUDA -> CPU fallback counted with reason="cuda_oom"',
+    ]
+    assert oom_problems({**first_h200, "halved": True, "fallbacks_cuda_oom": 3.0}) == []
+    assert oom_problems({**first_h200, "failed_requests": 1, "halved": True, "fallbacks_cuda_oom": 3.0}) == [
+        "1 of 2 requests failed"
+    ]

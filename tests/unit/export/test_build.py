@@ -86,6 +86,10 @@ def test_cli_quiet_builds_only_the_reranker_with_prefilter_none(tiny_source: Pat
     assert manifest["int8"] == {"reduce_range": True, "requires": None}
     assert "requires_cpu_flags" not in manifest["variants"]["int8"]
     assert sorted(manifest["variants"]) == ["fp16", "fp32", "fp32-opt", "int8"]
+    # the fp16 file is fused for the CUDA provider, with what re-deriving it needs
+    fused = manifest["variants"]["fp16"]["gpu_fusion"]
+    assert fused["model_type"] == "bert" and fused["num_heads"] > 0 and fused["hidden_size"] > 0
+    assert fused["contrib_ops"]["Attention"] > 0 and fused["contrib_ops"]["SkipLayerNormalization"] > 0
     assert manifest["parity"]["max_tokens"] == 256 and manifest["parity"]["pairs_at_max_length"] > 0
 
 
