@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import json
 import os
 import re
@@ -612,11 +611,17 @@ FALLBACK_LINE = re.compile(
 
 
 def oom_evidence(calls: Sequence[dict[str, Any]], metrics_text: str, before: float = 0.0) -> dict[str, Any]:
-    """What the forced OOM showed: a failed GPU batch followed by one of its halves, and the CUDA -> CPU
+    """What the forced OOM showed: a failed GPU batch later retried as one of its halves (same width; not always
+    the next call: on the H200 the request's four batches failed first, then their halves), and the CUDA -> CPU
     fallbacks counted in /metrics (the exposition text, less `before`, the count before the requests)."""
     halved = any(
-        a["outcome"] == "failed" and b["rows"] in (a["rows"] // 2, a["rows"] - a["rows"] // 2)
-        for a, b in itertools.pairwise(calls)
+        a["outcome"] == "failed"
+        and a["rows"] > 1
+        and any(
+            b["width"] == a["width"] and b["rows"] in (a["rows"] // 2, a["rows"] - a["rows"] // 2)
+            for b in calls[i + 1 :]
+        )
+        for i, a in enumerate(calls)
     )
     found = FALLBACK_LINE.search(metrics_text)
     return {
@@ -627,21 +632,32 @@ def oom_evidence(calls: Sequence[dict[str, Any]], metrics_text: str, before: flo
     }
 
 
-UNFUSED_FP16 = "fp16 unfused"
+def other_fp16(spec: Any) -> tuple[str, Path] | None:
+    """The repository's fp32 graph converted to the fp16 file the export did not choose, in a temporary folder, so
+    that both are timed side by side: unfused where the repository's fp16 file is fused for the CUDA provider
+    (its manifest's `gpu_fusion`), fused (`--fp16-gpu-fusion`) where it is not and onnxruntime's optimizer knows
+    the model type; None otherwise."""
+    from export.quantize import GpuFusion, convert_fp16, fusion_unsupported
 
-
-def unfused_fp16(spec: Any) -> Path | None:
-    """Where the repository's fp16 file is fused for the CUDA provider (its manifest's `gpu_fusion`): the same fp32
-    graph converted unfused, as exports made it before, in a temporary folder (so both are timed side by side);
-    None when the fp16 file is the unfused one."""
     manifest = json.loads((spec.folder / "manifest.json").read_text())
-    if not manifest["variants"].get("fp16", {}).get("gpu_fusion"):
+    entry = manifest["variants"].get("fp16")
+    fp32 = manifest["variants"]["fp32"]
+    if entry is None or fp32.get("external_data"):
         return None
-    from export.quantize import convert_fp16
+    out = Path(tempfile.mkdtemp(prefix="other-fp16-")) / "model.onnx"
+    if entry.get("gpu_fusion"):
+        convert_fp16(variant_file(spec, "fp32"), out)
+        return UNFUSED_FP16, out
+    model_type = str(manifest.get("model_type", ""))
+    if fusion_unsupported(model_type) is not None:
+        return None
+    # 0 heads / hidden size: the optimizer reads them off the graph
+    convert_fp16(variant_file(spec, "fp32"), out, GpuFusion(model_type, num_heads=0, hidden_size=0))
+    return FUSED_FP16, out
 
-    out = Path(tempfile.mkdtemp(prefix="unfused-fp16-")) / "model.onnx"
-    convert_fp16(variant_file(spec, "fp32"), out)
-    return out
+
+UNFUSED_FP16 = "fp16 unfused"
+FUSED_FP16 = "fp16 fused for CUDA (--fp16-gpu-fusion)"
 
 
 def section_bare(bare: Bare, source: str | None, requests: Requests, results: dict[str, Any]) -> None:
@@ -679,13 +695,10 @@ def section_bare(bare: Bare, source: str | None, requests: Requests, results: di
             raise RuntimeError(f"no pair reaches {tokens} tokens")
         windows = (windows * (max(BARE_BATCHES) // len(windows) + 1))[: max(BARE_BATCHES)]
         contenders: dict[str, dict[str, Any]] = {}
-        for variant in ("fp16", "fp32", UNFUSED_FP16):
+        other = other_fp16(bare.spec)
+        for variant in ("fp16", "fp32", *([other[0]] if other else [])):
             try:
-                path = (
-                    unfused_fp16(bare.spec) if variant == UNFUSED_FP16 else variant_file(bare.spec, variant)
-                )
-                if path is None:
-                    continue
+                path = other[1] if other and variant == other[0] else variant_file(bare.spec, variant)
                 session = cuda_session(path, threads=threads)
             except Exception as exc:
                 contenders[f"onnx-cuda {variant}"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}

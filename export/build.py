@@ -96,6 +96,7 @@ def build_repository(
     int8: quantize.Int8Settings = quantize.INT8_SETTINGS,
     cpu_flags: Callable[[], frozenset[str]] = read_cpu_flags,
     template: str | None = None,
+    fp16_gpu_fusion: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Export, validate and install `name` (and `prefilter_name`) under output; returns the manifests.
 
@@ -103,7 +104,8 @@ def build_repository(
     None / "none" builds no prefilter. `cpu_flags` (this CPU's /proc/cpuinfo flags; injectable for tests)
     decides whether a requested full-range int8 file can be validated here. `template` names a decoder
     reranker's prompt (gateway.families.TEMPLATES) where the model folder does not say it. `thresholds` sets
-    gate bounds in place of each model family's own (gateway.families.GateBounds).
+    gate bounds in place of each model family's own (gateway.families.GateBounds). `fp16_gpu_fusion`: the fp16
+    file of a BERT-like encoder fused for the CUDA provider (off by default: `_Variants.build_all` says why).
     """
     started = time.perf_counter()
     output = Path(output).resolve()
@@ -147,6 +149,7 @@ def build_repository(
                 quiet=quiet,
                 int8=int8,
                 cpu_flags=cpu_flags(),
+                fp16_gpu_fusion=fp16_gpu_fusion,
             )
 
         manifests[name] = build_one(source, name, "reranker")
@@ -182,6 +185,7 @@ def _build_model(
     quiet: bool,
     int8: quantize.Int8Settings,
     cpu_flags: frozenset[str],
+    fp16_gpu_fusion: bool = False,
 ) -> dict[str, Any]:
     """Export, gate and lay out one model folder.
 
@@ -204,7 +208,7 @@ def _build_model(
         source, fp32, opset=opset, token_ids=token_ids, progress=progress, quiet=quiet
     )
     int8, int8_entry = _int8_plan(name, int8, cpu_flags, progress)
-    built = _Variants(version_dir, progress)
+    built = _Variants(version_dir, progress, fp16_gpu_fusion=fp16_gpu_fusion)
     built.build_all(source, config, fp32, int8, token_ids)
 
     with progress.step("validate against PyTorch"):
@@ -283,9 +287,10 @@ class _Variants:
     """The variants built from the fp32 graph: the fused fp32, int8 (from the fused graph where the family
     says so), the 7-bit int8 and fp16. One that fails to build is left out, its reason in `skipped`."""
 
-    def __init__(self, version_dir: Path, progress: Progress) -> None:
+    def __init__(self, version_dir: Path, progress: Progress, *, fp16_gpu_fusion: bool = False) -> None:
         self.version_dir = version_dir
         self.progress = progress
+        self.fp16_gpu_fusion = fp16_gpu_fusion
         self.files: dict[str, Path] = {}
         self.skipped: dict[str, str] = {}
         self.graph_facts: dict[str, Any] = {}  # what the manifest records of the fused graph (and its int8)
@@ -356,9 +361,13 @@ class _Variants:
             self.cached = {k for k in self.files if k in self.derived}
         if BUILD_FP16:
             fp16 = folder / "model.fp16.onnx"
-            # BERT-like encoders: fused for the CUDA provider first (families with their own recipe, and
-            # decoders over the protobuf limit, convert unfused)
-            if no_fusion is None and family.definition.fusion is None:
+            # --fp16-gpu-fusion, BERT-like encoders: fused for the CUDA provider first (families with their own
+            # recipe, and graphs over the protobuf limit, convert unfused). Off by default: on an H200 with
+            # onnxruntime-gpu 1.31.1 the fused file ran fixed shapes 2.0-2.9x faster than the unfused one, but
+            # its Attention (cuDNN flash attention) pays 65-80 ms for each batch shape it has not seen, and the
+            # gateway's batches take many shapes: 100-document requests ran at 0.38x the unfused file's speed
+            # (bench/results/gpu.md, bench/results/gpu_shapes.json).
+            if self.fp16_gpu_fusion and no_fusion is None and family.definition.fusion is None:
                 self.gpu_fusion = quantize.GpuFusion(
                     family.model_type,
                     num_heads=int(getattr(config, "num_attention_heads", 0) or 0),

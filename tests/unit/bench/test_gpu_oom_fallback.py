@@ -154,3 +154,24 @@ def test_the_oom_section_fails_when_the_path_is_not_taken() -> None:
     assert oom_problems({**first_h200, "failed_requests": 1, "halved": True, "fallbacks_cuda_oom": 3.0}) == [
         "1 of 2 requests failed"
     ]
+
+
+def test_halves_count_when_the_request_s_batches_all_failed_first() -> None:
+    """The order the H200 run recorded: the 100 documents' four batches (32, 32, 32, 4 rows) failed, then their
+    halves ran; the halving is there though no failed call is followed directly by its half."""
+    rows = [32, 32, 32, 4, 16, 16, 16, 2, 16, 16, 16, 2]
+    calls = [{"rows": r, "width": 512, "outcome": "failed"} for r in rows]
+    assert oom_evidence(calls, "")["halved"] is True
+    # the same sizes at another width, or a batch that only ever shrank by more than half, are not halves
+    assert (
+        oom_evidence(
+            [{"rows": 32, "width": 512, "outcome": "failed"}, {"rows": 16, "width": 256, "outcome": "ok"}], ""
+        )["halved"]
+        is False
+    )
+    assert (
+        oom_evidence(
+            [{"rows": 32, "width": 512, "outcome": "failed"}, {"rows": 4, "width": 512, "outcome": "ok"}], ""
+        )["halved"]
+        is False
+    )

@@ -73,7 +73,7 @@ def test_cli_quiet_builds_only_the_reranker_with_prefilter_none(tiny_source: Pat
     output = tmp_path / "repo"
     result = subprocess.run(
         [sys.executable, "-m", "export", "--model", str(tiny_source), "--prefilter", "none",
-         "--output", str(output), "--name", "ce", "--max-length", "256", "--quiet"],
+         "--output", str(output), "--name", "ce", "--max-length", "256", "--quiet", "--fp16-gpu-fusion"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -86,7 +86,7 @@ def test_cli_quiet_builds_only_the_reranker_with_prefilter_none(tiny_source: Pat
     assert manifest["int8"] == {"reduce_range": True, "requires": None}
     assert "requires_cpu_flags" not in manifest["variants"]["int8"]
     assert sorted(manifest["variants"]) == ["fp16", "fp32", "fp32-opt", "int8"]
-    # the fp16 file is fused for the CUDA provider, with what re-deriving it needs
+    # --fp16-gpu-fusion: the fp16 file is fused for the CUDA provider, with what re-deriving it needs
     fused = manifest["variants"]["fp16"]["gpu_fusion"]
     assert fused["model_type"] == "bert" and fused["num_heads"] > 0 and fused["hidden_size"] > 0
     assert fused["contrib_ops"]["Attention"] > 0 and fused["contrib_ops"]["SkipLayerNormalization"] > 0
@@ -115,6 +115,7 @@ def test_full_range_on_a_cpu_without_vnni_builds_the_validated_7bit_file_and_war
     assert "avx512_vnni" in manifest["int8"]["full_range_skipped"]
     assert sorted(manifest["variants"]) == ["fp16", "fp32", "fp32-opt", "int8"]
     assert "requires_cpu_flags" not in manifest["variants"]["int8"]
+    assert manifest["variants"]["fp16"]["gpu_fusion"] is None  # unfused unless --fp16-gpu-fusion
     warning = capsys.readouterr().err
     assert "warning: reranker: --int8-full-range" in warning and "7-bit file only" in warning
 
