@@ -364,9 +364,9 @@ class _Variants:
             # --fp16-gpu-fusion, BERT-like encoders: fused for the CUDA provider first (families with their own
             # recipe, and graphs over the protobuf limit, convert unfused). Off by default: on an H200 with
             # onnxruntime-gpu 1.31.1 the fused file ran fixed shapes 2.0-2.9x faster than the unfused one, but
-            # its Attention (cuDNN flash attention) pays 65-80 ms for each batch shape it has not seen, and the
-            # gateway's batches take many shapes: 100-document requests ran at 0.38x the unfused file's speed
-            # (bench/results/gpu.md, bench/results/gpu_shapes.json).
+            # its Attention (cuDNN flash attention) pays 64-80 ms for each batch shape it has not seen, and the
+            # gateway's batches take many shapes: 100-document requests ran at 0.40x the fp32 file's speed in
+            # the same run (bench/results/gpu-fp16-fused.md; why: bench/results/gpu_shapes.json).
             if self.fp16_gpu_fusion and no_fusion is None and family.definition.fusion is None:
                 self.gpu_fusion = quantize.GpuFusion(
                     family.model_type,

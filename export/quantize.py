@@ -137,8 +137,10 @@ def convert_fp16(source: Path, output: Path, gpu_fusion: GpuFusion | None = None
     `gpu_fusion` (BERT-like encoders ONNX Runtime's optimizer knows, graphs without external data): the graph is
     first fused for the CUDA provider (Attention, EmbedLayerNormalization, SkipLayerNormalization, BiasGelu;
     `optimize_model(use_gpu=True, opt_level=0)`: the optimizer's own passes only, no onnxruntime session, so the
-    output is the same with or without a GPU here). On an H200 the unfused fp16 graph ran 512-token pairs at
-    0.37x sentence-transformers' torch fp16 (`make gpu-check`): its attention is many small kernels.
+    output is the same with or without a GPU here). On an H200 (`make gpu-check`, onnxruntime-gpu 1.31.1) the
+    unfused fp16 graph ran 512-token pairs at 0.37x sentence-transformers' torch fp16, the fused one at 1.19x;
+    but the fused Attention pays 64-80 ms for each batch shape it has not seen, so the export fuses only when
+    asked (`--fp16-gpu-fusion`; `_Variants.build_all`).
 
     onnxruntime's converter (`convert_float_to_float16`: the graph's types, its casts around the ops that stay
     float32) runs on the graph with its inline tensors. Weights kept in an external data file (a graph over the
@@ -149,9 +151,10 @@ def convert_fp16(source: Path, output: Path, gpu_fusion: GpuFusion | None = None
     """
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = onnx.load(str(source), load_external_data=False)
     if gpu_fusion is not None and not onnx_export.external_files(source):
         model = _fused_for_gpu(source, gpu_fusion)
+    else:
+        model = onnx.load(str(source), load_external_data=False)
     # External tensors go through the converter as dims alone (shape inference would look for their file):
     # their bytes stay in the fp32 data file until _stream_external reads them.
     external: dict[str, list[tuple[str, str]]] = {}
