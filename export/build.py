@@ -375,6 +375,16 @@ class _Variants:
                 )
             message = "convert fp16 (GPU" + (", fused for the CUDA provider)" if self.gpu_fusion else ")")
             self.build("fp16", fp16, message, lambda: quantize.convert_fp16(fp32, fp16, self.gpu_fusion))
+            if self.fp16_gpu_fusion and "fp16" in self.files and self.fp16_fusion_facts() is None:
+                why = (
+                    no_fusion
+                    or (
+                        family.definition.fusion is not None
+                        and f"{family.family} has its own fusion recipe (CPU)"
+                    )
+                    or "its graph keeps its weights in an external data file"
+                )
+                self.progress.warn(f"--fp16-gpu-fusion: the fp16 file is unfused: {why}")
 
     def drop_skipped(self, name: str) -> None:
         """Remove the files the gate left out (and the fused fp32 unless it is kept), and say why."""

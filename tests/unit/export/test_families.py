@@ -402,10 +402,15 @@ def test_a_deep_decoder_with_large_logits_passes_the_gate(tmp_path: Path):
 @pytest.mark.slow
 def test_a_vocabulary_under_50_tokens_exports(tmp_path: Path):
     folder = fm.build_tiny_vocab_modernbert(tmp_path / "tiny-vocab")
-    result = _export(folder, tmp_path / "repo", "--max-length", "128")
+    result = _export(folder, tmp_path / "repo", "--max-length", "128", "--fp16-gpu-fusion")
     assert result.returncode == 0, result.stderr
     manifest = json.loads((tmp_path / "repo" / "reranker" / "manifest.json").read_text())
     assert manifest["family"] == "modernbert"
+    # asked for a GPU fusion the family has not: converted unfused, and said so
+    assert manifest["variants"]["fp16"]["gpu_fusion"] is None
+    assert (
+        "--fp16-gpu-fusion: the fp16 file is unfused: modernbert has its own fusion recipe" in result.stderr
+    )
     fp32 = manifest["parity"]["figures"]["fp32"]
     assert fp32["max_abs_diff"] <= fp32["bound"]
 
