@@ -333,11 +333,16 @@ class _Variants:
         else:
 
             def optimize() -> None:
+                heads, hidden = _heads_and_hidden(config)
                 self.graph_facts = fusion.optimize_variant(
-                    family, source.folder, fp32, fused,
-                    num_heads=int(getattr(config, "num_attention_heads", 0) or 0),
-                    hidden_size=int(getattr(config, "hidden_size", 0) or 0), token_ids=token_ids,
-                )  # fmt: skip
+                    family,
+                    source.folder,
+                    fp32,
+                    fused,
+                    num_heads=heads,
+                    hidden_size=hidden,
+                    token_ids=token_ids,
+                )
 
             self.build("fp32-opt", fused, "optimize (ONNX Runtime fusions)", optimize)
         self.from_fused = "fp32-opt" in self.files and int8.from_fused_graph
@@ -360,31 +365,28 @@ class _Variants:
         if "kv_cache" in self.graph_facts:
             self.cached = {k for k in self.files if k in self.derived}
         if BUILD_FP16:
-            fp16 = folder / "model.fp16.onnx"
-            # --fp16-gpu-fusion, BERT-like encoders: fused for the CUDA provider first (families with their own
-            # recipe, and graphs over the protobuf limit, convert unfused). Off by default: on an H200 with
-            # onnxruntime-gpu 1.31.1 the fused file ran fixed shapes 2.0-2.9x faster than the unfused one, but
-            # its Attention (cuDNN flash attention) pays 64-80 ms for each batch shape it has not seen, and the
-            # gateway's batches take many shapes: 100-document requests ran at 0.40x the fp32 file's speed in
-            # the same run (bench/results/gpu-fp16-fused.md; why: bench/results/gpu_shapes.json).
-            if self.fp16_gpu_fusion and no_fusion is None and family.definition.fusion is None:
-                self.gpu_fusion = quantize.GpuFusion(
-                    family.model_type,
-                    num_heads=int(getattr(config, "num_attention_heads", 0) or 0),
-                    hidden_size=int(getattr(config, "hidden_size", 0) or 0),
-                )
-            message = "convert fp16 (GPU" + (", fused for the CUDA provider)" if self.gpu_fusion else ")")
-            self.build("fp16", fp16, message, lambda: quantize.convert_fp16(fp32, fp16, self.gpu_fusion))
-            if self.fp16_gpu_fusion and "fp16" in self.files and self.fp16_fusion_facts() is None:
-                why = (
-                    no_fusion
-                    or (
-                        family.definition.fusion is not None
-                        and f"{family.family} has its own fusion recipe (CPU)"
-                    )
-                    or "its graph keeps its weights in an external data file"
-                )
-                self.progress.warn(f"--fp16-gpu-fusion: the fp16 file is unfused: {why}")
+            self.build_fp16(family, config, fp32, no_fusion)
+
+    def build_fp16(self, family: Family, config: Any, fp32: Path, no_fusion: str | None) -> None:
+        """The fp16 file, fused for the CUDA provider first with --fp16-gpu-fusion on a BERT-like encoder
+        (families with their own recipe, and graphs over the protobuf limit, convert unfused, with a warning).
+
+        Off by default: on an H200 with onnxruntime-gpu 1.31.1 the fused file ran fixed shapes 2.0-2.9x faster than
+        the unfused one, but its Attention (cuDNN flash attention) pays 64-80 ms for each batch shape it has not
+        seen, and the gateway's batches take many shapes: 100-document requests ran at 0.40x the fp32 file's speed
+        in the same run (bench/results/gpu-fp16-fused.md; why: bench/results/gpu_shapes.json).
+        """
+        fp16 = self.version_dir / "model.fp16.onnx"
+        if self.fp16_gpu_fusion and no_fusion is None and family.definition.fusion is None:
+            self.gpu_fusion = quantize.GpuFusion(family.model_type, *_heads_and_hidden(config))
+        message = "convert fp16 (GPU" + (", fused for the CUDA provider)" if self.gpu_fusion else ")")
+        self.build("fp16", fp16, message, lambda: quantize.convert_fp16(fp32, fp16, self.gpu_fusion))
+        if self.fp16_gpu_fusion and "fp16" in self.files and self.fp16_fusion_facts() is None:
+            recipe = (
+                family.definition.fusion is not None and f"{family.family} has its own fusion recipe (CPU)"
+            )
+            why = no_fusion or recipe or "its graph keeps its weights in an external data file"
+            self.progress.warn(f"--fp16-gpu-fusion: the fp16 file is unfused: {why}")
 
     def drop_skipped(self, name: str) -> None:
         """Remove the files the gate left out (and the fused fp32 unless it is kept), and say why."""
@@ -392,6 +394,12 @@ class _Variants:
             _remove_graph(self.files.pop(key))
         for key, reason in self.skipped.items():
             self.progress.warn(f"{name}: {key} left out: {reason}")
+
+
+def _heads_and_hidden(config: Any) -> tuple[int, int]:
+    """Attention heads and hidden size from a transformers config (0: ONNX Runtime's optimizer reads them off the
+    graph)."""
+    return int(getattr(config, "num_attention_heads", 0) or 0), int(getattr(config, "hidden_size", 0) or 0)
 
 
 def _cpu_file(files: dict[str, Path], cached: set[str] | frozenset[str] = frozenset()) -> str:
