@@ -8,7 +8,8 @@ What the rewriter turns the graphs into (counts per graph in the manifest's `opt
               SimplifiedLayerNormalization (RMSNorm, also Qwen3's per-head q/k norms) and
               SkipSimplifiedLayerNormalization (RMSNorm with the residual add);
 - ModernBERT: MultiHeadAttention (its local/global sliding window stays an attention bias), RotaryEmbedding,
-              Gelu (the GeGLU's activation).
+              Gelu (the GeGLU's activation); then export/graph_layout.py feeds the attention straight from
+              its own q, k and v MatMuls (no transposes, slices or splits between them).
 
 The recipe per family is data in the family table (gateway/families.py `FamilyDefinition.fusion`, a
 `FusionRecipe`: the attention the export traces, which fusions must have happened, or the file would run as
@@ -239,13 +240,15 @@ def optimize_variant(
     hidden_size: int,
     token_ids: tuple[int, int] | None,
     plain_layer_norms: bool = True,
+    layout_rewrites: bool = True,
 ) -> dict[str, Any]:
     """Write the fp32-opt file for any family and return what the manifest records of it (`optimizations`,
     and `kv_cache` for a cached decoder graph): the family's fusion recipe where it has one, else ONNX
     Runtime's own transformer optimizer on the fp32 graph (BERT-like encoders); ExportError when neither
     applies or the fusion fails. `plain_layer_norms`: LayerNorms as plain ops (export/layer_norm.py; off only
-    for `python -m bench.cpu_kernels`, which measures both)."""
-    from export import layer_norm, quantize, torch_export
+    for `python -m bench.cpu_kernels`, which measures both); `layout_rewrites`: attention inputs unpacked and
+    packed MatMuls split (export/graph_layout.py; off only for `python -m bench.graph_layout`)."""
+    from export import graph_layout, layer_norm, quantize, torch_export
 
     recipe = family.definition.fusion
     if recipe is not None:
@@ -264,7 +267,10 @@ def optimize_variant(
                 "method": "onnxruntime.transformers.optimizer.optimize_model (opt_level 1) on model.onnx",
             }
         }
-    # before int8 is quantized from this graph, so both CPU files carry it (export/layer_norm.py says why)
+    # before int8 is quantized from this graph, so both CPU files carry these (export/graph_layout.py and
+    # export/layer_norm.py say why)
+    if layout_rewrites:
+        facts["optimizations"].update(graph_layout.rewrite_file(output))
     facts["optimizations"]["layer_norms_as_plain_ops"] = (
         layer_norm.decompose_file(output) if plain_layer_norms else 0
     )

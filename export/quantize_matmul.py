@@ -3,14 +3,14 @@
 onnxruntime.quantization.quantize_dynamic keeps several copies of a model (shape inference saves and reloads
 it, the quantizer rebuilds it): on a 0.6B decoder (2.3 GB fp32) it peaked near 10 GB, over the 3x-the-fp32-file
 bound of issue 22. This writes what that quantizer writes for our settings, after ONNX Runtime's own graph
-fusion of it, directly: every MatMul whose second input is a 2-D float weight becomes ONNX Runtime's
-`DynamicQuantizeLinear` of its activation (uint8, asymmetric, per tensor; once per activation, shared by the
-MatMuls that read it: Q, K and V) and `MatMulIntegerToFloat` (com.microsoft), the form ONNX Runtime fuses the
-quantizer's output into;
-weights int8, symmetric, one scale per output column (per-channel), 7-bit when `reduce_range` (ORT's
-`compute_scale_zp`: scale = max|w| / 64, or / 127 full range). Each fp32 weight is dropped as soon as its int8
-copy exists; for a graph with external data, the int8 copy goes straight to the output's data file. Used for the families with a fusion recipe (export/fusion.py); BERT-like encoders keep
-quantize_dynamic (their files are small, and their figures stay what they were).
+fusion of it, directly: every MatMul whose second input is a 2-D float weight (of MIN_INNER rows or more)
+becomes ONNX Runtime's `DynamicQuantizeLinear` of its activation (uint8, asymmetric, per tensor; once per
+activation, shared by the MatMuls that read it: Q, K and V) and `MatMulIntegerToFloat` (com.microsoft), the
+form ONNX Runtime fuses the quantizer's output into; weights int8, symmetric, one scale per output column
+(per-channel), 7-bit when `reduce_range` (ORT's `compute_scale_zp`: scale = max|w| / 64, or / 127 full range).
+Each fp32 weight is dropped as soon as its int8 copy exists; for a graph with external data, the int8 copy goes
+straight to the output's data file. Used for the families with a fusion recipe (export/fusion.py); BERT-like
+encoders keep quantize_dynamic (their files are small, and their figures stay what they were).
 """
 
 from __future__ import annotations
@@ -78,14 +78,20 @@ def quantize_matmuls(source: Path, output: Path, settings: Int8Settings) -> int:
     return replaced
 
 
+# Below this inner dimension a MatMul is no layer's weight and int8 gains nothing. The one the fused graphs have
+# is the rotary embedding's angles, positions [P, 1] x frequencies [1, H/2]: quantized, the positions would be
+# rounded to steps of P/255 (2 positions at 512 tokens), the angles with them.
+MIN_INNER = 16
+
+
 def _float_weight(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto]) -> onnx.TensorProto | None:
-    """The 2-D float weight `node` multiplies by, when it is a MatMul of one (else None)."""
+    """The 2-D float weight `node` multiplies by, when it is a MatMul of one worth int8 (else None)."""
     if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
         return None
     weight = weights.get(node.input[1])
     if weight is None or len(weight.dims) != 2 or weight.data_type != onnx.TensorProto.FLOAT:
         return None
-    return weight
+    return weight if weight.dims[0] >= MIN_INNER else None
 
 
 def _per_channel_int8(w: np.ndarray, qmax: float) -> tuple[np.ndarray, np.ndarray]:

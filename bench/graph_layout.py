@@ -1,0 +1,190 @@
+"""`python -m bench.graph_layout --source FOLDER`: what export/graph_layout.py's rewrites are worth on one
+model's fused graphs (attention inputs unpacked from the packed projection, packed MatMuls split at their
+weights).
+
+From the source model folder it builds the fused fp32 graph without the rewrites and a copy with them, and the
+int8 file of each (the exporter's own functions, without the gate). Then it runs one batch of `--rows` pairs of
+`--tokens` tokens (the last pair padded by a fifth) through each file, interleaved round by round (the order
+rotated), in the gateway's sessions (`make_session`, CPU arena on), `--threads` threads. Figures: mean ms a
+batch, the ratio to the same precision without the rewrites, max |diff| of the logits against it, and the
+time onnxruntime's profiler gives each op type in one more run. Writes bench/results/graph_layout.{json,md}
+(`--output`, `--name`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+KINDS = ("packed", "unpacked")  # without and with the rewrites
+
+
+def build_graphs(source: Path, work: Path) -> tuple[Any, dict[str, Path], dict[str, int]]:
+    """(the model's config, {"fp32 packed": ..., "fp32 unpacked": ..., "int8 ...": ...}, the rewrites' counts)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from export import build, fusion, graph_layout, onnx_export, quantize
+    from export.sources import resolve_source
+
+    model = resolve_source(str(source), quiet=True)
+    family = model.family
+    config = AutoConfig.from_pretrained(model.folder)
+    tokenizer = AutoTokenizer.from_pretrained(model.folder, use_fast=True)
+    token_ids = build._template_token_ids(tokenizer, family, model.spec)
+    fp32 = work / "model.onnx"
+    build._export_fp32(
+        model, fp32, opset=onnx_export.DEFAULT_OPSET, token_ids=token_ids, progress=build.Progress(True), quiet=True
+    )  # fmt: skip
+    packed, unpacked = work / "packed.onnx", work / "unpacked.onnx"
+    fusion.optimize_variant(
+        family, model.folder, fp32, packed, num_heads=int(config.num_attention_heads),
+        hidden_size=int(config.hidden_size), token_ids=token_ids, layout_rewrites=False,
+    )  # fmt: skip
+    shutil.copy(packed, unpacked)
+    counts = graph_layout.rewrite_file(unpacked)
+    if not any(counts.values()):
+        raise SystemExit(f"{source}: the fused graph has nothing export/graph_layout.py rewrites")
+    graphs = {"fp32 packed": packed, "fp32 unpacked": unpacked}
+    quantizer = fusion.int8_quantizer(family, True)
+    for kind, path in (("packed", packed), ("unpacked", unpacked)):
+        graphs[f"int8 {kind}"] = work / f"{kind}.int8.onnx"
+        quantizer(path, graphs[f"int8 {kind}"], quantize.INT8_SETTINGS)
+    return config, graphs, counts
+
+
+def _feed(session: Any, rows: int, tokens: int, vocab: int) -> dict[str, np.ndarray]:
+    ids = np.random.default_rng(0).integers(5, min(900, vocab), (rows, tokens))
+    mask = np.ones_like(ids)
+    mask[-1, tokens - tokens // 5 :] = 0
+    feed = {}
+    for i in session.get_inputs():
+        if i.name == "input_ids":
+            feed[i.name] = ids
+        elif i.name == "attention_mask":
+            feed[i.name] = mask
+        else:  # token_type_ids: one segment is enough for timing
+            feed[i.name] = np.zeros_like(ids)
+    return feed
+
+
+def _op_times(path: Path, feed: dict[str, np.ndarray], threads: int, folder: Path) -> dict[str, float]:
+    """ms per op type in one profiled run (after a warm-up), largest first."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.enable_mem_pattern = False
+    options.enable_profiling = True
+    options.profile_file_prefix = str(folder / path.stem)
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session.run(None, feed)
+    session.run(None, feed)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    times: dict[str, float] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            op = event["args"]["op_name"]
+            times[op] = times.get(op, 0.0) + event["dur"] / 2000  # two runs, microseconds -> ms a run
+    return {op: round(ms, 1) for op, ms in sorted(times.items(), key=lambda kv: -kv[1])}
+
+
+def measure(
+    graphs: dict[str, Path], *, rows: int, tokens: int, vocab: int, rounds: int, threads: int, folder: Path
+) -> list[dict[str, Any]]:
+    from gateway.backends.onnx_local import make_session
+
+    runs = [{"graph": name, "session": make_session(path, device="cpu", threads=threads), "seconds": []}
+            for name, path in graphs.items()]  # fmt: skip
+    feeds = [_feed(r["session"], rows, tokens, vocab) for r in runs]
+    for run, feed in zip(runs, feeds, strict=True):
+        run["logits"] = run["session"].run(None, feed)[0]  # also the warm-up
+    for round_ in range(rounds):
+        shift = round_ % len(runs)
+        for index in list(range(len(runs)))[shift:] + list(range(len(runs)))[:shift]:
+            start = time.perf_counter()
+            runs[index]["session"].run(None, feeds[index])
+            runs[index]["seconds"].append(time.perf_counter() - start)
+    out = []
+    for run, feed in zip(runs, feeds, strict=True):
+        precision = run["graph"].split()[0]
+        base = next(r for r in runs if r["graph"] == f"{precision} packed")
+        ms = 1000 * float(np.mean(run["seconds"]))
+        out.append({
+            "graph": run["graph"], "ms": round(ms, 1),
+            "x_packed": round(1000 * float(np.mean(base["seconds"])) / ms, 3),
+            "max_abs_diff": float(np.abs(run["logits"] - base["logits"]).max()),
+            "op_ms": _op_times(graphs[run["graph"]], feed, threads, folder),
+        })  # fmt: skip
+    return out
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [
+        "# The fused graph's layout: attention inputs unpacked, packed MatMuls split (export/graph_layout.py)",
+        "",
+        f"`{results['command']}`, {results['started']}, {results['seconds']:.0f} s, {results['threads']} threads "
+        f"on {results['cpu']}: one batch of {results['batch_rows']} pairs x {results['tokens']} tokens through each "
+        f"file, {results['rounds']} rounds interleaved, the gateway's sessions. Model `{results['source']}` "
+        f"({results['model_type']}); rewrites: {results['rewrites']}.",
+        "",
+        "x packed: the same precision's graph without the rewrites over this one (above 1 is faster). max |diff|: "
+        "the logits against that graph.",
+        "",
+        "| precision | layout | ms a batch | x packed | max abs diff | the five slowest op types, ms a batch |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for row in results["measured"]:
+        precision, kind = row["graph"].split()
+        ops = ", ".join(f"{op} {ms:.0f}" for op, ms in list(row["op_ms"].items())[:5])
+        lines.append(
+            f"| {precision} | {kind} | {row['ms']:.0f} | {row['x_packed']:.2f} | {row['max_abs_diff']:.2e} | {ops} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    from bench.cli import machine
+
+    parser = argparse.ArgumentParser(prog="python -m bench.graph_layout", description=__doc__.split("\n")[0])
+    parser.add_argument("--source", type=Path, required=True, help="a Hugging Face model folder")
+    parser.add_argument("--rows", type=int, default=4)
+    parser.add_argument("--tokens", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--name", default="graph_layout", help="file stem of the results")
+    args = parser.parse_args(argv)
+    started = dt.datetime.now(dt.timezone.utc)
+    with tempfile.TemporaryDirectory(prefix="graph-layout-") as work:
+        config, graphs, counts = build_graphs(args.source, Path(work))
+        rows = measure(
+            graphs, rows=args.rows, tokens=args.tokens, vocab=int(config.vocab_size), rounds=args.rounds,
+            threads=args.threads, folder=Path(work),
+        )  # fmt: skip
+    results = {
+        "command": "python -m bench.graph_layout " + " ".join(sys.argv[1:] if argv is None else argv),
+        "started": started.isoformat(timespec="seconds"), "source": str(args.source), "model_type": config.model_type,
+        "batch_rows": args.rows, "tokens": args.tokens, "rounds": args.rounds, "threads": args.threads,
+        "cpu": machine().get("cpu", "unknown CPU"), "rewrites": counts, "measured": rows,
+        "seconds": (dt.datetime.now(dt.timezone.utc) - started).total_seconds(),
+    }  # fmt: skip
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / f"{args.name}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.output / f"{args.name}.md").write_text(markdown(results))
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
