@@ -1,6 +1,6 @@
 """Fewer copies between the fused graph's MatMuls and its attention: two rewrites of the fused fp32 file, written
-before int8 is quantized from it, so both CPU files carry them. Neither changes a value: the same numbers go
-through the same kernels, only fewer tensors are copied on the way.
+before int8 is quantized from it, so both CPU files carry them. Neither changes what is computed (the tests find
+the scores equal), only fewer tensors are copied on the way.
 
 1. `unpack_attention_inputs`: ModernBERT's attention, as exported, views its packed projection [B, S, 3*E] as
    [B, S, 3, N, H], transposes it to [B, N, 3, S, H], slices out q, k and v, applies the rotary embedding to
@@ -12,8 +12,9 @@ through the same kernels, only fewer tensors are copied on the way.
    from (1), the GeGLU's input and gate) becomes one MatMul per part, each by its columns of the weight. The
    Split's copy goes; int8 quantizes the activation once for all the parts (export/quantize_matmul.py).
 
-Measured with `python -m bench.cpu_kernels`-style interleaved runs on ModernBERT-base size (4 x 512 tokens,
-2 threads): int8 1.14x, fp32 1.04x; profiles in `bench/results/families.md`'s notes.
+`python -m bench.graph_layout --source FOLDER` builds the fused graph with and without them and times both
+(ModernBERT-base size, one 512-token pair, 2 threads, bench/results/graph_layout_modernbert.md: int8 1.09x,
+fp32 1.04x).
 """
 
 from __future__ import annotations
