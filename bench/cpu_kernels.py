@@ -22,6 +22,7 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +31,12 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def build_graphs(source: Path, work: Path) -> tuple[Any, dict[str, Path]]:
-    """(the model's config, {"fp32 fused-kernel": ..., "fp32 plain-op": ..., "int8 ...": ...})."""
+def fused_graph(source: Path, path: Path, **switches: bool) -> tuple[Any, Any, Path]:
+    """(the model's config, its family, path): the source's fused fp32 graph as the exporter's own functions
+    write it (`switches`: `fusion.optimize_variant`'s, to leave one of its rewrites out)."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from export import build, fusion, layer_norm, onnx_export, quantize
+    from export import build, fusion, onnx_export
     from export.sources import resolve_source
 
     model = resolve_source(str(source), quiet=True)
@@ -42,42 +44,75 @@ def build_graphs(source: Path, work: Path) -> tuple[Any, dict[str, Path]]:
     config = AutoConfig.from_pretrained(model.folder)
     tokenizer = AutoTokenizer.from_pretrained(model.folder, use_fast=True)
     token_ids = build._template_token_ids(tokenizer, family, model.spec)
-    fp32 = work / "model.onnx"
+    fp32 = path.with_name("model.onnx")
     build._export_fp32(
-        model,
-        fp32,
-        opset=onnx_export.DEFAULT_OPSET,
-        token_ids=token_ids,
-        progress=build.Progress(True),
-        quiet=True,
-    )
-    fused, plain = work / "fused-kernel.onnx", work / "plain-op.onnx"
-    fusion.optimize_variant(
-        family, model.folder, fp32, fused, num_heads=int(config.num_attention_heads),
-        hidden_size=int(config.hidden_size), token_ids=token_ids, plain_layer_norms=False,
+        model, fp32, opset=onnx_export.DEFAULT_OPSET, token_ids=token_ids, progress=build.Progress(True), quiet=True
     )  # fmt: skip
+    fusion.optimize_variant(
+        family, model.folder, fp32, path, num_heads=int(config.num_attention_heads),
+        hidden_size=int(config.hidden_size), token_ids=token_ids, **switches,
+    )  # fmt: skip
+    return config, family, path
+
+
+def with_int8(family: Any, graphs: dict[str, Path]) -> dict[str, Path]:
+    """`graphs` ({"fp32 KIND": path}) and the int8 file of each ({"int8 KIND": ...}), quantized as the exporter
+    does from a fused graph."""
+    from export import fusion, quantize
+
+    quantizer = fusion.int8_quantizer(family, True)
+    out = dict(graphs)
+    for name, path in graphs.items():
+        kind = name.split(" ", 1)[1]
+        out[f"int8 {kind}"] = path.with_name(f"{kind}.int8.onnx")
+        quantizer(path, out[f"int8 {kind}"], quantize.INT8_SETTINGS)
+    return out
+
+
+def build_graphs(source: Path, work: Path) -> tuple[Any, dict[str, Path]]:
+    """(the model's config, {"fp32 fused-kernel": ..., "fp32 plain-op": ..., "int8 ...": ...})."""
+    from export import layer_norm
+
+    fused, plain = work / "fused-kernel.onnx", work / "plain-op.onnx"
+    config, family, _ = fused_graph(source, fused, plain_layer_norms=False)
     shutil.copy(fused, plain)
     if not layer_norm.decompose_file(plain):
         raise SystemExit(f"{source}: the fused graph has no LayerNorm to rewrite")
-    graphs = {"fp32 fused-kernel": fused, "fp32 plain-op": plain}
-    quantizer = fusion.int8_quantizer(family, True)
-    for kind, path in (("fused-kernel", fused), ("plain-op", plain)):
-        graphs[f"int8 {kind}"] = work / f"{kind}.int8.onnx"
-        quantizer(path, graphs[f"int8 {kind}"], quantize.INT8_SETTINGS)
-    return config, graphs
+    return config, with_int8(family, {"fp32 fused-kernel": fused, "fp32 plain-op": plain})
 
 
-def _feed(session: Any, tokens: int, vocab: int) -> dict[str, np.ndarray]:
-    ids = np.random.default_rng(0).integers(5, min(900, vocab), (1, tokens))
-    feed = {}
+def feed(session: Any, tokens: int, vocab: int, rows: int = 1, padded: int = 0) -> dict[str, np.ndarray]:
+    """`rows` pairs of `tokens` random ids for the graph's inputs, the last row's final `padded` tokens masked."""
+    ids = np.random.default_rng(0).integers(5, min(900, vocab), (rows, tokens))
+    mask = np.ones_like(ids)
+    if padded:
+        mask[-1, tokens - padded :] = 0
+    out = {}
     for i in session.get_inputs():
         if i.name == "input_ids":
-            feed[i.name] = ids
+            out[i.name] = ids
         elif i.name == "attention_mask":
-            feed[i.name] = np.ones_like(ids)
+            out[i.name] = mask
         else:  # token_type_ids: one segment is enough for timing
-            feed[i.name] = np.zeros_like(ids)
-    return feed
+            out[i.name] = np.zeros_like(ids)
+    return out
+
+
+def interleaved(
+    calls: list[Callable[[], Any]], rounds: int, after: Callable[[], None] | None = None
+) -> list[list[float]]:
+    """Seconds of each call, `rounds` times, round by round with the order rotated (`after`: run after each)."""
+    seconds: list[list[float]] = [[] for _ in calls]
+    order = list(range(len(calls)))
+    for round_ in range(rounds):
+        shift = round_ % len(calls)
+        for index in order[shift:] + order[:shift]:
+            start = time.perf_counter()
+            calls[index]()
+            seconds[index].append(time.perf_counter() - start)
+            if after is not None:
+                after()
+    return seconds
 
 
 def measure(
@@ -90,20 +125,23 @@ def measure(
     for name, path in graphs.items():
         for arena in (False, True):
             session = make_session(path, device="cpu", threads=threads, cpu_arena=arena)
-            runs.append({"graph": name, "arena": arena, "session": session, "seconds": []})
-    feeds = [_feed(r["session"], tokens, vocab) for r in runs]
-    for run, feed in zip(runs, feeds, strict=True):
-        run["logits"] = run["session"].run(None, feed)[0]  # also the warm-up
+            runs.append({"graph": name, "arena": arena, "session": session})
+    feeds = [feed(r["session"], tokens, vocab) for r in runs]
+    for run, inputs in zip(runs, feeds, strict=True):
+        run["logits"] = run["session"].run(None, inputs)[0]  # also the warm-up
     batches = 0
-    for round_ in range(rounds):
-        shift = round_ % len(runs)
-        for index in list(range(len(runs)))[shift:] + list(range(len(runs)))[:shift]:
-            start = time.perf_counter()
-            runs[index]["session"].run(None, feeds[index])
-            runs[index]["seconds"].append(time.perf_counter() - start)
-            batches += 1
-            if batches % FairLane.TRIM_EVERY == 0:
-                release_heap()
+
+    def trim() -> None:  # the heap handed back every TRIM_EVERY batches, as the gateway's CPU lane does
+        nonlocal batches
+        batches += 1
+        if batches % FairLane.TRIM_EVERY == 0:
+            release_heap()
+
+    calls = [
+        lambda r=run, f=inputs: r["session"].run(None, f) for run, inputs in zip(runs, feeds, strict=True)
+    ]
+    for run, seconds in zip(runs, interleaved(calls, rounds, trim), strict=True):
+        run["seconds"] = seconds
     rows = []
     for run in runs:
         precision = run["graph"].split()[0]
@@ -115,6 +153,14 @@ def measure(
             "max_abs_diff": float(np.abs(run["logits"] - base["logits"]).max()),
         })  # fmt: skip
     return rows
+
+
+def write(output: Path, name: str, results: dict[str, Any], text: str) -> None:
+    """output/NAME.json and output/NAME.md; the report printed too."""
+    output.mkdir(parents=True, exist_ok=True)
+    (output / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (output / f"{name}.md").write_text(text)
+    print(text)
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -168,10 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": machine().get("cpu", "unknown CPU"), "rows": rows,
         "seconds": (dt.datetime.now(dt.timezone.utc) - started).total_seconds(),
     }  # fmt: skip
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / f"{args.name}.json").write_text(json.dumps(results, indent=1) + "\n")
-    (args.output / f"{args.name}.md").write_text(markdown(results))
-    print(markdown(results))
+    write(args.output, args.name, results, markdown(results))
     return 0
 
 

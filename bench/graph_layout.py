@@ -18,11 +18,12 @@ import datetime as dt
 import json
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bench import cpu_kernels
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KINDS = ("packed", "unpacked")  # without and with the rewrites
@@ -30,50 +31,15 @@ KINDS = ("packed", "unpacked")  # without and with the rewrites
 
 def build_graphs(source: Path, work: Path) -> tuple[Any, dict[str, Path], dict[str, int]]:
     """(the model's config, {"fp32 packed": ..., "fp32 unpacked": ..., "int8 ...": ...}, the rewrites' counts)."""
-    from transformers import AutoConfig, AutoTokenizer
+    from export import graph_layout
 
-    from export import build, fusion, graph_layout, onnx_export, quantize
-    from export.sources import resolve_source
-
-    model = resolve_source(str(source), quiet=True)
-    family = model.family
-    config = AutoConfig.from_pretrained(model.folder)
-    tokenizer = AutoTokenizer.from_pretrained(model.folder, use_fast=True)
-    token_ids = build._template_token_ids(tokenizer, family, model.spec)
-    fp32 = work / "model.onnx"
-    build._export_fp32(
-        model, fp32, opset=onnx_export.DEFAULT_OPSET, token_ids=token_ids, progress=build.Progress(True), quiet=True
-    )  # fmt: skip
     packed, unpacked = work / "packed.onnx", work / "unpacked.onnx"
-    fusion.optimize_variant(
-        family, model.folder, fp32, packed, num_heads=int(config.num_attention_heads),
-        hidden_size=int(config.hidden_size), token_ids=token_ids, layout_rewrites=False,
-    )  # fmt: skip
+    config, family, _ = cpu_kernels.fused_graph(source, packed, layout_rewrites=False)
     shutil.copy(packed, unpacked)
     counts = graph_layout.rewrite_file(unpacked)
     if not any(counts.values()):
         raise SystemExit(f"{source}: the fused graph has nothing export/graph_layout.py rewrites")
-    graphs = {"fp32 packed": packed, "fp32 unpacked": unpacked}
-    quantizer = fusion.int8_quantizer(family, True)
-    for kind, path in (("packed", packed), ("unpacked", unpacked)):
-        graphs[f"int8 {kind}"] = work / f"{kind}.int8.onnx"
-        quantizer(path, graphs[f"int8 {kind}"], quantize.INT8_SETTINGS)
-    return config, graphs, counts
-
-
-def _feed(session: Any, rows: int, tokens: int, vocab: int) -> dict[str, np.ndarray]:
-    ids = np.random.default_rng(0).integers(5, min(900, vocab), (rows, tokens))
-    mask = np.ones_like(ids)
-    mask[-1, tokens - tokens // 5 :] = 0
-    feed = {}
-    for i in session.get_inputs():
-        if i.name == "input_ids":
-            feed[i.name] = ids
-        elif i.name == "attention_mask":
-            feed[i.name] = mask
-        else:  # token_type_ids: one segment is enough for timing
-            feed[i.name] = np.zeros_like(ids)
-    return feed
+    return config, cpu_kernels.with_int8(family, {"fp32 packed": packed, "fp32 unpacked": unpacked}), counts
 
 
 def _op_times(path: Path, feed: dict[str, np.ndarray], threads: int, folder: Path) -> dict[str, float]:
@@ -102,17 +68,16 @@ def measure(
 ) -> list[dict[str, Any]]:
     from gateway.backends.onnx_local import make_session
 
-    runs = [{"graph": name, "session": make_session(path, device="cpu", threads=threads), "seconds": []}
+    runs = [{"graph": name, "session": make_session(path, device="cpu", threads=threads)}
             for name, path in graphs.items()]  # fmt: skip
-    feeds = [_feed(r["session"], rows, tokens, vocab) for r in runs]
-    for run, feed in zip(runs, feeds, strict=True):
-        run["logits"] = run["session"].run(None, feed)[0]  # also the warm-up
-    for round_ in range(rounds):
-        shift = round_ % len(runs)
-        for index in list(range(len(runs)))[shift:] + list(range(len(runs)))[:shift]:
-            start = time.perf_counter()
-            runs[index]["session"].run(None, feeds[index])
-            runs[index]["seconds"].append(time.perf_counter() - start)
+    feeds = [cpu_kernels.feed(r["session"], tokens, vocab, rows, padded=tokens // 5) for r in runs]
+    for run, inputs in zip(runs, feeds, strict=True):
+        run["logits"] = run["session"].run(None, inputs)[0]  # also the warm-up
+    calls = [
+        lambda r=run, f=inputs: r["session"].run(None, f) for run, inputs in zip(runs, feeds, strict=True)
+    ]
+    for run, seconds in zip(runs, cpu_kernels.interleaved(calls, rounds), strict=True):
+        run["seconds"] = seconds
     out = []
     for run, feed in zip(runs, feeds, strict=True):
         precision = run["graph"].split()[0]
@@ -179,10 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": machine().get("cpu", "unknown CPU"), "rewrites": counts, "measured": rows,
         "seconds": (dt.datetime.now(dt.timezone.utc) - started).total_seconds(),
     }  # fmt: skip
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / f"{args.name}.json").write_text(json.dumps(results, indent=1) + "\n")
-    (args.output / f"{args.name}.md").write_text(markdown(results))
-    print(markdown(results))
+    cpu_kernels.write(args.output, args.name, results, markdown(results))
     return 0
 
 

@@ -149,6 +149,8 @@ def unpack_attention_inputs(model: Any) -> int:
     the sequence length from a replaced rotary output (axis 2) reads it from the new one (axis 1)."""
     from onnx import helper
 
+    if next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0) < 18:
+        return 0  # Split's `num_outputs` (the fused graphs are opset 18)
     g = _Graph(model.graph)
     before: dict[int, list[Any]] = {}  # id(attention) -> the nodes that go before it
     moved: dict[str, str] = {}  # a replaced rotary output -> its replacement
