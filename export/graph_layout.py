@@ -142,75 +142,75 @@ def _packed_as_three(g: _Graph, packed: Any, heads: int) -> bool:
     return len(shape) == 5 and shape[2] == 3 and shape[3] == heads and shape[4] > 0
 
 
+def _matched(g: _Graph, attention: Any) -> tuple[_Branch, _Branch, _Branch] | None:
+    """The attention's q, k and v branches when all three come from one packed [B, S, 3, heads, H] view, q and k
+    through the same rotary embedding and v through none; else None."""
+    heads = int(_attr(attention, "num_heads", 0))
+    if len(attention.input) < 3 or heads <= 0:
+        return None
+    q, k, v = (_branch(g, name) for name in attention.input[:3])
+    if q is None or k is None or v is None:
+        return None
+    if (q.index, k.index, v.index) != (0, 1, 2) or len({id(b.packed) for b in (q, k, v)}) != 1:
+        return None
+    if q.rotary is None or k.rotary is None or v.rotary is not None:
+        return None
+    if list(q.rotary.input[1:]) != list(k.rotary.input[1:]) or not _packed_as_three(g, q.packed, heads):
+        return None
+    return q, k, v
+
+
+def _unpacked(attention: Any, q: _Branch, k: _Branch, prefix: str) -> tuple[list[Any], dict[str, str]]:
+    """The nodes that feed `attention` instead (Split, two 3-D RotaryEmbeddings; its inputs are set to their
+    outputs), and each replaced rotary output -> its replacement."""
+    from onnx import helper
+
+    heads = int(_attr(attention, "num_heads", 0))
+    parts = [f"{prefix}/unpacked_{p}" for p in "qkv"]
+    nodes = [
+        helper.make_node("Split", [q.packed.input[0]], parts, axis=-1, num_outputs=3, name=f"{prefix}/unpack")
+    ]
+    moved: dict[str, str] = {}
+    for branch, part in ((q, parts[0]), (k, parts[1])):
+        rotary, out = branch.rotary, f"{part}_rotary"
+        attrs = {a.name: helper.get_attribute_value(a) for a in rotary.attribute}
+        attrs["num_heads"] = heads  # read by the kernel for a 3-D input
+        nodes.append(
+            helper.make_node(
+                "RotaryEmbedding", [part, *rotary.input[1:]], [out], name=f"{out}_node", domain=_MS, **attrs
+            )
+        )
+        moved[rotary.output[0]] = out
+    for i, name in enumerate([f"{parts[0]}_rotary", f"{parts[1]}_rotary", parts[2]]):
+        attention.input[i] = name
+    return nodes, moved
+
+
 def unpack_attention_inputs(model: Any) -> int:
     """Feed each MultiHeadAttention fed through the packed projection's 5-D transpose (see the module's
     docstring) from a Split of the projection and 3-D RotaryEmbeddings instead; how many. Attentions of any
     other shape are left as they are. The replaced nodes are removed once nothing reads them; a Shape that read
     the sequence length from a replaced rotary output (axis 2) reads it from the new one (axis 1)."""
-    from onnx import helper
-
     if next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0) < 18:
         return 0  # Split's `num_outputs` (the fused graphs are opset 18)
     g = _Graph(model.graph)
     before: dict[int, list[Any]] = {}  # id(attention) -> the nodes that go before it
     moved: dict[str, str] = {}  # a replaced rotary output -> its replacement
     for attention in [n for n in model.graph.node if n.op_type == "MultiHeadAttention" and n.domain == _MS]:
-        heads = int(_attr(attention, "num_heads", 0))
-        if len(attention.input) < 3 or heads <= 0:
+        branches = _matched(g, attention)
+        if branches is None:
             continue
-        branches = [_branch(g, name) for name in attention.input[:3]]
-        if any(b is None for b in branches):
-            continue
-        q, k, v = branches
-        assert q is not None and k is not None and v is not None
-        if (q.index, k.index, v.index) != (0, 1, 2) or len({id(b.packed) for b in (q, k, v)}) != 1:
-            continue
-        if (
-            q.rotary is None
-            or k.rotary is None
-            or v.rotary is not None
-            or list(q.rotary.input[1:]) != list(k.rotary.input[1:])
-        ):
-            continue
-        if not _packed_as_three(g, q.packed, heads):
-            continue
-        prefix = attention.name or f"attention_{len(before)}"
-        parts = [f"{prefix}/unpacked_{p}" for p in "qkv"]
-        nodes = [
-            helper.make_node(
-                "Split", [q.packed.input[0]], parts, axis=-1, num_outputs=3, name=f"{prefix}/unpack_qkv"
-            )
-        ]
-        inputs = []
-        for branch, part in ((q, parts[0]), (k, parts[1])):
-            rotary = branch.rotary
-            out = f"{part}_rotary"
-            attrs = {a.name: helper.get_attribute_value(a) for a in rotary.attribute}
-            attrs["num_heads"] = heads  # read by the kernel for a 3-D input
-            nodes.append(
-                helper.make_node(
-                    "RotaryEmbedding",
-                    [part, *rotary.input[1:]],
-                    [out],
-                    name=f"{out}_node",
-                    domain=_MS,
-                    **attrs,
-                )
-            )
-            moved[rotary.output[0]] = out
-            inputs.append(out)
-        inputs.append(parts[2])
-        for i, name in enumerate(inputs):
-            attention.input[i] = name
+        q, k, _ = branches
+        nodes, replaced = _unpacked(attention, q, k, attention.name or f"attention_{len(before)}")
         before[id(attention)] = nodes
+        moved.update(replaced)
     if not before:
         return 0
     for node in model.graph.node:
         if (
             node.op_type == "Shape"
             and node.input[0] in moved
-            and _attr(node, "start") == 2
-            and _attr(node, "end") == 3
+            and (_attr(node, "start"), _attr(node, "end")) == (2, 3)
         ):
             node.input[0] = moved[node.input[0]]
             for a in node.attribute:
