@@ -39,7 +39,7 @@ def rewrite_file(path: Path) -> dict[str, int]:
     ranks = _ranks(model) if any(n.op_type == "Split" for n in model.graph.node) else {}
     # weights spread over several data files (not what our exporter writes): left as they are
     splits = _split_candidates(model, ranks) if len(locations) <= 1 else []
-    if splits and external:
+    if splits and external:  # the splits need the weights: reload with them and unpack that copy again
         model = onnx.load(str(path), load_external_data=True)
         unpack_attention_inputs(model)
     matmuls = split_weight_matmuls(model, ranks) if splits else 0
