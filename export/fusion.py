@@ -241,14 +241,17 @@ def optimize_variant(
     token_ids: tuple[int, int] | None,
     plain_layer_norms: bool = True,
     layout_rewrites: bool = True,
+    pooled_token_only: bool = True,
 ) -> dict[str, Any]:
     """Write the fp32-opt file for any family and return what the manifest records of it (`optimizations`,
     and `kv_cache` for a cached decoder graph): the family's fusion recipe where it has one, else ONNX
     Runtime's own transformer optimizer on the fp32 graph (BERT-like encoders); ExportError when neither
     applies or the fusion fails. `plain_layer_norms`: LayerNorms as plain ops (export/layer_norm.py; off only
     for `python -m bench.cpu_kernels`, which measures both); `layout_rewrites`: attention inputs unpacked and
-    packed MatMuls split (export/graph_layout.py; off only for `python -m bench.graph_layout`)."""
-    from export import graph_layout, layer_norm, quantize, torch_export
+    packed MatMuls split (export/graph_layout.py; off only for `python -m bench.graph_layout`);
+    `pooled_token_only`: the last layer computed for the token the score reads (export/pooled_token.py; off
+    only for `python -m bench.graph_layout --rewrite pooled-token`)."""
+    from export import graph_layout, layer_norm, pooled_token, quantize, torch_export
 
     recipe = family.definition.fusion
     if recipe is not None:
@@ -271,6 +274,8 @@ def optimize_variant(
     # export/layer_norm.py say why)
     if layout_rewrites:
         facts["optimizations"].update(graph_layout.rewrite_file(output))
+    if pooled_token_only:
+        facts["optimizations"].update(pooled_token.rewrite_file(output))
     facts["optimizations"]["layer_norms_as_plain_ops"] = (
         layer_norm.decompose_file(output) if plain_layer_norms else 0
     )

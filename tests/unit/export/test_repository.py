@@ -56,12 +56,22 @@ def test_manifest_has_the_contract_keys_and_true_file_hashes(tiny_model_reposito
     }  # fmt: skip
     # ONNX Runtime's optimizer fused the BERT graph; the int8 file quantized from it keeps its fusions
     fused_ops = manifest["variants"]["fp32-opt"]["optimizations"]["contrib_ops"]
+    # (the last layer's Attention is a MultiHeadAttention now, see below: the 1-layer prefilter has no other)
     assert (
-        "Attention" in fused_ops and manifest["variants"]["int8"]["optimizations"]["contrib_ops"] == fused_ops
+        "EmbedLayerNormalization" in fused_ops
+        and manifest["variants"]["int8"]["optimizations"]["contrib_ops"] == fused_ops
     )
+    layers = json.loads((Path(manifest["source"]["path"]) / "config.json").read_text())["num_hidden_layers"]
+    assert fused_ops.get("Attention", 0) == layers - 1
     # its LayerNorms as plain ops (export/layer_norm.py), in the files the CPU serves
     assert manifest["variants"]["fp32-opt"]["optimizations"]["layer_norms_as_plain_ops"] > 0
     assert "SkipLayerNormalization" not in fused_ops
+    # the last layer runs for the pooled [CLS] token only (export/pooled_token.py): its attention's query
+    assert manifest["variants"]["fp32-opt"]["optimizations"]["pooled_token_attention"] == 1
+    assert (
+        fused_ops["MultiHeadAttention"] == 1
+        and manifest["variants"]["fp32-opt"]["optimizations"]["pooled_token_nodes"] > 0
+    )
     assert "kv_cache" not in manifest["variants"]["fp32-opt"] and "prefix_reuse" not in manifest["parity"]
 
     variants = manifest["variants"]
