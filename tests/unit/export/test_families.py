@@ -251,6 +251,8 @@ def test_family_exports_and_matches_pytorch(
         else plain_norms > 0
     )
     assert "SkipLayerNormalization" not in ops
+    # mean pooling and the decoders' last token read every position: nothing for export/pooled_token.py to cut
+    assert fused["optimizations"]["pooled_token_nodes"] == 0
     assert manifest["parity"]["figures"]["fp32-opt"]["max_abs_diff"] <= 1e-4
     if family == "decoder":  # the cached graph, gated the way the gateway serves it (head once)
         assert fused["kv_cache"]["layers"] == 2

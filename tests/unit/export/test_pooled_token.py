@@ -1,7 +1,8 @@
 """export/pooled_token.py: the last layer computed for the pooled token only. On ONNX Runtime's fused BERT graph
-(packed Attention) and on a CLS-pooled ModernBERT's fused graph (MultiHeadAttention with a sliding-window bias)
-the scores stay what they were on padded batches, in fp32 and int8; graphs that pool every token, or read the
-hidden state elsewhere too, are left as they are; external data stays external."""
+(packed Attention), on XLM-R's through the exporter's own `fusion.optimize_variant` and on a CLS-pooled
+ModernBERT's fused graph (MultiHeadAttention with a sliding-window bias) the scores stay what they were on padded
+batches, in fp32 and int8; graphs that pool every token, or read the hidden state elsewhere too, are left as they
+are; external data stays external."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import onnx
 import pytest
 from onnx import helper
 
-from export import graph_layout, onnx_export, pooled_token, quantize, torch_export
+from export import fusion, graph_layout, onnx_export, pooled_token, quantize, torch_export
 from export.sources import resolve_source
 
 
@@ -148,3 +149,20 @@ def test_external_data_stays_in_its_file(bert: Path, tmp_path: Path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.opt.onnx", "model.opt.onnx.data"]
     assert path.stat().st_size < 100_000  # the weights are still outside the graph
     assert np.abs(_scores(path) - before).max() <= 1e-5
+
+
+def test_xlm_roberta_through_the_exporters_fused_variant(tmp_path: Path):
+    """bge-reranker's layout (`features[:, 0]` into its classification head), fused as `python -m export` fuses
+    it: the manifest's counts say the last layer was cut, and the scores equal the graph fused without it."""
+    folder = fm.build_xlm_roberta(tmp_path / "xlmr")
+    family = resolve_source(str(folder), quiet=True).family
+    fp32 = tmp_path / "model.onnx"
+    onnx_export.export_fp32(folder, fp32, opset=onnx_export.DEFAULT_OPSET, quiet=True)
+    graphs = {}
+    for cut in (False, True):
+        graphs[cut] = tmp_path / f"model.opt.{int(cut)}.onnx"
+        facts = fusion.optimize_variant(family, folder, fp32, graphs[cut], num_heads=2, hidden_size=128,
+                                        token_ids=None, pooled_token_only=cut)  # fmt: skip
+        assert facts["optimizations"].get("pooled_token_attention", 0) == int(cut)
+    assert facts["optimizations"]["contrib_ops"]["MultiHeadAttention"] == 1
+    assert np.abs(_scores(graphs[True]) - _scores(graphs[False])).max() <= 1e-5
