@@ -76,8 +76,8 @@ def rewrite_file(path: Path) -> dict[str, int]:
 
 @dataclass
 class Plan:
-    """What `apply` changes: the per-token nodes (by id), the tensors they read from outside (cut to token 0),
-    and the attention whose output they read."""
+    """What `apply` changes: the per-token nodes (in graph order), the tensors they read from outside (cut to
+    token 0), the attention whose output they read (None: its output is cut instead) and the shapes found."""
 
     region: list[Any]
     outside: list[str]
