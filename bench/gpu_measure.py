@@ -632,9 +632,9 @@ def oom_evidence(calls: Sequence[dict[str, Any]], metrics_text: str, before: flo
     }
 
 
-def other_fp16(spec: Any) -> tuple[str, Path] | None:
-    """The repository's fp32 graph converted to the fp16 file the export did not choose, in a temporary folder, so
-    that both are timed side by side: unfused where the repository's fp16 file is fused for the CUDA provider
+def other_fp16(spec: Any, folder: Path) -> tuple[str, Path] | None:
+    """The repository's fp32 graph converted to the fp16 file the export did not choose, written in `folder` (the
+    caller's temporary folder), so that both are timed side by side: unfused where the repository's fp16 file is fused for the CUDA provider
     (its manifest's `gpu_fusion`), fused (`--fp16-gpu-fusion`) where it is not and onnxruntime's optimizer knows
     the model type; None otherwise."""
     from export.quantize import GpuFusion, convert_fp16, fusion_unsupported
@@ -644,7 +644,7 @@ def other_fp16(spec: Any) -> tuple[str, Path] | None:
     fp32 = manifest["variants"]["fp32"]
     if entry is None or fp32.get("external_data"):
         return None
-    out = Path(tempfile.mkdtemp(prefix="other-fp16-")) / "model.onnx"
+    out = folder / "model.onnx"
     if entry.get("gpu_fusion"):
         convert_fp16(variant_file(spec, "fp32"), out)
         return UNFUSED_FP16, out
@@ -689,53 +689,57 @@ def section_bare(bare: Bare, source: str | None, requests: Requests, results: di
             model = cross_encoder(source, fp16=True, max_length=bare.spec.max_length)
         except Exception as exc:
             model_error = f"{type(exc).__name__}: {str(exc)[:300]}"
-    for tokens in BARE_TOKENS:
-        windows = [w for w in bare.windows(query, texts, max_length=tokens) if len(w.ids) == tokens]
-        if not windows:
-            raise RuntimeError(f"no pair reaches {tokens} tokens")
-        windows = (windows * (max(BARE_BATCHES) // len(windows) + 1))[: max(BARE_BATCHES)]
-        contenders: dict[str, dict[str, Any]] = {}
-        other = other_fp16(bare.spec)
-        for variant in ("fp16", "fp32", *([other[0]] if other else [])):
-            try:
-                path = other[1] if other and variant == other[0] else variant_file(bare.spec, variant)
-                session = cuda_session(path, threads=threads)
-            except Exception as exc:
-                contenders[f"onnx-cuda {variant}"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
-                continue
-            feeds = {b: build_batch(windows[:b], bare.names, bare.tok.pad_id).inputs for b in BARE_BATCHES}
+    # the other fp16 file, converted once and timed at each length; its folder goes when the section ends
+    with tempfile.TemporaryDirectory(prefix="other-fp16-") as work:
+        other = other_fp16(bare.spec, Path(work))
+        for tokens in BARE_TOKENS:
+            windows = [w for w in bare.windows(query, texts, max_length=tokens) if len(w.ids) == tokens]
+            if not windows:
+                raise RuntimeError(f"no pair reaches {tokens} tokens")
+            windows = (windows * (max(BARE_BATCHES) // len(windows) + 1))[: max(BARE_BATCHES)]
+            contenders: dict[str, dict[str, Any]] = {}
+            for variant in ("fp16", "fp32", *([other[0]] if other else [])):
+                try:
+                    path = other[1] if other and variant == other[0] else variant_file(bare.spec, variant)
+                    session = cuda_session(path, threads=threads)
+                except Exception as exc:
+                    contenders[f"onnx-cuda {variant}"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+                    continue
+                feeds = {
+                    b: build_batch(windows[:b], bare.names, bare.tok.pad_id).inputs for b in BARE_BATCHES
+                }
 
-            def ort_run(b: int, session: Any = session, feeds: dict[int, Any] = feeds) -> None:
-                session.run(["logits"], feeds[b])
+                def ort_run(b: int, session: Any = session, feeds: dict[int, Any] = feeds) -> None:
+                    session.run(["logits"], feeds[b])
 
-            contenders[f"onnx-cuda {variant}"] = best_of(ort_run)
-            del session
-        if model is None:
-            contenders[TORCH_FP16] = {"error": model_error}
-        else:
-            import torch
+                contenders[f"onnx-cuda {variant}"] = best_of(ort_run)
+                del session
+            if model is None:
+                contenders[TORCH_FP16] = {"error": model_error}
+            else:
+                import torch
 
-            device = "cuda" if REQUIRE_CUDA else "cpu"
-            texts_b = [(query, t) for t in texts] * (max(BARE_BATCHES) // len(texts) + 1)
-            features = {
-                b: model.tokenizer(
-                    [q for q, _ in texts_b[:b]], [t for _, t in texts_b[:b]], truncation="only_second",
-                    max_length=tokens, padding="max_length", return_tensors="pt",
-                ).to(device)
-                for b in BARE_BATCHES
-            }  # fmt: skip
+                device = "cuda" if REQUIRE_CUDA else "cpu"
+                texts_b = [(query, t) for t in texts] * (max(BARE_BATCHES) // len(texts) + 1)
+                features = {
+                    b: model.tokenizer(
+                        [q for q, _ in texts_b[:b]], [t for _, t in texts_b[:b]], truncation="only_second",
+                        max_length=tokens, padding="max_length", return_tensors="pt",
+                    ).to(device)
+                    for b in BARE_BATCHES
+                }  # fmt: skip
 
-            def torch_run(b: int, features: dict[int, Any] = features) -> None:
-                with torch.inference_mode():
-                    model.model(**features[b]).logits.float().cpu()
+                def torch_run(b: int, features: dict[int, Any] = features) -> None:
+                    with torch.inference_mode():
+                        model.model(**features[b]).logits.float().cpu()
 
-            contenders[TORCH_FP16] = best_of(torch_run)
-        base = contenders.get(TORCH_FP16, {}).get("pairs_per_s")
-        for row in contenders.values():
-            if base and row.get("pairs_per_s"):
-                row["vs_torch_fp16"] = row["pairs_per_s"] / base
-        found["tokens"][str(tokens)] = contenders
-        nothing_measured(contenders)
+                contenders[TORCH_FP16] = best_of(torch_run)
+            base = contenders.get(TORCH_FP16, {}).get("pairs_per_s")
+            for row in contenders.values():
+                if base and row.get("pairs_per_s"):
+                    row["vs_torch_fp16"] = row["pairs_per_s"] / base
+            found["tokens"][str(tokens)] = contenders
+            nothing_measured(contenders)
 
 
 def section_padding(bare: Bare, requests: Sequence[tuple[str, list[str]]], results: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -52,8 +53,13 @@ def test_with_cuda_required_no_section_reports_cpu_figures(cpu_measure) -> None:
 
 
 def test_every_section_runs_through_when_cuda_is_not_required(cpu_measure, tmp_path: Path) -> None:
-    _, measure = cpu_measure
+    monkeypatch, measure = cpu_measure
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     results = measure("--no-require-cuda")
+    # the bare section's other fp16 file lived in a temporary folder, gone once the section ended
+    assert not list(scratch.glob("other-fp16-*"))
     assert not results.get("errors"), results.get("errors")
     assert results["complete"] is True and results["versions"]["onnxruntime-gpu"]
     assert results["parity"]["queries"] == 1 and results["parity"]["ties_fp32_sigmoid"] == 0
