@@ -104,31 +104,7 @@ def find(model: Any) -> Plan | None:
             readers.setdefault(name, []).append(node)
     outputs = {o.name for o in graph.output}
     weights = {t.name: t for t in graph.initializer}
-
-    region: dict[int, Any] = {}
-    stack = [gather.input[0]]
-    seen: set[str] = set()
-    while stack:
-        name = stack.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        node = g.producer.get(name)
-        if node is None or node.op_type in _ATTENTIONS or not _per_token(node, g, weights, dims):
-            continue
-        region[id(node)] = node
-        stack.extend(i for i in node.input if i and not _constant(i, g, weights))
-    # a node whose output anything outside the region reads (another layer, a graph output) stays whole
-    while True:
-        inside = {id(gather), *region}
-        drop = [
-            key for key, node in region.items()
-            if any(o in outputs or any(id(r) not in inside for r in readers.get(o, [])) for o in node.output if o)
-        ]  # fmt: skip
-        if not drop:
-            break
-        for key in drop:
-            del region[key]
+    region = _region(gather, g, weights, dims, readers, outputs)
     if not region:
         return None
     made = {o for node in region.values() for o in node.output}
@@ -157,78 +133,115 @@ def find(model: Any) -> Plan | None:
     return Plan(ordered, outside, attention, attention_output, dims)
 
 
+def _region(
+    gather: Any,
+    g: _Graph,
+    weights: dict[str, Any],
+    dims: dict[str, list[Any]],
+    readers: dict[str, list[Any]],
+    outputs: set[str],
+) -> dict[int, Any]:
+    """The per-token nodes, by id, that compute what the pooling Gather reads, back to the last attention; less
+    those whose output anything else reads (another layer, a graph output): they stay whole."""
+    region: dict[int, Any] = {}
+    stack = [gather.input[0]]
+    seen: set[str] = set()
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        node = g.producer.get(name)
+        if node is None or node.op_type in _ATTENTIONS or not _per_token(node, g, weights, dims):
+            continue
+        region[id(node)] = node
+        stack.extend(i for i in node.input if i and not _constant(i, g, weights))
+    while True:  # dropping a node makes its inputs' producers read from outside: again until none is
+        inside = {id(gather), *region}
+        drop = [
+            key for key, node in region.items()
+            if any(o in outputs or any(id(r) not in inside for r in readers.get(o, [])) for o in node.output if o)
+        ]  # fmt: skip
+        if not drop:
+            return region
+        for key in drop:
+            del region[key]
+
+
 def apply(model: Any, plan: Plan) -> dict[str, int]:
     """Rewrite `model` by `plan` (the weights loaded when the attention is a packed Attention)."""
-    import numpy as np
-    from onnx import helper, numpy_helper
-
     graph = model.graph
-    weights = {t.name: t for t in graph.initializer}
-    starts, ends, axis1 = "pooled_token_start", "pooled_token_end", "pooled_token_axis1"
-    graph.initializer.extend(
-        numpy_helper.from_array(np.array(v, dtype=np.int64), n)
-        for n, v in ((starts, [0]), (ends, [1]), (axis1, [1]))
-    )
-    new_nodes: list[Any] = []
-    first: dict[str, str] = {}
-
-    def token0(name: str, axis: str = axis1) -> str:
-        key = f"{name}|{axis}"
-        if key not in first:
-            first[key] = f"{name}_pooled_token"
-            if axis != axis1:
-                first[key] += "_rows"
-            new_nodes.append(
-                helper.make_node(
-                    "Slice", [name, starts, ends, axis], [first[key]], name=f"{first[key]}_slice"
-                )
-            )
-        return first[key]
-
+    slices = _Slices(graph)
     renamed: dict[str, str] = {}
-    attention_cut = 0
     if plan.attention is not None:
-        node = plan.attention
         out = f"{plan.attention_output}_pooled_token"
-        if node.op_type == "Attention":
-            unpacked, parts = _unpacked_attention(node, weights, token0, out)
-            new_nodes.extend(unpacked)
+        if plan.attention.op_type == "Attention":
+            weights = {t.name: t for t in graph.initializer}
+            unpacked, parts = _unpacked_attention(plan.attention, weights, slices.token0, out)
+            slices.nodes.extend(unpacked)
             graph.initializer.extend(parts)
         else:
-            inputs = list(node.input) + [""] * (_MHA_INPUTS - len(node.input))
-            inputs[0] = token0(inputs[0])
-            bias = plan.dims.get(inputs[5]) if inputs[5] else None
-            if bias is not None and bias[2] != 1:
-                axis2 = "pooled_token_axis2"
-                if not any(t.name == axis2 for t in graph.initializer):
-                    graph.initializer.append(numpy_helper.from_array(np.array([2], dtype=np.int64), axis2))
-                inputs[5] = token0(inputs[5], axis2)
-            new_nodes.append(
-                helper.make_node(
-                    "MultiHeadAttention", inputs[: max(i for i, v in enumerate(inputs) if v) + 1], [out],
-                    name=f"{node.name}_pooled_token", domain=_MS,
-                    **{a.name: helper.get_attribute_value(a) for a in node.attribute},
-                )
-            )  # fmt: skip
+            slices.nodes.append(_one_query_attention(plan.attention, plan.dims, slices, out))
         renamed[plan.attention_output] = out
-        attention_cut = 1
     for name in plan.outside:
         if name not in renamed:
-            renamed[name] = token0(name)
-    region = {id(n) for n in plan.region}
+            renamed[name] = slices.token0(name)
     for node in plan.region:
         for i, name in enumerate(node.input):
             if name in renamed:
                 node.input[i] = renamed[name]
-    nodes = _topological([*graph.node, *new_nodes], graph)
+    nodes = _topological([*graph.node, *slices.nodes], graph)
     del graph.node[:]
     graph.node.extend(nodes)
     changed = {o for n in plan.region for o in n.output}
     kept = [v for v in graph.value_info if v.name not in changed]
     del graph.value_info[:]
     graph.value_info.extend(kept)
-    _drop_unread(graph)
-    return {"pooled_token_nodes": len(region), "pooled_token_attention": attention_cut}
+    _drop_unread(graph)  # also the slice constants no Slice reads
+    return {"pooled_token_nodes": len(plan.region), "pooled_token_attention": int(plan.attention is not None)}
+
+
+class _Slices:
+    """The Slice nodes that cut a value to token 0 (one per value and axis), and their constants."""
+
+    def __init__(self, graph: Any) -> None:
+        import numpy as np
+        from onnx import numpy_helper
+
+        self.nodes: list[Any] = []
+        self._made: dict[tuple[str, int], str] = {}
+        constants = (("start", [0]), ("end", [1]), ("axis1", [1]), ("axis2", [2]))
+        graph.initializer.extend(
+            numpy_helper.from_array(np.array(v, dtype=np.int64), f"pooled_token_{n}") for n, v in constants
+        )
+
+    def token0(self, name: str, axis: int = 1) -> str:
+        """`name` cut to index 0 of `axis` (1: the token axis; 2: an attention bias's query rows)."""
+        from onnx import helper
+
+        if (name, axis) not in self._made:
+            out = f"{name}_pooled_token" + ("" if axis == 1 else "_rows")
+            self._made[(name, axis)] = out
+            inputs = [name, "pooled_token_start", "pooled_token_end", f"pooled_token_axis{axis}"]
+            self.nodes.append(helper.make_node("Slice", inputs, [out], name=f"{out}_slice"))
+        return self._made[(name, axis)]
+
+
+def _one_query_attention(node: Any, dims: dict[str, list[Any]], slices: _Slices, out: str) -> Any:
+    """A MultiHeadAttention with token 0's query and its attention bias's row 0, the same keys, values and
+    attributes."""
+    from onnx import helper
+
+    inputs = list(node.input) + [""] * (_MHA_INPUTS - len(node.input))
+    inputs[0] = slices.token0(inputs[0])
+    bias = dims.get(inputs[5]) if inputs[5] else None
+    if bias is not None and bias[2] != 1:
+        inputs[5] = slices.token0(inputs[5], axis=2)
+    used = max(i for i, v in enumerate(inputs) if v) + 1
+    return helper.make_node(
+        "MultiHeadAttention", inputs[:used], [out], name=f"{node.name}_pooled_token", domain=_MS,
+        **{a.name: helper.get_attribute_value(a) for a in node.attribute},
+    )  # fmt: skip
 
 
 def _unpacked_attention(
