@@ -284,18 +284,31 @@ def _split_candidates(model: Any, ranks: dict[str, int] | None = None) -> list[t
 
 
 def _ranks(model: Any) -> dict[str, int]:
-    """The rank of each value that ONNX Runtime's symbolic shape inference can tell (it knows the contrib ops,
-    which ONNX's own inference does not; the weights need not be loaded)."""
+    """The rank of each value that ONNX Runtime's symbolic shape inference can tell (see `shapes`)."""
+    return {name: len(shape) for name, shape in shapes(model).items()}
+
+
+def shapes(model: Any) -> dict[str, list[Any]]:
+    """The shape of each value that ONNX Runtime's symbolic shape inference can tell, as ints and symbol names
+    (None where a dimension has neither): it knows the contrib ops, which ONNX's own inference does not, and the
+    weights need not be loaded. A graph it cannot read gives {}: nothing is known, nothing is rewritten."""
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     try:
         inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
-    except Exception:  # a graph it cannot read: no rank is known, and nothing is split
+    except Exception:
         return {}
     if inferred is None:
         return {}
     values = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
-    return {v.name: len(v.type.tensor_type.shape.dim) for v in values if v.type.tensor_type.HasField("shape")}
+    return {
+        v.name: [
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+            for d in v.type.tensor_type.shape.dim
+        ]
+        for v in values
+        if v.type.tensor_type.HasField("shape")
+    }
 
 
 def _sizes(g: _Graph, split: Any, width: int) -> list[int] | None:

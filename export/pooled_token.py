@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from export.graph_layout import _attr, _drop_unread, _Graph
+from export.graph_layout import _attr, _drop_unread, _Graph, shapes
 
 _MS = "com.microsoft"
 _UNARY = {"Sqrt", "Reciprocal", "Erf", "Tanh", "Relu", "Sigmoid", "Neg", "Exp", "Identity", "Cast",
@@ -94,7 +94,7 @@ def find(model: Any) -> Plan | None:
     gather = _pooling_gather(g)
     if gather is None:
         return None
-    dims = _dims(model)
+    dims = shapes(model)
     hidden = dims.get(gather.input[0])
     if hidden is None or len(hidden) != 3:
         return None
@@ -390,27 +390,6 @@ def _query_cut(
         bias = dims.get(inputs[5])
         return bias is not None and len(bias) == 4 and bias[2] in (1, hidden[1])
     return True
-
-
-def _dims(model: Any) -> dict[str, list[Any]]:
-    """The shape of each value ONNX Runtime's symbolic shape inference can tell: ints and symbol names."""
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-    try:
-        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
-    except Exception:  # a graph it cannot read: nothing is known, nothing is cut
-        return {}
-    if inferred is None:
-        return {}
-    values = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
-    shapes = {}
-    for v in values:
-        if v.type.tensor_type.HasField("shape"):
-            shapes[v.name] = [
-                d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                for d in v.type.tensor_type.shape.dim
-            ]
-    return shapes
 
 
 def _topological(nodes: list[Any], graph: Any) -> list[Any]:
