@@ -43,6 +43,7 @@ from bench.service import Gateway
 from bench.settings import REPO_ROOT, WORK, log
 from bench.speed import WorkerRunner, _add_ratios, _interleave, _summarize
 from export import processes
+from gateway.config import DEFAULT_CPU_CONCURRENCY, session_threads
 
 FAMILY_WORK = WORK / "families"
 BASELINE = "sentence-transformers"  # the name bench.speed's ratios are taken to
@@ -89,6 +90,10 @@ SIZES = {
     "smoke": FamilySizes(modernbert=(1, 2), decoder=(1, 2), decoder_short=(1, 2), memory_docs=2),
 }
 CONTENDERS = (BASELINE, "gateway-fp32", "gateway-int8")
+# More a run may ask for (`--contenders`): the gateway with its CPU lane running one batch at a time
+# (RERANKER_CPU_CONCURRENCY=1, the default before 2026-12-05), side by side with the default (2).
+ONE_BATCH = "-one-batch"
+ALL_CONTENDERS = (*CONTENDERS, f"gateway-fp32{ONE_BATCH}", f"gateway-int8{ONE_BATCH}")
 # Issue 22: the decoder also with 100-token documents, where computing the shared prompt once counts most.
 SHORT_DOC_TOKENS = 100
 CARD = "Qwen3-Reranker model card (transformers)"
@@ -333,12 +338,22 @@ class FamilyWorker(WorkerRunner):
         self.load_s = float(self._read()["load_s"])
 
 
-def gateway_env(repository: Path, names: Sequence[str], precision: str, threads: int) -> dict[str, str]:
-    """RERANKER_* settings of a gateway serving `names` (the first the default), single stage, no cache."""
+def gateway_env(
+    repository: Path,
+    names: Sequence[str],
+    precision: str,
+    threads: int,
+    *,
+    cpu_concurrency: int = DEFAULT_CPU_CONCURRENCY,
+) -> dict[str, str]:
+    """RERANKER_* settings of a gateway serving `names` (the first the default), single stage, no cache, on
+    `threads` cores: `cpu_concurrency` batches at once, each session on its share of the cores."""
     return {
         "RERANKER_MODEL_REPOSITORY": str(repository), "RERANKER_MODEL_NAME": names[0],
         "RERANKER_MODELS": ",".join(names), "RERANKER_PREFILTER_NAME": "", "RERANKER_DEVICE": "cpu",
-        "RERANKER_CPU_PRECISION": precision, "RERANKER_CACHE_SIZE": "0", "RERANKER_THREADS": str(threads),
+        "RERANKER_CPU_PRECISION": precision, "RERANKER_CACHE_SIZE": "0",
+        "RERANKER_CPU_CONCURRENCY": str(cpu_concurrency),
+        "RERANKER_THREADS": str(session_threads(threads, cpu_concurrency)),
         "RERANKER_REQUEST_TIMEOUT_S": "1800", "RERANKER_MAX_DOCUMENTS": "1000", "RERANKER_LOG_LEVEL": "warning",
     }  # fmt: skip
 
@@ -371,11 +386,18 @@ def speed_family(
                 "template": manifest.get("template"),
             }
         else:
-            precision = name.rsplit("-", 1)[1]
+            one_batch = name.endswith(ONE_BATCH)
+            precision = name.removesuffix(ONE_BATCH).rsplit("-", 1)[1]
             spec = {
                 **base,
                 "kind": "pipeline",
-                "env": gateway_env(repository, [family.key], precision, threads),
+                "env": gateway_env(
+                    repository,
+                    [family.key],
+                    precision,
+                    threads,
+                    cpu_concurrency=1 if one_batch else DEFAULT_CPU_CONCURRENCY,
+                ),
             }
         runners[name] = FamilyWorker(f"families-{run.key}-{name}", spec)
     failures: dict[str, str] = {}
@@ -633,6 +655,9 @@ DESCRIBE = {
     BASELINE: "sentence-transformers `CrossEncoder.predict` on the source folder, PyTorch fp32 (batch 32)",
     "gateway-fp32": "the gateway's pipeline in process (`build_reranker`), fp32 ONNX",
     "gateway-int8": "the gateway's pipeline in process, int8 ONNX (the CPU default)",
+    f"gateway-fp32{ONE_BATCH}": "gateway-fp32 with its CPU lane running one batch at a time "
+    "(`RERANKER_CPU_CONCURRENCY=1`, the default before 2026-12-05; the default is 2)",
+    f"gateway-int8{ONE_BATCH}": "gateway-int8, one batch at a time (the same)",
 }
 
 
@@ -703,7 +728,14 @@ def markdown(results: dict[str, Any]) -> str:
             )
         for name, err in s["failures"].items():
             out.append(f"| {key} | | | {name} | not measured: {err[:160]} | | | | | | | |")
-    out += ["", "Contenders:", ""] + [f"- **{k}**: {v}" for k, v in DESCRIBE.items()]
+    measured = {
+        r["contender"] if "contender" in r else r["config"]
+        for s in results["speed"].values()
+        for r in s["rows"]
+    }
+    out += ["", "Contenders:", ""] + [
+        f"- **{k}**: {v}" for k, v in DESCRIBE.items() if k in measured or k in CONTENDERS
+    ]
     out += [
         f"- **{CARD}**: the decoder's baseline (issue 22): the Qwen3-Reranker model card's transformers code "
         "as its users run it (bench/families_worker.py `qwen3_card_ranker`): AutoModelForCausalLM fp32, left "
@@ -750,13 +782,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="auto (default): python -m export for ModernBERT, the building blocks for the "
                         "decoder; ungated: the exporter's building blocks without the parity gate for both; "
                         "gated: python -m export for both")  # fmt: skip
+    parser.add_argument(
+        "--contenders",
+        default=",".join(CONTENDERS),
+        help=f"comma-separated, of {', '.join(ALL_CONTENDERS)} (default: the first three)",
+    )
     parser.add_argument("--report-only", action="store_true", help="rewrite families.md from families.json")
     args = parser.parse_args(argv)
+    contenders = [c for c in args.contenders.split(",") if c]
+    unknown = sorted(set(contenders) - set(ALL_CONTENDERS))
+    if unknown or BASELINE not in contenders:
+        parser.error(
+            f"--contenders: unknown {unknown}" if unknown else f"--contenders must include {BASELINE}"
+        )
     if args.report_only:
         results = json.loads((args.output / "families.json").read_text())
         (args.output / "families.md").write_text(markdown(results))
         return 0
-    run(args.output, args.data, size=args.size, threads=args.threads, export=args.export,
+    run(args.output, args.data, size=args.size, threads=args.threads, export=args.export, contenders=contenders,
         command="python -m bench.families " + " ".join(sys.argv[1:] if argv is None else argv))  # fmt: skip
     return 0
 

@@ -15,6 +15,7 @@ from bench.settings import (
     WORK,
     log,
 )
+from gateway.config import DEFAULT_CPU_CONCURRENCY, session_threads
 
 # Figures the stand-ins are known by (../shared/models/*/SOURCE.md).
 STANDIN_SHA256 = "4986aff22cb00c6e1be9733369ebb1f06b6981601200b6ef955a42f7412ab1f4"
@@ -147,6 +148,12 @@ def two_stage_settings(keep: int | None) -> dict[str, Any]:
     if keep is None:
         return {"prefilter_name": ""}
     return {"keep": keep, "cascade_unranked": "prefilter", "cascade_sample_rate": 0}
+
+
+def lane_settings(cores: int, concurrency: int = DEFAULT_CPU_CONCURRENCY) -> dict[str, int]:
+    """The gateway's CPU lane on `cores` cores (what `--threads` gives every contender): `concurrency` batches
+    at once, each session on its share of the cores (gateway_env's keyword arguments)."""
+    return {"cpu_concurrency": concurrency, "threads": session_threads(cores, concurrency)}
 
 
 def gateway_env(models: Models, **settings: Any) -> dict[str, str]:

@@ -17,6 +17,7 @@ QUALITY_OF_SPEED = {
     "pipeline-int8": "int8 single-stage",
     "http-fp32": "fp32 single-stage",
     "http-int8": "int8 single-stage",
+    "http-int8-one-batch": "int8 single-stage",
     "http-two-stage": "int8 two-stage keep {keep}",
     "http-triton": "fp32 single-stage",
 }
@@ -28,6 +29,8 @@ DESCRIPTIONS = {
     "pipeline-int8": "our Reranker in process, int8 ONNX, single stage",
     "http-fp32": "our HTTP service, fp32, single stage",
     "http-int8": "our HTTP service, int8, single stage",
+    "http-int8-one-batch": "the same service with its CPU lane running one batch at a time "
+    "(`RERANKER_CPU_CONCURRENCY=1`, the default before 2026-12-05; now 2)",
     "http-two-stage": "our HTTP service, int8, prefilter then the cross-encoder on its best `keep` (the shipped default); "
     "documents the prefilter cuts keep prefilter scores, so its score difference and top-10 overlap against "
     "sentence-transformers measure the cascade, not a numeric error",
@@ -291,6 +294,13 @@ def _findings(results: dict[str, Any]) -> list[str]:
                     f"- HTTP adds {diff:+.3f} s to the mean latency of the same pipeline in process "
                     f"({http} vs {pipe}){noise}."
                 )
+        two, one = rows.get("http-int8"), rows.get("http-int8-one-batch")
+        if two and one:
+            ratio = two["docs_per_s"] / one["docs_per_s"]
+            lines.append(
+                f"- Two batches at once on the CPU lane (the default) give {ratio:.2f}x the throughput of one at a "
+                "time (http-int8 vs http-int8-one-batch)."
+            )
         t, f = rows.get("http-triton"), rows.get("http-fp32")
         if t and f:
             ratio = t["docs_per_s"] / f["docs_per_s"]

@@ -78,6 +78,7 @@ SPEED_CONFIGS = (
     "pipeline-int8",
     "http-fp32",
     "http-int8",
+    "http-int8-one-batch",
     "http-two-stage",
     "http-triton",
 )

@@ -19,7 +19,7 @@ import numpy as np
 
 from bench.data import load_set
 from bench.flops import EncoderShape
-from bench.models import Models, gateway_env, two_stage_settings
+from bench.models import Models, gateway_env, lane_settings, two_stage_settings
 from bench.service import Gateway, ServiceError, rerank_body, triton_served, triton_server
 from bench.settings import (
     REPO_ROOT,
@@ -30,6 +30,7 @@ from bench.settings import (
     log,
 )
 from export import processes
+from gateway.config import DEFAULT_CPU_CONCURRENCY
 
 
 def speed_requests(data_root: Path, sizes: Sizes) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -264,9 +265,13 @@ def _runners(
     base.update(requests_file=str(req_file), warmup_file=str(warm_file))
     fr_cache = _flashrank_cache(models) if any(c.startswith("flashrank") for c in configs) else None
 
-    def http_env(precision: str, two_stage: bool) -> dict[str, str]:
+    def http_env(
+        precision: str, two_stage: bool, concurrency: int = DEFAULT_CPU_CONCURRENCY
+    ) -> dict[str, str]:
         extra = two_stage_settings(keep if two_stage else None)
-        return gateway_env(models, cpu_precision=precision, cache_size=0, threads=threads, **extra)
+        return gateway_env(
+            models, cpu_precision=precision, cache_size=0, **lane_settings(threads, concurrency), **extra
+        )
 
     runners: dict[str, Runner] = {}
     two_stage: set[str] = set()
@@ -286,11 +291,14 @@ def _runners(
         elif name.startswith("pipeline-"):
             precision = name.split("-", 1)[1]
             env = gateway_env(
-                models, cpu_precision=precision, prefilter_name="", cache_size=0, threads=threads
+                models, cpu_precision=precision, prefilter_name="", cache_size=0, **lane_settings(threads)
             )
             runners[name] = WorkerRunner(name, {**base, "kind": "pipeline", "env": env})
         elif name in ("http-fp32", "http-int8"):
             runners[name] = HttpRunner(name, http_env(name.split("-", 1)[1], False), requests, warmup)
+        elif name == "http-int8-one-batch":
+            env = http_env("int8", False, concurrency=1)
+            runners[name] = HttpRunner(name, env, requests, warmup)
         elif name == "http-two-stage":
             if models.prefilter is None:
                 failures[name] = "no prefilter in the repository"

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from bench.data import load_set
-from bench.models import Models, gateway_env, two_stage_settings
+from bench.models import Models, gateway_env, lane_settings, two_stage_settings
 from bench.service import Gateway, drive, rerank_body
 from bench.settings import (
     WORK,
@@ -27,7 +27,7 @@ def sweep(models: Models, sizes: Sizes, data_root: Path, threads: int) -> dict[s
     bodies = [rerank_body(c.query, scifact.texts(c, sizes.speed_docs), None) for c in pool]
     two_stage = models.prefilter is not None
     env = gateway_env(
-        models, cpu_precision="int8", cache_size=0, threads=threads, max_in_flight=256,
+        models, cpu_precision="int8", cache_size=0, **lane_settings(threads), max_in_flight=256,
         **two_stage_settings(default_keep() if two_stage else None),
     )  # fmt: skip
     levels = []

@@ -41,6 +41,15 @@ Precision = Literal["int8", "fp32"]
 Device = Literal["auto", "cpu", "cuda"]
 
 
+# Batches the CPU lane runs at once by default (RERANKER_CPU_CONCURRENCY).
+DEFAULT_CPU_CONCURRENCY = 2
+
+
+def session_threads(cores: int, concurrency: int) -> int:
+    """Intra-op threads of each CPU session when `cores` are shared by `concurrency` batches at once."""
+    return max(1, cores // concurrency)
+
+
 class ModelTable(BaseModel):
     """One served model's table in the models file (`[models.<folder>]`). A key left out takes the flat
     `RERANKER_*` value, so a file holding only `[models.a]` and `[models.b]` serves both with the defaults."""
@@ -268,7 +277,20 @@ class _PipelineSettings(BaseSettings):
     )
     gpu_token_budget: int = Field(16384, ge=64, description="The same bound for batches run on the GPU.")
     max_batch_size: int = Field(64, ge=1, description="Rows per inference batch at most.")
-    threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads per session (0: CPU cores).")
+    threads: int = Field(
+        0,
+        ge=0,
+        description="ONNX Runtime intra-op threads per session (0: the CPU cores shared out among the batches "
+        "the CPU lane runs at once, `cpu_concurrency`; at least 1).",
+    )
+    cpu_concurrency: int = Field(
+        DEFAULT_CPU_CONCURRENCY,
+        ge=1,
+        le=64,
+        description="Batches the CPU lane runs at once, over every CPU model (1: one at a time, on every core). "
+        "On 2 cores two batches of one thread each beat one batch on two threads (ONNX Runtime's threads meet "
+        "at every node), except for a lone batch, which runs on its share of the cores.",
+    )
     cache_size: int = Field(50_000, ge=0, description="Pair scores kept in the cache (0: no cache).")
     cache_ttl_s: float = Field(3600.0, gt=0, description="Seconds a cached pair score stays valid.")
 
@@ -447,9 +469,10 @@ class Settings(_ModelSettings, _ModelsFileSettings, _PipelineSettings, _ServingS
         if self.threads:
             return self.threads
         try:
-            return len(os.sched_getaffinity(0))
+            cores = len(os.sched_getaffinity(0))
         except AttributeError:  # not on Linux
-            return os.cpu_count() or 1
+            cores = os.cpu_count() or 1
+        return session_threads(cores, self.cpu_concurrency)
 
     @property
     def triton_endpoints(self) -> list[str]:

@@ -71,6 +71,7 @@ class LoadOptions:
     cpu_precision: str = "int8"
     gpu_memory_margin_mb: int = 1024
     threads: int = 1
+    cpu_concurrency: int = 1  # batches the CPU lane runs at once (the lane is the loader's, made once)
     max_length: int | None = None
     prefilter_max_length: int | None = 128
     token_budget: int = 512
@@ -124,6 +125,7 @@ class LoadOptions:
             cpu_precision=s.cpu_precision,
             gpu_memory_margin_mb=s.gpu_memory_margin_mb,
             threads=s.intra_op_threads,
+            cpu_concurrency=s.cpu_concurrency,
             max_length=s.max_length,
             prefilter_max_length=s.prefilter_max_length,
             token_budget=s.token_budget,
@@ -158,7 +160,7 @@ class ModelLoader:
         self.cpu_session_factory = cpu_session_factory or make_session
         self.cpu_flags_probe = cpu_flags_probe
         # One CPU lane for every CPU session of the process: two models never fight over the cores.
-        self._cpu_lane = cpu_lane or FairLane("ort-cpu", trim_when_idle=True)
+        self._cpu_lane = cpu_lane or FairLane("ort-cpu", trim_when_idle=True, workers=options.cpu_concurrency)
         # The prefilter is loaded once and shared by every served model's pipeline.
         self._prefilter_stage = shared_prefilter or _SharedStage()
 

@@ -1,9 +1,12 @@
 """Local ONNX Runtime scorer (CPU or CUDA execution provider).
 
-Sessions are tuned for throughput on few cores: intra-op threads = cores, one inference at a time per
-lane (one thread shared by the CPU sessions, so two models never fight over the cores; its batches are
-scheduled by weighted fair queuing across models, `FairLane`), full graph optimisation. `session.run`
-releases the GIL, so the event loop keeps serving meanwhile.
+Sessions are tuned for throughput on few cores: full graph optimisation, the CPU arena on. One lane runs the
+batches of every CPU session (so models share the cores by weight, never by who floods first): a few batches
+at once (`RERANKER_CPU_CONCURRENCY`, 2), each session on its share of the cores (intra-op threads = cores / 2),
+scheduled by weighted fair queuing across models (`FairLane`). On 2 cores two one-thread batches side by side
+beat one two-thread batch (onnxruntime's threads meet at every node; two two-thread batches at once were slower
+still); a lone batch runs on its share. `session.run` releases the GIL, so the event loop keeps serving
+meanwhile.
 """
 
 from __future__ import annotations
@@ -159,11 +162,15 @@ class LaneShare:
 
 
 class FairLane:
-    """One inference thread shared by the sessions that must not run at once (the CPU models), scheduled by
-    weighted fair queuing of batches: the next batch comes from the model with the least weighted service
+    """`workers` inference threads shared by the sessions that must share the cores (the CPU models), scheduled
+    by weighted fair queuing of batches: the next batch comes from the model with the least weighted service
     received (`LaneShare.virtual`) among those with batches waiting, ties to the one that waited longest.
-    A model's burst therefore waits behind at most the batch that is running, never behind another model's
+    A model's burst therefore waits behind at most the batches that are running, never behind another model's
     whole queue; while several are busy each gets lane time in proportion to its weight.
+
+    More than one worker runs that many batches at once (of one model or of several): a session's `run` is
+    thread-safe, and on few cores two batches side by side, each on its share of the cores, keep them busier
+    than one batch split over them (ONNX Runtime's intra-op threads meet at every node).
 
     It returns freed heap memory to the OS when it runs dry, and every `TRIM_EVERY` batches of a long queue
     (trimming after every batch would make the next one page-fault its buffers in again; a session's own
@@ -174,15 +181,18 @@ class FairLane:
     TRIM_EVERY = 16
     HISTORY = 4096
 
-    def __init__(self, name: str, *, trim_when_idle: bool) -> None:
+    def __init__(self, name: str, *, trim_when_idle: bool, workers: int = 1) -> None:
+        if workers < 1:
+            raise ValueError(f"a lane needs at least one worker, not {workers}")
         self.name = name
         self.trim_when_idle = trim_when_idle
+        self.workers = workers
         self.pending = 0  # batches submitted by callers still waiting for their result
         self.served: deque[str] = deque(maxlen=self.HISTORY)
         self._shares: dict[str, LaneShare] = {}
         self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._running: LaneShare | None = None
+        self._threads: list[threading.Thread] = []
+        self._running: dict[LaneShare, int] = {}  # batches in service, by model
         self._clock = 0.0  # the virtual service of the last batch picked
         self._since_trim = 0
 
@@ -208,19 +218,23 @@ class FairLane:
         with self._cond:
             if share.closed:
                 raise RuntimeError(f"the lane share of {share.model!r} is closed")
-            if not share.queue and share is not self._running:
+            if not share.queue and not self._running.get(share):
                 # Back from idle: level with the busy models, not below them.
                 busy = [
                     s.virtual
                     for s in self._shares.values()
-                    if s is not share and (s.queue or s is self._running)
+                    if s is not share and (s.queue or self._running.get(s))
                 ]
                 share.virtual = max(share.virtual, min(busy, default=self._clock))
             share.queue.append(_Job(fn, batch, future, time.perf_counter()))
             metrics.LANE_QUEUED.labels(share.model).set(len(share.queue))
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
-                self._thread.start()
+            self._threads = [t for t in self._threads if t.is_alive()]
+            if len(self._threads) < self.workers:
+                thread = threading.Thread(
+                    target=self._work, name=f"{self.name}-{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
             self._cond.notify()
         return future
 
@@ -232,10 +246,10 @@ class FairLane:
                 share = min(waiting, key=lambda s: (s.virtual, s.queue[0].submitted))
                 job = share.queue.popleft()
                 metrics.LANE_QUEUED.labels(share.model).set(len(share.queue))
-                self._running, self._clock = share, share.virtual
+                self._running[share] = self._running.get(share, 0) + 1
+                self._clock = share.virtual
                 return share, job
             if not self._shares or all(s.closed for s in self._shares.values()):
-                self._thread = None
                 return None
             self._cond.wait()
 
@@ -248,7 +262,7 @@ class FairLane:
             share, job = picked
             if not job.future.set_running_or_notify_cancel():  # its caller left while it waited
                 with self._cond:
-                    self._running = None
+                    self._done(share)
                 continue
             self.served.append(share.model)
             started = time.perf_counter()
@@ -259,21 +273,35 @@ class FairLane:
                 failure = exc
             elapsed = time.perf_counter() - started
             with self._cond:  # charged before the caller hears back, so its counters are current
-                self._running = None
+                self._done(share)
                 share.served_s += elapsed
                 share.virtual += elapsed / share.weight
                 share.batches += 1
-                idle = not any(s.queue for s in self._shares.values())
+                idle = not self._running and not any(s.queue for s in self._shares.values())
+                self._since_trim += 1
+                trim = self.trim_when_idle and (idle or self._since_trim >= self.TRIM_EVERY)
+                if trim:
+                    self._since_trim = 0
             metrics.LANE_BUSY.labels(share.model).inc(elapsed)
             metrics.LANE_BATCHES.labels(share.model).inc()
             if failure is not None:
                 job.future.set_exception(failure)
             else:
                 job.future.set_result((logits, started - job.submitted))
-            self._since_trim += 1
-            if self.trim_when_idle and (idle or self._since_trim >= self.TRIM_EVERY):
-                self._since_trim = 0
+            if trim:
                 release_heap()
+
+    @property
+    def alive_workers(self) -> int:
+        """The lane's threads still running (0 once every model has left and the last batch ended)."""
+        with self._cond:
+            return sum(t.is_alive() for t in self._threads)
+
+    def _done(self, share: LaneShare) -> None:
+        """Under the lock: one of `share`'s batches left service."""
+        left = self._running.pop(share) - 1
+        if left:
+            self._running[share] = left
 
     def leave(self, share: LaneShare) -> None:
         with self._cond:

@@ -15,6 +15,7 @@ full computation: the same graph with an empty past.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -74,6 +75,9 @@ class PrefixReuseScorer(OnnxScorer):
         self.input_names = tuple(n for n in self.input_names if not n.startswith("past_key_values."))
         self._heads: OrderedDict[bytes, list[np.ndarray]] = OrderedDict()
         self._head_entries = head_entries
+        # The lane may run two batches of one query at once: the first computes the head, the other waits
+        # for it and reads it from the LRU (never twice; the LRU is not thread-safe on its own either).
+        self._head_lock = threading.Lock()
         self.head_runs = 0  # heads computed (the rest came from the LRU): what the tests and /info read
 
     def _infer(self, batch: EncodedBatch) -> np.ndarray:
@@ -103,18 +107,19 @@ class PrefixReuseScorer(OnnxScorer):
     def head(self, ids: np.ndarray) -> list[np.ndarray]:
         """The head's key/value cache (batch 1), from the LRU or computed now."""
         key = np.ascontiguousarray(ids, dtype=np.int64).tobytes()
-        cached = self._heads.get(key)
-        if cached is not None:
-            self._heads.move_to_end(key)
-            return cached
-        row = np.ascontiguousarray(ids, dtype=np.int64)[None, :]
-        feed = {"input_ids": row, "attention_mask": np.ones_like(row), **self.layout.empty(1)}
-        present = self.session.run(list(self.layout.present), feed)
-        self.head_runs += 1
-        self._heads[key] = present
-        while len(self._heads) > self._head_entries:
-            self._heads.popitem(last=False)
-        return present
+        with self._head_lock:
+            cached = self._heads.get(key)
+            if cached is not None:
+                self._heads.move_to_end(key)
+                return cached
+            row = np.ascontiguousarray(ids, dtype=np.int64)[None, :]
+            feed = {"input_ids": row, "attention_mask": np.ones_like(row), **self.layout.empty(1)}
+            present = self.session.run(list(self.layout.present), feed)
+            self.head_runs += 1
+            self._heads[key] = present
+            while len(self._heads) > self._head_entries:
+                self._heads.popitem(last=False)
+            return present
 
     async def close(self) -> None:
         self._heads.clear()

@@ -85,7 +85,7 @@ def test_every_benchmark_runs_on_a_tiny_input(
         "fp32,int8",
         "--speed-configs",
         "sentence-transformers,flashrank-fp32,flashrank-int8,pipeline-fp32,pipeline-int8,"
-        "http-fp32,http-int8,http-two-stage",
+        "http-fp32,http-int8,http-int8-one-batch,http-two-stage",
     )
 
     quality = {(r["config"], r["set"]): r for r in results["quality"]["rows"]}
@@ -108,6 +108,10 @@ def test_every_benchmark_runs_on_a_tiny_input(
     for name in ("flashrank-fp32", "pipeline-fp32", "http-fp32"):
         assert speed[name]["max_abs_score_diff_vs_st"] < 1e-3, name
     assert speed["sentence-transformers"]["throughput_x_st"] == pytest.approx(1.0)
+    # two batches at once or one at a time: an int8 pair's score is the same (each pair is its own batch)
+    one_batch = speed["http-int8-one-batch"]
+    assert one_batch["requests"] == 2 and one_batch["docs_per_s"] > 0
+    assert one_batch["max_abs_score_diff_vs_st"] == speed["http-int8"]["max_abs_score_diff_vs_st"]
 
     levels = results["sweep"]["levels"]
     assert [lv["clients"] for lv in levels] == [1, 2] and all(lv["ok"] == lv["requests"] for lv in levels)
@@ -117,6 +121,7 @@ def test_every_benchmark_runs_on_a_tiny_input(
     assert "`/metrics` at the end" in (out / "mixed.md").read_text()
 
     report = (out / "report.md").read_text()
+    assert "the throughput of one at a time (http-int8 vs http-int8-one-batch)" in report
     for heading in (
         "## Ranking quality",
         "## Speed, side by side",

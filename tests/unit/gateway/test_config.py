@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from gateway.config import ConfigurationError, load_settings
@@ -18,9 +20,25 @@ def test_environment_is_read_with_the_prefix(monkeypatch):
     assert s.intra_op_threads >= 1
 
 
+def test_the_cpu_lane_runs_the_batches_the_settings_allow_at_once(monkeypatch):
+    from gateway.loading import LoadOptions, ModelLoader
+
+    cores = len(os.sched_getaffinity(0))
+    s = load_settings()
+    assert s.cpu_concurrency == 2 and s.intra_op_threads == max(1, cores // 2)  # the cores shared out
+    monkeypatch.setenv("RERANKER_CPU_CONCURRENCY", "1")
+    assert load_settings().intra_op_threads == cores  # one batch at a time, on every core
+    monkeypatch.setenv("RERANKER_CPU_CONCURRENCY", "3")
+    monkeypatch.setenv("RERANKER_THREADS", "5")
+    options = LoadOptions.from_settings(load_settings())
+    assert options.cpu_concurrency == 3 and options.threads == 5  # a set thread count is kept
+    assert ModelLoader(options)._cpu_lane.workers == 3
+
+
 @pytest.mark.parametrize(
     ("var", "value"),
     [
+        ("RERANKER_CPU_CONCURRENCY", "0"),
         ("RERANKER_KEEP", "-1"),
         ("RERANKER_CPU_PRECISION", "int4"),
         ("RERANKER_PORT", "http"),

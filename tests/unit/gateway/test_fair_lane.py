@@ -154,10 +154,105 @@ def test_a_closed_share_drops_its_queue_and_the_lane_ends_with_its_last_model(la
 
     asyncio.run(run())
     for _ in range(200):
-        if lane._thread is None:
+        if lane.alive_workers == 0:
             break
         time.sleep(0.01)
-    assert lane._thread is None  # no thread left behind
+    assert lane.alive_workers == 0  # no thread left behind
     again = lane.share("a")  # a model that comes back gets a new place (a new thread)
     asyncio.run(again.run_timed(hold(0.0), BATCH))
     assert lane.served[-1] == "a"
+
+
+@pytest.fixture()
+def two_lane():
+    lane = FairLane("test-two-workers", trim_when_idle=True, workers=2)
+    yield lane
+    lane.close()
+
+
+def test_two_workers_run_two_batches_at_once(two_lane):
+    """Each of two batches waits until the other has started: only a lane that runs both at once gets past."""
+    share = two_lane.share("m")
+    both = threading.Barrier(2, timeout=30)
+
+    def meet(_: object) -> np.ndarray:
+        both.wait()
+        return np.zeros(1, dtype=np.float32)
+
+    async def run():
+        return await asyncio.gather(share.run_timed(meet, BATCH), share.run_timed(meet, BATCH))
+
+    results = asyncio.run(run())
+    assert len(results) == 2 and share.batches == 2 and not both.broken
+    assert two_lane.alive_workers == 2
+
+
+def test_one_worker_runs_one_batch_at_a_time(lane):
+    """The same two batches on a one-worker lane: the second never starts while the first waits for it."""
+    share = lane.share("m")
+    both = threading.Barrier(2, timeout=0.3)
+
+    def meet(_: object) -> np.ndarray:
+        both.wait()
+        return np.zeros(1, dtype=np.float32)
+
+    async def run():
+        return await asyncio.gather(
+            share.run_timed(meet, BATCH), share.run_timed(meet, BATCH), return_exceptions=True
+        )
+
+    results = asyncio.run(run())
+    assert all(isinstance(r, threading.BrokenBarrierError) for r in results), results
+
+
+def test_with_two_workers_a_burst_waits_behind_the_running_batches_only(two_lane):
+    """Both workers hold a batch of the big model, 20 more are queued: the small model's 5 go next."""
+    big, small = two_lane.share("big"), two_lane.share("small")
+    started = [threading.Event(), threading.Event()]
+    release = threading.Event()
+
+    async def run():
+        first = [asyncio.ensure_future(big.run_timed(gate(s, release), BATCH)) for s in started]
+        assert all([await asyncio.to_thread(s.wait, 30) for s in started])
+        queued = [asyncio.ensure_future(big.run_timed(hold(0.01), BATCH)) for _ in range(20)]
+        await asyncio.sleep(0.05)
+        burst = [asyncio.ensure_future(small.run_timed(hold(0.001), BATCH)) for _ in range(5)]
+        await asyncio.sleep(0.05)
+        release.set()
+        await asyncio.gather(*first, *queued, *burst)
+
+    asyncio.run(run())
+    order = list(two_lane.served)
+    assert order[:2] == ["big", "big"] and order[2:7] == ["small"] * 5, order[:9]
+    assert big.batches == 22 and small.batches == 5
+
+
+def test_with_two_workers_busy_models_share_the_lane_by_weight(two_lane):
+    heavy, light = two_lane.share("heavy", weight=2.0), two_lane.share("light", weight=1.0)
+
+    async def run():
+        await asyncio.gather(*(m.run_timed(hold(0.004), BATCH) for _ in range(30) for m in (heavy, light)))
+
+    asyncio.run(run())
+    first = list(two_lane.served)[:30]
+    assert 16 <= first.count("heavy") <= 24, first
+
+
+def test_two_workers_end_with_the_last_model(two_lane):
+    share = two_lane.share("m")
+
+    async def run():
+        await asyncio.gather(*(share.run_timed(hold(0.002), BATCH) for _ in range(8)))
+
+    asyncio.run(run())
+    share.close()
+    for _ in range(200):
+        if two_lane.alive_workers == 0:
+            break
+        time.sleep(0.01)
+    assert two_lane.alive_workers == 0
+
+
+def test_a_lane_needs_a_worker():
+    with pytest.raises(ValueError, match="at least one worker"):
+        FairLane("none", trim_when_idle=False, workers=0)

@@ -160,3 +160,32 @@ def test_a_cached_decoder_is_served_on_the_fair_lane_and_warms_up(tiny_decoder_r
     )
     served = {d.index: d.logit for d in outcome.results}
     assert np.abs(np.array([served[i] for i in range(len(DOCS))]) - full).max() <= 1e-4
+
+
+def test_two_lane_workers_share_each_query_head(tiny_decoder_repository: Path):
+    """One document a batch on a two-worker lane: a query's batches run two at a time, its head is computed once
+    all the same (the second batch waits for it), and the scores equal the plain graph's full computation."""
+    spec = read_model_spec(tiny_decoder_repository, "reranker")
+    lane = FairLane("test-cpu-two", trim_when_idle=False, workers=2)
+    options = LoadOptions(tiny_decoder_repository, "reranker", device="cpu", cpu_precision="fp32", threads=1)
+    config = PipelineConfig(model="reranker", max_batch_size=1)
+    reranker = Reranker(config, ModelLoader(options, cpu_lane=lane), warm_up=False)
+
+    async def run():
+        models = await reranker.load()
+        outcome = await reranker.rerank(RerankQuery(QUERY, tuple(DOCS), keep=0))
+        workers = lane.alive_workers
+        await reranker.close()
+        return models, outcome, workers
+
+    models, outcome, workers = asyncio.run(run())
+    scorer = models.reranker.scorer
+    assert isinstance(scorer, PrefixReuseScorer) and workers == 2
+    assert scorer.head_runs == 1 and models.reranker.meter.batches == len(DOCS)
+    tok = PairTokenizer.from_spec(spec, max_length=models.reranker.max_length)
+    enc = tok.encode_pairs(QUERY, DOCS)
+    full = OnnxScorer(_session(spec.variant_path("fp32")), name="onnx-cpu").run_sync(
+        build_batch(enc.windows, NAMES, tok.pad_id, padding_side="right")
+    )
+    served = {d.index: d.logit for d in outcome.results}
+    assert np.abs(np.array([served[i] for i in range(len(DOCS))]) - full).max() <= 1e-4
