@@ -36,6 +36,7 @@ import httpx
 from bench.data import load_set
 from bench.service import Gateway
 from bench.settings import REPO_ROOT, WORK, log
+from gateway.loading import WIDE_HIDDEN_SIZE as WIDE
 
 MIXED_WORK = WORK / "mixed"
 SMALL, BIG = "minilm", "qwen3"
@@ -388,6 +389,7 @@ def run(
             name: {
                 "variant": info["served_models"][name]["variant"],
                 "max_length": info["served_models"][name]["max_input_length"],
+                "cpu_lane": info["served_models"][name]["device"].get("cpu_lane") or {},
             }
             for name in names
         },
@@ -474,16 +476,27 @@ def markdown(r: dict[str, Any]) -> str:
         )
     c = r["checks"]
     lane = {name: batch_seconds(r["metrics"], name) for name in (small, big)}
+    places = r["models"][big].get("cpu_lane") or {}
+    if places.get("width", 1) > 1:
+        beside = (
+            f"the lane runs {places['lane_workers']} batches at once, but `{big}`, {WIDE:,} wide or more, holds it "
+            f"alone on every core while several models are served (gateway/loading.py `WIDE_HIDDEN_SIZE`): "
+            f"during the flood a `{small}` request waits for the `{big}` batch that is running to end"
+        )
+    else:
+        beside = (
+            f"the lane runs {places.get('lane_workers', 1)} batches at once: during the flood a `{small}` "
+            f"request waits for the first running `{big}` batch to end"
+        )
     out += [
         "",
         f"One `{big}` batch held the CPU lane "
         f"{_s(lane[big])} on average, one `{small}` batch {_s(lane[small])} (`reranker_lane_busy_seconds_total` / "
         f"`reranker_lane_batches_total`). The lane's fair scheduler runs a `{small}` request's batches next, "
-        f"before `{big}`'s queue, but does not interrupt the `{big}` batch that is running: during the flood a "
-        f"`{small}` request takes its time alone plus the rest of that one batch (alone p50 + one batch: "
-        f"{_s((alone.get('p50_s') or 0) + (lane[big] or 0))} here, on average). The light client's pause after "
-        "each answer puts its next request near the start of a new decoder batch, so it meets nearly a whole one "
-        "each time; a batch the machine's other work slowed down shows in the p99.",
+        f"before `{big}`'s queue, but does not interrupt a `{big}` batch that is running ({beside}), so it "
+        f"takes at most its time alone plus one `{big}` batch (alone p50 + one batch: "
+        f"{_s((alone.get('p50_s') or 0) + (lane[big] or 0))} here, on average). A batch the machine's other work "
+        "slowed down shows in the p99.",
         "",
         f"Targets (2 cores): `{small}` p99 during the flood <= {r['targets']['small_p99_flood_s']} s: "
         f"**{_yes(c['small_p99_flood_within_target'])}**; every `{small}` answer 200: "

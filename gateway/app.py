@@ -10,6 +10,7 @@ checks the arrows with import-linter contracts in pyproject.toml).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI
@@ -56,7 +57,10 @@ def build_served_models(
     weight) and the prefilter. Each measures its speed at load (a warm-up), which admission prices it by."""
     names = list(manifests)
     options = [
-        LoadOptions.for_model(settings, name, spec=_spec(manifests[name]), prefilter_spec=prefilter)
+        replace(
+            LoadOptions.for_model(settings, name, spec=_spec(manifests[name]), prefilter_spec=prefilter),
+            served_models=len(names),
+        )
         for name in names
     ]
     base = ModelLoader(options[0], gpu_probe=gpu_probe, cpu_session_factory=cpu_session_factory)

@@ -20,6 +20,7 @@ model takes its place on it with its weight.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -60,6 +61,26 @@ class TritonOptions:
     resolve_s: float
 
 
+# A cross-encoder this wide (config.json `hidden_size`) or wider holds the CPU lane alone, on every core, when
+# the gateway serves several: its batches are long (a 20-layer x 1024 decoder's 512-token pair: 0.7 s on 2
+# cores, 1.2 s on one), and beside another model's batch, on one core, it made a small model's requests wait
+# for one of them each (`make bench-mixed`: the small model's p99 went from 0.7 to 1.5 s). Alone in a gateway
+# it runs like any model: two batches at once, one core each, which is faster.
+WIDE_HIDDEN_SIZE = 1024
+
+
+def hidden_size(spec: ModelSpec) -> int | None:
+    """The model's hidden size from the config.json beside its tokenizer (None when it says none)."""
+    try:
+        config = json.loads((spec.tokenizer_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    for key in ("hidden_size", "d_model", "n_embd"):
+        if isinstance(config.get(key), int):
+            return int(config[key])
+    return None
+
+
 @dataclass(frozen=True)
 class LoadOptions:
     """What loading one served model depends on (a slice of `Settings`)."""
@@ -72,6 +93,7 @@ class LoadOptions:
     gpu_memory_margin_mb: int = 1024
     threads: int = 1
     cpu_concurrency: int = 1  # batches the CPU lane runs at once (the lane is the loader's, made once)
+    served_models: int = 1  # cross-encoders the gateway serves on that lane
     max_length: int | None = None
     prefilter_max_length: int | None = 128
     token_budget: int = 512
@@ -219,14 +241,31 @@ class ModelLoader:
         )
         return LoadedModels(reranker=reranker, prefilter=prefilter, device=report)
 
+    def _cpu_width(self, spec: ModelSpec) -> int:
+        """The CPU lane's workers one batch of this cross-encoder takes: all of them for a wide model
+        (`WIDE_HIDDEN_SIZE`) when the gateway serves several, else one."""
+        workers = self._cpu_lane.workers
+        if workers > 1 and self.options.served_models > 1 and (hidden_size(spec) or 0) >= WIDE_HIDDEN_SIZE:
+            return workers
+        return 1
+
     def _cpu_scorer(
-        self, spec: ModelSpec, variant: str, *, weight: float = 1.0
+        self,
+        spec: ModelSpec,
+        variant: str,
+        *,
+        weight: float = 1.0,
+        width: int = 1,
+        report: DeviceReport | None = None,
     ) -> OnnxScorer | PrefixReuseScorer:
         path = spec.variant_path(variant)
         assert path is not None
-        session = self.cpu_session_factory(path, device="cpu", threads=self.options.threads)
+        threads = self.options.threads * width
+        session = self.cpu_session_factory(path, device="cpu", threads=threads)
         model = spec.folder.name
-        lane = self._cpu_lane.share(model, weight)
+        lane = self._cpu_lane.share(model, weight, width)
+        if report is not None:
+            report.cpu_lane = {"threads": threads, "width": width, "lane_workers": self._cpu_lane.workers}
         if spec.variants[variant].get("kv_cache"):  # a decoder graph with a key/value cache: the head once
             return PrefixReuseScorer(session, name="onnx-cpu", lane=lane, model=model)
         return OnnxScorer(session, name="onnx-cpu", lane=lane, model=model)
@@ -244,7 +283,9 @@ class ModelLoader:
             else:
                 cuda = self._cuda_scorer(spec, gpu_var, report)
                 if cuda is not None:
-                    fallback = self._cpu_scorer(spec, cpu_var, weight=o.weight)
+                    fallback = self._cpu_scorer(
+                        spec, cpu_var, weight=o.weight, width=self._cpu_width(spec), report=report
+                    )
                     composed = SplittingFallback(cuda, fallback, model=o.model_name)
                     report.cuda, report.cuda_used = "used", True
                     return composed, gpu_var
@@ -252,7 +293,8 @@ class ModelLoader:
                 log.warning("RERANKER_DEVICE=cuda but %s; serving on the CPU", report.cuda)
             else:
                 log.info("cross-encoder on the CPU: %s", report.cuda)
-        return self._cpu_scorer(spec, cpu_var, weight=o.weight), cpu_var
+        width = self._cpu_width(spec)
+        return self._cpu_scorer(spec, cpu_var, weight=o.weight, width=width, report=report), cpu_var
 
     def _cuda_scorer(self, spec: ModelSpec, variant: str, report: DeviceReport) -> OnnxScorer | None:
         path = spec.variant_path(variant)

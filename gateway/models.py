@@ -77,6 +77,7 @@ class DeviceReport:
     cpu_variant: dict[str, str] = field(default_factory=dict)  # model -> why a preferred file was passed over
     triton: dict[str, Any] | None = None
     load_seconds: float = 0.0
+    cpu_lane: dict[str, Any] = field(default_factory=dict)  # the cross-encoder's CPU session: threads, width
 
     @property
     def where(self) -> str:
@@ -89,6 +90,8 @@ class DeviceReport:
             out["cuda"] = self.cuda
         if self.cpu_variant:
             out["cpu_variant"] = dict(self.cpu_variant)
+        if self.cpu_lane:
+            out["cpu_lane"] = dict(self.cpu_lane)
         if self.triton is not None:
             out["triton"] = dict(self.triton)
         out["load_seconds"] = self.load_seconds

@@ -125,6 +125,7 @@ class _Job:
     batch: EncodedBatch
     future: Future[tuple[np.ndarray, float]]
     submitted: float
+    width: int = 0  # the workers it took when it started
 
 
 class LaneShare:
@@ -134,10 +135,12 @@ class LaneShare:
     clock for this model), lifted to the busy models' level when it comes back from idle (so time spent idle
     is not saved up to starve the others later)."""
 
-    def __init__(self, lane: FairLane, model: str, weight: float) -> None:
+    def __init__(self, lane: FairLane, model: str, weight: float, width: int = 1) -> None:
         self.lane = lane
         self.model = model
         self.weight = weight
+        # The lane's workers one of its batches takes (its session runs on that share of the cores).
+        self.width = width
         self.queue: deque[_Job] = deque()
         self.served_s = 0.0
         self.virtual = 0.0
@@ -170,7 +173,10 @@ class FairLane:
 
     More than one worker runs that many batches at once (of one model or of several): a session's `run` is
     thread-safe, and on few cores two batches side by side, each on its share of the cores, keep them busier
-    than one batch split over them (ONNX Runtime's intra-op threads meet at every node).
+    than one batch split over them (ONNX Runtime's intra-op threads meet at every node). A share's `width` is
+    how many of those places one of its batches takes: a model whose session runs on every core (width =
+    workers) runs its batches alone, so another model's batch waits for at most one of them. The batch next
+    in fair order that does not fit beside the running ones is waited for, not overtaken.
 
     It returns freed heap memory to the OS when it runs dry, and every `TRIM_EVERY` batches of a long queue
     (trimming after every batch would make the next one page-fault its buffers in again; a session's own
@@ -193,16 +199,20 @@ class FairLane:
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
         self._running: dict[LaneShare, int] = {}  # batches in service, by model
+        self._taken = 0  # the workers the running batches take (their shares' widths)
         self._clock = 0.0  # the virtual service of the last batch picked
         self._since_trim = 0
 
-    def share(self, model: str, weight: float = 1.0) -> LaneShare:
-        """`model`'s place on this lane (made on first use; a later call sets its weight)."""
+    def share(self, model: str, weight: float = 1.0, width: int = 1) -> LaneShare:
+        """`model`'s place on this lane (made on first use; a later call sets its weight and width). `width`:
+        the workers one of its batches takes (1 to `workers`)."""
+        if not 1 <= width <= self.workers:
+            raise ValueError(f"a batch of {model!r} cannot take {width} of the lane's {self.workers} workers")
         with self._cond:
             share = self._shares.get(model)
             if share is None or share.closed:
-                share = self._shares[model] = LaneShare(self, model, weight)
-            share.weight = weight
+                share = self._shares[model] = LaneShare(self, model, weight, width)
+            share.weight, share.width = weight, width
             return share
 
     async def run_timed(
@@ -244,7 +254,12 @@ class FairLane:
             waiting = [s for s in self._shares.values() if s.queue]
             if waiting:
                 share = min(waiting, key=lambda s: (s.virtual, s.queue[0].submitted))
+                if self._taken + share.width > self.workers:  # not beside the running batches: wait for them
+                    self._cond.wait()
+                    continue
                 job = share.queue.popleft()
+                job.width = share.width
+                self._taken += job.width
                 metrics.LANE_QUEUED.labels(share.model).set(len(share.queue))
                 self._running[share] = self._running.get(share, 0) + 1
                 self._clock = share.virtual
@@ -262,7 +277,7 @@ class FairLane:
             share, job = picked
             if not job.future.set_running_or_notify_cancel():  # its caller left while it waited
                 with self._cond:
-                    self._done(share)
+                    self._done(share, job)
                 continue
             self.served.append(share.model)
             started = time.perf_counter()
@@ -273,7 +288,7 @@ class FairLane:
                 failure = exc
             elapsed = time.perf_counter() - started
             with self._cond:  # charged before the caller hears back, so its counters are current
-                self._done(share)
+                self._done(share, job)
                 share.served_s += elapsed
                 share.virtual += elapsed / share.weight
                 share.batches += 1
@@ -297,11 +312,13 @@ class FairLane:
         with self._cond:
             return sum(t.is_alive() for t in self._threads)
 
-    def _done(self, share: LaneShare) -> None:
-        """Under the lock: one of `share`'s batches left service."""
+    def _done(self, share: LaneShare, job: _Job) -> None:
+        """Under the lock: `job`, a batch of `share`, left service."""
         left = self._running.pop(share) - 1
         if left:
             self._running[share] = left
+        self._taken -= job.width
+        self._cond.notify_all()  # a worker waiting for room may start now
 
     def leave(self, share: LaneShare) -> None:
         with self._cond:

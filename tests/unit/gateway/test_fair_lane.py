@@ -4,6 +4,7 @@ Measured by the order the batches ran in (`FairLane.served`) and the lane's coun
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 
@@ -256,3 +257,43 @@ def test_two_workers_end_with_the_last_model(two_lane):
 def test_a_lane_needs_a_worker():
     with pytest.raises(ValueError, match="at least one worker"):
         FairLane("none", trim_when_idle=False, workers=0)
+
+
+def test_a_wide_batch_runs_alone_and_narrow_ones_side_by_side(two_lane):
+    """A model whose batches take both workers (width 2) never runs beside another batch; two narrow models'
+    batches still run two at a time; fair order is kept (the wide batches are not starved)."""
+    wide, narrow = two_lane.share("wide", width=2), two_lane.share("narrow")
+    intervals: list[tuple[str, float, float]] = []
+    lock = threading.Lock()
+
+    def timed(model: str, seconds: float):
+        def run(_: object) -> np.ndarray:
+            start = time.perf_counter()
+            time.sleep(seconds)
+            with lock:
+                intervals.append((model, start, time.perf_counter()))
+            return np.zeros(1, dtype=np.float32)
+
+        return run
+
+    async def run():
+        jobs = [narrow.run_timed(timed("narrow", 0.01), BATCH) for _ in range(12)]
+        jobs += [wide.run_timed(timed("wide", 0.02), BATCH) for _ in range(6)]
+        await asyncio.gather(*jobs)
+
+    asyncio.run(run())
+    assert wide.batches == 6 and narrow.batches == 12
+    for model, start, end in intervals:
+        if model != "wide":
+            continue
+        beside = [m for m, s, e in intervals if (s, e) != (start, end) and s < end and e > start]
+        assert beside == [], (start, end, beside)
+    narrow_only = sorted((s, e) for m, s, e in intervals if m == "narrow")
+    assert any(b[0] < a[1] for a, b in itertools.pairwise(narrow_only))  # two at once
+    order = list(two_lane.served)
+    assert "wide" in order[:10], order  # fair order: the wide model is not left for last
+
+
+def test_a_share_cannot_be_wider_than_its_lane(two_lane):
+    with pytest.raises(ValueError, match="cannot take 3 of the lane's 2 workers"):
+        two_lane.share("too-wide", width=3)

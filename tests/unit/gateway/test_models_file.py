@@ -210,3 +210,42 @@ request_timeout_s = 7
                 in metrics
             )
             assert f'reranker_in_flight_requests{{model="{model}"}} 0.0' in metrics
+
+
+@pytest.mark.parametrize(("wide_from", "width"), [(4096, 1), (8, 2)])
+def test_a_wide_model_holds_the_cpu_lane_alone_when_several_are_served(
+    tiny_model_repository, tmp_path, monkeypatch, wide_from, width
+):
+    """Two served models on a two-batch lane: a model at least `WIDE_HIDDEN_SIZE` wide takes both places with a
+    session on both threads; a narrower one takes one place on one thread (/info says which)."""
+    import gateway.loading
+
+    monkeypatch.setattr(gateway.loading, "WIDE_HIDDEN_SIZE", wide_from)  # the tiny models are 128 wide
+    path = write(tmp_path, "[models.reranker]\n[models.prefilter]\n")
+    settings = Settings(
+        model_repository=tiny_model_repository,
+        models_file=path,
+        prefilter_name="",
+        threads=1,
+        cpu_concurrency=2,
+        cache_size=0,
+    )
+    with TestClient(create_app(settings)) as client:
+        info = client.get("/info").json()["served_models"]
+        for served in info.values():
+            assert served["device"]["cpu_lane"] == {"threads": width, "width": width, "lane_workers": 2}
+        body = {"query": "berlin population", "documents": ["Berlin has 3.5 million people.", "Trains."]}
+        for model in ("reranker", "prefilter"):
+            assert client.post("/rerank", json={**body, "model": model}).status_code == 200
+
+
+def test_a_model_served_alone_is_never_wide(tiny_model_repository, monkeypatch):
+    import gateway.loading
+
+    monkeypatch.setattr(gateway.loading, "WIDE_HIDDEN_SIZE", 8)
+    settings = Settings(
+        model_repository=tiny_model_repository, prefilter_name="", threads=1, cpu_concurrency=2, cache_size=0
+    )
+    with TestClient(create_app(settings)) as client:
+        info = client.get("/info").json()["served_models"]["reranker"]
+        assert info["device"]["cpu_lane"] == {"threads": 1, "width": 1, "lane_workers": 2}
