@@ -171,27 +171,11 @@ def two_lane():
     lane.close()
 
 
-def test_two_workers_run_two_batches_at_once(two_lane):
-    """Each of two batches waits until the other has started: only a lane that runs both at once gets past."""
-    share = two_lane.share("m")
-    both = threading.Barrier(2, timeout=30)
-
-    def meet(_: object) -> np.ndarray:
-        both.wait()
-        return np.zeros(1, dtype=np.float32)
-
-    async def run():
-        return await asyncio.gather(share.run_timed(meet, BATCH), share.run_timed(meet, BATCH))
-
-    results = asyncio.run(run())
-    assert len(results) == 2 and share.batches == 2 and not both.broken
-    assert two_lane.alive_workers == 2
-
-
-def test_one_worker_runs_one_batch_at_a_time(lane):
-    """The same two batches on a one-worker lane: the second never starts while the first waits for it."""
+def two_meeting_batches(lane: FairLane, timeout_s: float) -> tuple[list[object], threading.Barrier]:
+    """Two batches of one model, each waiting (at most `timeout_s`) until the other has started too: what they
+    returned or raised, and their barrier."""
     share = lane.share("m")
-    both = threading.Barrier(2, timeout=0.3)
+    both = threading.Barrier(2, timeout=timeout_s)
 
     def meet(_: object) -> np.ndarray:
         both.wait()
@@ -202,7 +186,19 @@ def test_one_worker_runs_one_batch_at_a_time(lane):
             share.run_timed(meet, BATCH), share.run_timed(meet, BATCH), return_exceptions=True
         )
 
-    results = asyncio.run(run())
+    return asyncio.run(run()), both
+
+
+def test_two_workers_run_two_batches_at_once(two_lane):
+    """Only a lane that runs both batches at once gets them past each other's wait."""
+    results, both = two_meeting_batches(two_lane, 30)
+    assert not any(isinstance(r, BaseException) for r in results) and not both.broken
+    assert two_lane.share("m").batches == 2 and two_lane.alive_workers == 2
+
+
+def test_one_worker_runs_one_batch_at_a_time(lane):
+    """The same two batches on a one-worker lane: the second never starts while the first waits for it."""
+    results, _ = two_meeting_batches(lane, 0.3)
     assert all(isinstance(r, threading.BrokenBarrierError) for r in results), results
 
 
