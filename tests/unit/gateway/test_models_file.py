@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+import gateway.loading
 from gateway.__main__ import main
 from gateway.admission import AdmissionConfig
 from gateway.api.deps import bound_services
@@ -218,8 +219,6 @@ def test_a_wide_model_holds_the_cpu_lane_alone_when_several_are_served(
 ):
     """Two served models on a two-batch lane: a model at least `WIDE_HIDDEN_SIZE` wide takes both places with a
     session on both threads; a narrower one takes one place on one thread (/info says which)."""
-    import gateway.loading
-
     monkeypatch.setattr(gateway.loading, "WIDE_HIDDEN_SIZE", wide_from)  # the tiny models are 128 wide
     path = write(tmp_path, "[models.reranker]\n[models.prefilter]\n")
     settings = Settings(
@@ -240,8 +239,6 @@ def test_a_wide_model_holds_the_cpu_lane_alone_when_several_are_served(
 
 
 def test_a_model_served_alone_is_never_wide(tiny_model_repository, monkeypatch):
-    import gateway.loading
-
     monkeypatch.setattr(gateway.loading, "WIDE_HIDDEN_SIZE", 8)
     settings = Settings(
         model_repository=tiny_model_repository, prefilter_name="", threads=1, cpu_concurrency=2, cache_size=0
