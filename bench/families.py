@@ -90,10 +90,19 @@ SIZES = {
     "smoke": FamilySizes(modernbert=(1, 2), decoder=(1, 2), decoder_short=(1, 2), memory_docs=2),
 }
 CONTENDERS = (BASELINE, "gateway-fp32", "gateway-int8")
-# More a run may ask for (`--contenders`): the gateway with its CPU lane running one batch at a time
-# (RERANKER_CPU_CONCURRENCY=1, the default before 2026-12-05), side by side with the default (2).
+# More a run may ask for (`--contenders`), each measured side by side with the default: the gateway with its CPU
+# lane running one batch at a time (RERANKER_CPU_CONCURRENCY=1, the default before 2026-12-05; the default is 2),
+# and the gateway keeping denormal numbers (RERANKER_FLUSH_DENORMALS=0, the behaviour before 2026-12-05).
 ONE_BATCH = "-one-batch"
-ALL_CONTENDERS = (*CONTENDERS, f"gateway-fp32{ONE_BATCH}", f"gateway-int8{ONE_BATCH}")
+KEEP_DENORMALS = "-keep-denormals"
+ALL_CONTENDERS = (
+    *CONTENDERS,
+    *(
+        f"gateway-{precision}{suffix}"
+        for suffix in (ONE_BATCH, KEEP_DENORMALS)
+        for precision in ("fp32", "int8")
+    ),
+)
 # Issue 22: the decoder also with 100-token documents, where computing the shared prompt once counts most.
 SHORT_DOC_TOKENS = 100
 CARD = "Qwen3-Reranker model card (transformers)"
@@ -345,6 +354,7 @@ def gateway_env(
     threads: int,
     *,
     cpu_concurrency: int = DEFAULT_CPU_CONCURRENCY,
+    flush_denormals: bool = True,
 ) -> dict[str, str]:
     """RERANKER_* settings of a gateway serving `names` (the first the default), single stage, no cache, on
     `threads` cores: `cpu_concurrency` batches at once, each session on its share of the cores."""
@@ -354,6 +364,7 @@ def gateway_env(
         "RERANKER_CPU_PRECISION": precision, "RERANKER_CACHE_SIZE": "0",
         "RERANKER_CPU_CONCURRENCY": str(cpu_concurrency),
         "RERANKER_THREADS": str(session_threads(threads, cpu_concurrency)),
+        "RERANKER_FLUSH_DENORMALS": "1" if flush_denormals else "0",
         "RERANKER_REQUEST_TIMEOUT_S": "1800", "RERANKER_MAX_DOCUMENTS": "1000", "RERANKER_LOG_LEVEL": "warning",
     }  # fmt: skip
 
@@ -386,8 +397,8 @@ def speed_family(
                 "template": manifest.get("template"),
             }
         else:
-            one_batch = name.endswith(ONE_BATCH)
-            precision = name.removesuffix(ONE_BATCH).rsplit("-", 1)[1]
+            suffix = next((s for s in (ONE_BATCH, KEEP_DENORMALS) if name.endswith(s)), "")
+            precision = name.removesuffix(suffix).rsplit("-", 1)[1]
             spec = {
                 **base,
                 "kind": "pipeline",
@@ -396,7 +407,8 @@ def speed_family(
                     [family.key],
                     precision,
                     threads,
-                    cpu_concurrency=1 if one_batch else DEFAULT_CPU_CONCURRENCY,
+                    cpu_concurrency=1 if suffix == ONE_BATCH else DEFAULT_CPU_CONCURRENCY,
+                    flush_denormals=suffix != KEEP_DENORMALS,
                 ),
             }
         runners[name] = FamilyWorker(f"families-{run.key}-{name}", spec)
@@ -658,6 +670,9 @@ DESCRIBE = {
     f"gateway-fp32{ONE_BATCH}": "gateway-fp32 with its CPU lane running one batch at a time "
     "(`RERANKER_CPU_CONCURRENCY=1`, the default before 2026-12-05; the default is 2)",
     f"gateway-int8{ONE_BATCH}": "gateway-int8, one batch at a time (the same)",
+    f"gateway-fp32{KEEP_DENORMALS}": "gateway-fp32 keeping denormal numbers (`RERANKER_FLUSH_DENORMALS=0`, the "
+    "behaviour before 2026-12-05; the default flushes them to zero, gateway/denormals.py)",
+    f"gateway-int8{KEEP_DENORMALS}": "gateway-int8 keeping denormal numbers (the same)",
 }
 
 

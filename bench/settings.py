@@ -79,7 +79,9 @@ SPEED_CONFIGS = (
     "http-fp32",
     "http-int8",
     "http-int8-one-batch",
+    "http-int8-keep-denormals",
     "http-two-stage",
+    "http-two-stage-keep-denormals",
     "http-triton",
 )
 

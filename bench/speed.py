@@ -299,11 +299,17 @@ def _runners(
         elif name == "http-int8-one-batch":
             env = http_env("int8", False, concurrency=1)
             runners[name] = HttpRunner(name, env, requests, warmup)
-        elif name == "http-two-stage":
+        elif name == "http-int8-keep-denormals":
+            env = {**http_env("int8", False), "RERANKER_FLUSH_DENORMALS": "0"}
+            runners[name] = HttpRunner(name, env, requests, warmup)
+        elif name in ("http-two-stage", "http-two-stage-keep-denormals"):
             if models.prefilter is None:
                 failures[name] = "no prefilter in the repository"
                 continue
-            runners[name] = HttpRunner(name, http_env("int8", True), requests, warmup)
+            env = http_env("int8", True)
+            if name.endswith("-keep-denormals"):
+                env["RERANKER_FLUSH_DENORMALS"] = "0"
+            runners[name] = HttpRunner(name, env, requests, warmup)
             two_stage.add(name)
         elif name == "http-triton":
             runners[name] = HttpRunner(

@@ -35,6 +35,9 @@ class TritonPythonModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(_parameter(config, "intra_op_num_threads", "0"))
         options.inter_op_num_threads = 1
+        # Denormals flushed to zero on ONNX Runtime's threads (and on this one, by its first session): a masked
+        # attention makes them, and the CPU computes with them on a slow path (gateway/denormals.py).
+        options.add_session_config_entry("session.set_denormal_as_zero", "1")
         self.session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
 
         self.input_names = [tensor["name"] for tensor in config["input"]]

@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -94,6 +95,7 @@ class LoadOptions:
     threads: int = 1
     cpu_concurrency: int = 1  # batches the CPU lane runs at once (the lane is the loader's, made once)
     served_models: int = 1  # cross-encoders the gateway serves on that lane
+    flush_denormals: bool = True  # the CPU lane's threads flush denormals to zero (gateway/denormals.py)
     max_length: int | None = None
     prefilter_max_length: int | None = 128
     token_budget: int = 512
@@ -148,6 +150,7 @@ class LoadOptions:
             gpu_memory_margin_mb=s.gpu_memory_margin_mb,
             threads=s.intra_op_threads,
             cpu_concurrency=s.cpu_concurrency,
+            flush_denormals=s.flush_denormals,
             max_length=s.max_length,
             prefilter_max_length=s.prefilter_max_length,
             token_budget=s.token_budget,
@@ -179,10 +182,17 @@ class ModelLoader:
         self.options = options
         self.gpu_probe = gpu_probe or NvmlProbe()
         self.session_factory = session_factory or make_session
-        self.cpu_session_factory = cpu_session_factory or make_session
+        self.cpu_session_factory = cpu_session_factory or partial(
+            make_session, flush_denormals=options.flush_denormals
+        )
         self.cpu_flags_probe = cpu_flags_probe
         # One CPU lane for every CPU session of the process: two models never fight over the cores.
-        self._cpu_lane = cpu_lane or FairLane("ort-cpu", trim_when_idle=True, workers=options.cpu_concurrency)
+        self._cpu_lane = cpu_lane or FairLane(
+            "ort-cpu",
+            trim_when_idle=True,
+            workers=options.cpu_concurrency,
+            flush_denormals=options.flush_denormals,
+        )
         # The prefilter is loaded once and shared by every served model's pipeline.
         self._prefilter_stage = shared_prefilter or _SharedStage()
 
@@ -265,7 +275,12 @@ class ModelLoader:
         model = spec.folder.name
         lane = self._cpu_lane.share(model, weight, width)
         if report is not None:
-            report.cpu_lane = {"threads": threads, "width": width, "lane_workers": self._cpu_lane.workers}
+            report.cpu_lane = {
+                "threads": threads,
+                "width": width,
+                "lane_workers": self._cpu_lane.workers,
+                "flush_denormals": self._cpu_lane.flush_denormals,
+            }
         if spec.variants[variant].get("kv_cache"):  # a decoder graph with a key/value cache: the head once
             return PrefixReuseScorer(session, name="onnx-cpu", lane=lane, model=model)
         return OnnxScorer(session, name="onnx-cpu", lane=lane, model=model)

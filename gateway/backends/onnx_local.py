@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from gateway import metrics
+from gateway import denormals, metrics
 from gateway.domain import BatchScores, EncodedBatch
 from gateway.errors import BackendFailed
 from gateway.heap import release_heap  # what batches free outside the sessions' arenas goes back to the OS
@@ -74,10 +74,12 @@ def make_session(
     device_id: int = 0,
     gpu_mem_limit_bytes: int | None = None,
     cpu_arena: bool = True,
+    flush_denormals: bool = True,
 ) -> SessionLike:
     """An InferenceSession tuned for this service; `device` "cuda" asks for the CUDA provider first
     (`gpu_mem_limit_bytes`: a cap on its arena, which `make gpu-check` uses to force the OOM path; `cpu_arena`
-    off only for `python -m bench.cpu_kernels`, which measures both)."""
+    off only for `python -m bench.cpu_kernels`, which measures both; `flush_denormals`: its own threads flush
+    denormals to zero, gateway/denormals.py)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -94,6 +96,7 @@ def make_session(
     opts.enable_cpu_mem_arena = cpu_arena
     # Spin-waiting worker threads doubled the CPU time per pair on a shared 2-core host for no gain.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.set_denormal_as_zero", "1" if flush_denormals else "0")
     providers: list[Any]
     if device == "cuda":
         _preload_cuda_libraries(ort)
@@ -181,18 +184,22 @@ class FairLane:
     It returns freed heap memory to the OS when it runs dry, and every `TRIM_EVERY` batches of a long queue
     (trimming after every batch would make the next one page-fault its buffers in again; a session's own
     intermediate tensors stay in its CPU arena, see `make_session`). `served` keeps the
-    order the last `HISTORY` batches ran in, by model (the fairness tests read it).
+    order the last `HISTORY` batches ran in, by model (the fairness tests read it). Its workers flush denormals
+    to zero unless `flush_denormals` is off (gateway/denormals.py): a one-thread session computes on them.
     """
 
     TRIM_EVERY = 16
     HISTORY = 4096
 
-    def __init__(self, name: str, *, trim_when_idle: bool, workers: int = 1) -> None:
+    def __init__(
+        self, name: str, *, trim_when_idle: bool, workers: int = 1, flush_denormals: bool = True
+    ) -> None:
         if workers < 1:
             raise ValueError(f"a lane needs at least one worker, not {workers}")
         self.name = name
         self.trim_when_idle = trim_when_idle
         self.workers = workers
+        self.flush_denormals = flush_denormals
         self.pending = 0  # batches submitted by callers still waiting for their result
         self.served: deque[str] = deque(maxlen=self.HISTORY)
         self._shares: dict[str, LaneShare] = {}
@@ -269,6 +276,7 @@ class FairLane:
             self._cond.wait()
 
     def _work(self) -> None:
+        denormals.flush_denormals(self.flush_denormals)  # as set, whatever the thread inherited
         while True:
             with self._cond:
                 picked = self._next()

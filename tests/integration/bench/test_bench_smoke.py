@@ -85,7 +85,7 @@ def test_every_benchmark_runs_on_a_tiny_input(
         "fp32,int8",
         "--speed-configs",
         "sentence-transformers,flashrank-fp32,flashrank-int8,pipeline-fp32,pipeline-int8,"
-        "http-fp32,http-int8,http-int8-one-batch,http-two-stage",
+        "http-fp32,http-int8,http-int8-one-batch,http-int8-keep-denormals,http-two-stage",
     )
 
     quality = {(r["config"], r["set"]): r for r in results["quality"]["rows"]}
@@ -112,6 +112,9 @@ def test_every_benchmark_runs_on_a_tiny_input(
     one_batch = speed["http-int8-one-batch"]
     assert one_batch["requests"] == 2 and one_batch["docs_per_s"] > 0
     assert one_batch["max_abs_score_diff_vs_st"] == speed["http-int8"]["max_abs_score_diff_vs_st"]
+    # denormals flushed to zero or kept: the same scores
+    kept = speed["http-int8-keep-denormals"]
+    assert kept["requests"] == 2 and kept["first_scores"] == speed["http-int8"]["first_scores"]
 
     levels = results["sweep"]["levels"]
     assert [lv["clients"] for lv in levels] == [1, 2] and all(lv["ok"] == lv["requests"] for lv in levels)
@@ -122,6 +125,7 @@ def test_every_benchmark_runs_on_a_tiny_input(
 
     report = (out / "report.md").read_text()
     assert "the throughput of one at a time (http-int8 vs http-int8-one-batch)" in report
+    assert "the throughput of keeping them (http-int8 vs http-int8-keep-denormals)" in report
     for heading in (
         "## Ranking quality",
         "## Speed, side by side",

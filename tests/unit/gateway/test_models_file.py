@@ -232,7 +232,12 @@ def test_a_wide_model_holds_the_cpu_lane_alone_when_several_are_served(
     with TestClient(create_app(settings)) as client:
         info = client.get("/info").json()["served_models"]
         for served in info.values():
-            assert served["device"]["cpu_lane"] == {"threads": width, "width": width, "lane_workers": 2}
+            assert served["device"]["cpu_lane"] == {
+                "threads": width,
+                "width": width,
+                "lane_workers": 2,
+                "flush_denormals": True,
+            }
         body = {"query": "berlin population", "documents": ["Berlin has 3.5 million people.", "Trains."]}
         for model in ("reranker", "prefilter"):
             assert client.post("/rerank", json={**body, "model": model}).status_code == 200
@@ -245,4 +250,9 @@ def test_a_model_served_alone_is_never_wide(tiny_model_repository, monkeypatch):
     )
     with TestClient(create_app(settings)) as client:
         info = client.get("/info").json()["served_models"]["reranker"]
-        assert info["device"]["cpu_lane"] == {"threads": 1, "width": 1, "lane_workers": 2}
+        assert info["device"]["cpu_lane"] == {
+            "threads": 1,
+            "width": 1,
+            "lane_workers": 2,
+            "flush_denormals": True,
+        }
