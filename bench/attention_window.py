@@ -34,6 +34,10 @@ def _session(model: Any, threads: int) -> Any:
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    # as the gateway's sessions: denormals flushed, and no spinning threads (a session's idle pool would spin on
+    # the cores the next one in the interleaved loop runs on)
+    options.add_session_config_entry("session.set_denormal_as_zero", "1")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
@@ -140,7 +144,11 @@ def _median_ms(times: list[float]) -> float:
 def measure(
     *, batch: int, seq: int, heads: int, head_dim: int, repeats: int, threads: int, folder: Path
 ) -> dict[str, Any]:
-    """One layer's attention, full with the band as a bias and on the blocks, timed interleaved."""
+    """One layer's attention, full with the band as a bias and on the blocks, timed interleaved, on a thread
+    that flushes denormals to zero, as the gateway's CPU lane does (gateway/denormals.py)."""
+    from gateway.denormals import flush_denormals
+
+    flushed = flush_denormals()
     hidden = heads * head_dim
     rng = np.random.default_rng(0)
     feeds = {n: rng.standard_normal((batch, seq, hidden), dtype=np.float32) for n in ("q", "k", "v")}
@@ -183,6 +191,7 @@ def measure(
         "head_dim": head_dim,
         "threads": threads,
         "repeats": repeats,
+        "denormals_flushed": flushed,
         "blocks": list(BLOCKS),
         "max_abs_diff": diffs,
         "median_ms": medians,
@@ -210,7 +219,9 @@ def markdown(r: dict[str, Any]) -> str:
             "",
             f"One layer's attention, {r['batch']} pairs x {r['seq']} tokens, {r['heads']} heads x {r['head_dim']}, "
             f"{r['threads']} ONNX Runtime threads, median of {r['repeats']} interleaved runs; the window {WINDOW} "
-            "tokens either side.",
+            "tokens either side. Denormals "
+            + ("flushed to zero, as the gateway's CPU lane does." if r.get("denormals_flushed") else "kept.")
+            + " (Before 2026-12-05 they were kept: `git show a727eed:bench/results/attention_window.md`.)",
             "",
             "| computation | median ms | x full |",
             "|---|---:|---:|",
