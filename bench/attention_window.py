@@ -41,7 +41,7 @@ def _session(model: Any, threads: int) -> Any:
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def _attention_graph(shapes: dict[str, list[int | str]], heads: int) -> Any:
+def attention_graph(shapes: dict[str, list[int | str]], heads: int) -> Any:
     """One MultiHeadAttention node (com.microsoft) over q, k, v with an additive bias."""
     from onnx import TensorProto, helper
 
@@ -158,7 +158,7 @@ def measure(
     band = np.abs(pos[:, None] - pos[None, :]) <= WINDOW
     bias = np.where(band[None, None] & (mask[:, None, None, :] > 0), 0.0, -1e30).astype(np.float32)
     full = _session(
-        _attention_graph({n: [batch, seq, hidden] for n in "qkv"} | {"bias": [batch, 1, seq, seq]}, heads),
+        attention_graph({n: [batch, seq, hidden] for n in "qkv"} | {"bias": [batch, 1, seq, seq]}, heads),
         threads,
     )
     expected = full.run(None, {**feeds, "bias": bias})[0]
@@ -171,7 +171,7 @@ def measure(
         banded = _session(_with_attention(blocks_model, heads), threads)
         bq, bk, bv, bbias = assembly.run(None, {**feeds, "mask": mask})
         shapes = {"q": list(bq.shape), "k": list(bk.shape), "v": list(bv.shape), "bias": list(bbias.shape)}
-        on_blocks = _session(_attention_graph(shapes, heads), threads)
+        on_blocks = _session(attention_graph(shapes, heads), threads)
         got = banded.run(None, {**feeds, "mask": mask})[0].reshape(batch, -1, hidden)[:, :seq]
         diffs[str(block)] = float(np.abs(expected[real] - got[real]).max())  # padded queries mean nothing
         runs[f"banded_{block}"] = (banded, {**feeds, "mask": mask})

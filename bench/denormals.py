@@ -28,43 +28,20 @@ from typing import Any
 
 import numpy as np
 
+from bench.attention_window import WINDOW, attention_graph
 from bench.cli import machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SEQUENCE, HEADS, HEAD_SIZE, WINDOW = (
-    512,
-    12,
-    64,
-    64,
-)  # ModernBERT-base; its local layers see 64 tokens either side
+SEQUENCE, HEADS, HEAD_SIZE = 512, 12, 64  # ModernBERT-base; its local layers see WINDOW tokens either side
 
 
 def banded_attention(path: Path, *, masked: bool = True) -> dict[str, np.ndarray]:
-    """Write one local attention layer to `path`; its inputs (`masked` False: a bias of zeros)."""
+    """Write one local attention layer to `path` (bench/attention_window.py's graph); its inputs (`masked`
+    False: a bias of zeros)."""
     import onnx
-    from onnx import TensorProto, helper
 
     s, e = SEQUENCE, HEADS * HEAD_SIZE
-    values = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, s, e]) for n in "qkv"]
-    bias = helper.make_tensor_value_info("bias", TensorProto.FLOAT, [1, 1, s, s])
-    node = helper.make_node(
-        "MultiHeadAttention",
-        ["q", "k", "v", "", "", "bias"],
-        ["out"],
-        domain="com.microsoft",
-        num_heads=HEADS,
-    )
-    model = helper.make_model(
-        helper.make_graph(
-            [node],
-            "local_attention",
-            [*values, bias],
-            [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
-        ),
-        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
-    )
-    model.ir_version = 8  # what every onnxruntime of this project reads
-    onnx.save(model, str(path))
+    onnx.save(attention_graph({n: [1, s, e] for n in "qkv"} | {"bias": [1, 1, s, s]}, HEADS), str(path))
     rng = np.random.default_rng(0)
     feed = {n: rng.standard_normal((1, s, e), dtype=np.float32) for n in "qkv"}
     i = np.arange(s)
