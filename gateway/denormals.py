@@ -2,18 +2,18 @@
 
 A masked attention gives every masked key a softmax weight near FLT_MIN divided by the row's sum: a denormal
 number, and the CPU computes with denormals on a slow path. ModernBERT's local layers mask three keys in four at
-512 tokens, so that path took most of their attention time: one layer's `MultiHeadAttention` (one 512-token pair,
-one thread) ran 2.5x faster once denormals were flushed to zero, and a whole ModernBERT-base pair 1.4x (fp32) to
-1.5x (int8), with the same scores to the last bit (`python -m bench.denormals`). Padded batches (the prefilter's,
-an fp32 batch's) mask keys the same way.
+512 tokens, so that path took most of their attention time. Flushed to zero, one such layer (one 512-token pair,
+one thread) ran 2.0x-2.4x faster, a whole ModernBERT-base pair 1.3x-1.5x (int8) and 1.1x-1.2x (fp32), with the
+same outputs to the last bit (`python -m bench.denormals`, an Intel Xeon, three runs). Padded batches (the
+prefilter's, an fp32 batch's) mask keys the same way.
 
 The CPU's flush-to-zero and denormals-are-zero modes (x86 MXCSR bits FTZ and DAZ) are per thread. ONNX Runtime
 sets them (`session.set_denormal_as_zero`) on its own pool threads, and on the thread that initialises the
-process's first session, but a session with one intra-op thread computes on its caller: here a `FairLane`
-worker, which sets them on itself with `flush_denormals` (and clears them when the setting is off, whatever
-the thread inherited). Through the C library's fegetenv/fesetenv (glibc and
-musl lay out x86-64's fenv_t alike: the x87 environment, then MXCSR at byte 28); on other CPUs a no-op that
-says so, where ONNX Runtime's own setting still covers its pool threads.
+process's first session. But a session with one intra-op thread computes on its caller, here a `FairLane` worker,
+which sets them on itself with `flush_denormals` (and clears them when the setting is off, whatever the thread
+inherited). That goes through the C library's fegetenv/fesetenv: glibc and musl lay out x86-64's fenv_t alike
+(the x87 environment, then MXCSR at byte 28). On other CPUs it is a no-op that says so, and ONNX Runtime's own
+setting still covers its pool threads.
 """
 
 from __future__ import annotations

@@ -181,10 +181,9 @@ class ModelLoader:
     ) -> None:
         self.options = options
         self.gpu_probe = gpu_probe or NvmlProbe()
-        self.session_factory = session_factory or make_session
-        self.cpu_session_factory = cpu_session_factory or partial(
-            make_session, flush_denormals=options.flush_denormals
-        )
+        sessions = partial(make_session, flush_denormals=options.flush_denormals)
+        self.session_factory = session_factory or sessions
+        self.cpu_session_factory = cpu_session_factory or sessions
         self.cpu_flags_probe = cpu_flags_probe
         # One CPU lane for every CPU session of the process: two models never fight over the cores.
         self._cpu_lane = cpu_lane or FairLane(
