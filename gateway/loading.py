@@ -322,7 +322,9 @@ class ModelLoader:
         if provider != "CUDAExecutionProvider":  # onnxruntime-gpu falls back silently without CUDA libs
             report.cuda = f"not used: the session runs on {provider} (CUDA libraries missing?)"
             return None
-        return OnnxScorer(session, name="onnx-cuda", model=spec.folder.name)
+        return OnnxScorer(
+            session, name="onnx-cuda", model=spec.folder.name, flush_denormals=self.options.flush_denormals
+        )
 
     def _cpu_variant(self, spec: ModelSpec, precision: str, report: DeviceReport) -> str:
         variant, passed_over = cpu_variant(spec, precision, self.cpu_flags_probe())

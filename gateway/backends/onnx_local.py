@@ -355,6 +355,7 @@ class OnnxScorer:
         lane: LaneShare | None = None,
         max_batch_size: int | None = None,
         model: str = "",
+        flush_denormals: bool = True,
     ) -> None:
         self.session = session
         self.name = name
@@ -364,7 +365,10 @@ class OnnxScorer:
         outputs = [o.name for o in session.get_outputs()]
         self._output = "logits" if "logits" in outputs else outputs[0]
         self.max_batch_size = max_batch_size
-        self._lane = lane or FairLane(f"ort-{name}", trim_when_idle=not self.on_gpu).share(model)
+        # its own lane when none is given (a CUDA session's), flushing as the CPU lane does
+        self._lane = lane or FairLane(
+            f"ort-{name}", trim_when_idle=not self.on_gpu, flush_denormals=flush_denormals
+        ).share(model)
 
     @property
     def provider(self) -> str:

@@ -99,3 +99,16 @@ def test_the_setting_reaches_the_loader_and_its_lane(monkeypatch):
     monkeypatch.setenv("RERANKER_FLUSH_DENORMALS", "0")
     options = LoadOptions.from_settings(load_settings())
     assert options.flush_denormals is False and ModelLoader(options)._cpu_lane.flush_denormals is False
+
+
+def test_a_scorer_with_a_lane_of_its_own_flushes_as_told(tmp_path):
+    """A CUDA session's scorer gets its own lane; the loader passes it the same setting as the CPU lane's."""
+    from gateway.backends.onnx_local import OnnxScorer
+
+    path = tmp_path / "attention.onnx"
+    banded_attention(path)
+    session = make_session(path, device="cpu", threads=1)
+    for flush in (True, False):
+        scorer = OnnxScorer(session, name="onnx-cuda", flush_denormals=flush)
+        assert scorer._lane.lane.flush_denormals is flush
+        scorer._lane.close()
